@@ -1,0 +1,93 @@
+"""The nflows stacks of CaloFlow (paper table 2, section 4; DESIGN.md section 5).
+
+Both flows are MADE blocks with rational-quadratic spline transforms (linear tails, tail bound
+14 because logit(1e-6) = -13.82, 8 bins), ReLU, no batch normalisation, plain (non-residual)
+hidden layers, and a standard-normal base. Flow I: 6 blocks on the 3 u-space features,
+random permutations between blocks. Flow II: 8 blocks on the 504 voxels, alternately a
+layer-wise reversal and a layer-wise random permutation between blocks.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nflows.distributions import StandardNormal
+from nflows.flows import Flow
+from nflows.transforms import CompositeTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform
+
+from caloflow.data.geometry import LAYER_SIZES
+from caloflow.flows.permutations import LayerwiseRandomPermutation, LayerwiseReversal, SeededRandomPermutation
+
+#: RQS settings shared by both flows: the logit of [alpha, 1-alpha] lies inside +-13.82.
+TAIL_BOUND = 14.0
+
+
+def made_rqs_block(
+    features: int,
+    context_features: int,
+    hidden_features: int,
+    num_blocks: int,
+    num_bins: int = 8,
+    dropout: float = 0.0,
+    tail_bound: float = TAIL_BOUND,
+) -> MaskedPiecewiseRationalQuadraticAutoregressiveTransform:
+    """One MADE + RQS block as in the paper (fig. 1): plain masked layers, context added to the first."""
+    return MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+        features=features,
+        hidden_features=hidden_features,
+        context_features=context_features,
+        num_bins=num_bins,
+        tails="linear",
+        tail_bound=tail_bound,
+        num_blocks=num_blocks,
+        use_residual_blocks=False,
+        random_mask=False,
+        dropout_probability=dropout,
+        use_batch_norm=False,
+    )
+
+
+def build_flow1(
+    features: int = 3,
+    context_features: int = 1,
+    n_blocks: int = 6,
+    hidden_features: int = 64,
+    num_blocks: int = 2,
+    num_bins: int = 8,
+    dropout: float = 0.0,
+    permutation_seed: int = 0,
+) -> Flow:
+    """Flow I: p(u_logit | log10(E_inc / 10 GeV)). Paper size: 79,134 parameters."""
+    transforms = []
+    for i in range(n_blocks):
+        transforms.append(made_rqs_block(features, context_features, hidden_features, num_blocks, num_bins, dropout))
+        if i < n_blocks - 1:
+            transforms.append(SeededRandomPermutation(features, seed=permutation_seed + i))
+    return Flow(CompositeTransform(transforms), StandardNormal([features]))
+
+
+def build_flow2(
+    layer_sizes: Sequence[int] = LAYER_SIZES,
+    context_features: int = 4,
+    n_blocks: int = 8,
+    hidden_features: int = 378,
+    num_blocks: int = 1,
+    num_bins: int = 8,
+    dropout: float = 0.05,
+    permutation_seed: int = 0,
+) -> Flow:
+    """Flow II: p(logit of layer-normalised voxels | E_inc, E_0, E_1, E_2). Paper size: 37,835,280 parameters."""
+    features = sum(layer_sizes)
+    transforms = []
+    for i in range(n_blocks):
+        transforms.append(made_rqs_block(features, context_features, hidden_features, num_blocks, num_bins, dropout))
+        if i < n_blocks - 1:
+            if i % 2 == 0:
+                transforms.append(LayerwiseReversal(layer_sizes))
+            else:
+                transforms.append(LayerwiseRandomPermutation(layer_sizes, seed=permutation_seed + i))
+    return Flow(CompositeTransform(transforms), StandardNormal([features]))
+
+
+def count_parameters(module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,59 @@
+"""``lightning fit -c configs/flow2.yaml`` (and ``caloflow fit``): LightningCLI over caloflow's modules.
+
+Subclass mode: a config names its model and data by ``class_path`` (e.g.
+``caloflow.models.FlowII`` and ``caloflow.data.CaloDataModule``), so every LightningModule and
+DataModule of the project runs through the same entry. The resolved config is saved with each
+run (``config.yaml`` in the run's log directory), and everything a run writes lives under
+``--trainer.default_root_dir``. ``--ckpt_path last`` resumes from the newest ``last.ckpt`` found
+under that directory.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from caloflow.errors import CaloflowError
+
+
+def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The most recently written ``last*.ckpt`` below ``root`` (Lightning's default layout), or None."""
+    candidates = [p for p in Path(root).glob("**/checkpoints/last*.ckpt") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+class CaloflowCLI(LightningCLI):
+    """LightningCLI with caloflow's conventions (resume from ``last`` under the run's root)."""
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.get("ckpt_path") == "last":
+            root = config.trainer.get("default_root_dir") or os.getcwd()
+            last = find_last_checkpoint(root)
+            if last is None:
+                raise CaloflowError(f"--ckpt_path last: no last*.ckpt under {root}")
+            config["ckpt_path"] = str(last)
+        path = config.get("ckpt_path")
+        if path and not Path(path).is_file():
+            raise CaloflowError(f"--ckpt_path {path}: no such checkpoint file")
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> CaloflowCLI:
+    """Run LightningCLI in subclass mode over the project's LightningModules and DataModules."""
+    # importing the packages registers their classes, so short class names resolve in configs
+    import caloflow.data  # noqa: F401
+    import caloflow.models  # noqa: F401
+
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    return CaloflowCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
