@@ -16,6 +16,8 @@ from caloflow.errors import CaloflowError
 #: subcommand -> (module, one-line help). ``fit`` and friends are the LightningCLI entry.
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("caloflow.data.simulate", "simulate showers with the embedded parametrized simulator"),
+    "generate": ("caloflow.sampling", "generate showers with trained CaloFlow (or CaloGAN) checkpoints"),
+    "evaluate": ("caloflow.evaluate.cli", "compare generated with reference showers: features, figures, classifier AUC/JSD"),
 }
 #: subcommands handed to LightningCLI unchanged.
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     """``caloflow SUBCOMMAND ...``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        return lightning_main(argv, prog="caloflow")
+        return lightning_main(argv if argv != sys.argv[1:] else None, prog="caloflow")
     parser = argparse.ArgumentParser(
         prog="caloflow",
         description="Fast calorimeter shower generation with normalizing flows.",
@@ -63,12 +65,25 @@ def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> in
     """``lightning fit|validate|test|predict -c CONFIG ...`` over the project's modules."""
     from caloflow.lightning_cli import cli_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cli_main(argv)
-    except CaloflowError as e:
-        return _fail(prog, str(e))
+    except Exception as e:
+        # jsonargparse wraps errors raised while building the classes; report the caloflow one
+        cause = _caloflow_cause(e)
+        if cause is None:
+            raise
+        return _fail(prog, str(cause))
     return 0
+
+
+def _caloflow_cause(error: BaseException | None) -> CaloflowError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, CaloflowError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

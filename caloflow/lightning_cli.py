@@ -57,3 +57,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CaloflowCLI:
         args=args,
         run=run,
     )
+
+
+if __name__ == "__main__":
+    import sys
+
+    from caloflow.cli import lightning_main
+
+    sys.exit(lightning_main())

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from caloflow.data.geometry import KEV, LAYER_SLICES
 from caloflow.data.io import Showers, count_showers, read_showers
-from caloflow.errors import CaloflowError
+from caloflow.errors import CaloflowError, DataFormatError
 from caloflow.transforms import FlowIIPreprocessing, FlowIPreprocessing
 
 Particle = Literal["eplus", "gamma", "piplus"]
@@ -169,9 +169,12 @@ class CaloDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise CaloflowError(f"--data.batch_size must be >= 1, got {batch_size}")
         # fail at start-up, not after the trainer is built, when a given file is unusable
-        for p in (path, val_path):
+        for option, p in (("data.path", path), ("data.val_path", val_path)):
             if p is not None:
-                count_showers(p)
+                try:
+                    count_showers(p)
+                except DataFormatError as e:
+                    raise DataFormatError(f"--{option}: {e}") from None
         self.save_hyperparameters()
         self.train_set: ShowerDataset | None = None
         self.val_set: ShowerDataset | None = None

@@ -93,9 +93,10 @@ def _expected_shape(key: str) -> tuple[int, ...]:
 
 
 def validate_shapes(path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Check every key's shape and that all keys have the same number of rows."""
+    """Check every key's shape and that all keys have as many rows as 'energy'."""
     n = None
-    for key, shape in shapes.items():
+    for key in sorted(shapes, key=lambda k: k != ENERGY_KEY):
+        shape = shapes[key]
         expected = _expected_shape(key)
         if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected:
             raise _fail(path, key, f"wrong shape {tuple(shape)}, expected (N, {', '.join(map(str, expected))})")

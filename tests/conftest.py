@@ -1,0 +1,37 @@
+"""Shared fixtures: a private dataset cache and small simulated CaloGAN files."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    # never read or write the user's dataset cache from the tests
+    os.environ["CALOFLOW_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def eplus_file(tmp_path_factory) -> Path:
+    """600 simulated e+ showers in a real CaloGAN-format file."""
+    from caloflow.data.simulate import simulate_to_file
+
+    return simulate_to_file(tmp_path_factory.mktemp("data") / "eplus.hdf5", "eplus", 600, seed=11, progress=False)
+
+
+def run_cli(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a console entry (``caloflow`` or ``lightning``) as a real subprocess of this Python."""
+    entry, *rest = args
+    module = {"caloflow": "caloflow.cli", "lightning": "caloflow.lightning_cli"}[entry]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", module, *rest],
+        cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,174 @@
+"""CaloFlow end to end: paper-size configs, smoke fits through the real `lightning` entry,
+TensorBoard output, generation, resume, DDP on CPU, the NaN guard and bad input."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from caloflow import CaloFlow
+from caloflow.data import CaloDataModule, read_showers
+from caloflow.flows import count_parameters
+from caloflow.lightning_cli import cli_main
+from caloflow.models import FlowI
+from callbacks import NonFiniteGuard
+from tests.conftest import REPO, run_cli
+
+
+def paper_model(config: str):
+    cli = cli_main(["-c", str(REPO / "configs" / config), "--trainer.logger", "false"], run=False)
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def test_paper_configs_give_the_paper_parameter_counts():
+    flow1, data1, trainer = paper_model("flow1.yaml")
+    flow2, data2, _ = paper_model("flow2.yaml")
+    assert count_parameters(flow2) == 37_835_280
+    assert count_parameters(flow1) + count_parameters(flow2) == 37_914_414
+    assert trainer.max_epochs == 75 and flow1.hparams.milestones == [5, 15, 40, 60] and flow1.hparams.lr == 1e-4
+    assert data1.hparams.batch_size == data2.hparams.batch_size == 175 and data2.hparams.noise_kev == 1.0
+    assert flow2.hparams.dropout == 0.05 and flow2.hparams.milestones == [50]
+    assert data2.hparams.representation == "flow2" and data1.hparams.representation == "flow1"
+
+
+def fit(config: str, root: Path, data: Path, *extra: str):
+    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / config),
+                     "--trainer.default_root_dir", str(root), "--data.path", str(data), *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def events(root: Path, version: int = 0) -> EventAccumulator:
+    files = glob.glob(str(root / "lightning_logs" / f"version_{version}" / "events.out.tfevents*"))
+    assert files, f"no TensorBoard events under {root}"
+    acc = EventAccumulator(files[0], size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, eplus_file):
+    roots = {name: tmp_path_factory.mktemp(name) for name in ("flow1", "flow2")}
+    fit("flow1.yaml", roots["flow1"], eplus_file)
+    fit("flow2.yaml", roots["flow2"], eplus_file)
+    return roots
+
+
+def checkpoint(root: Path, name: str = "last.ckpt", version: int = 0) -> Path:
+    return root / "lightning_logs" / f"version_{version}" / "checkpoints" / name
+
+
+@pytest.mark.parametrize("name", ["flow1", "flow2"])
+def test_smoke_fit_writes_checkpoints_config_and_tensorboard(trained, name):
+    root = trained[name]
+    version = root / "lightning_logs" / "version_0"
+    assert checkpoint(root).is_file() and list((version / "checkpoints").glob("best-*.ckpt"))
+    assert (version / "config.yaml").is_file()
+    acc = events(root)
+    scalars = acc.Tags()["scalars"]
+    assert {"val_nll", "train_nll_epoch", "lr-Adam"} <= set(scalars)
+    assert len(acc.Scalars("val_nll")) == 3 and all(np.isfinite(e.value) for e in acc.Scalars("val_nll"))
+    assert "samples/layer_fractions" in acc.Tags()["images"]
+    if name == "flow2":
+        assert "samples/average_images" in acc.Tags()["images"]
+        # with lr 1e-3 even three tiny epochs must learn something
+        nll = [e.value for e in acc.Scalars("val_nll")]
+        assert nll[-1] < nll[0]
+
+
+def test_generated_showers_conserve_energy(trained):
+    model = CaloFlow.load(checkpoint(trained["flow1"]), checkpoint(trained["flow2"]))
+    energies = torch.linspace(1, 100, 200)
+    g = torch.Generator().manual_seed(0)
+    voxels, layer_energies, _ = model.sample_batch(energies, g, threshold=False)
+    sums = torch.stack([voxels[:, s].double().sum(1) for s in (slice(0, 288), slice(288, 432), slice(432, 504))], 1)
+    assert torch.allclose(sums, layer_energies.double(), rtol=1e-5)
+    assert (layer_energies.double().sum(1) <= energies.double() * 1e3 * (1 + 1e-6)).all()
+    # the fast inverse and nflows' inverse draw the same showers from the same seed
+    a, _, _ = model.sample_batch(energies[:20], torch.Generator().manual_seed(5), fast=True, threshold=False)
+    b, _, _ = model.sample_batch(energies[:20], torch.Generator().manual_seed(5), fast=False, threshold=False)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_generate_command_writes_valid_showers(trained, tmp_path, eplus_file):
+    out = tmp_path / "gen.hdf5"
+    args = ["generate", "--flow1", str(checkpoint(trained["flow1"])), "--flow2", str(checkpoint(trained["flow2"])),
+            "--n", "300", "--batch-size", "128", "--seed", "7", "--out", str(out)]
+    result = run_cli("caloflow", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote 300" in result.stdout
+    showers = read_showers(out, dtype=np.float64)  # validates finiteness and non-negativity
+    assert len(showers) == 300 and (showers.energy >= 1).all() and (showers.energy <= 100).all()
+    assert (showers.voxels.sum(1) <= showers.energy * 1e3 * (1 + 1e-6)).all()
+    positive = showers.voxels[showers.voxels > 0]
+    assert positive.min() >= 0.01 - 1e-6  # 10 keV threshold
+    # same seed, same numbers; energies taken from a file
+    again = tmp_path / "again.hdf5"
+    assert run_cli("caloflow", *args[:-1], str(again)).returncode == 0
+    assert np.array_equal(read_showers(again).voxels, read_showers(out).voxels)
+    from_file = tmp_path / "from_file.hdf5"
+    result = run_cli("caloflow", "generate", "--flow1", str(checkpoint(trained["flow1"])), "--flow2",
+                     str(checkpoint(trained["flow2"])), "--energies", str(eplus_file), "--n", "50",
+                     "--out", str(from_file), "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.allclose(read_showers(from_file).energy, read_showers(eplus_file, stop=50).energy)
+
+
+def test_resume_continues_the_epoch_count(trained, eplus_file):
+    root = trained["flow1"]
+    steps_per_epoch = int(np.ceil(420 / 64))
+    first = torch.load(checkpoint(root), weights_only=False)
+    assert first["epoch"] == 2 and first["global_step"] == 3 * steps_per_epoch
+    fit("flow1.yaml", root, eplus_file, "--trainer.max_epochs", "5", "--ckpt_path", "last")
+    resumed = torch.load(checkpoint(root, version=1), weights_only=False)
+    assert resumed["epoch"] == 4 and resumed["global_step"] == 5 * steps_per_epoch
+    assert [e.step for e in events(root, 1).Scalars("epoch")][-1] >= 3 * steps_per_epoch
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, eplus_file):
+    fit("flow1.yaml", tmp_path, eplus_file, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1")
+    ckpt = torch.load(checkpoint(tmp_path), weights_only=False)
+    # each process sees half of the 420 training showers per epoch
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == int(np.ceil(210 / 64))
+
+
+def test_bad_data_path_is_one_line_without_traceback(tmp_path):
+    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow1.yaml"),
+                     "--trainer.default_root_dir", str(tmp_path), "--data.path", str(tmp_path / "nope.hdf5"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "nope.hdf5" in lines[0] and "no such file" in lines[0]
+    result = run_cli("caloflow", "generate", "--flow1", "missing.ckpt", "--flow2", "missing.ckpt", "--n", "3",
+                     "--out", str(tmp_path / "x.hdf5"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "caloflow: error: --flow1 missing.ckpt: no such checkpoint file"
+
+
+class SometimesNaN(FlowI):
+    def __init__(self, bad_from: int = 10**9, **kw):
+        super().__init__(**kw)
+        self.bad_from = bad_from
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step >= self.bad_from or batch_idx == 1 else loss
+
+
+def test_nonfinite_guard_skips_batches_and_stops(tmp_path, eplus_file):
+    data = CaloDataModule(path=str(eplus_file), representation="flow1", batch_size=64)
+    model = SometimesNaN(bad_from=10, n_blocks=2, hidden_features=8, num_blocks=1, lr=1e-3)
+    guard = NonFiniteGuard(patience=5)
+    trainer = L.Trainer(max_epochs=20, callbacks=[guard], default_root_dir=tmp_path, enable_progress_bar=False,
+                        logger=False, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        trainer.fit(model, data)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # 7 batches per epoch: batch 1 of epochs 0 and 1 (steps 1 and 8) were skipped alone, then every batch
+    # from step 10 on until the patience of 5 ran out
+    assert guard.skipped == 2 + 5 and guard.consecutive == 5 and trainer.global_step == 15
