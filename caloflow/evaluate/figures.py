@@ -1,0 +1,260 @@
+"""Figures of the CaloFlow paper section 5: feature histograms, average images, nearest neighbours.
+
+Every figure is written as PNG and PDF, atomically (temporary file, then rename). Histograms are
+normalised to unit area, the reference is the filled grey histogram, every sample a line, with
+the ratio sample / reference below each panel. Energies are shown in GeV where the paper does.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from caloflow.data.geometry import HALF_WIDTH_MM, N_LAYERS, split_layers  # noqa: E402
+from caloflow.evaluate.features import FEATURES, apply_threshold  # noqa: E402
+
+REFERENCE_STYLE = {"color": "0.6", "alpha": 0.6}
+SAMPLE_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
+N_BINS = 50
+
+#: Panel layouts of the paper's figures: name -> (title, rows of feature names).
+FIGURE_LAYOUTS: dict[str, tuple[str, list[list[str]]]] = {
+    "flow1_features": (
+        "Layer energies (Flow I)",
+        [["E0", "E1", "E2", "E_hat"], ["E0_frac", "E1_frac", "E2_frac"], ["l_d", "s_d", "sigma_sd"]],
+    ),
+    "flow2_voxels": (
+        "Brightest voxels, E_ratio and sparsity (Flow II)",
+        [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("brightest", "second", "E_ratio", "sparsity")],
+    ),
+    "centroids": (
+        "Energy-weighted centroids (Flow II)",
+        [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("phi_centroid", "eta_centroid")],
+    ),
+    "widths": (
+        "Lateral widths (Flow II)",
+        [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("eta_width", "phi_width")],
+    ),
+}
+
+
+def save_figure(fig, stem: str | Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` atomically; closes the figure; returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=100)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _finite(values: np.ndarray, positive: bool) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return v[v > 0] if positive else v
+
+
+def histogram_edges(name: str, datasets: list[np.ndarray], bins: int = N_BINS) -> np.ndarray:
+    """Common bin edges of one feature for all datasets (in the feature's own units).
+
+    The range spans the 0.05 %-99.95 % quantiles of every dataset, so a few outliers do not
+    squash the histogram; logarithmic bins over the positive values for log-scaled features.
+    """
+    log = FEATURES[name].log_x
+    lows, highs = [], []
+    for data in datasets:
+        v = _finite(data, positive=log)
+        if v.size:
+            lows.append(np.quantile(v, 0.0005))
+            highs.append(np.quantile(v, 0.9995))
+    if not lows:
+        return np.logspace(-3, 0, bins + 1) if log else np.linspace(0.0, 1.0, bins + 1)
+    lo, hi = min(lows), max(highs)
+    if log:
+        hi = hi if hi > lo else lo * 10
+        return np.logspace(np.log10(lo), np.log10(hi), bins + 1)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+def clipped_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts of the finite ``values`` in ``edges``, with values outside put into the end bins."""
+    v = _finite(values, positive=False)
+    return np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0].astype(np.float64)
+
+
+def _fractions(counts: np.ndarray) -> np.ndarray:
+    """Counts normalised to sum 1 (the histograms of section 5 compare shapes, per bin)."""
+    total = counts.sum()
+    return counts / total if total > 0 else counts
+
+
+def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[str, np.ndarray]],
+                    out_dir: str | Path, reference_name: str = "Reference") -> dict[str, list[Path]]:
+    """One figure per layout of :data:`FIGURE_LAYOUTS`, every panel with its ratio panel below."""
+    out: dict[str, list[Path]] = {}
+    for fig_name, (title, rows) in FIGURE_LAYOUTS.items():
+        n_cols = max(len(r) for r in rows)
+        fig = plt.figure(figsize=(4.2 * n_cols, 4.0 * len(rows)))
+        outer = fig.add_gridspec(len(rows), n_cols, hspace=0.3, wspace=0.32, left=0.07, right=0.98,
+                                 bottom=0.06, top=1 - 0.2 / len(rows))
+        for i, row in enumerate(rows):
+            for j, name in enumerate(row):
+                cell = outer[i, j].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+                ax = fig.add_subplot(cell[0])
+                rax = fig.add_subplot(cell[1], sharex=ax)
+                _feature_panel(ax, rax, name, reference, samples, reference_name)
+        fig.suptitle(title, y=0.995)
+        out[fig_name] = save_figure(fig, Path(out_dir) / fig_name)
+    return out
+
+
+def _feature_panel(ax, rax, name: str, reference, samples, reference_name: str) -> None:
+    info = FEATURES[name]
+    scale = info.plot_scale
+    edges = histogram_edges(name, [reference[name]] + [s[name] for s in samples.values()])
+    ref_counts = clipped_histogram(reference[name], edges)
+    ref_density = _fractions(ref_counts)
+    x_edges = edges * scale
+    ax.stairs(ref_density, x_edges, fill=True, label=reference_name, **REFERENCE_STYLE)
+    for color, (sample_name, feats) in zip(SAMPLE_COLORS * 10, samples.items()):
+        counts = clipped_histogram(feats[name], edges)
+        density = _fractions(counts)
+        ax.stairs(density, x_edges, color=color, lw=1.4, label=sample_name)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(ref_density > 0, density / ref_density, np.nan)
+        rax.stairs(ratio, x_edges, color=color, lw=1.2, baseline=None)
+    ax.set_yscale("log")
+    ax.set_ylabel("fraction of showers")
+    if info.log_x:
+        ax.set_xscale("log")
+        rax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(which="both", labelbottom=False)
+    ax.legend(fontsize=7, frameon=False)
+    rax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+    rax.set_ylim(0.5, 1.5)
+    rax.set_ylabel("ratio", fontsize=8)
+    rax.set_xlabel(info.label)
+
+
+def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray], out_dir: str | Path,
+                   reference_name: str = "Reference", threshold_kev: float = 10.0) -> list[Path]:
+    """Average energy per voxel (MeV, log colour scale): rows reference and samples, columns layers."""
+    rows = {reference_name: reference_voxels, **samples}
+    means = {name: [layer.mean(0) for layer in split_layers(apply_threshold(v, threshold_kev))]
+             for name, v in rows.items()}
+    fig, axes = plt.subplots(len(rows), N_LAYERS, figsize=(4.2 * N_LAYERS, 3.4 * len(rows)), squeeze=False)
+    extent = (-HALF_WIDTH_MM, HALF_WIDTH_MM, -HALF_WIDTH_MM, HALF_WIDTH_MM)
+    for k in range(N_LAYERS):
+        positive = np.concatenate([m[k][m[k] > 0] for m in means.values()] + [np.array([1e-3])])
+        norm = LogNorm(vmin=max(positive.min(), 1e-3), vmax=max(positive.max(), 1e-2))
+        for i, (name, layers) in enumerate(means.items()):
+            ax = axes[i, k]
+            cmap = plt.get_cmap("viridis").copy()
+            cmap.set_bad("white")  # voxels that are zero in every shower stand out
+            image = np.ma.masked_less_equal(layers[k], 0)
+            im = ax.imshow(image, norm=norm, cmap=cmap, extent=extent, aspect="auto", origin="lower",
+                           interpolation="nearest")
+            ax.set_title(f"{name}, layer {k}", fontsize=10)
+            ax.set_xlabel(r"$\eta$ [mm]")
+            ax.set_ylabel(r"$\phi$ [mm]")
+            fig.colorbar(im, ax=ax, label="mean energy [MeV]")
+    fig.tight_layout()
+    return save_figure(fig, Path(out_dir) / "average_images")
+
+
+def pick_reference_showers(energy: np.ndarray, targets=(5.0, 10.0, 20.0, 50.0, 95.0), seed: int = 0,
+                           candidates: int = 20) -> np.ndarray:
+    """Index of one reference shower near each target energy (GeV), drawn among the closest ones."""
+    rng = np.random.default_rng(seed)
+    energy = np.asarray(energy, dtype=np.float64)
+    picks = []
+    for e in targets:
+        closest = np.argsort(np.abs(energy - e))[: min(candidates, len(energy))]
+        picks.append(int(rng.choice(closest)))
+    return np.array(picks)
+
+
+def nearest_neighbours(reference_voxels: np.ndarray, reference_energy: np.ndarray, index: np.ndarray,
+                       sample_voxels: np.ndarray, sample_energy: np.ndarray, pool: int = 2000,
+                       window: float = 0.05, min_candidates: int = 10) -> list[dict]:
+    """Euclidean nearest neighbour (504-dim, MeV) of each chosen reference shower among generated
+    showers of similar incident energy (section 5.1: 2000 samples at the same energy).
+
+    Candidates are the generated showers within ``window`` (relative) of the reference energy, at
+    most the ``pool`` closest in energy; at least the ``min_candidates`` closest ones.
+    """
+    out = []
+    sample_energy = np.asarray(sample_energy, dtype=np.float64)
+    for i in index:
+        e = float(reference_energy[i])
+        order = np.argsort(np.abs(sample_energy - e), kind="stable")
+        inside = int(np.sum(np.abs(sample_energy - e) <= window * e))
+        candidates = order[: min(max(inside, min_candidates), pool, len(sample_energy))]
+        diff = sample_voxels[candidates].astype(np.float64) - reference_voxels[i].astype(np.float64)
+        d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        best = int(candidates[np.argmin(d)])
+        out.append({"reference_index": int(i), "reference_energy_gev": e, "neighbour_index": best,
+                    "neighbour_energy_gev": float(sample_energy[best]), "distance_mev": float(d.min()),
+                    "energy_window_gev": [float(sample_energy[candidates].min()),
+                                          float(sample_energy[candidates].max())]})
+    return out
+
+
+def nearest_neighbour_figure(reference_voxels: np.ndarray, reference_energy: np.ndarray, index: np.ndarray,
+                             neighbours: dict[str, list[dict]], sample_voxels: dict[str, np.ndarray],
+                             out_dir: str | Path, reference_name: str = "Reference") -> list[Path]:
+    """Rows: the chosen reference showers; columns: reference layers 0-2, then each sample's neighbour."""
+    sources = [reference_name] + list(neighbours)
+    n_rows, n_cols = len(index), N_LAYERS * len(sources)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.1 * n_cols, 2.2 * n_rows), squeeze=False)
+    extent = (-HALF_WIDTH_MM, HALF_WIDTH_MM, -HALF_WIDTH_MM, HALF_WIDTH_MM)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("white")
+    for r, i in enumerate(index):
+        showers = [reference_voxels[i]] + [sample_voxels[n][neighbours[n][r]["neighbour_index"]] for n in neighbours]
+        images = [split_layers(np.asarray(s, dtype=np.float64)[None])[k][0] for s in showers for k in range(N_LAYERS)]
+        for k in range(N_LAYERS):
+            layer_images = images[k::N_LAYERS]
+            positive = np.concatenate([im[im > 0] for im in layer_images] + [np.array([1e-2])])
+            norm = LogNorm(vmin=max(positive.min(), 1e-2), vmax=max(positive.max(), 1e-1))
+            for s, (source, image) in enumerate(zip(sources, layer_images)):
+                ax = axes[r, s * N_LAYERS + k]
+                ax.imshow(np.ma.masked_less_equal(image, 0), norm=norm, cmap=cmap, extent=extent, aspect="auto",
+                          origin="lower", interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if s == 0:
+                    title = f"{source} L{k}, {reference_energy[i]:.1f} GeV"
+                else:
+                    nb = neighbours[source][r]
+                    title = f"{source} L{k}, {nb['neighbour_energy_gev']:.1f} GeV\nd = {nb['distance_mev'] / 1e3:.2f} GeV"
+                ax.set_title(title, fontsize=7)
+                if s * N_LAYERS + k == 0:
+                    ax.set_ylabel(r"$\phi$ (480 mm)", fontsize=7)
+                if r == n_rows - 1:
+                    ax.set_xlabel(r"$\eta$ (480 mm)", fontsize=7)
+    fig.suptitle("Reference showers and their Euclidean nearest neighbours (504 voxels, log colour scale, MeV)",
+                 fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, Path(out_dir) / "nearest_neighbours")

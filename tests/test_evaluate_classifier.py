@@ -1,0 +1,139 @@
+"""The classifier test of appendix A: architectures, inputs, data split, calibration, and AUCs on real data."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from caloflow.data.geometry import join_layers, split_layers
+from caloflow.data.io import Showers
+from caloflow.data.simulate import simulate
+from caloflow.evaluate.classifier_test import (
+    ClassifierDataModule,
+    calibrated_metrics,
+    classifier_test,
+    jsd_from_bce,
+)
+from caloflow.models.classifiers import CNN, DNN, ShowerClassifier, classifier_inputs, count_parameters
+
+N_SHOWERS = 3000
+
+
+@pytest.fixture(scope="module")
+def reference() -> Showers:
+    return simulate("eplus", N_SHOWERS, seed=11, progress=False)
+
+
+@pytest.fixture(scope="module")
+def independent() -> Showers:
+    """A second, independent sample of the same distribution."""
+    return simulate("eplus", N_SHOWERS, seed=12, progress=False)
+
+
+def test_parameter_counts_of_appendix_a():
+    assert count_parameters(DNN()) == 786_433
+    assert count_parameters(CNN()) == 1_262_913
+    assert count_parameters(ShowerClassifier("cnn")) == 1_262_913
+
+
+def test_cnn_shapes():
+    cnn = CNN()
+    x = torch.randn(2, 508)
+    assert cnn(x).shape == (2,)
+    # every calorimeter layer becomes 64 x 6 x 6 after the first pooling and 64 x 2 x 2 at the end
+    for stack, shape in zip(cnn.stacks, ((3, 96), (12, 12), (12, 6))):
+        h = torch.randn(2, 1, *shape)
+        for i, module in enumerate(stack):
+            h = module(h)
+            if i == 4:
+                assert h.shape == (2, 64, 6, 6)
+        assert h.shape == (2, 64, 2, 2)
+
+
+def test_inputs_of_appendix_a():
+    layers = [np.zeros((1, 3, 96)), np.zeros((1, 12, 12)), np.zeros((1, 12, 6))]
+    layers[0][0, 1, 10] = 2000.0  # 2 GeV
+    layers[1][0, 4, 4] = 30000.0
+    layers[1][0, 4, 5] = 10000.0
+    voxels = join_layers(layers)
+    energy = np.array([50.0])
+    x = classifier_inputs(voxels, energy, "unnormalized").double()[0]
+    assert x.shape == (508,)
+    assert x[10 + 96] == pytest.approx(0.02, rel=1e-6)  # 2 GeV in units of 100 GeV
+    assert x[504] == pytest.approx(math.log10(50 / 10), rel=1e-6)  # eq. (4.4)
+    for i, e_mev in enumerate((2000.0, 40000.0, 0.0)):  # eq. (4.5), 1 keV = 1e-3 MeV
+        assert x[505 + i] == pytest.approx(math.log10((e_mev + 1e-3) / 1e5) + 2, rel=1e-6)
+    xn = classifier_inputs(voxels, energy, "normalized")[0].double()
+    assert xn[:288].sum() == pytest.approx(1.0) and xn[288:432].sum() == pytest.approx(1.0)
+    assert xn[288 + 4 * 12 + 4] == pytest.approx(0.75)
+    assert xn[432:504].sum() == 0.0  # an empty layer stays zero
+    xl = classifier_inputs(voxels, energy, "logit")[0].double()
+    assert xl[0] == pytest.approx(math.log(1e-6 / (1 - 1e-6)) / 10, rel=1e-5)  # zero voxel
+    u = 1e-6 + (1 - 2e-6) * 0.02
+    assert xl[10 + 96] == pytest.approx(math.log(u / (1 - u)) / 10, rel=1e-5)
+    with pytest.raises(ValueError):
+        classifier_inputs(voxels, energy, "standardized")
+
+
+def test_datamodule_balanced_split(reference, independent):
+    dm = ClassifierDataModule(reference[:1000], independent[:700], seed=3)
+    dm.setup()
+    sizes = {k: len(v) for k, v in dm.splits.items()}
+    assert sizes == {"train": 840, "val": 280, "test": 280}  # 60/20/20 of 2 x 700
+    for split in dm.splits.values():
+        labels = split.tensors[1]
+        assert labels.sum().item() == len(labels) / 2  # balanced in every split
+    train = dm.splits["train"].tensors[0]
+    assert not torch.isnan(train).any()
+    # no shower of the reference appears twice across the splits
+    ref_rows = torch.cat([s.tensors[0][s.tensors[1] == 0] for s in dm.splits.values()])
+    assert len(torch.unique(ref_rows, dim=0)) == 700
+
+
+def test_calibrated_metrics_limits():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0.0, 1.0], 500)
+    perfect = calibrated_metrics(y.copy(), y, y.copy(), y)
+    assert perfect["auc"] == 1.0 and perfect["jsd"] == pytest.approx(1.0, abs=1e-5)
+    noise = calibrated_metrics(rng.uniform(size=1000), y, rng.uniform(size=1000), y)
+    assert 0.0 <= noise["jsd"] <= 0.02 and abs(noise["auc"] - 0.5) < 0.06
+    assert jsd_from_bce(math.log(2)) == 0.0
+
+
+def test_same_distribution_auc_near_half(reference, independent, tmp_path):
+    res = classifier_test(reference, independent, "dnn", "unnormalized", runs=2, epochs=5, seed=0,
+                          batch_size=200, log_dir=tmp_path, name="same")
+    print("same distribution:", res["auc"], res["jsd"])
+    assert 0.44 <= res["auc"]["mean"] <= 0.56
+    for run in res["runs"]:
+        assert 0.0 <= run["jsd"] <= 1.0
+        assert run["jsd"] < 0.05
+        assert 1 <= run["best_epoch"] <= 5
+    # real TensorBoard event files, one folder per run, with the training curves and the test metrics
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in ("run0", "run1"):
+        acc = EventAccumulator(str(tmp_path / "same" / run))
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+        assert {"train_loss", "val_loss", "val_acc", "test_auc", "test_jsd"} <= tags
+        assert len(acc.Scalars("val_acc")) == 5
+
+
+def test_obvious_distortion_auc_near_one(reference, independent):
+    layers = [x.copy() for x in split_layers(independent.voxels)]
+    layers[1] = np.roll(layers[1], 1, axis=2)  # layer 1 shifted by one 40 mm cell in eta
+    shifted = Showers(join_layers(layers), independent.energy)
+    res = classifier_test(reference, shifted, "dnn", "normalized", runs=1, epochs=5, seed=0, batch_size=200)
+    print("shifted layer 1:", res["auc"], res["jsd"])
+    assert res["auc"]["mean"] > 0.95
+    assert 0.5 < res["jsd"]["mean"] <= 1.0
+
+
+def test_same_seed_same_numbers(reference, independent):
+    kw = dict(architecture="dnn", preprocessing="logit", runs=1, epochs=1, seed=5, batch_size=500, max_showers=600)
+    a = classifier_test(reference, independent, **kw)
+    b = classifier_test(reference, independent, **kw)
+    assert a["runs"][0]["auc_uncalibrated"] == b["runs"][0]["auc_uncalibrated"]

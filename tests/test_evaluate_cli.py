@@ -1,0 +1,122 @@
+"""``caloflow evaluate`` end to end through a real subprocess, and its one-line errors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from caloflow.cli import main
+from caloflow.data.geometry import join_layers, split_layers
+from caloflow.data.io import Showers, write_showers
+from caloflow.data.simulate import simulate
+
+N = 1200
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evaluate")
+    ref = simulate("eplus", N, seed=21, progress=False)
+    gen = simulate("eplus", N, seed=22, progress=False)
+    layers = [x.copy() for x in split_layers(gen.voxels)]
+    layers[0] *= 2.0  # a generator that puts twice the energy into layer 0
+    paths = {
+        "reference": write_showers(d / "reference.hdf5", ref),
+        "good": write_showers(d / "good.hdf5", gen),
+        "bad": write_showers(d / "bad.hdf5", Showers(join_layers(layers), gen.energy)),
+    }
+    with h5py.File(d / "broken.hdf5", "w") as f:  # no layer_2
+        f["layer_0"] = np.zeros((20, 3, 96))
+        f["layer_1"] = np.zeros((20, 12, 12))
+        f["energy"] = np.ones((20, 1))
+    paths["broken"] = d / "broken.hdf5"
+    return paths
+
+
+def _caloflow(*args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "caloflow.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_evaluate_end_to_end(files, tmp_path):
+    out = tmp_path / "eval"
+    proc = _caloflow("evaluate", "--reference", files["reference"], "--samples", f"good={files['good']}",
+                     f"bad={files['bad']}", "--out", out, "--classifier", "dnn", "--preprocessing",
+                     "unnormalized,normalized", "--runs", "2", "--epochs", "2", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "classifier epochs" in proc.stderr or "epoch" in proc.stderr  # progress is shown
+
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    for stem in ("flow1_features", "flow2_voxels", "centroids", "widths", "average_images", "nearest_neighbours"):
+        assert f"{stem}.png" in figures and f"{stem}.pdf" in figures
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
+    assert not [p for p in out.rglob("*.tmp")]  # nothing half-written left behind
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["samples"]) == {"good", "bad"}
+    assert metrics["reference"]["n_showers"] == N
+    e0_ref = metrics["reference"]["features"]["E0"]["mean"]
+    for name in ("good", "bad"):
+        sample = metrics["samples"][name]
+        assert len(sample["features"]) == 34
+        for feat in sample["features"].values():
+            assert {"mean", "std", "separation_power"} <= set(feat)
+        for model in ("dnn",):
+            for pre in ("unnormalized", "normalized"):
+                m = sample["classifier"][model][pre]
+                assert 0.0 <= m["auc"]["mean"] <= 1.0 and m["auc"]["std"] >= 0.0
+                assert 0.0 <= m["jsd"]["mean"] <= 1.0
+                assert len(m["runs"]) == 2
+        assert len(sample["nearest_neighbours"]) == 5
+    good, bad = metrics["samples"]["good"], metrics["samples"]["bad"]
+    # the layer-0 energy of the distorted sample is twice the reference's; its histograms separate
+    assert bad["features"]["E0"]["mean"] == pytest.approx(2 * e0_ref, rel=0.1)
+    assert bad["features"]["E0_frac"]["separation_power"] > 5 * good["features"]["E0_frac"]["separation_power"]
+    assert bad["classifier"]["dnn"]["normalized"]["auc"]["mean"] > good["classifier"]["dnn"]["normalized"]["auc"]["mean"]
+    assert math.isfinite(good["features"]["s_d"]["separation_power"])
+
+    report = (out / "report.md").read_text()
+    assert "| good | DNN | unnormalized |" in report and "`sigma_sd`" in report
+    for stem in ("flow1_features", "average_images", "nearest_neighbours"):
+        assert f"(figures/{stem}.png)" in report
+    assert list((out / "tensorboard").glob("good_dnn_normalized/run1/events.out.tfevents.*"))
+
+
+def _one_line_error(proc_or_err: str) -> str:
+    lines = [line for line in proc_or_err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc_or_err
+    assert "Traceback" not in proc_or_err
+    return lines[0]
+
+
+def test_missing_file_subprocess(files, tmp_path):
+    proc = _caloflow("evaluate", "--reference", tmp_path / "nope.hdf5", "--samples", f"x={files['good']}",
+                     "--out", tmp_path / "o", "--classifier", "none", timeout=120)
+    assert proc.returncode == 2
+    line = _one_line_error(proc.stderr)
+    assert "nope.hdf5" in line and "no such file" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--samples", "{good}"], "is not NAME=PATH"),
+    (["--samples", "a={good}", "a={bad}"], "used twice"),
+    (["--samples", "x={broken}"], "layer_2"),
+    (["--samples", "x={good}", "--classifier", "dnn,rnn"], "unknown value 'rnn'"),
+    (["--samples", "x={good}", "--preprocessing", "zscore"], "unknown value 'zscore'"),
+    (["--samples", "x={good}", "--runs", "0"], "--runs"),
+])
+def test_bad_input_one_line(files, tmp_path, capsys, args, expected):
+    args = [a.format(**files) for a in args]
+    code = main(["evaluate", "--reference", str(files["reference"]), "--out", str(tmp_path / "o"), *args])
+    assert code == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert expected in line
+    assert not (tmp_path / "o").exists()
