@@ -15,7 +15,7 @@ def __getattr__(name):
 
         return CaloFlow
     if name in ("fast_inverse", "fast_sample"):
-        from caloflow.flows import fast_inverse as module
+        from caloflow.flows import fast_inverse, fast_sample
 
-        return getattr(module, name)
+        return {"fast_inverse": fast_inverse, "fast_sample": fast_sample}[name]
     raise AttributeError(f"module 'caloflow' has no attribute {name!r}")

@@ -6,8 +6,6 @@ are read alike; any float dtype is accepted.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from caloflow.data.geometry import (
     layer_energies,
     split_layers,
 )
+from caloflow.atomic import atomic_output
 from caloflow.errors import DataFormatError
 
 REQUIRED_KEYS: tuple[str, ...] = LAYER_KEYS + (ENERGY_KEY,)
@@ -198,20 +197,11 @@ def write_showers(path, showers: Showers, dtype=np.float32, attrs: dict | None =
     path = Path(path)
     if showers.voxels.shape[1:] != (N_VOXELS,):
         raise DataFormatError(f"{path}: voxels have shape {showers.voxels.shape}, expected (N, {N_VOXELS})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, image in zip(LAYER_KEYS, split_layers(np.asarray(showers.voxels))):
-                f.create_dataset(key, data=np.ascontiguousarray(image, dtype=dtype))
-            f.create_dataset(ENERGY_KEY, data=np.asarray(showers.energy, dtype=dtype).reshape(-1, 1))
-            f.create_dataset(OVERFLOW_KEY, data=np.asarray(showers.overflow, dtype=dtype))
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, image in zip(LAYER_KEYS, split_layers(np.asarray(showers.voxels))):
+            f.create_dataset(key, data=np.ascontiguousarray(image, dtype=dtype))
+        f.create_dataset(ENERGY_KEY, data=np.asarray(showers.energy, dtype=dtype).reshape(-1, 1))
+        f.create_dataset(OVERFLOW_KEY, data=np.asarray(showers.overflow, dtype=dtype))
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
     return path

@@ -107,7 +107,8 @@ def run(args) -> int:
     from caloflow.evaluate import figures as figs
     from caloflow.evaluate.classifier_test import DEFAULT_EPOCHS, classifier_test
     from caloflow.evaluate.features import compute_features, summarize
-    from caloflow.evaluate.report import feature_metrics, render_report, write_metrics, write_text_atomic
+    from caloflow.atomic import write_text_atomic
+    from caloflow.evaluate.report import feature_metrics, render_report, write_metrics
 
     _quiet_lightning()
     out = Path(args.out)

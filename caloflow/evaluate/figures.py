@@ -6,8 +6,6 @@ the ratio sample / reference below each panel. Energies are shown in GeV where t
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from caloflow.atomic import atomic_output  # noqa: E402
 from caloflow.data.geometry import HALF_WIDTH_MM, N_LAYERS, split_layers  # noqa: E402
 from caloflow.evaluate.features import FEATURES, apply_threshold  # noqa: E402
 
@@ -48,20 +47,11 @@ FIGURE_LAYOUTS: dict[str, tuple[str, list[list[str]]]] = {
 
 def save_figure(fig, stem: str | Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` atomically; closes the figure; returns the paths."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        path = Path(stem).with_suffix(f".{fmt}")
+        with atomic_output(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=100)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         paths.append(path)
     plt.close(fig)
     return paths

@@ -1,0 +1,139 @@
+"""Flow II sampling time per shower (the paper's table 4): nflows' inverse vs ``fast_inverse`` vs ``log_prob``.
+
+The paper-size Flow II (``build_flow2()``: 8 MADE-RQS blocks, 504 features, hidden 378, 37,835,280
+parameters) in eval mode, with every weight perturbed by Gaussian noise (std ``--noise``) so that
+no block is near the identity, and a random 4-dim context. For each batch size it times
+
+* nflows' own inverse (``transform.inverse``: one full MADE pass per feature and block),
+* :func:`caloflow.flows.fast_inverse.fast_inverse` (each network output computed once),
+* ``flow.log_prob`` on the generated samples (one pass per block: the cost floor),
+
+and reports ms per shower and the max abs difference between the two samplers. nflows cells whose
+estimated time (504 x the measured forward pass at that batch) exceeds ``--nflows-limit-s`` are
+skipped and shown as estimates; for those batches the first ``--check-rows`` rows are still
+compared with nflows' inverse of the same rows (rows are independent).
+
+    python benchmarks/sampling.py --threads 1 --out /tmp/sampling.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+from tqdm import tqdm
+
+from caloflow.flows.build import build_flow2, count_parameters
+from caloflow.flows.fast_inverse import fast_inverse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.02, help="std of the Gaussian noise added to every weight")
+    p.add_argument("--nflows-limit-s", type=float, default=600.0, help="skip nflows cells estimated above this")
+    p.add_argument("--check-rows", type=int, default=10, help="rows compared with nflows where its cell is skipped")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def timed(fn, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def make_flow(seed: int, noise: float, device: torch.device):
+    torch.manual_seed(seed)
+    flow = build_flow2().eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=g))
+    return flow.to(device)
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    flow = make_flow(args.seed, args.noise, device)
+    transform = flow._transform
+    features = 504
+
+    g = torch.Generator().manual_seed(args.seed + 2)
+    warm_z, warm_c = torch.randn(2, features, generator=g).to(device), torch.randn(2, 4, generator=g).to(device)
+    _, plan_s = timed(lambda: fast_inverse(transform, warm_z, warm_c), device)  # builds and caches the plan
+
+    rows = []
+    for batch in tqdm(args.batch_sizes, desc="batch sizes"):
+        z = torch.randn(batch, features, generator=g).to(device)
+        c = torch.randn(batch, 4, generator=g).to(device)
+        x, fast_s = timed(lambda: fast_inverse(transform, z, c), device)
+        with torch.no_grad():
+            _, logp_s = timed(lambda: flow.log_prob(x, c), device)
+            _, fwd_s = timed(lambda: transform(x, c), device)
+        estimate_s = features * fwd_s  # nflows' inverse: one forward-sized pass per feature
+        row = {"batch": batch, "fast_inverse_ms": 1e3 * fast_s / batch, "log_prob_ms": 1e3 * logp_s / batch,
+               "nflows_estimate_ms": 1e3 * estimate_s / batch, "nflows_ms": None, "nflows_measured": False}
+        if estimate_s <= args.nflows_limit_s:
+            with torch.no_grad():
+                ref, nflows_s = timed(lambda: transform.inverse(z, c)[0], device)
+            row.update(nflows_ms=1e3 * nflows_s / batch, nflows_measured=True, compared_rows=batch,
+                       max_abs_diff=(ref - x).abs().max().item())
+        else:
+            k = min(args.check_rows, batch)
+            with torch.no_grad():
+                ref = transform.inverse(z[:k], c[:k])[0]
+            row.update(compared_rows=k, max_abs_diff=(ref - x[:k]).abs().max().item())
+        nflows = row["nflows_ms"] if row["nflows_measured"] else row["nflows_estimate_ms"]
+        row["speedup_vs_nflows"] = nflows / row["fast_inverse_ms"]
+        row["fast_over_log_prob"] = row["fast_inverse_ms"] / row["log_prob_ms"]
+        rows.append(row)
+        tqdm.write(json.dumps(row))
+
+    result = {
+        "model": "build_flow2() eval, weights + N(0, noise^2), random 4-dim context",
+        "parameters": count_parameters(flow), "noise": args.noise, "seed": args.seed,
+        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs)".strip(),
+        "plan_build_s": plan_s, "rows": rows,
+    }
+    print(f"\nFlow II ({result['parameters']:,} parameters), {device}, {result['threads']} thread(s); "
+          f"ms per shower (plan build once: {plan_s:.2f} s)\n")
+    print("| batch | nflows inverse | fast_inverse | log_prob | speed-up vs nflows | fast / log_prob | max abs diff (rows) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        nflows = fmt(r["nflows_ms"]) if r["nflows_measured"] else f"~{fmt(r['nflows_estimate_ms'])} (est., skipped)"
+        speed = ("" if r["nflows_measured"] else "~") + f"{r['speedup_vs_nflows']:.0f}x"
+        print(f"| {r['batch']:,} | {nflows} | {fmt(r['fast_inverse_ms'])} | {fmt(r['log_prob_ms'])} | {speed} "
+              f"| {r['fast_over_log_prob']:.2f} | {r['max_abs_diff']:.1e} ({r['compared_rows']}) |")
+    if args.out:
+        directory = os.path.dirname(os.path.abspath(args.out))
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
