@@ -16,6 +16,7 @@ from caloflow.errors import CaloflowError
 #: subcommand -> (module, one-line help). ``fit`` and friends are the LightningCLI entry.
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("caloflow.data.simulate", "simulate showers with the embedded parametrized simulator"),
+    "demo": ("caloflow.demo", "the main job end to end at demo size: simulate, fit both flows, generate, evaluate"),
     "generate": ("caloflow.sampling", "generate showers with trained CaloFlow (or CaloGAN) checkpoints"),
     "evaluate": ("caloflow.evaluate.cli", "compare generated with reference showers: features, figures, classifier AUC/JSD"),
 }

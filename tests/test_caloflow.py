@@ -130,6 +130,16 @@ def test_resume_continues_the_epoch_count(trained, eplus_file):
     assert [e.step for e in events(root, 1).Scalars("epoch")][-1] >= 3 * steps_per_epoch
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_lightning_subcommands(trained, eplus_file, tmp_path, subcommand):
+    result = run_cli("lightning", subcommand, "-c", str(REPO / "configs" / "smoke" / "flow2.yaml"),
+                     "--data.path", str(eplus_file), "--trainer.default_root_dir", str(tmp_path),
+                     "--ckpt_path", str(checkpoint(trained["flow2"])))
+    assert result.returncode == 0, result.stderr[-3000:]
+    if subcommand != "predict":
+        assert f"{'val' if subcommand == 'validate' else 'test'}_nll" in result.stdout
+
+
 def test_ddp_on_two_cpu_processes(tmp_path, eplus_file):
     fit("flow1.yaml", tmp_path, eplus_file, "--trainer.strategy", "ddp", "--trainer.devices", "2",
         "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1")

@@ -5,6 +5,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks.model_selection import histogram_score
 from caloflow.data import CaloDataModule
 from caloflow.data.geometry import LAYER_SHAPES, join_layers, layer_energies
+from caloflow.data.io import read_showers
 from caloflow.data.simulate import simulate_to_file
 from caloflow.models.calogan import (
     CaloGAN,
@@ -327,3 +329,17 @@ def test_smoke_config_fits_through_lightning_cli(shower_file, tmp_path):
     model = CaloGAN.load_from_checkpoint(next(root.glob("**/checkpoints/best_histogram.ckpt")))
     voxels = model.sample(torch.tensor([20.0, 80.0]))
     assert voxels.shape == (2, 504) and torch.isfinite(voxels).all() and (voxels >= 0).all()
+
+    # caloflow generate --calogan writes a valid CaloGAN-format file, the same for the same seed
+    ckpt = str(next(root.glob("**/checkpoints/best_histogram.ckpt")))
+    outputs = []
+    for name in ("a.hdf5", "b.hdf5"):
+        result = subprocess.run(
+            [sys.executable, "-m", "caloflow.cli", "generate", "--calogan", ckpt, "--n", "64", "--seed", "4",
+             "--batch-size", "32", "--out", str(tmp_path / name)],
+            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(read_showers(tmp_path / name))  # validates: finite, non-negative, shapes
+    assert len(outputs[0]) == 64 and np.array_equal(outputs[0].voxels, outputs[1].voxels)
+    assert ((outputs[0].energy >= 1) & (outputs[0].energy <= 100)).all()

@@ -106,6 +106,10 @@ class FlowI(ConditionalFlowModule):
         z = standard_normal(len(incident_gev), self.preprocessing.features, generator, self.device, context.dtype)
         return self.preprocessing.inverse(self.invert(z, context), incident_gev)
 
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Layer energies (MeV) drawn for the incident energies of the batch."""
+        return self.sample_layer_energies(batch["energy"])
+
     @torch.no_grad()
     def compare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None):
         """Data and generated layer energies (MeV) for the same incident energies, for monitoring."""
@@ -174,6 +178,10 @@ class FlowII(ConditionalFlowModule):
         z = standard_normal(len(incident_gev), self.preprocessing.features, generator, self.device, context.dtype)
         x = self.invert(z, context, fast=fast)
         return self.preprocessing.inverse(x, layer_energies, threshold=threshold)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Showers (N, 504) in MeV drawn for the incident and layer energies of the batch."""
+        return self.sample_voxels(batch["energy"], decode_layer_energies(batch["context"][:, 1:].double()))
 
     @torch.no_grad()
     def compare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None):
