@@ -281,7 +281,8 @@ def test_sample_returns_mev_voxels_in_caloflow_order():
     with torch.no_grad():
         images = model.generator(z, energies)
     expected = join_layers([im.numpy() for im in images]) * 1000.0
-    np.testing.assert_allclose(voxels.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # chunked and whole-batch matmuls sum in different orders: agree to float32 precision (0.5 keV)
+    np.testing.assert_allclose(voxels.numpy(), expected, rtol=1e-4, atol=5e-4)
 
 
 # --- histogram-based selection score --------------------------------------------------------------
