@@ -22,11 +22,12 @@ import json
 import os
 import platform
 import tempfile
-import time
 
 import torch
 from tqdm import tqdm
 
+from caloflow.evaluate.timing import format_ms as fmt
+from caloflow.evaluate.timing import timed
 from caloflow.flows.build import build_flow2, count_parameters
 from caloflow.flows.fast_inverse import fast_inverse
 
@@ -44,16 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
-
-
 def make_flow(seed: int, noise: float, device: torch.device):
     torch.manual_seed(seed)
     flow = build_flow2().eval()
@@ -62,12 +53,6 @@ def make_flow(seed: int, noise: float, device: torch.device):
         for p in flow.parameters():
             p.add_(noise * torch.randn(p.shape, generator=g))
     return flow.to(device)
-
-
-def fmt(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def main(argv=None) -> dict:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("caloflow.demo", "the main job end to end at demo size: simulate, fit both flows, generate, evaluate"),
     "generate": ("caloflow.sampling", "generate showers with trained CaloFlow (or CaloGAN) checkpoints"),
     "evaluate": ("caloflow.evaluate.cli", "compare generated with reference showers: features, figures, classifier AUC/JSD"),
+    "benchmark": ("caloflow.evaluate.benchmark", "time generation per shower vs batch size: CaloFlow, CaloGAN, simulator (table 4)"),
 }
 #: subcommands handed to LightningCLI unchanged.
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

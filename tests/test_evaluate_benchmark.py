@@ -1,0 +1,179 @@
+"""``caloflow benchmark``: generation time per shower vs batch size (paper table 4)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import lightning
+import pytest
+import torch
+
+from caloflow.cli import main as cli_main
+from caloflow.evaluate.benchmark import Generator, estimate_seconds, time_generator
+from caloflow.models.calogan import CaloGAN
+from caloflow.models.flows import FlowI, FlowII
+
+from tests.conftest import run_cli
+
+TINY_GAN = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
+                disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)
+#: a Flow II over a quarter-size calorimeter (same 4:2:1 layer proportions): nflows' inverse costs
+#: ~D^2 per block, and at D = 504 one batch of 100 alone would take most of this file's time budget
+TINY_LAYERS = (48, 24, 12)
+HUGE = 10_000_000  # a batch no test may ever run: it must come out estimated
+
+
+def save_checkpoint(module: lightning.LightningModule, path) -> str:
+    """A checkpoint that ``load_from_checkpoint`` reads (weights and constructor arguments)."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchmark_models")
+    torch.manual_seed(0)
+    return {
+        "flow1": save_checkpoint(FlowI(n_blocks=2, hidden_features=8), root / "flow1.ckpt"),
+        "flow2": save_checkpoint(FlowII(TINY_LAYERS, n_blocks=2, hidden_features=8), root / "flow2.ckpt"),
+        "calogan": save_checkpoint(CaloGAN(**TINY_GAN), root / "calogan.ckpt"),
+    }
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark")
+    proc = run_cli("caloflow", "benchmark", "--flow1", checkpoints["flow1"], "--flow2", checkpoints["flow2"],
+                   "--calogan", checkpoints["calogan"], "--batch-sizes", "100", "10", str(HUGE),
+                   "--threads", "1", "--repeats", "2", "--max-seconds", "60", "--seed", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out, json.loads((out / "benchmark.json").read_text())
+
+
+def cells(result) -> dict:
+    return {(c["generator"], c["batch"]): c for c in result["cells"]}
+
+
+def test_every_generator_and_batch_is_a_positive_finite_time(benchmark_run):
+    proc, out, result = benchmark_run
+    generators = ["caloflow-fast", "caloflow-nflows", "calogan", "simulator"]
+    assert list(result["generators"]) == generators
+    assert result["batch_sizes"] == [10, 100, HUGE]
+    table = cells(result)
+    assert len(result["cells"]) == len(table) == 4 * 3
+    for g in generators:
+        for b in (10, 100):
+            cell = table[g, b]
+            assert cell["status"] == "measured", cell
+            assert 1 <= len(cell["seconds_per_call"]) <= 2
+            assert all(math.isfinite(s) and s > 0 for s in cell["seconds_per_call"])
+            # the reported figure is the best call divided by the showers in it
+            assert cell["ms_per_shower"] == pytest.approx(1e3 * min(cell["seconds_per_call"]) / b, rel=1e-12)
+    # the printed table, the markdown file and the machine description
+    md = (out / "benchmark.md").read_text()
+    assert md in proc.stdout
+    assert "| generator | 10 | 100 | 10,000,000 |" in md
+    for label in ("CaloFlow, fast inverse", "CaloFlow, nflows inverse", "CaloGAN", "simulator (eplus)"):
+        assert f"| {label} |" in md
+    assert result["machine"]["threads"] == 1 and result["machine"]["torch"] == torch.__version__
+    assert "checkpoints" in result["generators"]["caloflow-fast"]["model"]
+    assert "batch 100: " in proc.stderr  # a progress line per cell
+
+
+def test_fast_sampler_beats_nflows_inverse_on_the_same_model(benchmark_run):
+    table = cells(benchmark_run[2])
+    # same Flow I + Flow II weights; nflows runs the MADE once per voxel, the fast inverse once per degree group
+    assert table["caloflow-fast", 100]["ms_per_shower"] < table["caloflow-nflows", 100]["ms_per_shower"]
+    assert table["caloflow-fast", 10]["ms_per_shower"] < table["caloflow-nflows", 10]["ms_per_shower"]
+
+
+def test_cells_over_the_time_limit_are_estimated_not_run(benchmark_run):
+    _, out, result = benchmark_run
+    table = cells(result)
+    md = (out / "benchmark.md").read_text()
+    for g in result["generators"]:
+        cell = table[g, HUGE]
+        assert cell["status"] == "estimated" and cell["seconds_per_call"] == []
+        assert cell["estimate_s"] > 60 and "--max-seconds 60" in cell["reason"]
+        assert cell["ms_per_shower"] == pytest.approx(1e3 * cell["estimate_s"] / HUGE)
+        # extrapolated from the two measured batches: never slower per shower than the slowest of them
+        per_shower = [table[g, b]["ms_per_shower"] for b in (10, 100)]
+        assert 0 < cell["ms_per_shower"] <= max(per_shower) * (1 + 1e-9)
+        t10, t100 = (min(table[g, b]["seconds_per_call"]) for b in (10, 100))
+        slope = (t100 - t10) / 90
+        if slope > 0 and t10 - 10 * slope >= 0:  # two points: the fitted line goes through both
+            assert cell["estimate_s"] == pytest.approx(t10 + slope * (HUGE - 10), rel=1e-6)
+    assert md.count(" (est.) |") == 4
+
+
+def test_estimate_from_measured_batches_known_answers():
+    exact = [(10, 2 + 0.5 * 10), (100, 2 + 0.5 * 100), (1000, 2 + 0.5 * 1000)]
+    seconds, method = estimate_seconds(exact, 10_000)
+    assert seconds == pytest.approx(2 + 0.5 * 10_000) and "fit" in method
+    # one point: proportional to it (an upper bound when the time per shower falls with the batch)
+    assert estimate_seconds([(100, 3.0)], 1000)[0] == pytest.approx(30.0)
+    # a negative intercept is not physical: the best line through the origin (relative residuals)
+    seconds, _ = estimate_seconds([(10, 1.0), (100, 20.0)], 1000)
+    n_over_t = torch.tensor([10.0, 5.0])
+    assert seconds == pytest.approx(1000 * float(n_over_t.sum() / (n_over_t**2).sum()))
+    # time falling with the batch (noise): no positive slope, proportional to the largest batch
+    assert estimate_seconds([(10, 2.0), (100, 1.0)], 1000)[0] == pytest.approx(10.0)
+
+
+def test_timing_loop_on_a_generator_of_known_cost():
+    """A generator that sleeps 2 ms per shower and has no memory beyond 1,000 showers."""
+    calls = []
+
+    def run(batch: int) -> int:
+        if batch >= 1000:
+            raise MemoryError
+        calls.append(batch)
+        time.sleep(2e-3 * batch)
+        return 0
+
+    gen = Generator("sleeper", "sleeper", run, "2 ms per shower")
+    result = time_generator(gen, [5, 50, 500, 1000, 2000], torch.device("cpu"), max_seconds=0.5, repeats=3,
+                            log=lambda line: None)
+    by_batch = {c.batch: c for c in result}
+    for b in (5, 50):
+        assert by_batch[b].status == "measured" and len(by_batch[b].seconds_per_call) == 3
+        assert 2.0 <= by_batch[b].ms_per_shower < 4.0
+    # 500 showers = 1 s > 0.5 s: estimated from batches 5 and 50, close to the true 2 ms per shower
+    assert by_batch[500].status == "estimated" and 1.8 < by_batch[500].ms_per_shower < 4.0
+    assert 500 not in calls and calls[0] == 2  # warm-up, then the timed calls
+    assert by_batch[1000].status == "estimated"
+    # an estimate that fits the limit runs; out of memory is reported and the larger batches skipped
+    result = time_generator(gen, [5, 1000, 2000], torch.device("cpu"), max_seconds=100, repeats=1,
+                            log=lambda line: None)
+    assert [c.status for c in result] == ["measured", "skipped", "skipped"]
+    assert result[1].reason == "out of memory" and "at batch 1,000" in result[2].reason
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--generators", "caloflow-fast,geant4"], "--generators: unknown generator 'geant4'"),
+        (["--batch-sizes", "10", "0"], "--batch-sizes: must be positive, got '0'"),
+        (["--batch-sizes", "ten"], "--batch-sizes: expected an integer, got 'ten'"),
+        (["--flow1", "a.ckpt"], "--flow1 and --flow2 go together"),
+        (["--simulator", "muon"], "--simulator: unknown particle 'muon'"),
+        (["--max-seconds", "-1"], "--max-seconds: must be positive"),
+        (["--threads", "0"], "--threads: must be positive"),
+        (["--device", "tpu"], "--device: 'tpu' is not a torch device"),
+    ],
+)
+def test_bad_options_are_one_line(options, message, tmp_path, capsys):
+    assert cli_main(["benchmark", *options, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint_is_one_line_from_the_command(tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    proc = run_cli("caloflow", "benchmark", "--calogan", str(missing), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr == f"caloflow: error: --calogan {missing}: no such checkpoint file\n"
+    assert not (tmp_path / "out").exists()
