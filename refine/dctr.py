@@ -1,0 +1,34 @@
+"""DCTR: the weighted reference (LaSeR paper section 4.3; Diefenbacher et al. 2009.03796).
+
+The post-hoc classifier's weights w(x) = exp(logit(x)) applied to generated data give a weighted
+sample that approximates the truth; its scores are the benchmark the unweighted refinements
+(HMC, LaSeR) aim for.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from refine.classifier import WeightedBCEClassifier, weights_from_logits
+from refine.generators import Generator, generate
+
+
+@torch.no_grad()
+def dctr_weights(
+    classifier: WeightedBCEClassifier, x: Tensor, clip: float | None = None, normalise: bool = True
+) -> Tensor:
+    """Per-event weights w(x) = f/(1-f) for generated points ``x`` (mean 1 if ``normalise``)."""
+    return weights_from_logits(classifier.logits(x), clip=clip, normalise=normalise)
+
+
+@torch.no_grad()
+def dctr_sample(
+    g: Generator,
+    classifier: WeightedBCEClassifier,
+    n: int,
+    generator: torch.Generator | None = None,
+    clip: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(z, x, w)``: ``n`` fresh generated points with their DCTR weights."""
+    z, x = generate(g, n, generator)
+    return z, x, dctr_weights(classifier, x, clip=clip)

@@ -1,0 +1,31 @@
+"""Lightning Trainer factory used by every training in :mod:`refine` (TensorBoard logs under a root)."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+def make_trainer(root: str | Path, name: str, max_epochs: int, progress: bool = True, **kwargs) -> L.Trainer:
+    """CPU Trainer logging to TensorBoard at ``root/name``; no checkpoints are written."""
+    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+    logger = TensorBoardLogger(str(root), name=name, version="")
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=kwargs.pop("log_every_n_steps", 10),
+        deterministic=True,
+        **kwargs,
+    )
