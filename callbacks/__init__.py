@@ -1,5 +1,7 @@
-"""Lightning callbacks of caloflow: TensorBoard sample monitoring and the non-finite-loss guard."""
+"""Lightning callbacks of caloflow: TensorBoard sample monitoring, the non-finite-loss guard and
+histogram-based model selection."""
+from callbacks.model_selection import HistogramSelection
 from callbacks.nan_guard import NonFiniteGuard
 from callbacks.samples import SampleMonitor
 
-__all__ = ["NonFiniteGuard", "SampleMonitor"]
+__all__ = ["HistogramSelection", "NonFiniteGuard", "SampleMonitor"]
