@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-reference", type=int, default=5_000,
                         help="independent reference showers for the evaluation (default 5000)")
     parser.add_argument("--configs", default=str(REPO_CONFIGS), help="folder with flow1.yaml and flow2.yaml")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: the demo-size models gain little from more, and "
+                             "lose much when the cores are shared)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -51,6 +54,11 @@ def _fit(config: Path, root: Path, data: Path, seed: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads < 1:
+        raise CaloflowError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     out, configs = Path(args.out), Path(args.configs)
     for name in ("flow1.yaml", "flow2.yaml"):
         if not (configs / name).is_file():
