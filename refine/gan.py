@@ -11,8 +11,14 @@ update. Refined samples are g(Phi(y)).
 Option ``residual`` (not in the paper; needs aux_dim >= latent_dim): Phi(y) = y[:N] + MLP(y) starts
 the refiner at the unrefined latent space N(0, I), so a short training only has to learn the
 reweighting instead of the whole density.
+
+Option ``ema`` (not in the paper): refined samples come from an exponential moving average of the
+generator's parameters (decay ``ema`` per generator update), which averages out the oscillation of
+the adversarial game around its equilibrium; training itself is unchanged.
 """
 from __future__ import annotations
+
+import copy
 
 import lightning as L
 import torch
@@ -40,22 +46,32 @@ class WeightedGANRefiner(L.LightningModule):
         lr_decay: float = 0.999,
         n_critic: int = 4,
         residual: bool = False,
+        ema: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = mlp(aux_dim, latent_dim, hidden, n_hidden)
         self.discriminator = mlp(latent_dim, 1, hidden, n_hidden)
+        if ema is not None and not 0.0 < ema < 1.0:
+            raise ValueError(f"ema must be in (0, 1) or None, got {ema}")
+        # averaged copy used for sampling only; never seen by an optimizer
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if ema else None
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.hparams.aux_dim, generator=generator, device=self.device)
 
     def decode(self, y: Tensor) -> Tensor:
-        return self(y)
+        """Phi(y) of the sampling generator (the averaged one with ``ema``)."""
+        return self._phi(y, self.generator_ema if self.generator_ema is not None else self.generator)
 
     def forward(self, y: Tensor) -> Tensor:
-        """Phi(y); with ``residual`` Phi(y) = y[:, :N] + MLP(y), so training starts from the prior N(0, I)."""
-        out = self.generator(y)
+        """Phi(y) of the trained generator; with ``residual`` Phi(y) = y[:, :N] + MLP(y), so training
+        starts from the prior N(0, I)."""
+        return self._phi(y, self.generator)
+
+    def _phi(self, y: Tensor, net: torch.nn.Module) -> Tensor:
+        out = net(y)
         if self.hparams.residual:
             out = out + y[:, : self.hparams.latent_dim]
         return out
@@ -65,7 +81,7 @@ class WeightedGANRefiner(L.LightningModule):
         """``n`` refined latent points Phi(y)."""
         was = self.training
         self.eval()
-        z = self(self.sample_latent(n, generator))
+        z = self.decode(self.sample_latent(n, generator))
         self.train(was)
         return z
 
@@ -97,6 +113,10 @@ class WeightedGANRefiner(L.LightningModule):
             opt_g.zero_grad()
             self.manual_backward(g_loss)
             opt_g.step()
+            if self.generator_ema is not None:
+                with torch.no_grad():
+                    for avg, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
+                        avg.lerp_(p, 1.0 - self.hparams.ema)
             self.log("train/g_loss", g_loss, prog_bar=True, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self):

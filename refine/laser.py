@@ -42,7 +42,7 @@ SECTIONS = {
     "flow": {"n_blocks", "hidden", "n_hidden", "lr", "weight_decay", "lr_decay", "epochs", "batch_size"},
     "classifier": {"hidden", "n_hidden", "lr", "lr_decay", "epochs", "batch_size", "clip"},
     "hmc": {"chains", "step_size", "n_leapfrog", "burn_in", "init", "clip"},
-    "gan": {"aux_dim", "hidden", "n_hidden", "lr", "betas", "lr_decay", "n_critic", "residual", "epochs", "batch_size"},
+    "gan": {"aux_dim", "hidden", "n_hidden", "lr", "betas", "lr_decay", "n_critic", "residual", "ema", "epochs", "batch_size"},
 }
 TOP_LEVEL = {"toy", "n_train", "n_eval", "bins", "quick", *SECTIONS}
 
@@ -167,6 +167,10 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
         if progress:
             print(f"[{toy}] {msg}", file=sys.stderr, flush=True)
 
+    def done(stage: str, t0: float) -> None:
+        timings[stage] = time.time() - t0
+        say(f"{stage}: {timings[stage]:.0f} s")
+
     # 1. baseline Real-NVP g
     t0 = time.time()
     fc = cfg["flow"]
@@ -182,7 +186,7 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     for p in baseline.parameters():
         p.requires_grad_(False)
     g = FlowGenerator(baseline.flow)
-    timings["baseline"] = time.time() - t0
+    done("baseline", t0)
 
     # 2. post-hoc classifier truth (1) vs generated (0); weights attached to the latent points
     t0 = time.time()
@@ -197,7 +201,7 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     for p in classifier.parameters():
         p.requires_grad_(False)
     w_train = weights_from_logits(classifier.logits(x_train), clip=cc["clip"])
-    timings["classifier"] = time.time() - t0
+    done("classifier", t0)
 
     # 3a. baseline and DCTR on a fresh sample
     z_eval, x_eval = generate(g, n_eval, gen)
@@ -221,7 +225,7 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     z_hmc = z_chain.reshape(-1, z_chain.shape[-1])[:n_eval]
     with torch.no_grad():
         x_hmc = torch.cat([g.decode(zb) for zb in z_hmc.split(100_000)])
-    timings["hmc"] = time.time() - t0
+    done("hmc", t0)
 
     # 3c. LaSeR: weighted GAN Phi on (z, w); refined samples g(Phi(y))
     t0 = time.time()
@@ -229,6 +233,7 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     refiner = WeightedGANRefiner(
         latent_dim=z_train.shape[1], aux_dim=gc["aux_dim"], hidden=gc["hidden"], n_hidden=gc["n_hidden"],
         lr=gc["lr"], betas=tuple(gc["betas"]), lr_decay=gc["lr_decay"], n_critic=gc["n_critic"], residual=gc["residual"],
+        ema=gc["ema"],
     )
     gan_loader = TensorLoader(z_train, w_train.float(), batch_size=gc["batch_size"], seed=seed + 1)
     say("training the LaSeR refiner (weighted GAN)")
@@ -236,7 +241,7 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     z_laser = refiner.refine(n_eval, gen)
     with torch.no_grad():
         x_laser = torch.cat([g.decode(zb) for zb in z_laser.split(100_000)])
-    timings["laser"] = time.time() - t0
+    done("laser", t0)
 
     # 4. scores on one histogram grid
     t0 = time.time()
@@ -254,7 +259,7 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
         "dctr": score(x_eval.numpy(), w_eval.double().numpy()),
         "truth": score(truth_floor),
     }
-    timings["scores"] = time.time() - t0
+    done("scores", t0)
     w_np = w_train.double().numpy()
     info = {
         "hmc_acceptance": acceptance,

@@ -2,22 +2,13 @@
 import math
 
 import lightning as L
-import pytest
 import torch
 
 from refine import RefinedGenerator, WeightedGANRefiner
 from refine.data import TensorLoader
 from refine.metrics import emd2d
 from refine.training import make_trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest on one thread; more threads thrash on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 M, S = torch.tensor([1.0, -0.5]), 0.6  # weighted target N(M, S^2 I)
 RANGE = [[-2.0, 3.0], [-3.0, 2.0]]
@@ -73,3 +64,23 @@ def test_refiner_matches_weighted_gaussian(tmp_path):
         x = g.decode(y)
         assert torch.allclose(x, 2 * gan(y))
     assert (x.mean(0) - 2 * M).abs().max() < 0.3
+
+
+def test_ema_generator_is_the_moving_average_used_for_sampling(tmp_path):
+    L.seed_everything(0, verbose=False)
+    z, w = _weighted_latent(2_000, 0)
+    gan = WeightedGANRefiner(hidden=8, n_hidden=1, lr=1e-2, n_critic=1, ema=0.5)
+    start = [p.clone() for p in gan.generator.parameters()]
+    trainer = make_trainer(tmp_path, "gan", 1, progress=False, log_every_n_steps=1)
+    trainer.fit(gan, TensorLoader(z, w, batch_size=1_000, seed=0))
+    # two generator updates with decay 0.5: avg = 0.25 start + 0.25 theta_1 + 0.5 theta_2, unlike either end
+    trained = list(gan.generator.parameters())
+    averaged = list(gan.generator_ema.parameters())
+    assert all(not torch.allclose(a, t) for a, t in zip(averaged, trained))
+    assert all(not torch.allclose(a, s) for a, s in zip(averaged, start))
+    assert all(not p.requires_grad for p in averaged)
+    y = gan.sample_latent(16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = gan.generator_ema(y)
+    assert torch.allclose(gan.decode(y), expected)
+    assert torch.allclose(gan.refine(16, torch.Generator().manual_seed(0)), expected)

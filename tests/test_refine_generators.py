@@ -1,20 +1,11 @@
 """Generator adapters and the OmniFold pull-back for a generator with hidden randomness."""
 import lightning as L
-import pytest
 import torch
 
 from refine import BlackBoxGenerator, FlowGenerator, generate, omnifold_pullback
 from refine.toys import real_nvp, sample_toy
 from refine.training import make_trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest on one thread; more threads thrash on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 def test_flow_generator_decode_inverts_the_flow():

@@ -18,7 +18,7 @@ flow: {n_blocks: 4, hidden: 32, n_hidden: 2, lr: 1.0e-3, weight_decay: 1.0e-5, l
 classifier: {hidden: 32, n_hidden: 3, lr: 2.0e-3, lr_decay: 0.999, epochs: 10, batch_size: 1000, clip: null}
 hmc: {chains: 2000, step_size: 0.05, n_leapfrog: 10, burn_in: 3, init: weighted, clip: null}
 gan: {aux_dim: 4, hidden: 64, n_hidden: 3, lr: 5.0e-4, betas: [0.5, 0.9], lr_decay: 0.999, n_critic: 4,
-      residual: true, epochs: 60, batch_size: 500}
+      residual: true, ema: null, epochs: 60, batch_size: 500}
 """
 
 

@@ -56,3 +56,21 @@ def test_floor_shrinks_with_sample_size():
     small = jsd2d(rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)), bins=20, range=[[-4, 4], [-4, 4]])
     large = jsd2d(rng.normal(size=(50000, 2)), rng.normal(size=(50000, 2)), bins=20, range=[[-4, 4], [-4, 4]])
     assert large < small / 5
+
+
+def test_emd_on_surplus_bins_equals_full_transport_problem():
+    """The reduced problem (surplus of p - q onto its deficit) gives the EMD of the full problem on all bins."""
+    import ot
+
+    from refine.metrics import emd_hist
+
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        p, q = rng.random((7, 5)) * (rng.random((7, 5)) > 0.3), rng.random((7, 5))
+        p, q = p / p.sum(), q / q.sum()
+        xe, ye = np.linspace(-1.0, 2.5, 8), np.linspace(0.0, 10.0, 6)
+        cx, cy = np.meshgrid(0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1]), indexing="ij")
+        centres = np.stack([cx.ravel(), cy.ravel()], axis=1)
+        cost = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
+        full = ot.emd2(p.ravel(), q.ravel(), cost)
+        assert emd_hist(p, q, xe, ye) == pytest.approx(full, rel=1e-9)

@@ -2,21 +2,12 @@
 import math
 
 import lightning as L
-import pytest
 import torch
 
 from refine import hmc, laser_log_prob, rejection_sample, resample, weights_from_logits
 from refine.classifier import train_classifier
 from refine.training import make_trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest on one thread; more threads thrash on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 def test_hmc_reproduces_gaussian_mean_and_variance():
