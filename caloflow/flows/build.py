@@ -8,11 +8,11 @@ layer-wise reversal and a layer-wise random permutation between blocks.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
-from nflows.transforms import CompositeTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform
+from nflows.transforms import CompositeTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform, Transform
 
 from caloflow.data.geometry import LAYER_SIZES
 from caloflow.flows.permutations import LayerwiseRandomPermutation, LayerwiseReversal, SeededRandomPermutation
@@ -46,6 +46,25 @@ def made_rqs_block(
     )
 
 
+def made_stack(
+    features: int,
+    context_features: int,
+    n_blocks: int,
+    hidden_features: int,
+    num_blocks: int,
+    num_bins: int,
+    dropout: float,
+    permutation: Callable[[int], Transform],
+) -> Flow:
+    """``n_blocks`` MADE-RQS blocks with ``permutation(i)`` after block ``i`` (not after the last)."""
+    transforms: list[Transform] = []
+    for i in range(n_blocks):
+        transforms.append(made_rqs_block(features, context_features, hidden_features, num_blocks, num_bins, dropout))
+        if i < n_blocks - 1:
+            transforms.append(permutation(i))
+    return Flow(CompositeTransform(transforms), StandardNormal([features]))
+
+
 def build_flow1(
     features: int = 3,
     context_features: int = 1,
@@ -57,12 +76,10 @@ def build_flow1(
     permutation_seed: int = 0,
 ) -> Flow:
     """Flow I: p(u_logit | log10(E_inc / 10 GeV)). Paper size: 79,134 parameters."""
-    transforms = []
-    for i in range(n_blocks):
-        transforms.append(made_rqs_block(features, context_features, hidden_features, num_blocks, num_bins, dropout))
-        if i < n_blocks - 1:
-            transforms.append(SeededRandomPermutation(features, seed=permutation_seed + i))
-    return Flow(CompositeTransform(transforms), StandardNormal([features]))
+    return made_stack(
+        features, context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout,
+        lambda i: SeededRandomPermutation(features, seed=permutation_seed + i),
+    )
 
 
 def build_flow2(
@@ -76,16 +93,15 @@ def build_flow2(
     permutation_seed: int = 0,
 ) -> Flow:
     """Flow II: p(logit of layer-normalised voxels | E_inc, E_0, E_1, E_2). Paper size: 37,835,280 parameters."""
-    features = sum(layer_sizes)
-    transforms = []
-    for i in range(n_blocks):
-        transforms.append(made_rqs_block(features, context_features, hidden_features, num_blocks, num_bins, dropout))
-        if i < n_blocks - 1:
-            if i % 2 == 0:
-                transforms.append(LayerwiseReversal(layer_sizes))
-            else:
-                transforms.append(LayerwiseRandomPermutation(layer_sizes, seed=permutation_seed + i))
-    return Flow(CompositeTransform(transforms), StandardNormal([features]))
+
+    def permutation(i: int) -> Transform:
+        if i % 2 == 0:
+            return LayerwiseReversal(layer_sizes)
+        return LayerwiseRandomPermutation(layer_sizes, seed=permutation_seed + i)
+
+    return made_stack(
+        sum(layer_sizes), context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout, permutation
+    )
 
 
 def count_parameters(module) -> int:
