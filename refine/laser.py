@@ -17,15 +17,15 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from caloflow.atomic import atomic_output, write_text_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "laser"
 TOY_NAMES = ("gaussians", "donut", "rings")
@@ -106,30 +106,6 @@ def load_config(toy: str, quick: bool = False, path: str | Path | None = None) -
     if cfg["toy"] != toy:
         raise LaserError(f"{path}: config is for toy '{cfg['toy']}', not '{toy}'")
     return cfg
-
-
-# --------------------------------------------------------------------------- atomic outputs
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    _atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -319,7 +295,8 @@ def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
     axes[1][1].set_ylabel("latent space")
     fig.suptitle(f"LaSeR on the {TOY_TITLES[toy].lower()} toy")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -405,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         details[toy] = res["info"]
         s = res["samples"]
         plot_toy(toy, s, configs[toy]["bins"], res["info"]["range"], out / f"{toy}.png")
-        _write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-        _write_text(out / "details.json", json.dumps({"seed": args.seed, "quick": args.quick, "toys": details}, indent=2) + "\n")
-        _write_text(out / "table.md", table_markdown(results))
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+        write_text_atomic(out / "details.json", json.dumps({"seed": args.seed, "quick": args.quick, "toys": details}, indent=2) + "\n")
+        write_text_atomic(out / "table.md", table_markdown(results))
     print(table_markdown(results))
     return 0
 
