@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from caloflow.data.geometry import KEV, LAYER_SLICES
+from caloflow.data.geometry import KEV, layer_energies
 from caloflow.data.io import Showers, count_showers, read_showers
 from caloflow.errors import CaloflowError, DataFormatError
 from caloflow.transforms import FlowIIPreprocessing, FlowIPreprocessing
@@ -108,11 +108,9 @@ class ShowerDataset(Dataset):
         if self.noise > 0:
             voxels = voxels + (self._noise(voxels.shape) if self.fixed_noise is None else self.fixed_noise[index])
         if self.representation == "showers":
-            layer_energies = torch.stack([voxels[:, s].sum(1) for s in LAYER_SLICES], dim=1)
-            return {"voxels": voxels, "layer_energies": layer_energies, "energy": energy}
+            return {"voxels": voxels, "layer_energies": layer_energies(voxels), "energy": energy}
         if self.representation == "flow1":
-            layer_energies = torch.stack([voxels[:, s].double().sum(1) for s in LAYER_SLICES], dim=1)
-            x, context = self.flow1.forward(layer_energies, energy)
+            x, context = self.flow1.forward(layer_energies(voxels.double()), energy)
         else:
             x, context = self.flow2.forward(voxels, energy)
         return {"x": x.float(), "context": context.float(), "energy": energy}
