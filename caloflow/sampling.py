@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from caloflow.data.geometry import N_VOXELS
 from caloflow.data.io import Showers, read_showers, write_showers
 from caloflow.errors import CaloflowError
 
@@ -47,6 +48,27 @@ def redraw_nonfinite(draw: Callable[[Tensor], Tensor], energies: Tensor, max_rou
         raise CaloflowError(f"{int((~torch.isfinite(out).all(1)).sum())} showers stayed non-finite after "
                             f"{max_rounds} redraws: the model is broken")
     return out, redraws
+
+
+def sample_in_batches(
+    draw: Callable[[Tensor], tuple[Tensor, int]], energies_gev, batch_size: int, progress: bool = False
+) -> tuple[Showers, int]:
+    """Run ``draw(chunk) -> (voxels (n, 504) MeV, redraws)`` over the incident energies (GeV) in batches.
+
+    Returns the showers and the number of non-finite showers that were drawn again (logged).
+    """
+    energies = torch.as_tensor(np.asarray(energies_gev), dtype=torch.float32).reshape(-1)
+    parts, redraws = [], 0
+    with tqdm(total=len(energies), unit="shower", desc="generate", disable=not progress) as bar:
+        for chunk in energies.split(batch_size):
+            voxels, n = draw(chunk)
+            parts.append(voxels.cpu().numpy())
+            redraws += n
+            bar.update(len(chunk))
+    if redraws:
+        log.warning("caloflow: %d non-finite showers were drawn again", redraws)
+    voxels = np.concatenate(parts) if parts else np.zeros((0, N_VOXELS), np.float32)
+    return Showers(voxels, energies.numpy()), redraws
 
 
 class CaloFlow:
@@ -95,19 +117,13 @@ class CaloFlow:
         progress: bool = False,
     ) -> Showers:
         """Generate one shower per incident energy (GeV), in batches; returns :class:`Showers` in MeV."""
-        energies = torch.as_tensor(np.asarray(energies_gev), dtype=torch.float32).reshape(-1)
-        parts, redraws = [], 0
-        with tqdm(total=len(energies), unit="shower", desc="generate", disable=not progress) as bar:
-            for chunk in energies.split(batch_size):
-                voxels, _, n = self.sample_batch(chunk, generator, fast=fast)
-                parts.append(voxels.cpu().numpy())
-                redraws += n
-                bar.update(len(chunk))
-        if redraws:
-            log.warning("caloflow: %d non-finite showers were drawn again", redraws)
-        self.redraws = redraws
-        voxels = np.concatenate(parts) if parts else np.zeros((0, 504), np.float32)
-        return Showers(voxels, energies.numpy())
+
+        def draw(chunk: Tensor) -> tuple[Tensor, int]:
+            voxels, _, redraws = self.sample_batch(chunk, generator, fast=fast)
+            return voxels, redraws
+
+        showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress)
+        return showers
 
 
 class CaloGANSampler:
@@ -124,15 +140,11 @@ class CaloGANSampler:
 
     @torch.no_grad()
     def sample(self, energies_gev, generator=None, batch_size: int = 10_000, fast: bool = True, progress=False) -> Showers:
-        energies = torch.as_tensor(np.asarray(energies_gev), dtype=torch.float32).reshape(-1)
-        parts, self.redraws = [], 0
-        with tqdm(total=len(energies), unit="shower", desc="generate", disable=not progress) as bar:
-            for chunk in energies.split(batch_size):
-                voxels, n = redraw_nonfinite(lambda e: self.model.sample(e, generator), chunk)
-                parts.append(voxels.cpu().numpy())
-                self.redraws += n
-                bar.update(len(chunk))
-        return Showers(np.concatenate(parts), energies.numpy())
+        def draw(chunk: Tensor) -> tuple[Tensor, int]:
+            return redraw_nonfinite(lambda e: self.model.sample(e, generator), chunk)
+
+        showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress)
+        return showers
 
 
 def requested_energies(n: int | None, energies_file: str | None, energy_range, seed: int) -> np.ndarray:
