@@ -53,6 +53,11 @@ def test_laser_cli_refines_gaussians(tmp_path):
     for name in ("baseline", "classifier", "laser_refiner"):
         assert list((out / "gaussians" / "logs" / name).glob("events.out.tfevents*")), name
     assert not list(out.glob(".*"))  # no temporary files left behind
+    # same seed, same numbers
+    again = tmp_path / "again"
+    proc = _run("--toy", "gaussians", "--config", str(cfg), "--seed", "3", "--out", str(again), "--threads", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((again / "results.json").read_text()) == results
 
 
 @pytest.mark.parametrize(
@@ -78,3 +83,20 @@ def test_laser_cli_rejects_bad_config(tmp_path):
     cfg.write_text(TINY.replace("bins: 40", "bins: 40\nlearning_rate: 3"))
     proc = _run("--toy", "gaussians", "--config", str(cfg), "--out", str(tmp_path / "o"), timeout=60)
     assert proc.returncode == 2 and "learning_rate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_laser_quick_gaussians_meets_the_target(tmp_path):
+    """The shipped ``--quick`` config (100k points) refines the four Gaussians to <= 0.35 x the
+    baseline JSD with HMC and with the LaSeR refiner, and every refinement beats the baseline in EMD."""
+    out = tmp_path / "quick"
+    proc = _run("--toy", "gaussians", "--quick", "--seed", "0", "--out", str(out), "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = json.loads((out / "results.json").read_text())["gaussians"]
+    base = scores["baseline"]
+    for method in ("hmc", "laser"):
+        assert scores[method]["jsd"] <= 0.35 * base["jsd"], scores
+    for method in ("hmc", "laser", "dctr"):
+        assert scores[method]["emd"] < base["emd"], scores
+    details = json.loads((out / "details.json").read_text())
+    assert details["quick"] is True and details["toys"]["gaussians"]["n_eval"] == 100_000
