@@ -65,10 +65,10 @@ class FlowGenerator:
         dist = self.flow._distribution
         param = next(self.flow.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        if isinstance(dist, StandardNormal) and self.context is None:
+        if isinstance(dist, StandardNormal):  # unconditional base: the context only enters the transform
             return torch.randn(n, *self.latent_shape, generator=generator, device=device)
         if generator is not None:
-            raise ValueError("a seeded latent sample needs an unconditional StandardNormal base distribution")
+            raise ValueError("a seeded latent sample needs a StandardNormal base distribution")
         if self.context is None:
             return dist.sample(n)
         return dist.sample(1, context=self._context(n)).squeeze(1)
