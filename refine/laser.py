@@ -7,11 +7,11 @@ and g's samples, attach w = exp(logit) to the latent points, then refine three w
 - HMC:   Hamiltonian Monte Carlo of log N(z) + log w(g(z)), decoded by g;
 - LaSeR: the weighted-GAN refiner Phi trained on (z, w), samples g(Phi(y)).
 
-Each method generates ``n_eval`` points (2M in the shipped configs, as in the paper's section 4.2),
-scored against an independent truth sample of the same size with EMD and JSD on a 2D histogram;
-the error floor is the score of a second independent truth sample. The floor falls as 1/n_eval,
-so the ratios to the baseline depend on n_eval: ``--quick`` (100k points) reads higher. Writes ``results.json``,
-``table.md``, figures and TensorBoard logs under ``--out``.
+Each method generates ``n_eval`` points (2M in the shipped configs, as in the paper's section
+4.2), scored against an independent truth sample of the same size with EMD and JSD on a 2D
+histogram; the error floor is the score of a second independent truth sample. The floor falls roughly as
+1/n_eval, so the ratios to the baseline depend on n_eval: ``--quick`` (100k points) reads higher.
+Writes ``results.json``, ``table.md``, figures and TensorBoard logs under ``--out``.
 """
 from __future__ import annotations
 
