@@ -9,9 +9,9 @@ and g's samples, attach w = exp(logit) to the latent points, then refine three w
 
 Each method generates ``n_eval`` points (2M in the shipped configs, as in the paper's section
 4.2), scored against an independent truth sample of the same size with EMD and JSD on a 2D
-histogram; the error floor is the score of a second independent truth sample. The floor falls roughly as
-1/n_eval, so the ratios to the baseline depend on n_eval: ``--quick`` (100k points) reads higher.
-Writes ``results.json``, ``table.md``, figures and TensorBoard logs under ``--out``.
+histogram; the error floor is the score of a second independent truth sample. The floor falls
+roughly as 1/n_eval, so the ratios to the baseline depend on n_eval: ``--quick`` (100k points)
+reads higher. Writes ``results.json``, ``table.md``, figures and TensorBoard logs under ``--out``.
 """
 from __future__ import annotations
 
