@@ -125,8 +125,13 @@ class RefinedGenerator:
 
 
 @torch.no_grad()
+def decode_batched(g: Generator, z: Tensor, batch_size: int = 100_000) -> Tensor:
+    """g(z) for many latent points, decoded ``batch_size`` at a time without gradients."""
+    return torch.cat([g.decode(zb) for zb in z.split(batch_size)])
+
+
+@torch.no_grad()
 def generate(g: Generator, n: int, generator: torch.Generator | None = None, batch_size: int = 100_000) -> tuple[Tensor, Tensor]:
     """Draw ``n`` latent points and decode them in batches; returns ``(z, x)``."""
     z = g.sample_latent(n, generator=generator)
-    x = torch.cat([g.decode(zb) for zb in z.split(batch_size)])
-    return z, x
+    return z, decode_batched(g, z, batch_size)

@@ -118,13 +118,13 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     import lightning as L
     import torch
 
-    from refine.classifier import log_weight, train_classifier, weights_from_logits
+    from refine.classifier import log_weight, train_classifier
     from refine.data import TensorLoader
-    from refine.dctr import dctr_weights
+    from refine.dctr import dctr_sample, dctr_weights
     from refine.gan import WeightedGANRefiner
-    from refine.generators import FlowGenerator, generate
+    from refine.generators import FlowGenerator, decode_batched, generate
     from refine.mcmc import hmc, laser_log_prob
-    from refine.metrics import emd_hist, histogram2d, jsd_hist
+    from refine.metrics import scores as score_sample
     from refine.rejection import resample
     from refine.toys import TOYS, RealNVPBaseline, sample_toy
     from refine.training import make_trainer
@@ -178,12 +178,11 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     )
     for p in classifier.parameters():
         p.requires_grad_(False)
-    w_train = weights_from_logits(classifier.logits(x_train), clip=cc["clip"])
+    w_train = dctr_weights(classifier, x_train, clip=cc["clip"])
     done("classifier", t0)
 
     # 3a. baseline and DCTR on a fresh sample
-    z_eval, x_eval = generate(g, n_eval, gen)
-    w_eval = dctr_weights(classifier, x_eval, clip=cc["clip"])
+    z_eval, x_eval, w_eval = dctr_sample(g, classifier, n_eval, gen, clip=cc["clip"])
 
     # 3b. HMC of log N(z) + log w(g(z))
     t0 = time.time()
@@ -201,8 +200,7 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
         burn_in=hc["burn_in"], generator=gen, progress=progress,
     )
     z_hmc = z_chain.reshape(-1, z_chain.shape[-1])[:n_eval]
-    with torch.no_grad():
-        x_hmc = torch.cat([g.decode(zb) for zb in z_hmc.split(100_000)])
+    x_hmc = decode_batched(g, z_hmc)
     done("hmc", t0)
 
     # 3c. LaSeR: weighted GAN Phi on (z, w); refined samples g(Phi(y))
@@ -217,18 +215,15 @@ def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool 
     say("training the LaSeR refiner (weighted GAN)")
     make_trainer(log_root, "laser_refiner", gc["epochs"], progress).fit(refiner, gan_loader)
     z_laser = refiner.refine(n_eval, gen)
-    with torch.no_grad():
-        x_laser = torch.cat([g.decode(zb) for zb in z_laser.split(100_000)])
+    x_laser = decode_batched(g, z_laser)
     done("laser", t0)
 
     # 4. scores on one histogram grid
     t0 = time.time()
     say("scoring (EMD, JSD)")
-    p, xe, ye = histogram2d(truth_test, cfg["bins"], rng_range)
 
     def score(sample: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
-        q, _, _ = histogram2d(sample, (xe, ye), None, weights)
-        return {"emd": emd_hist(p, q, xe, ye), "jsd": jsd_hist(p, q)}
+        return score_sample(truth_test, sample, cfg["bins"], rng_range, weights)
 
     scores = {
         "baseline": score(x_eval.numpy()),
@@ -266,9 +261,10 @@ def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from refine.metrics import histogram2d
+
     def hist(x, weights=None, rng=rng_range):
-        h, xe, ye = np.histogram2d(x[:, 0], x[:, 1], bins=bins, range=rng, weights=weights)
-        return h / max(h.sum(), 1e-300), xe, ye
+        return histogram2d(x, bins, rng, weights)
 
     fig, axes = plt.subplots(2, 5, figsize=(17, 6.8))
     data = [
