@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from refine.data import TensorLoader
-
 from refine.nets import mlp
+from refine.training import adam_with_decay
 
 
 class WeightedBCEClassifier(L.LightningModule):
@@ -61,9 +61,8 @@ class WeightedBCEClassifier(L.LightningModule):
         self.log("val/bce", self._loss(batch), prog_bar=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_decay)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        hp = self.hparams
+        return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)
 
     @torch.no_grad()
     def logits(self, x: Tensor, batch_size: int = 100_000) -> Tensor:

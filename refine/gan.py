@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from refine.nets import mlp
+from refine.training import adam_with_decay
 
 
 class WeightedGANRefiner(L.LightningModule):
@@ -125,8 +126,7 @@ class WeightedGANRefiner(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas))
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas))
-        sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=hp.lr_decay)
-        sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=hp.lr_decay)
-        return [opt_g, opt_d], [sched_g, sched_d]
+        return [
+            adam_with_decay(self.generator.parameters(), hp.lr, hp.lr_decay, betas=hp.betas),
+            adam_with_decay(self.discriminator.parameters(), hp.lr, hp.lr_decay, betas=hp.betas),
+        ]

@@ -21,6 +21,7 @@ from nflows.transforms import AffineCouplingTransform, CompositeTransform, Point
 from torch import Tensor
 
 from refine.nets import CouplingSubnet
+from refine.training import adam_with_decay
 
 N_POINTS = 480_000
 
@@ -128,6 +129,5 @@ class RealNVPBaseline(L.LightningModule):
         self.log("val/nll", -self.flow.log_prob(x).mean(), prog_bar=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.hparams.lr_decay)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        hp = self.hparams
+        return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)

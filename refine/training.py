@@ -1,4 +1,5 @@
-"""Lightning Trainer factory used by every training in :mod:`refine` (TensorBoard logs under a root)."""
+"""What every training in :mod:`refine` shares: the Trainer (TensorBoard logs under a root) and the
+LaSeR paper's optimiser, Adam with an exponential learning-rate decay per epoch."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
@@ -29,3 +31,13 @@ def make_trainer(root: str | Path, name: str, max_epochs: int, progress: bool = 
         deterministic=True,
         **kwargs,
     )
+
+
+def adam_with_decay(
+    params, lr: float, lr_decay: float, *, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0
+) -> dict:
+    """Adam whose learning rate is multiplied by ``lr_decay`` after every epoch (lr_n = lr * lr_decay^n),
+    as a ``configure_optimizers`` entry."""
+    opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=lr_decay)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
