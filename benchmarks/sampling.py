@@ -26,8 +26,8 @@ import tempfile
 import torch
 from tqdm import tqdm
 
-from caloflow.evaluate.timing import format_ms as fmt
-from caloflow.evaluate.timing import timed
+from caloflow.timing import format_ms as fmt
+from caloflow.timing import timed
 from caloflow.flows.build import build_flow2, count_parameters
 from caloflow.flows.fast_inverse import fast_inverse
 

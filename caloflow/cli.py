@@ -7,10 +7,11 @@ non-zero exit.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
+import re
 import sys
 
+from caloflow.cli_args import ArgumentParser
 from caloflow.errors import CaloflowError
 
 #: subcommand -> (module, one-line help). ``fit`` and friends are the LightningCLI entry.
@@ -19,7 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("caloflow.demo", "the main job end to end at demo size: simulate, fit both flows, generate, evaluate"),
     "generate": ("caloflow.sampling", "generate showers with trained CaloFlow (or CaloGAN) checkpoints"),
     "evaluate": ("caloflow.evaluate.cli", "compare generated with reference showers: features, figures, classifier AUC/JSD"),
-    "benchmark": ("caloflow.evaluate.benchmark", "time generation per shower vs batch size: CaloFlow, CaloGAN, simulator (table 4)"),
+    "benchmark": ("caloflow.benchmark", "time generation per shower vs batch size: CaloFlow, CaloGAN, simulator (table 4)"),
+    "refine": ("refine.laser", "LaSeR latent-space refinement on the 2D toys (same options as 'python -m refine.laser')"),
+    "config": ("caloflow.configs", "write a shipped config (flow2, smoke/flow1, laser/gaussians, ...) where you can edit it"),
 }
 #: subcommands handed to LightningCLI unchanged.
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return lightning_main(argv if argv != sys.argv[1:] else None, prog="caloflow")
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="caloflow",
         description="Fast calorimeter shower generation with normalizing flows.",
         epilog="Training: caloflow fit -c configs/flow2.yaml (LightningCLI; also 'lightning fit ...').",
@@ -53,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI '{name}' (see 'caloflow {name} --help')", add_help=False)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a bad option already reported as one line
+        return int(e.code or 0)
     try:
         code = modules[args.command].run(args)
     except CaloflowError as e:
@@ -67,8 +73,12 @@ def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> in
     """``lightning fit|validate|test|predict -c CONFIG ...`` over the project's modules."""
     from caloflow.lightning_cli import cli_main
 
+    import argparse
+
     try:
         cli_main(argv)
+    except argparse.ArgumentError as e:  # a bad option or config value, found by jsonargparse
+        return _fail(prog, one_line(str(e)))
     except Exception as e:
         # jsonargparse wraps errors raised while building the classes; report the caloflow one
         cause = _caloflow_cause(e)
@@ -76,6 +86,24 @@ def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> in
             raise
         return _fail(prog, str(cause))
     return 0
+
+
+#: lines of jsonargparse's nested messages that say nothing about what is wrong
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
+          "Problem with given class_path", "Parser key")
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested, multi-line error as one line: ``--KEY: what is wrong (got VALUE)``."""
+    lines = [line.strip().lstrip("- ").strip() for line in message.splitlines() if line.strip()]
+    keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', message)))
+    details = [re.sub(r"<class '([\w.]+)'>", r"\1", line) for line in lines if not line.startswith(_NOISE)]
+    given = [line.split(":", 1)[1].strip() for line in lines
+             if line.startswith("Given value:") and "NestedArg(" not in line]
+    text = " or ".join(dict.fromkeys(details)) or (lines[0] if lines else "invalid arguments")
+    if given and "Got value" not in text:
+        text += f" (got {given[0]})"
+    return f"--{'.'.join(keys)}: {text}" if keys else text
 
 
 def _caloflow_cause(error: BaseException | None) -> CaloflowError | None:

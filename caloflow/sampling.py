@@ -99,11 +99,11 @@ class CaloFlow:
     ) -> tuple[Tensor, Tensor, int]:
         """One shower per incident energy (GeV): (voxels (N, 504) MeV, layer energies (N, 3) MeV, redraws)."""
         energies_gev = torch.as_tensor(energies_gev, dtype=torch.float32).reshape(-1)
-        layer_energies, n1 = redraw_nonfinite(lambda e: self.flow1.sample_layer_energies(e, generator), energies_gev)
+        layer_energies, n1 = redraw_nonfinite(lambda e: self.flow1.sample(e, generator), energies_gev)
         joint = torch.cat([energies_gev.to(layer_energies.device)[:, None], layer_energies], dim=1)
 
         def draw(rows: Tensor) -> Tensor:
-            return self.flow2.sample_voxels(rows[:, 0], rows[:, 1:], generator, fast=fast, threshold=threshold)
+            return self.flow2.sample(rows[:, 0], rows[:, 1:], generator, fast=fast, threshold=threshold)
 
         voxels, n2 = redraw_nonfinite(draw, joint)
         return voxels, layer_energies, n1 + n2
@@ -162,20 +162,25 @@ def requested_energies(n: int | None, energies_file: str | None, energy_range, s
 
 # ------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from caloflow import cli_args
+
     model = parser.add_argument_group("model (CaloFlow: --flow1 and --flow2; or --calogan)")
     model.add_argument("--flow1", help="Flow I checkpoint (.ckpt)")
     model.add_argument("--flow2", help="Flow II checkpoint (.ckpt)")
     model.add_argument("--calogan", help="CaloGAN checkpoint (.ckpt)")
-    parser.add_argument("--n", type=int, help="number of showers (default: all energies of --energies)")
-    parser.add_argument("--energies", help="CaloGAN file whose incident energies are used")
-    parser.add_argument("--energy-range", nargs=2, type=float, default=(1.0, 100.0), metavar=("LOW", "HIGH"),
+    parser.add_argument("--n", type=cli_args.positive_int,
+                        help="number of showers (default: all energies of --energies)")
+    parser.add_argument("--energies", type=cli_args.existing_file, help="CaloGAN file whose incident energies are used")
+    parser.add_argument("--energy-range", nargs=2, type=cli_args.positive_float, default=(1.0, 100.0),
+                        metavar=("LOW", "HIGH"),
                         help="uniform incident-energy range in GeV when --energies is not given (default 1 100)")
-    parser.add_argument("--batch-size", type=int, default=10_000, help="showers per batch (default 10000)")
+    parser.add_argument("--batch-size", type=cli_args.positive_int, default=10_000,
+                        help="showers per batch (default 10000)")
     parser.add_argument("--no-fast", dest="fast", action="store_false",
                         help="sample Flow II with nflows' own inverse instead of the exact fast inverse")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, help="output CaloGAN HDF5 file")
+    parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", required=True, type=cli_args.output_file, help="output CaloGAN HDF5 file")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -184,15 +189,9 @@ def run(args: argparse.Namespace) -> int:
         raise CaloflowError("give either --calogan or --flow1/--flow2, not both")
     if not args.calogan and not (args.flow1 and args.flow2):
         raise CaloflowError("--flow1 and --flow2 are both required (or --calogan)")
-    if args.n is not None and args.n <= 0:
-        raise CaloflowError(f"--n must be a positive integer, got {args.n}")
-    if args.batch_size <= 0:
-        raise CaloflowError(f"--batch-size must be a positive integer, got {args.batch_size}")
     lo, hi = args.energy_range
-    if not 0 < lo <= hi:
+    if not lo <= hi:
         raise CaloflowError(f"--energy-range needs 0 < LOW <= HIGH, got {lo:g} {hi:g}")
-    if Path(args.out).is_dir():
-        raise CaloflowError(f"--out {args.out}: is a directory")
     torch.manual_seed(args.seed)
     energies = requested_energies(args.n, args.energies, (lo, hi), args.seed)
     if args.calogan:

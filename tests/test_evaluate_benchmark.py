@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from caloflow.cli import main as cli_main
-from caloflow.evaluate.benchmark import Generator, estimate_seconds, time_generator
+from caloflow.benchmark import Generator, estimate_seconds, time_generator
 from caloflow.models.calogan import CaloGAN
 from caloflow.models.flows import FlowI, FlowII
 
@@ -18,9 +18,9 @@ from tests.conftest import run_cli
 
 TINY_GAN = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
                 disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)
-#: a Flow II over a quarter-size calorimeter (same 4:2:1 layer proportions): nflows' inverse costs
-#: ~D^2 per block, and at D = 504 one batch of 100 alone would take most of this file's time budget
-TINY_LAYERS = (48, 24, 12)
+#: the two measured batch sizes: Flow II always has the detector's 504 voxels, and nflows' inverse
+#: (one MADE pass per voxel) of a tiny Flow II costs ~0.3 s per shower on one core
+SMALL, LARGE = 3, 10
 HUGE = 10_000_000  # a batch no test may ever run: it must come out estimated
 
 
@@ -37,7 +37,7 @@ def checkpoints(tmp_path_factory):
     torch.manual_seed(0)
     return {
         "flow1": save_checkpoint(FlowI(n_blocks=2, hidden_features=8), root / "flow1.ckpt"),
-        "flow2": save_checkpoint(FlowII(TINY_LAYERS, n_blocks=2, hidden_features=8), root / "flow2.ckpt"),
+        "flow2": save_checkpoint(FlowII(n_blocks=2, hidden_features=8), root / "flow2.ckpt"),
         "calogan": save_checkpoint(CaloGAN(**TINY_GAN), root / "calogan.ckpt"),
     }
 
@@ -46,7 +46,7 @@ def checkpoints(tmp_path_factory):
 def benchmark_run(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
     proc = run_cli("caloflow", "benchmark", "--flow1", checkpoints["flow1"], "--flow2", checkpoints["flow2"],
-                   "--calogan", checkpoints["calogan"], "--batch-sizes", "100", "10", str(HUGE),
+                   "--calogan", checkpoints["calogan"], "--batch-sizes", str(LARGE), str(SMALL), str(HUGE),
                    "--threads", "1", "--repeats", "2", "--max-seconds", "60", "--seed", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out, json.loads((out / "benchmark.json").read_text())
@@ -60,11 +60,11 @@ def test_every_generator_and_batch_is_a_positive_finite_time(benchmark_run):
     proc, out, result = benchmark_run
     generators = ["caloflow-fast", "caloflow-nflows", "calogan", "simulator"]
     assert list(result["generators"]) == generators
-    assert result["batch_sizes"] == [10, 100, HUGE]
+    assert result["batch_sizes"] == [SMALL, LARGE, HUGE]
     table = cells(result)
     assert len(result["cells"]) == len(table) == 4 * 3
     for g in generators:
-        for b in (10, 100):
+        for b in (SMALL, LARGE):
             cell = table[g, b]
             assert cell["status"] == "measured", cell
             assert 1 <= len(cell["seconds_per_call"]) <= 2
@@ -74,19 +74,19 @@ def test_every_generator_and_batch_is_a_positive_finite_time(benchmark_run):
     # the printed table, the markdown file and the machine description
     md = (out / "benchmark.md").read_text()
     assert md in proc.stdout
-    assert "| generator | 10 | 100 | 10,000,000 |" in md
+    assert f"| generator | {SMALL} | {LARGE} | 10,000,000 |" in md
     for label in ("CaloFlow, fast inverse", "CaloFlow, nflows inverse", "CaloGAN", "simulator (eplus)"):
         assert f"| {label} |" in md
     assert result["machine"]["threads"] == 1 and result["machine"]["torch"] == torch.__version__
     assert "checkpoints" in result["generators"]["caloflow-fast"]["model"]
-    assert "batch 100: " in proc.stderr  # a progress line per cell
+    assert f"batch {LARGE}: " in proc.stderr  # a progress line per cell
 
 
 def test_fast_sampler_beats_nflows_inverse_on_the_same_model(benchmark_run):
     table = cells(benchmark_run[2])
     # same Flow I + Flow II weights; nflows runs the MADE once per voxel, the fast inverse once per degree group
-    assert table["caloflow-fast", 100]["ms_per_shower"] < table["caloflow-nflows", 100]["ms_per_shower"]
-    assert table["caloflow-fast", 10]["ms_per_shower"] < table["caloflow-nflows", 10]["ms_per_shower"]
+    assert table["caloflow-fast", LARGE]["ms_per_shower"] < table["caloflow-nflows", LARGE]["ms_per_shower"]
+    assert table["caloflow-fast", SMALL]["ms_per_shower"] < table["caloflow-nflows", SMALL]["ms_per_shower"]
 
 
 def test_cells_over_the_time_limit_are_estimated_not_run(benchmark_run):
@@ -99,12 +99,12 @@ def test_cells_over_the_time_limit_are_estimated_not_run(benchmark_run):
         assert cell["estimate_s"] > 60 and "--max-seconds 60" in cell["reason"]
         assert cell["ms_per_shower"] == pytest.approx(1e3 * cell["estimate_s"] / HUGE)
         # extrapolated from the two measured batches: never slower per shower than the slowest of them
-        per_shower = [table[g, b]["ms_per_shower"] for b in (10, 100)]
+        per_shower = [table[g, b]["ms_per_shower"] for b in (SMALL, LARGE)]
         assert 0 < cell["ms_per_shower"] <= max(per_shower) * (1 + 1e-9)
-        t10, t100 = (min(table[g, b]["seconds_per_call"]) for b in (10, 100))
-        slope = (t100 - t10) / 90
-        if slope > 0 and t10 - 10 * slope >= 0:  # two points: the fitted line goes through both
-            assert cell["estimate_s"] == pytest.approx(t10 + slope * (HUGE - 10), rel=1e-6)
+        t_small, t_large = (min(table[g, b]["seconds_per_call"]) for b in (SMALL, LARGE))
+        slope = (t_large - t_small) / (LARGE - SMALL)
+        if slope > 0 and t_small - SMALL * slope >= 0:  # two points: the fitted line goes through both
+            assert cell["estimate_s"] == pytest.approx(t_small + slope * (HUGE - SMALL), rel=1e-6)
     assert md.count(" (est.) |") == 4
 
 

@@ -1,4 +1,4 @@
-"""The embedded GFlash-style simulator: physics targets (DESIGN.md section 3), reproducibility,
+"""The embedded GFlash-style simulator: physics targets (docs/physics.md section 4), reproducibility,
 the file it writes and the ``caloflow simulate`` command."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Read, validate and write the CaloGAN HDF5 format (DESIGN.md section 1).
+"""Read, validate and write the CaloGAN HDF5 format (docs/physics.md section 2).
 
 A file holds ``layer_0`` (N, 3, 96), ``layer_1`` (N, 12, 12), ``layer_2`` (N, 12, 6) in MeV,
 ``energy`` (N, 1) in GeV and ``overflow`` (N, 3) in MeV. Real GEANT4 files and generated files

@@ -1,4 +1,4 @@
-"""Embedded GFlash-style shower simulator for the CaloGAN detector (DESIGN.md sections 2-4).
+"""Embedded GFlash-style shower simulator for the CaloGAN detector (docs/physics.md sections 3-5).
 
 This is a *stand-in* for GEANT4, tuned to the look of the GEANT4 CaloGAN showers (layer
 fractions, occupancies, widths, leakage and the distinct character of e+, gamma and pi+); it is
@@ -65,7 +65,7 @@ PARTICLES: tuple[str, ...] = ("eplus", "gamma", "piplus")
 #: Showers per chunk; fixed, because each chunk has its own random stream.
 CHUNK_SIZE = 32
 
-# --- the effective medium (DESIGN.md section 2) -------------------------------------------
+# --- the effective medium (docs/physics.md section 3) -------------------------------------
 X0_MM = 15.6
 RM_MM = 35.0
 LAMBDA_MM = 366.0
@@ -76,7 +76,7 @@ E_HAT = 0.69  # e/mip ratio of the stack
 DEPTH_MM = LAYER_DEPTHS_MM[-1]
 N_PERIODS = int(round(DEPTH_MM / PERIOD_MM))
 
-# --- tuning of the stand-in to the GEANT4 look (DESIGN.md section 3) -----------------------
+# --- tuning of the stand-in to the GEANT4 look (docs/physics.md section 4) -----------------
 #: GEANT4 CaloGAN showers peak deeper than the GFlash fit gives for this stack (layer-0
 #: fraction ~0.15-0.2 for e+); the mean shower-maximum depth T is scaled by this factor.
 DEPTH_SCALE = 1.15
@@ -156,7 +156,7 @@ def _em_profile(rng: np.random.Generator, energy_mev: np.ndarray) -> tuple[np.nd
     """Per-shower longitudinal (T [X0], alpha) of the Gamma profile, sampling-calorimeter GFlash.
 
     <ln T>, <ln alpha> of the homogeneous medium corrected with F_s and e_hat; sigmas and the
-    correlation rho of the sampling parametrisation (DESIGN.md section 4).
+    correlation rho of the sampling parametrisation (docs/physics.md section 5).
     """
     ln_y = np.log(np.maximum(energy_mev / EC_MEV, 1.0))
     ln_y_mean = np.maximum(ln_y, 1.5)  # below ~40 MeV the fit is meaningless; keep it finite
@@ -184,21 +184,36 @@ def _halo_spots(energy_mev: np.ndarray) -> np.ndarray:
 def _em_showers(rng, spots: _Spots, shower, energy, z0, x0, y0, halo_spots=None) -> None:
     """Deposit EM showers (electrons/positrons) of ``energy`` MeV starting at depth ``z0`` mm on
     the axis (x0, y0) mm. Arrays are per shower component; ``shower`` is the chunk row;
-    ``halo_spots`` is the expected number of halo spots (by default :func:`_halo_spots`)."""
+    ``halo_spots`` is the expected number of halo spots (by default :func:`_halo_spots`).
+
+    A fraction 1 - HALO_FRACTION of the visible energy goes to the core spots, the rest to the
+    soft-photon halo; the random draws are made in this order (core, then halo), which fixes
+    the stream of each chunk."""
     n = len(energy)
     if n == 0:
         return
-    e_gev = energy / GEV
     T, alpha = _em_profile(rng, energy)
+    albedo = ALBEDO_MIN + ALBEDO_MEAN * rng.standard_exponential(n)
+    visible = energy * (1.0 - np.minimum(albedo, 0.05))
+    t_core, core_counts = _em_core(rng, spots, shower, energy, z0, x0, y0, T, alpha, visible)
+    if halo_spots is None:
+        halo_spots = _halo_spots(energy)
+    _em_halo(rng, spots, shower, z0, x0, y0, visible, t_core, core_counts, halo_spots)
+
+
+def _em_core(rng, spots: _Spots, shower, energy, z0, x0, y0, T, alpha, visible) -> tuple[np.ndarray, np.ndarray]:
+    """Core spots of the EM showers (GFlash): depths ``t`` [X0] from the spot profile, importance-
+    weighted to the energy profile Gamma(alpha, T), radii from the core + tail radial profile.
+
+    Deposits (1 - HALO_FRACTION) ``visible`` MeV per shower; returns the spot depths ``t`` [X0]
+    (shower by shower) and the number of spots of each shower, where the halo photons are born."""
+    n = len(energy)
+    e_gev = energy / GEV
     beta = (alpha - 1.0) / T
     # spot profile: slightly shorter than the energy profile (GFlash)
     T_s = T * (0.698 + 0.00212 * Z_EFF)
     alpha_s = alpha * (0.639 + 0.00334 * Z_EFF)
     beta_s = (alpha_s - 1.0) / T_s
-    albedo = ALBEDO_MIN + ALBEDO_MEAN * rng.standard_exponential(n)
-    visible = energy * (1.0 - np.minimum(albedo, 0.05))
-
-    # --- core spots -----------------------------------------------------------------------
     counts = (SPOTS_MIN + SPOTS_PER_GEV * e_gev**0.876 + rng.random(n)).astype(np.int64)
     c = np.repeat(np.arange(n), counts)
     m = len(c)
@@ -220,18 +235,20 @@ def _em_showers(rng, spots: _Spots, shower, energy, z0, x0, y0, halo_spots=None)
     r = np.where(is_core, r_core, r_tail) * (RM_MM * np.sqrt(u / (1.0 - u)))
     x, y = _rotate(rng, r)
     spots.add(shower[c], x0[c] + x, y0[c] + y, z0[c] + X0_MM * t, w)
+    return t, counts
 
-    # --- soft-photon halo: photons born on the axis at the core spots' depths (cycling
-    # through them), emitted isotropically and absorbed after an exponential path of mean
-    # HALO_PATH_MM; those leaving the stack are lost. The deposits are importance-sampled from
-    # a mixture (a longer isotropic path, or a point uniform in depth with a broad lateral
-    # distribution) and weighted by physical / proposal density, so the far, faint regions get
-    # many small deposits (their occupancy) at their physical share of the energy. ---
-    t_core = t
-    starts = np.cumsum(counts) - counts
-    core_counts = counts
-    if halo_spots is None:
-        halo_spots = _halo_spots(energy)
+
+def _em_halo(rng, spots: _Spots, shower, z0, x0, y0, visible, t_core, core_counts, halo_spots) -> None:
+    """Soft-photon halo: photons born on the axis at the core spots' depths (cycling through
+    them), emitted isotropically and absorbed after an exponential path of mean HALO_PATH_MM;
+    those leaving the stack are lost. Deposits HALO_FRACTION ``visible`` MeV per shower.
+
+    The deposits are importance-sampled from a mixture (a longer isotropic path, or a point
+    uniform in depth with a broad lateral distribution) and weighted by physical / proposal
+    density, so the far, faint regions get many small deposits (their occupancy) at their
+    physical share of the energy."""
+    n = len(visible)
+    starts = np.cumsum(core_counts) - core_counts
     counts = (np.maximum(halo_spots, 2.0) + rng.random(n)).astype(np.int64)
     c = np.repeat(np.arange(n), counts)
     m = len(c)
@@ -311,11 +328,11 @@ def _grp_parameters(e_gev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pions(rng, spots: _Spots, energy_gev: np.ndarray) -> None:
+    """Charged pions of ``energy_gev`` GeV entering the front face on the axis: a MIP track up to
+    an interaction depth ~ Exp(lambda_I), then a hadronic shower from the (displaced) track end."""
     n = len(energy_gev)
-    rows = np.arange(n)
     energy = energy_gev * GEV
     z_int = LAMBDA_MM * rng.standard_exponential(n)
-    interacts = z_int < DEPTH_MM
     # multiple-scattering displacement of the track (Highland, projected): x = g * s(z)
     g = rng.standard_normal((2, n))
     ms_scale = 13.6 / energy / math.sqrt(3.0)  # rad per sqrt(X0), over sqrt(3) for the offset
@@ -324,9 +341,20 @@ def _pions(rng, spots: _Spots, energy_gev: np.ndarray) -> None:
         s = ms_scale[rows_] * np.sqrt(z / X0_MM) * z
         return g[0, rows_] * s, g[1, rows_] * s
 
-    # --- MIP track up to the interaction (or through the whole stack) ----------------------
+    track_total = _pion_track(rng, spots, energy, z_int, track_offset)
+    h = np.arange(n)[z_int < DEPTH_MM]
+    if len(h) == 0:
+        return
+    xi, yi = track_offset(h, z_int[h])
+    _hadronic_showers(rng, spots, h, energy[h] - track_total[h], z_int[h], xi, yi)
+
+
+def _pion_track(rng, spots: _Spots, energy, z_int, track_offset) -> np.ndarray:
+    """MIP deposits (Moyal straggling, MeV) at the middle of every sampling period up to the
+    interaction depth ``z_int`` mm (or through the whole stack); returns each track's energy, MeV."""
+    n = len(energy)
     n_periods = np.minimum(np.ceil(z_int / PERIOD_MM), N_PERIODS).astype(np.int64)
-    c = np.repeat(rows, n_periods)
+    c = np.repeat(np.arange(n), n_periods)
     k = np.arange(len(c)) - np.repeat(np.cumsum(n_periods) - n_periods, n_periods)
     z = PERIOD_MM * (k + 0.5)
     e_mip = np.clip(_moyal(rng, len(c), MIP_MPV_MEV, MIP_WIDTH_MEV), 0.0, 60.0)
@@ -336,15 +364,14 @@ def _pions(rng, spots: _Spots, energy_gev: np.ndarray) -> None:
     track_total = np.minimum(track_total, 0.5 * energy)
     x, y = track_offset(c, z)
     spots.add(c, x, y, z, e_mip)
+    return track_total
 
-    # --- hadronic shower ------------------------------------------------------------------
-    h = rows[interacts]
+
+def _hadronic_showers(rng, spots: _Spots, h, e_sh, zi, xi, yi) -> None:
+    """Hadronic showers of ``e_sh`` MeV of the chunk rows ``h``, starting at (xi, yi, zi) mm: a
+    fluctuating EM fraction as two pi0 photons, the rest with a Gamma profile in lambda_I (GRP),
+    a lateral scale growing with depth, and an invisible (lost) fraction."""
     m = len(h)
-    if m == 0:
-        return
-    zi = z_int[h]
-    xi, yi = track_offset(h, zi)
-    e_sh = energy[h] - track_total[h]
     e_sh_gev = e_sh / GEV
     # EM fraction (pi0s): Beta-distributed around 1 - (E / 1 GeV)^-0.17
     f_mean = np.clip(1.0 - np.maximum(e_sh_gev, 1e-3) ** -0.17, 0.08, 0.9)
@@ -489,29 +516,20 @@ def simulate_to_file(
 # Command line: caloflow simulate
 # ---------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # values are checked in run() so that every mistake is reported as one CaloflowError line
+    from caloflow import cli_args
+
+    # the particle and the energy range (LOW < HIGH) are checked in run() by simulate_to_file
     parser.add_argument("--particle", required=True, help=f"one of {', '.join(PARTICLES)}")
-    parser.add_argument("--n", required=True, help="number of showers")
-    parser.add_argument("--seed", default="0", help="random seed (default 0)")
-    parser.add_argument("--out", required=True, help="output HDF5 file (CaloGAN format)")
-    parser.add_argument("--energy-range", nargs=2, default=["1", "100"], metavar=("LOW", "HIGH"),
-                        help="incident energy range in GeV, uniform (default 1 100)")
+    parser.add_argument("--n", required=True, type=cli_args.positive_int, help="number of showers")
+    parser.add_argument("--seed", default=0, type=cli_args.seed, help="random seed (default 0)")
+    parser.add_argument("--out", required=True, type=cli_args.output_file, help="output HDF5 file (CaloGAN format)")
+    parser.add_argument("--energy-range", nargs=2, default=[1.0, 100.0], type=cli_args.positive_float,
+                        metavar=("LOW", "HIGH"), help="incident energy range in GeV, uniform (default 1 100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _integer(option: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise CaloflowError(f"{option}: expected an integer, got '{value}'") from None
-
-
 def run(args: argparse.Namespace) -> int:
-    n = _integer("--n", args.n)
-    seed = _integer("--seed", args.seed)
-    out = Path(args.out)
-    if out.is_dir():
-        raise CaloflowError(f"--out: '{out}' is a directory, expected a file path")
+    n, seed, out = args.n, args.seed, Path(args.out)
     path = simulate_to_file(out, args.particle, n, seed, tuple(args.energy_range), progress=not args.no_progress)
     print(f"wrote {n} {args.particle} showers to {path}")
     return 0

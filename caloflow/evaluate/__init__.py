@@ -1,1 +1,1 @@
-"""Judging generators: physics features, separation power, figures, the classifier test, timing."""
+"""Judging generators: physics features, separation power, figures, the classifier test."""

@@ -1,4 +1,4 @@
-"""Separation power between two histograms (CaloFlow paper section 5; DESIGN.md section 6)."""
+"""Separation power between two histograms (CaloFlow paper section 5; docs/physics.md section 7)."""
 from __future__ import annotations
 
 import numpy as np

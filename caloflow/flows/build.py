@@ -1,4 +1,4 @@
-"""The nflows stacks of CaloFlow (paper table 2, section 4; DESIGN.md section 5).
+"""The nflows stacks of CaloFlow (paper table 2, section 4; docs/physics.md section 6).
 
 Both flows are MADE blocks with rational-quadratic spline transforms (linear tails, tail bound
 14 because logit(1e-6) = -13.82, 8 bins), ReLU, no batch normalisation, plain (non-residual)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -34,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from caloflow import cli_args
 from caloflow.atomic import write_text_atomic
 from caloflow.errors import CaloflowError
-from caloflow.evaluate.timing import format_ms, machine_info, timed
+from caloflow.timing import format_ms, machine_info, timed
 
 GENERATORS: dict[str, str] = {
     "caloflow-fast": "CaloFlow, fast inverse",
@@ -275,7 +275,6 @@ def markdown(result: dict, generators: list[Generator], cells: list[Cell]) -> st
 
 # ------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # numbers are parsed in run() so that every mistake is one CaloflowError line
     model = parser.add_argument_group("models (default: untrained paper-size models)")
     model.add_argument("--flow1", help="Flow I checkpoint (.ckpt); needs --flow2")
     model.add_argument("--flow2", help="Flow II checkpoint (.ckpt); needs --flow1")
@@ -284,41 +283,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="untrained paper-size models with random weights (also the default without checkpoints)")
     parser.add_argument("--simulator", default="eplus", metavar="PARTICLE",
                         help="particle for the embedded simulator row (default eplus)")
-    parser.add_argument("--generators", default=",".join(GENERATORS),
+    parser.add_argument("--generators", type=cli_args.comma_list(GENERATORS, what="generator"),
+                        default=",".join(GENERATORS),
                         help=f"comma-separated subset of {','.join(GENERATORS)} (default: all)")
-    parser.add_argument("--batch-sizes", nargs="+", default=[str(b) for b in DEFAULT_BATCH_SIZES],
+    parser.add_argument("--batch-sizes", nargs="+", type=cli_args.positive_int, default=list(DEFAULT_BATCH_SIZES),
                         help="batch sizes (default 10 100 1000 10000)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU")
-    parser.add_argument("--threads", default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--max-seconds", default="600",
+    parser.add_argument("--threads", type=cli_args.positive_int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--max-seconds", type=cli_args.positive_float, default=600.0,
                         help="a cell whose estimated time per call exceeds this is estimated, not run (default 600)")
-    parser.add_argument("--repeats", default="3", help="timed calls per cell, the best is reported (default 3)")
-    parser.add_argument("--seed", default="0", help="seed of the energies, latent draws and random weights (default 0)")
-    parser.add_argument("--out", required=True, help="output folder for benchmark.json and benchmark.md")
-
-
-def _number(option: str, value: str, kind=int, positive: bool = True):
-    try:
-        x = kind(value)
-    except (TypeError, ValueError):
-        raise CaloflowError(f"{option}: expected {'an integer' if kind is int else 'a number'}, got '{value}'") from None
-    if kind is float and not math.isfinite(x):
-        raise CaloflowError(f"{option}: expected a finite number, got '{value}'")
-    if positive and x <= 0:
-        raise CaloflowError(f"{option}: must be positive, got '{value}'")
-    return x
+    parser.add_argument("--repeats", type=cli_args.positive_int, default=3,
+                        help="timed calls per cell, the best is reported (default 3)")
+    parser.add_argument("--seed", type=cli_args.seed, default=0,
+                        help="seed of the energies, latent draws and random weights (default 0)")
+    parser.add_argument("--out", required=True, type=cli_args.output_dir,
+                        help="output folder for benchmark.json and benchmark.md")
 
 
 def _check(args: argparse.Namespace) -> dict:
     from caloflow.data.simulate import PARTICLES
 
-    names = [n.strip() for n in args.generators.split(",") if n.strip()]
-    unknown = [n for n in names if n not in GENERATORS]
-    if unknown or not names:
-        raise CaloflowError(f"--generators: unknown generator '{','.join(unknown)}', expected a comma-separated "
-                            f"subset of {','.join(GENERATORS)}")
-    names = list(dict.fromkeys(names))
-    batch_sizes = sorted({_number("--batch-sizes", b) for b in args.batch_sizes})
+    names = args.generators
+    batch_sizes = sorted(set(args.batch_sizes))
     if bool(args.flow1) != bool(args.flow2):
         raise CaloflowError("--flow1 and --flow2 go together: give both or neither")
     if args.paper_size and (args.flow1 or args.calogan):
@@ -336,15 +323,9 @@ def _check(args: argparse.Namespace) -> dict:
         raise CaloflowError(f"--device {args.device}: CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
         raise CaloflowError(f"--device: expected cpu or cuda, got '{args.device}'")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CaloflowError(f"--out {out}: exists and is not a folder")
     return dict(
-        names=names, batch_sizes=batch_sizes, device=device, out=out,
-        threads=None if args.threads is None else _number("--threads", args.threads),
-        max_seconds=_number("--max-seconds", args.max_seconds, float),
-        repeats=_number("--repeats", args.repeats),
-        seed=_number("--seed", args.seed, positive=False),
+        names=names, batch_sizes=batch_sizes, device=device, out=Path(args.out),
+        threads=args.threads, max_seconds=args.max_seconds, repeats=args.repeats, seed=args.seed,
     )
 
 
