@@ -1,7 +1,9 @@
-"""Invertible preprocessing of CaloFlow (paper section 4; DESIGN.md section 5).
+"""Invertible preprocessing of CaloFlow (paper section 4; docs/physics.md).
 
-Each representation has exactly one object, used by the DataModule for training and by the
-sampler for generation:
+Each flow's representation is one ``nn.Module`` owned by the model (``FlowI.preprocessing``,
+``FlowII.preprocessing``): the model encodes the physical showers the DataModule serves, and the
+same object undoes the encoding when the model samples, so a checkpoint alone is enough to
+generate:
 
 * :class:`FlowIPreprocessing`: layer energies <-> logit of the u-space of eq. (4.1), context
   eq. (4.4).
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from caloflow.data.geometry import GEV, KEV, LAYER_SIZES, THRESHOLD_KEV
 
@@ -36,13 +38,17 @@ def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-class LogitTransform:
+class LogitTransform(nn.Module):
     """u in [0, 1] <-> logit(alpha + (1 - 2 alpha) u), eqs. (4.2)-(4.3). Inputs are clamped to [0, 1]."""
 
     def __init__(self, alpha: float = ALPHA):
         if not 0 < alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
-        self.alpha = alpha
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}"
 
     def forward(self, u: Tensor) -> Tensor:
         x = self.alpha + (1 - 2 * self.alpha) * _f64(u).clamp(0, 1)
@@ -53,7 +59,7 @@ class LogitTransform:
         return ((x - self.alpha) / (1 - 2 * self.alpha)).clamp(0, 1).to(torch.as_tensor(y).dtype)
 
 
-class EnergyToU:
+class EnergyToU(nn.Module):
     """Layer energies (E0, E1, E2) <-> u in [0, 1]^3 given the incident energy, eq. (4.1).
 
     u0 = E_hat / E_inc, u1 = E0 / E_hat, u2 = E1 / (E1 + E2). The inverse gives E_hat = u0 E_inc
@@ -78,7 +84,7 @@ class EnergyToU:
         return torch.stack([e0, e1, e2], dim=1).to(torch.as_tensor(u).dtype)
 
 
-class LayerNormalization:
+class LayerNormalization(nn.Module):
     """Voxels (N, 504) <-> per-layer fractions that sum to one in each layer (paper section 4.2, step 2).
 
     ``inverse`` renormalises each layer of a (generated) shape to sum exactly 1 and scales it by
@@ -86,7 +92,11 @@ class LayerNormalization:
     """
 
     def __init__(self, layer_sizes: Sequence[int] = LAYER_SIZES):
+        super().__init__()
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
+
+    def extra_repr(self) -> str:
+        return f"layer_sizes={self.layer_sizes}"
 
     def _split(self, x: Tensor) -> tuple[Tensor, ...]:
         return torch.split(x, self.layer_sizes, dim=1)
@@ -131,13 +141,14 @@ def decode_layer_energies(encoded: Tensor) -> Tensor:
     return (torch.pow(10.0, _f64(encoded) - 2) * (100 * GEV) - KEV).to(torch.as_tensor(encoded).dtype)
 
 
-class FlowIPreprocessing:
+class FlowIPreprocessing(nn.Module):
     """Flow I's representation: x = logit(u(E0, E1, E2 | E_inc)) (3), context = eq. (4.4) (1)."""
 
     features = 3
     context_features = 1
 
     def __init__(self, alpha: float = ALPHA):
+        super().__init__()
         self.logit = LogitTransform(alpha)
         self.to_u = EnergyToU()
 
@@ -153,7 +164,7 @@ class FlowIPreprocessing:
         return self.to_u.inverse(self.logit.inverse(x), incident_gev)
 
 
-class FlowIIPreprocessing:
+class FlowIIPreprocessing(nn.Module):
     """Flow II's representation: x = logit(per-layer normalised voxels) (504), context (4).
 
     The context is [eq. (4.4) of E_inc, eq. (4.5) of E_0, E_1, E_2]. ``inverse`` is the paper's
@@ -169,6 +180,7 @@ class FlowIIPreprocessing:
         alpha: float = ALPHA,
         threshold_kev: float = THRESHOLD_KEV,
     ):
+        super().__init__()
         self.normalization = LayerNormalization(layer_sizes)
         self.logit = LogitTransform(alpha)
         self.threshold = threshold_kev * KEV

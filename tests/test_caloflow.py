@@ -33,7 +33,6 @@ def test_paper_configs_give_the_paper_parameter_counts():
     assert trainer.max_epochs == 75 and flow1.hparams.milestones == [5, 15, 40, 60] and flow1.hparams.lr == 1e-4
     assert data1.hparams.batch_size == data2.hparams.batch_size == 175 and data2.hparams.noise_kev == 1.0
     assert flow2.hparams.dropout == 0.05 and flow2.hparams.milestones == [50]
-    assert data2.hparams.representation == "flow2" and data1.hparams.representation == "flow1"
 
 
 def fit(config: str, root: Path, data: Path, *extra: str):
@@ -171,7 +170,7 @@ class SometimesNaN(FlowI):
 
 
 def test_nonfinite_guard_skips_batches_and_stops(tmp_path, eplus_file):
-    data = CaloDataModule(path=str(eplus_file), representation="flow1", batch_size=64)
+    data = CaloDataModule(path=str(eplus_file), batch_size=64)
     model = SometimesNaN(bad_from=10, n_blocks=2, hidden_features=8, num_blocks=1, lr=1e-3)
     guard = NonFiniteGuard(patience=5)
     trainer = L.Trainer(max_epochs=20, callbacks=[guard], default_root_dir=tmp_path, enable_progress_bar=False,
@@ -182,3 +181,61 @@ def test_nonfinite_guard_skips_batches_and_stops(tmp_path, eplus_file):
     # 7 batches per epoch: batch 1 of epochs 0 and 1 (steps 1 and 8) were skipped alone, then every batch
     # from step 10 on until the patience of 5 ran out
     assert guard.skipped == 2 + 5 and guard.consecutive == 5 and trainer.global_step == 15
+
+
+def test_flow2_checkpoint_samples_with_no_datamodule_in_reach(trained):
+    """The checkpoint carries the representation: sampling needs neither the DataModule nor a config."""
+    script = f"""
+import sys
+sys.modules["caloflow.data.datamodule"] = None  # any import of the DataModule now fails
+import torch
+from caloflow.models import FlowII
+model = FlowII.load_from_checkpoint({str(checkpoint(trained["flow2"]))!r}, map_location="cpu")
+assert "caloflow.data.datamodule" not in [m for m, v in sys.modules.items() if v is not None]
+assert model.hparams.alpha == 1e-6 and model.hparams.threshold_kev == 10.0
+layers = torch.tensor([[2000.0, 15000.0, 40.0], [300.0, 700.0, 0.5]])
+voxels = model.sample(torch.tensor([20.0, 1.2]), layers, torch.Generator().manual_seed(0), threshold=False)
+sums = torch.stack([voxels[:, :288].double().sum(1), voxels[:, 288:432].double().sum(1),
+                    voxels[:, 432:].double().sum(1)], 1)
+print(float(((sums - layers.double()) / layers.double()).abs().max()))
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_model_owns_its_geometry_so_a_config_cannot_disagree_with_the_data(tmp_path, eplus_file):
+    """layer_sizes is no option of the model: the CaloGAN format fixes it, and the CLI refuses to set it."""
+    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow2.yaml"),
+                     "--data.path", str(eplus_file), "--trainer.default_root_dir", str(tmp_path),
+                     "--model.layer_sizes", "[300, 132, 72]")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "layer_sizes" in result.stderr and not list(tmp_path.glob("**/*.ckpt"))
+    # the data side has no representation switch to pair by hand either
+    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow2.yaml"),
+                     "--data.path", str(eplus_file), "--trainer.default_root_dir", str(tmp_path),
+                     "--data.representation", "flow1")
+    assert result.returncode != 0 and "representation" in result.stderr
+
+
+def test_flows_encode_physical_batches_with_their_own_preprocessing(eplus_file):
+    """The representation the model trains on round-trips to the showers the DataModule served."""
+    from caloflow.models import FlowII
+
+    data = CaloDataModule(path=str(eplus_file), batch_size=32, noise_kev=0.0)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    flow1, flow2 = FlowI(n_blocks=1, hidden_features=8, num_blocks=1), FlowII(n_blocks=1, hidden_features=8)
+    x1, c1 = flow1.encode(batch)
+    assert x1.shape == (32, 3) and c1.shape == (32, 1)
+    energies = flow1.preprocessing.inverse(x1.double(), batch["energy"])
+    assert torch.allclose(energies, batch["layer_energies"], rtol=1e-5)
+    x2, c2 = flow2.encode(batch)
+    assert x2.shape == (32, 504) and c2.shape == (32, 4)
+    voxels = flow2.preprocessing.inverse(x2.double(), batch["layer_energies"], threshold=False)
+    big = batch["voxels"] > 1.0
+    assert torch.allclose(voxels[big], batch["voxels"][big].double(), rtol=1e-3)
+    assert torch.allclose(flow2.log_prob(batch["voxels"], batch["energy"]).mean(), -flow2.nll(batch))

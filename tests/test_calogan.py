@@ -216,7 +216,7 @@ def test_training_updates_both_networks_logs_and_selects(shower_file, tmp_path):
     model = RecordingCaloGAN(**TINY)
     gen0 = {k: v.clone() for k, v in model.generator.state_dict().items()}
     disc0 = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
-    data = CaloDataModule(path=str(shower_file), representation="showers", batch_size=32, noise_kev=0.0, seed=0)
+    data = CaloDataModule(path=str(shower_file), batch_size=32, noise_kev=0.0, seed=0)
     logger = TensorBoardLogger(tmp_path, name="tb")
     selection = HistogramSelection(bins=10, seed=0)
     trainer = L.Trainer(

@@ -1,4 +1,5 @@
-"""CaloDataModule: split, representations, fresh per-serve noise, determinism, embedded default."""
+"""CaloDataModule: split, physical showers for every model, labelled classifier data, fresh per-serve noise,
+determinism, embedded default."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from caloflow.data import CaloDataModule, read_showers
 from caloflow.data.geometry import LAYER_SLICES
 from caloflow.errors import CaloflowError, DataFormatError
-from caloflow.transforms import FlowIIPreprocessing, FlowIPreprocessing, decode_layer_energies
+from caloflow.data.io import Showers
 
 
 def dm(path, **kw) -> CaloDataModule:
@@ -34,7 +35,7 @@ def test_separate_validation_file(eplus_file):
 
 
 def test_showers_batches_and_fresh_noise(eplus_file):
-    m = dm(eplus_file, noise_kev=1.0, representation="showers")
+    m = dm(eplus_file, noise_kev=1.0)
     raw = m.train_set.voxels[:8]
     first = m.train_set.__getitems__(list(range(8)))
     second = m.train_set.__getitems__(list(range(8)))
@@ -43,8 +44,8 @@ def test_showers_batches_and_fresh_noise(eplus_file):
         # uniform [0, 1 keV) on every voxel (float32 rounding of the sum aside)
         assert noise.min() >= -1e-5 and noise.max() < 1e-3 + 1e-5 and noise.abs().mean() > 2e-4
         # layer energies are computed after the noise
-        sums = torch.stack([batch["voxels"][:, s].sum(1) for s in LAYER_SLICES], 1)
-        assert torch.allclose(batch["layer_energies"], sums)
+        sums = torch.stack([batch["voxels"][:, s].double().sum(1) for s in LAYER_SLICES], 1)
+        assert batch["layer_energies"].dtype == torch.float64 and torch.allclose(batch["layer_energies"], sums)
     assert not torch.equal(first["voxels"], second["voxels"])  # fresh every time an item is served
     assert batch["energy"].shape == (8,)
 
@@ -69,25 +70,42 @@ def test_noise_is_fresh_per_epoch_through_the_loader(eplus_file):
         assert torch.allclose(v0, v1, atol=1.01e-3) and not torch.allclose(v0, v1, atol=1e-6)
 
 
-def test_flow_representations_match_the_preprocessing_objects(eplus_file):
-    showers = dm(eplus_file, representation="showers", noise_kev=0.0).train_set.__getitems__([0, 1, 2])
-    f1 = dm(eplus_file, representation="flow1", noise_kev=0.0).train_set.__getitems__([0, 1, 2])
-    f2 = dm(eplus_file, representation="flow2", noise_kev=0.0).train_set.__getitems__([0, 1, 2])
-    assert f1["x"].shape == (3, 3) and f1["context"].shape == (3, 1)
-    assert f2["x"].shape == (3, 504) and f2["context"].shape == (3, 4)
-    e = FlowIPreprocessing().inverse(f1["x"].double(), showers["energy"])
-    assert torch.allclose(e, showers["layer_energies"].double(), rtol=1e-5)
-    layer_e = decode_layer_energies(f2["context"][:, 1:].double())
-    assert torch.allclose(layer_e, showers["layer_energies"].double(), rtol=1e-5)
-    voxels = FlowIIPreprocessing().inverse(f2["x"].double(), layer_e, threshold=False)
-    big = showers["voxels"] > 1.0
-    assert torch.allclose(voxels[big], showers["voxels"][big].double(), rtol=1e-3)
+def test_batches_are_physical_showers_for_every_model(eplus_file):
+    """No representation switch: the same batch feeds Flow I, Flow II, CaloGAN and the classifiers."""
+    m = dm(eplus_file, noise_kev=0.0)
+    batch = m.train_set.__getitems__([0, 1, 2])
+    assert set(batch) == {"voxels", "layer_energies", "energy"}
+    data = read_showers(eplus_file)
+    row = int(np.argmin(np.abs(data.energy - batch["energy"][0].item())))
+    assert np.allclose(batch["voxels"][0].numpy(), data.voxels[row]) and batch["voxels"].shape == (3, 504)
+
+
+def test_classifier_mode_serves_balanced_labelled_showers(eplus_file):
+    data = read_showers(eplus_file)
+    reference, generated = data[:300], Showers(data.voxels[300:550] * 1.1, data.energy[300:550])
+    m = CaloDataModule.from_showers(reference, generated, batch_size=64, noise_kev=0.0, seed=2)
+    m.setup("fit")
+    sizes = {name: len(ds) for name, ds in m.datasets.items()}
+    assert sizes == {"train": 300, "val": 100, "test": 100}  # 60/20/20 of 250 per class
+    for name, ds in m.datasets.items():
+        labels = ds.labels.numpy()
+        assert labels.sum() == len(labels) / 2  # balanced in every split
+        # label 1 = reference: those showers come from the reference set, 0 from the generated one
+        ref_energies = set(np.round(reference.energy, 5))
+        gen_energies = set(np.round(generated.energy, 5))
+        served = np.round(ds.energy.numpy(), 5)
+        assert all(e in ref_energies for e in served[labels == 1])
+        assert all(e in gen_energies for e in served[labels == 0])
+    batch = next(iter(m.train_dataloader()))
+    assert set(batch) == {"voxels", "layer_energies", "energy", "label"} and len(batch["label"]) == 64
+    everything = np.concatenate([ds.energy.numpy() for ds in m.datasets.values()])
+    assert len(np.unique(np.round(everything, 6))) == 500  # the three splits are disjoint
 
 
 def test_same_seed_same_batches(eplus_file):
     def first_batch(seed):
         torch.manual_seed(123)
-        return next(iter(dm(eplus_file, seed=seed, representation="flow2").train_dataloader()))["x"]
+        return next(iter(dm(eplus_file, seed=seed).train_dataloader()))["voxels"]
 
     assert torch.equal(first_batch(3), first_batch(3)) and not torch.equal(first_batch(3), first_batch(4))
 

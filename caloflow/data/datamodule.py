@@ -1,21 +1,31 @@
-"""The shared Lightning DataModule of caloflow (Flow I, Flow II, CaloGAN, classifiers).
+"""The one Lightning DataModule of caloflow: physical showers for every model.
 
-It reads a CaloGAN-format file (or simulates the embedded default once into a cache), splits it
-70/30 into training and validation (or takes a separate validation file) and serves batches in
-one of three representations:
+Flow I, Flow II, the CaloGAN baseline and the real-vs-generated classifiers all train on the
+same batches of physical showers; each model encodes them into its own representation (the
+preprocessing modules it owns), so nothing here depends on the model. A batch is
 
-* ``"showers"``: ``{"voxels": (B, 504) MeV, "layer_energies": (B, 3) MeV, "energy": (B,) GeV}``
-* ``"flow1"``: ``{"x": (B, 3), "context": (B, 1), "energy"}`` via :class:`caloflow.transforms.FlowIPreprocessing`
-* ``"flow2"``: ``{"x": (B, 504), "context": (B, 4), "energy"}`` via :class:`caloflow.transforms.FlowIIPreprocessing`
+    {"voxels": (B, 504) MeV float32, "layer_energies": (B, 3) MeV float64, "energy": (B,) GeV}
+
+plus ``"label"`` (1 = reference, 0 = generated) when the module serves a classifier.
+
+Two ways to use it:
+
+* **one file** (generators): a CaloGAN file (or the embedded simulator's default, simulated
+  once into a cache) split 70/30 into training and validation, or a separate validation file;
+* **reference + generated** (classifiers, ``generated=...``): the same number of showers of each
+  kind, labelled, split 60/20/20 into training, validation and test per class so that every split
+  stays balanced (paper appendix A).
 
 Noise (paper section 4.2, step 1): uniform [0, ``noise_kev``) keV is added to every voxel of a
-training item each time it is served, and the layer energies are computed after the noise.
-Validation items get one fixed noise draw (so the validation NLL is comparable between epochs),
-unless ``noise_validation=False``.
+training item each time it is served, and the layer energies are computed after the noise (in
+float64, so that they are the exact sums of the float32 voxels). Validation and test items get
+one fixed noise draw (validation NLLs are comparable between epochs), unless
+``noise_validation=False``.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -28,10 +38,11 @@ from torch.utils.data import DataLoader, Dataset
 from caloflow.data.geometry import KEV, layer_energies
 from caloflow.data.io import Showers, count_showers, read_showers
 from caloflow.errors import CaloflowError, DataFormatError
-from caloflow.transforms import FlowIIPreprocessing, FlowIPreprocessing
 
 Particle = Literal["eplus", "gamma", "piplus"]
-Representation = Literal["showers", "flow1", "flow2"]
+#: Label of reference (real) showers; generated showers get 0. One convention for every classifier.
+REFERENCE_LABEL = 1.0
+GENERATED_LABEL = 0.0
 
 
 def default_cache_dir() -> Path:
@@ -62,37 +73,34 @@ def _batch_identity(batch):
 
 
 class ShowerDataset(Dataset):
-    """Showers served whole batches at a time (``__getitems__``), with optional per-serve noise.
+    """Physical showers served whole batches at a time (``__getitems__``), with optional per-serve noise.
 
     Args:
         showers: voxels in MeV, energy in GeV.
-        representation: ``"showers"``, ``"flow1"`` or ``"flow2"``.
         noise_kev: width of the uniform voxel noise in keV; 0 for none.
         fresh_noise: draw new noise every time an item is served (training); otherwise one fixed
             draw per item, made here from ``seed`` (validation).
         seed: seeds the noise when the data are served in the main process; in worker processes
             the worker's torch seed (set by Lightning from the global seed) is used.
+        labels: optional (N,) class labels, served as ``"label"``.
     """
 
     def __init__(
         self,
         showers: Showers,
-        representation: Representation = "showers",
         noise_kev: float = 0.0,
         fresh_noise: bool = True,
         seed: int = 0,
+        labels: np.ndarray | None = None,
     ):
         self.voxels = torch.as_tensor(np.asarray(showers.voxels, dtype=np.float32))
         self.energy = torch.as_tensor(np.asarray(showers.energy, dtype=np.float32))
-        self.representation = representation
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))
         self.noise = noise_kev * KEV
-        self.fresh_noise = fresh_noise
         self.generator = torch.Generator().manual_seed(seed)
         self.fixed_noise = None
         if self.noise > 0 and not fresh_noise:
             self.fixed_noise = torch.rand(self.voxels.shape, generator=self.generator) * self.noise
-        self.flow1 = FlowIPreprocessing()
-        self.flow2 = FlowIIPreprocessing()
 
     def __len__(self) -> int:
         return len(self.energy)
@@ -107,34 +115,54 @@ class ShowerDataset(Dataset):
         voxels, energy = self.voxels[index], self.energy[index]
         if self.noise > 0:
             voxels = voxels + (self._noise(voxels.shape) if self.fixed_noise is None else self.fixed_noise[index])
-        if self.representation == "showers":
-            return {"voxels": voxels, "layer_energies": layer_energies(voxels), "energy": energy}
-        if self.representation == "flow1":
-            x, context = self.flow1.forward(layer_energies(voxels.double()), energy)
-        else:
-            x, context = self.flow2.forward(voxels, energy)
-        return {"x": x.float(), "context": context.float(), "energy": energy}
+        batch = {"voxels": voxels, "layer_energies": layer_energies(voxels.double()), "energy": energy}
+        if self.labels is not None:
+            batch["label"] = self.labels[index]
+        return batch
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
 
+def balanced_split(
+    reference: Showers, generated: Showers, fractions: Sequence[float], rng: np.random.Generator
+) -> dict[str, tuple[Showers, np.ndarray]]:
+    """The classifier test's data: n = min(len) showers of each kind, split per class by ``fractions``.
+
+    Returns ``{"train" | "val" | "test": (showers, labels)}``, reference first within each split,
+    labels :data:`REFERENCE_LABEL` / :data:`GENERATED_LABEL`.
+    """
+    n = min(len(reference), len(generated))
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    parts: dict[str, list[tuple[Showers, np.ndarray]]] = {name: [] for name in bounds}
+    for label, showers in ((REFERENCE_LABEL, reference), (GENERATED_LABEL, generated)):
+        index = rng.permutation(len(showers))[:n]
+        for name, (lo, hi) in bounds.items():
+            parts[name].append((showers[index[lo:hi]], np.full(hi - lo, label, np.float32)))
+    return {
+        name: (Showers.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]))
+        for name, pieces in parts.items()
+    }
+
+
 class CaloDataModule(L.LightningDataModule):
-    """CaloGAN-format showers for every model of caloflow.
+    """CaloGAN-format physical showers for every model of caloflow (see the module docstring).
 
     Args:
-        path: CaloGAN HDF5 file. ``None``: the embedded default, simulated once for ``particle``
-            into ``cache_dir`` and reused.
+        path: CaloGAN HDF5 file (with ``generated``: the reference file). ``None``: the embedded
+            default, simulated once for ``particle`` into ``cache_dir`` and reused.
         particle: ``eplus``, ``gamma`` or ``piplus`` (names the embedded dataset).
-        representation: what a batch holds (see the module docstring).
+        generated: generated showers to tell from ``path`` (classifier mode, labelled batches).
         val_path: a separate validation file; otherwise ``val_fraction`` of ``path`` is held out.
         val_fraction: held-out fraction for validation (paper: 30,000 of 100,000).
-        max_showers: read only the first ``max_showers`` rows of ``path`` (small runs).
-        batch_size: paper: 175 for the flows.
+        split: training / validation / test fractions per class in classifier mode (paper: 60/20/20).
+        max_showers: read only the first ``max_showers`` rows of each file (small runs).
+        batch_size: paper: 175 for the flows, 1,000 for the classifiers.
         num_workers: DataLoader worker processes.
-        seed: seeds the split and the noise.
-        noise_kev: uniform noise width in keV per voxel (paper: 1 keV); 0 disables it.
-        noise_validation: also add (fixed) noise to the validation showers.
+        seed: seeds the split, the shuffling and the noise.
+        noise_kev: uniform noise width in keV per voxel (paper: 1 keV for the flows); 0 disables it.
+        noise_validation: also add (fixed) noise to the validation and test showers.
         n_simulated: size of the embedded dataset (paper: 100,000 per particle).
         simulation_seed: seed of the embedded dataset (part of its cache name).
         energy_range: incident-energy range in GeV of the embedded dataset.
@@ -145,9 +173,10 @@ class CaloDataModule(L.LightningDataModule):
         self,
         path: str | None = None,
         particle: Particle = "eplus",
-        representation: Representation = "showers",
+        generated: str | None = None,
         val_path: str | None = None,
         val_fraction: float = 0.3,
+        split: tuple[float, float, float] = (0.6, 0.2, 0.2),
         max_showers: int | None = None,
         batch_size: int = 175,
         num_workers: int = 0,
@@ -160,22 +189,29 @@ class CaloDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
     ):
         super().__init__()
-        if not 0 < val_fraction < 1 and val_path is None:
-            raise CaloflowError(f"--data.val_fraction must be in (0, 1), got {val_fraction}")
-        if noise_kev < 0:
-            raise CaloflowError(f"--data.noise_kev must be >= 0, got {noise_kev}")
-        if batch_size < 1:
-            raise CaloflowError(f"--data.batch_size must be >= 1, got {batch_size}")
+        _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_showers)
         # fail at start-up, not after the trainer is built, when a given file is unusable
-        for option, p in (("data.path", path), ("data.val_path", val_path)):
+        for option, p in (("data.path", path), ("data.generated", generated), ("data.val_path", val_path)):
             if p is not None:
                 try:
                     count_showers(p)
                 except DataFormatError as e:
                     raise DataFormatError(f"--{option}: {e}") from None
         self.save_hyperparameters()
-        self.train_set: ShowerDataset | None = None
-        self.val_set: ShowerDataset | None = None
+        self._in_memory: dict[str, Showers] = {}
+        self.datasets: dict[str, ShowerDataset] = {}
+
+    @classmethod
+    def from_showers(cls, showers: Showers, generated: Showers | None = None, **kwargs) -> "CaloDataModule":
+        """The same DataModule over showers already in memory (``showers`` plays the role of ``path``)."""
+        dm = cls(**kwargs)
+        dm._in_memory = {"path": showers} if generated is None else {"path": showers, "generated": generated}
+        return dm
+
+    @property
+    def labelled(self) -> bool:
+        """Classifier mode: reference and generated showers, labelled."""
+        return self.hparams.generated is not None or "generated" in self._in_memory
 
     @property
     def data_path(self) -> Path:
@@ -186,38 +222,62 @@ class CaloDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # on one process only: simulate the embedded default if it is not cached yet
-        if self.hparams.path is None:
+        if self.hparams.path is None and not self._in_memory:
             _ = self.data_path
 
-    def _read(self, path) -> Showers:
-        return read_showers(path, stop=self.hparams.max_showers)
+    def _read(self, key: str) -> Showers:
+        stop = self.hparams.max_showers
+        if key in self._in_memory:
+            showers = self._in_memory[key]
+            return showers if stop is None else showers[:stop]
+        path = self.data_path if key == "path" else Path(self.hparams[key])
+        showers = read_showers(path, stop=stop)
+        if len(showers) == 0:
+            raise CaloflowError(f"--data.{key} {path}: no showers to use")
+        return showers
 
-    def split(self) -> tuple[Showers, Showers]:
-        """(training, validation) showers."""
+    def split(self) -> dict[str, tuple[Showers, np.ndarray | None]]:
+        """``{"train" | "val" [| "test"]: (showers, labels or None)}``."""
         h = self.hparams
-        showers = self._read(self.data_path)
+        showers = self._read("path")
+        if self.labelled:
+            generated = self._read("generated")
+            if min(len(showers), len(generated)) < 10:
+                raise CaloflowError(f"need at least 10 showers of each kind, got {len(showers)} reference and "
+                                    f"{len(generated)} generated")
+            return balanced_split(showers, generated, h.split, np.random.default_rng(h.seed))
         if h.val_path is not None:
-            return showers, self._read(h.val_path)
+            return {"train": (showers, None), "val": (self._read("val_path"), None)}
         order = np.random.default_rng(h.seed).permutation(len(showers))
         n_val = int(round(h.val_fraction * len(showers)))
         if n_val == 0 or n_val == len(showers):
             raise CaloflowError(f"{self.data_path}: {len(showers)} showers are too few to split {h.val_fraction:g}")
-        return showers[np.sort(order[n_val:])], showers[np.sort(order[:n_val])]
+        return {"train": (showers[np.sort(order[n_val:])], None), "val": (showers[np.sort(order[:n_val])], None)}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.datasets:
             return
         h = self.hparams
-        train, val = self.split()
-        self.train_set = ShowerDataset(train, h.representation, h.noise_kev, fresh_noise=True, seed=h.seed)
-        self.val_set = ShowerDataset(
-            val, h.representation, h.noise_kev if h.noise_validation else 0.0, fresh_noise=False, seed=h.seed + 1
-        )
+        held_out_noise = h.noise_kev if h.noise_validation else 0.0
+        for i, (name, (showers, labels)) in enumerate(self.split().items()):
+            training = name == "train"
+            self.datasets[name] = ShowerDataset(
+                showers, h.noise_kev if training else held_out_noise, fresh_noise=training, seed=h.seed + i,
+                labels=labels,
+            )
 
-    def _loader(self, dataset: ShowerDataset, shuffle: bool) -> DataLoader:
+    @property
+    def train_set(self) -> ShowerDataset:
+        return self.datasets["train"]
+
+    @property
+    def val_set(self) -> ShowerDataset:
+        return self.datasets["val"]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
         h = self.hparams
         return DataLoader(
-            dataset,
+            self.datasets[name],
             batch_size=h.batch_size,
             shuffle=shuffle,
             num_workers=h.num_workers,
@@ -227,13 +287,27 @@ class CaloDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self.test_dataloader()
+
+
+def _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_showers) -> None:
+    """One-line errors for option values no run can use."""
+    if not 0 < val_fraction < 1 and val_path is None:
+        raise CaloflowError(f"--data.val_fraction must be in (0, 1), got {val_fraction}")
+    if len(split) != 3 or min(split) < 0 or not 0 < split[0] < 1 or abs(sum(split) - 1) > 1e-6:
+        raise CaloflowError(f"--data.split must be three fractions >= 0 that sum to 1, got {list(split)}")
+    if noise_kev < 0:
+        raise CaloflowError(f"--data.noise_kev must be >= 0, got {noise_kev}")
+    if batch_size < 1:
+        raise CaloflowError(f"--data.batch_size must be >= 1, got {batch_size}")
+    if max_showers is not None and max_showers < 1:
+        raise CaloflowError(f"--data.max_showers must be >= 1, got {max_showers}")

@@ -1,21 +1,27 @@
 """Flow I and Flow II of CaloFlow as LightningModules (paper sections 4.1 and 4.2).
 
-Both minimise the negative log-likelihood -log p(x | context) of their representation (see
-:mod:`caloflow.transforms`) with Adam and a step-wise learning-rate schedule, and keep their
-preprocessing object so that sampling undoes exactly what training did.
+Each flow is "preprocessing + nflows stack": the model owns the invertible preprocessing of its
+representation (:mod:`caloflow.transforms`, an ``nn.Module`` of the model whose constants are
+hyperparameters saved in the checkpoint), encodes the physical showers that
+:class:`caloflow.data.CaloDataModule` serves, and undoes the encoding when it samples. Both
+minimise the negative log-likelihood of their representation with Adam and a step-wise
+learning-rate schedule. A checkpoint alone is enough to sample.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import lightning as L
 import torch
 from nflows.flows import Flow
-from torch import Tensor
+from torch import Tensor, nn
 
-from caloflow.data.geometry import LAYER_SIZES
+from caloflow.data.geometry import LAYER_SIZES, THRESHOLD_KEV
 from caloflow.flows.build import build_flow1, build_flow2
-from caloflow.transforms import FlowIIPreprocessing, FlowIPreprocessing, decode_layer_energies
+from caloflow.transforms import ALPHA, FlowIIPreprocessing, FlowIPreprocessing
+
+Batch = dict[str, Tensor]
 
 
 def standard_normal(n: int, dim: int, generator: torch.Generator | None, device, dtype) -> Tensor:
@@ -24,31 +30,37 @@ def standard_normal(n: int, dim: int, generator: torch.Generator | None, device,
 
 
 class ConditionalFlowModule(L.LightningModule):
-    """A conditional nflows ``Flow`` trained by maximum likelihood.
+    """A conditional nflows ``Flow`` on a representation of physical showers, trained by maximum likelihood.
 
-    Subclasses build ``self.flow`` and ``self.preprocessing``. Batches are ``{"x", "context"}``.
+    Subclasses build ``self.preprocessing`` and ``self.flow`` and say how a batch of showers is
+    encoded (:meth:`encode`).
     """
 
     flow: Flow
+    preprocessing: nn.Module
 
-    def nll(self, batch: dict[str, Tensor]) -> Tensor:
-        """Mean negative log-likelihood of the batch, nats per shower."""
-        return -self.flow.log_prob(batch["x"], context=batch["context"]).mean()
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(x, context) of a batch of physical showers in the flow's representation (float32)."""
+        raise NotImplementedError
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def nll(self, batch: Batch) -> Tensor:
+        """Mean negative log-likelihood of the batch in the flow's representation, nats per shower."""
+        x, context = self.encode(batch)
+        return -self.flow.log_prob(x, context=context).mean()
+
+    def _log_nll(self, batch: Batch, stage: str, **kwargs) -> Tensor:
         loss = self.nll(batch)
-        self.log("train_nll", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["x"]))
+        self.log(f"{stage}_nll", loss, on_epoch=True, batch_size=len(batch["energy"]), **kwargs)
         return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.nll(batch)
-        self.log("val_nll", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(batch["x"]))
-        return loss
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._log_nll(batch, "train", on_step=True, prog_bar=True)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.nll(batch)
-        self.log("test_nll", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["x"]))
-        return loss
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._log_nll(batch, "val", prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._log_nll(batch, "test", sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
@@ -62,9 +74,28 @@ class ConditionalFlowModule(L.LightningModule):
         """x = f^-1(z | context) with nflows' own inverse (one MADE pass per feature)."""
         return self.flow._transform.inverse(z, context=context)[0]
 
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Evaluation mode (no dropout) for the duration of the block, then the previous mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    def _latent(self, n: int, generator: torch.Generator | None, dtype) -> Tensor:
+        return standard_normal(n, self.flow._distribution._shape[0], generator, self.device, dtype)
+
+    def _incident(self, incident_gev) -> Tensor:
+        return torch.as_tensor(incident_gev, dtype=torch.float32, device=self.device).reshape(-1)
+
 
 class FlowI(ConditionalFlowModule):
     """Flow I: p(E0, E1, E2 | E_inc) in the logit of the u-space (section 4.1, table 2 top row).
+
+    Representation: x = logit(alpha + (1 - 2 alpha) u), u = (E_hat/E_inc, E0/E_hat, E1/(E1+E2))
+    (eqs. 4.1-4.3); context log10(E_inc / 10 GeV) (eq. 4.4).
 
     Args:
         n_blocks: MADE blocks (paper: 6).
@@ -76,6 +107,7 @@ class FlowI(ConditionalFlowModule):
         milestones: epochs after which the learning rate is multiplied by ``gamma`` (paper: 5, 15, 40, 60).
         gamma: learning-rate factor (paper: 0.5).
         permutation_seed: seeds the random permutations between blocks.
+        alpha: logit offset of eq. (4.3) (paper: 1e-6).
     """
 
     def __init__(
@@ -89,39 +121,52 @@ class FlowI(ConditionalFlowModule):
         milestones: Sequence[int] = (5, 15, 40, 60),
         gamma: float = 0.5,
         permutation_seed: int = 0,
+        alpha: float = ALPHA,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.preprocessing = FlowIPreprocessing()
+        self.preprocessing = FlowIPreprocessing(alpha)
         self.flow = build_flow1(
             self.preprocessing.features, self.preprocessing.context_features, n_blocks, hidden_features,
             num_blocks, num_bins, dropout, permutation_seed,
         )
 
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, context = self.preprocessing(batch["layer_energies"], batch["energy"])
+        return x.float(), context.float()
+
+    def log_prob(self, layer_energies: Tensor, incident_gev: Tensor) -> Tensor:
+        """log p(x(E0, E1, E2) | E_inc) per shower (nats, in the representation); energies in MeV and GeV."""
+        return self.flow.log_prob(*self.encode({"layer_energies": layer_energies, "energy": incident_gev}))
+
     @torch.no_grad()
-    def sample_layer_energies(self, incident_gev: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, incident_gev: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One draw of (E0, E1, E2) in MeV per incident energy (GeV); E0 + E1 + E2 <= E_inc."""
-        incident_gev = torch.as_tensor(incident_gev, dtype=torch.float32, device=self.device).reshape(-1)
+        incident_gev = self._incident(incident_gev)
         context = self.preprocessing.context(incident_gev)
-        z = standard_normal(len(incident_gev), self.preprocessing.features, generator, self.device, context.dtype)
-        return self.preprocessing.inverse(self.invert(z, context), incident_gev)
+        z = self._latent(len(incident_gev), generator, context.dtype)
+        with self.evaluating():
+            return self.preprocessing.inverse(self.invert(z, context), incident_gev)
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Layer energies (MeV) drawn for the incident energies of the batch."""
-        return self.sample_layer_energies(batch["energy"])
+        return self.sample(batch["energy"])
 
     @torch.no_grad()
-    def compare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None):
+    def compare_batch(self, batch: Batch, generator: torch.Generator | None = None):
         """Data and generated layer energies (MeV) for the same incident energies, for monitoring."""
-        data = self.preprocessing.inverse(batch["x"], batch["energy"])
-        return {"layer_energies": data}, {"layer_energies": self.sample_layer_energies(batch["energy"], generator)}
+        return {"layer_energies": batch["layer_energies"]}, {"layer_energies": self.sample(batch["energy"], generator)}
 
 
 class FlowII(ConditionalFlowModule):
     """Flow II: p(voxels | E_inc, E0, E1, E2) in the logit of per-layer normalised voxels (section 4.2).
 
+    Representation: x = logit(alpha + (1 - 2 alpha) voxels / E_k) per layer k; context
+    [log10(E_inc / 10 GeV), log10((E_k + 1 keV) / 100 GeV) + 2] (eqs. 4.4, 4.5). Sampling undoes it
+    (section 4.3): inverse logit, renormalise each layer, scale by E_k, zero voxels below the
+    threshold. The calorimeter geometry (288, 144, 72 voxels) is the CaloGAN format's.
+
     Args:
-        layer_sizes: voxels per calorimeter layer; permutations never move a voxel out of its layer.
         n_blocks: MADE blocks (paper: 8).
         hidden_features: hidden units (paper: 378).
         num_blocks: hidden layers per MADE (paper: 1).
@@ -131,11 +176,12 @@ class FlowII(ConditionalFlowModule):
         permutation_seed: seeds the layer-wise random permutations.
         fast_sampling: sample with :func:`caloflow.flows.fast_inverse` (exact, one network pass per block)
             instead of nflows' inverse (one pass per feature).
+        alpha: logit offset of eq. (4.3) (paper: 1e-6).
+        threshold_kev: generated voxels below this are set to zero (paper: 10 keV).
     """
 
     def __init__(
         self,
-        layer_sizes: Sequence[int] = LAYER_SIZES,
         n_blocks: int = 8,
         hidden_features: int = 378,
         num_blocks: int = 1,
@@ -146,14 +192,24 @@ class FlowII(ConditionalFlowModule):
         gamma: float = 0.5,
         permutation_seed: int = 0,
         fast_sampling: bool = True,
+        alpha: float = ALPHA,
+        threshold_kev: float = THRESHOLD_KEV,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.preprocessing = FlowIIPreprocessing(layer_sizes)
+        self.preprocessing = FlowIIPreprocessing(LAYER_SIZES, alpha, threshold_kev)
         self.flow = build_flow2(
-            layer_sizes, self.preprocessing.context_features, n_blocks, hidden_features, num_blocks, num_bins,
+            LAYER_SIZES, self.preprocessing.context_features, n_blocks, hidden_features, num_blocks, num_bins,
             dropout, permutation_seed,
         )
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, context = self.preprocessing(batch["voxels"], batch["energy"])
+        return x.float(), context.float()
+
+    def log_prob(self, voxels: Tensor, incident_gev: Tensor) -> Tensor:
+        """log p(x(voxels) | E_inc, E_k) per shower (nats, in the representation); voxels in MeV, E_inc in GeV."""
+        return self.flow.log_prob(*self.encode({"voxels": voxels, "energy": incident_gev}))
 
     def invert(self, z: Tensor, context: Tensor, fast: bool | None = None) -> Tensor:
         if self.hparams.fast_sampling if fast is None else fast:
@@ -163,7 +219,7 @@ class FlowII(ConditionalFlowModule):
         return super().invert(z, context)
 
     @torch.no_grad()
-    def sample_voxels(
+    def sample(
         self,
         incident_gev: Tensor,
         layer_energies: Tensor,
@@ -171,25 +227,25 @@ class FlowII(ConditionalFlowModule):
         fast: bool | None = None,
         threshold: bool = True,
     ) -> Tensor:
-        """One shower (N, 504) in MeV per row of (E_inc in GeV, E_i in MeV); layer sums equal E_i before the cut."""
-        incident_gev = torch.as_tensor(incident_gev, dtype=torch.float32, device=self.device).reshape(-1)
+        """One shower (N, 504) in MeV per row of (E_inc in GeV, E_k in MeV); layer sums equal E_k before the cut."""
+        incident_gev = self._incident(incident_gev)
         layer_energies = torch.as_tensor(layer_energies, device=self.device).float()
         context = self.preprocessing.context(incident_gev, layer_energies).float()
-        z = standard_normal(len(incident_gev), self.preprocessing.features, generator, self.device, context.dtype)
-        x = self.invert(z, context, fast=fast)
+        z = self._latent(len(incident_gev), generator, context.dtype)
+        with self.evaluating():
+            x = self.invert(z, context, fast=fast)
         return self.preprocessing.inverse(x, layer_energies, threshold=threshold)
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Showers (N, 504) in MeV drawn for the incident and layer energies of the batch."""
-        return self.sample_voxels(batch["energy"], decode_layer_energies(batch["context"][:, 1:].double()))
+        return self.sample(batch["energy"], batch["layer_energies"])
 
     @torch.no_grad()
-    def compare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None):
-        """Data showers and Flow II showers with the same E_inc and E_i (MeV), for monitoring."""
-        layer_energies = decode_layer_energies(batch["context"][:, 1:].double())
-        data = self.preprocessing.inverse(batch["x"], layer_energies)
-        generated = self.sample_voxels(batch["energy"], layer_energies, generator)
+    def compare_batch(self, batch: Batch, generator: torch.Generator | None = None):
+        """Data showers and Flow II showers with the same E_inc and E_k (MeV), for monitoring."""
+        layer_energies = batch["layer_energies"]
+        generated = self.sample(batch["energy"], layer_energies, generator)
         return (
-            {"voxels": data, "layer_energies": layer_energies},
+            {"voxels": batch["voxels"], "layer_energies": layer_energies},
             {"voxels": generated, "layer_energies": layer_energies},
         )
