@@ -5,78 +5,30 @@ samples approximates f/(1-f) = p_real(x)/p_gen(x) for balanced classes, so each 
 the weight w(x) = f/(1-f) = exp(logit(x)). The weight of a latent point is w(g(z)).
 The paper's network: MLP with 8 hidden layers x 96 units, LeakyReLU; Adam (1e-3), exponential
 learning-rate decay 0.999 per epoch.
+
+The classifier is caloflow's one :class:`~caloflow.models.ShowerClassifier` with its ``mlp``
+backbone on points (batches ``{"x", "label", "weight"}``, label 1 = real), the same class and label
+convention as the classifier test of ``caloflow evaluate``.
 """
 from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
 
+from caloflow.models.classifiers import ShowerClassifier
 from refine.data import TensorLoader
-from refine.nets import mlp
-from refine.training import adam_with_decay
+
+#: the LaSeR paper's classifier (section 4.1): 8 x 96 LeakyReLU, Adam 1e-3 decaying by 0.999 per epoch
+PAPER_HPARAMS = {"hidden": 96, "n_hidden": 8, "lr": 1e-3, "lr_decay": 0.999}
+#: hyperparameters of the ``mlp`` backbone (:class:`caloflow.models.classifiers.PointMLP`) set by the caller
+BACKBONE_HPARAMS = ("hidden", "n_hidden", "slope")
 
 
-class WeightedBCEClassifier(L.LightningModule):
-    """Binary classifier on (optionally weighted) samples; outputs a logit.
-
-    Batches are ``(x, label, weight)``; the loss is sum w BCE / sum w. Inputs are standardised with
-    a fixed ``shift``/``scale`` (set from the data before training) so raw data units can be fed.
-    """
-
-    def __init__(
-        self,
-        n_features: int = 2,
-        hidden: int = 96,
-        n_hidden: int = 8,
-        lr: float = 1e-3,
-        lr_decay: float = 0.999,
-        weight_decay: float = 0.0,
-        shift: list[float] | None = None,
-        scale: list[float] | None = None,
-    ):
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = mlp(n_features, 1, hidden, n_hidden)
-        self.register_buffer("shift", torch.as_tensor(shift if shift is not None else [0.0] * n_features, dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scale if scale is not None else [1.0] * n_features, dtype=torch.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logit of P(real | x), shape (N,)."""
-        return self.net((x - self.shift) / self.scale).squeeze(-1)
-
-    def _loss(self, batch) -> Tensor:
-        x, y, w = batch
-        bce = F.binary_cross_entropy_with_logits(self(x), y, reduction="none")
-        return (w * bce).sum() / w.sum()
-
-    def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.log("train/bce", loss, prog_bar=True, on_step=False, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/bce", self._loss(batch), prog_bar=True)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)
-
-    @torch.no_grad()
-    def logits(self, x: Tensor, batch_size: int = 100_000) -> Tensor:
-        was_training = self.training
-        self.eval()
-        out = torch.cat([self(xb) for xb in x.split(batch_size)])
-        self.train(was_training)
-        return out
-
-
-def labelled_dataset(
+def labelled_points(
     real: Tensor, fake: Tensor, w_real: Tensor | None = None, w_fake: Tensor | None = None
-) -> TensorDataset:
-    """(x, label, weight) with real -> 1, fake -> 0; weights rescaled so both classes weigh the same.
+) -> dict[str, Tensor]:
+    """``{"x", "label", "weight"}`` with real -> 1, fake -> 0; weights rescaled so both classes weigh the same.
 
     Equal class weight keeps f/(1-f) an estimate of p_real/p_fake with proportionality constant 1.
     """
@@ -86,7 +38,7 @@ def labelled_dataset(
     w_fake = w_fake * (len(real) / w_fake.sum())
     x = torch.cat([real, fake]).float()
     y = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))])
-    return TensorDataset(x, y, torch.cat([w_real, w_fake]))
+    return {"x": x, "label": y, "weight": torch.cat([w_real, w_fake])}
 
 
 def train_classifier(
@@ -99,24 +51,41 @@ def train_classifier(
     batch_size: int = 4000,
     val_fraction: float = 0.0,
     seed: int = 0,
+    classifier_class: type[ShowerClassifier] = ShowerClassifier,
     **hparams,
-) -> WeightedBCEClassifier:
-    """Train a :class:`WeightedBCEClassifier` to tell ``real`` (1) from ``fake`` (0)."""
+) -> ShowerClassifier:
+    """Train caloflow's :class:`~caloflow.models.ShowerClassifier` (``mlp`` backbone) to tell ``real`` (1)
+    from ``fake`` (0); returns it in evaluation mode.
+
+    ``hparams``: the backbone's ``hidden``, ``n_hidden``, ``slope`` and the classifier's ``lr``,
+    ``lr_decay``, ``weight_decay`` (defaults: :data:`PAPER_HPARAMS`). The points are standardised by
+    the mean and standard deviation of ``real`` and ``fake`` together (buffers of the backbone).
+    """
+    hparams = {**PAPER_HPARAMS, **hparams}
+    backbone_args = {k: hparams.pop(k) for k in BACKBONE_HPARAMS if k in hparams}
     both = torch.cat([real, fake]).float()
-    model = WeightedBCEClassifier(
-        n_features=real.shape[1], shift=both.mean(0).tolist(), scale=both.std(0).clamp_min(1e-6).tolist(), **hparams
+    model = classifier_class(
+        "mlp",
+        backbone_args=dict(n_features=real.shape[1], **backbone_args, shift=both.mean(0).tolist(),
+                           scale=both.std(0).clamp_min(1e-6).tolist()),
+        **hparams,
     )
-    x, y, w = labelled_dataset(real, fake, w_real, w_fake).tensors
+    data = labelled_points(real, fake, w_real, w_fake)
     val_loader = None
     if val_fraction > 0:
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
-        n_val = int(len(x) * val_fraction)
+        order = torch.randperm(len(data["x"]), generator=torch.Generator().manual_seed(seed + 1))
+        n_val = int(len(order) * val_fraction)
         val, train = order[:n_val], order[n_val:]
-        val_loader = TensorLoader(x[val], y[val], w[val], batch_size=batch_size, shuffle=False)
-        x, y, w = x[train], y[train], w[train]
-    trainer.fit(model, TensorLoader(x, y, w, batch_size=batch_size, seed=seed), val_loader)
+        val_loader = TensorLoader(**{k: v[val] for k, v in data.items()}, batch_size=batch_size, shuffle=False)
+        data = {k: v[train] for k, v in data.items()}
+    trainer.fit(model, TensorLoader(**data, batch_size=batch_size, seed=seed), val_loader)
     model.eval()
     return model
+
+
+def point_logits(classifier: ShowerClassifier, x: Tensor, batch_size: int = 100_000) -> Tensor:
+    """log w(x) of every point of ``x`` (N, n_features): ``classifier.logits({"x": x})`` in chunks."""
+    return classifier.logits({"x": x}, batch_size)
 
 
 def weights_from_logits(
@@ -133,10 +102,11 @@ def weights_from_logits(
 
 
 def log_weight(classifier: nn.Module, clip: float | None = None) -> "callable":
-    """x -> log w(x) = logit(x), differentiable; optionally capped at log(clip) (used by HMC)."""
+    """x -> log w(x) = logit(x) of a classifier on points ``{"x": x}``, differentiable; optionally
+    capped at log(clip) (used by HMC)."""
 
     def fn(x: Tensor) -> Tensor:
-        lw = classifier(x)
+        lw = classifier({"x": x})
         if clip is not None:
             lw = torch.clamp(lw, max=float(torch.log(torch.tensor(clip))))
         return lw

@@ -10,13 +10,23 @@ class TensorLoader:
 
     Equivalent to ``DataLoader(TensorDataset(*tensors), batch_size, shuffle=True)`` but slices whole
     batches, which is much faster for small rows. Shuffling uses its own seeded generator.
+
+    Positional tensors give tuple batches; named ones (``TensorLoader(x=..., label=..., batch_size=...)``)
+    give dict batches with those keys, as :class:`caloflow.models.ShowerClassifier` reads them. Both
+    draw the same order for the same seed.
     """
 
-    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
-        n = len(tensors[0])
-        if any(len(t) != n for t in tensors):
+    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, **named: Tensor):
+        if tensors and named:
+            raise ValueError("give the tensors either all positional or all by name")
+        self.names = tuple(named) if named else None
+        self.tensors = tuple(named.values()) if named else tensors
+        if not self.tensors:
+            raise ValueError("no tensors to batch")
+        n = len(self.tensors[0])
+        if any(len(t) != n for t in self.tensors):
             raise ValueError("all tensors must have the same length")
-        self.tensors = tensors
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -31,4 +41,5 @@ class TensorLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield tuple(t[idx] for t in self.tensors)
+            batch = tuple(t[idx] for t in self.tensors)
+            yield dict(zip(self.names, batch)) if self.names else batch

@@ -9,22 +9,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from refine.classifier import WeightedBCEClassifier, weights_from_logits
+from caloflow.models.classifiers import ShowerClassifier
+from refine.classifier import point_logits, weights_from_logits
 from refine.generators import Generator, generate
 
 
 @torch.no_grad()
 def dctr_weights(
-    classifier: WeightedBCEClassifier, x: Tensor, clip: float | None = None, normalise: bool = True
+    classifier: ShowerClassifier, x: Tensor, clip: float | None = None, normalise: bool = True
 ) -> Tensor:
     """Per-event weights w(x) = f/(1-f) for generated points ``x`` (mean 1 if ``normalise``)."""
-    return weights_from_logits(classifier.logits(x), clip=clip, normalise=normalise)
+    return weights_from_logits(point_logits(classifier, x), clip=clip, normalise=normalise)
 
 
 @torch.no_grad()
 def dctr_sample(
     g: Generator,
-    classifier: WeightedBCEClassifier,
+    classifier: ShowerClassifier,
     n: int,
     generator: torch.Generator | None = None,
     clip: float | None = None,

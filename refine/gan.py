@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from refine.nets import mlp
-from refine.training import adam_with_decay
+from caloflow.nn import mlp
+from caloflow.training import adam_with_decay
 
 
 class WeightedGANRefiner(L.LightningModule):

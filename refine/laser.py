@@ -12,25 +12,31 @@ Each method generates ``n_eval`` points (2M in the shipped configs, as in the pa
 histogram; the error floor is the score of a second independent truth sample. The floor falls
 roughly as 1/n_eval, so the ratios to the baseline depend on n_eval: ``--quick`` (100k points)
 reads higher. Writes ``results.json``, ``table.md``, figures and TensorBoard logs under ``--out``.
+
+Hyperparameters come from the shipped ``laser/TOY.yaml`` or ``--config`` (jsonargparse, class_path /
+init_args; format in :mod:`refine.config`); ``--print_config`` prints the resolved config.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from caloflow import cli_args
 from caloflow.atomic import atomic_output, write_text_atomic
+from caloflow.configs import CONFIG_DIR as SHIPPED_CONFIGS
+from caloflow.errors import CaloflowError
+from refine.config import TOY_NAMES
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "laser"
-TOY_NAMES = ("gaussians", "donut", "rings")
+CONFIG_DIR = SHIPPED_CONFIGS / "laser"  # caloflow/configs/laser: shipped inside the wheel
 TOY_TITLES = {"gaussians": "Gaussians", "donut": "Double donut", "rings": "Rings"}
 METHODS = ("baseline", "hmc", "laser", "dctr", "truth")
 METHOD_TITLES = {
@@ -40,13 +46,6 @@ METHOD_TITLES = {
     "dctr": "DCTR (weighted)",
     "truth": "Error floor (truth vs truth)",
 }
-SECTIONS = {
-    "flow": {"n_blocks", "hidden", "n_hidden", "lr", "weight_decay", "lr_decay", "epochs", "batch_size"},
-    "classifier": {"hidden", "n_hidden", "lr", "lr_decay", "epochs", "batch_size", "clip"},
-    "hmc": {"chains", "step_size", "n_leapfrog", "burn_in", "init", "clip"},
-    "gan": {"aux_dim", "hidden", "n_hidden", "lr", "betas", "lr_decay", "n_critic", "residual", "ema", "epochs", "batch_size"},
-}
-TOP_LEVEL = {"toy", "n_train", "n_eval", "bins", "quick", *SECTIONS}
 
 
 class LaserError(Exception):
@@ -56,197 +55,206 @@ class LaserError(Exception):
 # --------------------------------------------------------------------------- configuration
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def load_config(toy: str, quick: bool = False, path: str | Path | None = None):
+    """The config of ``toy`` (a jsonargparse Namespace, see :mod:`refine.config`): the shipped
+    ``laser/TOY.yaml`` (or ``path``), with its ``quick`` section merged in when ``quick`` is set."""
+    from refine.config import ConfigError, parse_config
 
-
-def _validate(cfg: dict, path: Path) -> None:
-    unknown = set(cfg) - TOP_LEVEL
-    if unknown:
-        raise LaserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
-    for name, allowed in SECTIONS.items():
-        section = cfg.get(name)
-        if not isinstance(section, dict):
-            raise LaserError(f"{path}: section '{name}' missing or not a mapping")
-        bad = set(section) - allowed
-        if bad:
-            raise LaserError(f"{path}: unknown key(s) in '{name}': {', '.join(sorted(bad))}")
-        missing = allowed - set(section)
-        if missing:
-            raise LaserError(f"{path}: missing key(s) in '{name}': {', '.join(sorted(missing))}")
-    for key in ("n_train", "n_eval", "bins"):
-        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
-            raise LaserError(f"{path}: '{key}' must be a positive integer, got {cfg.get(key)!r}")
-    if cfg["hmc"]["init"] not in ("weighted", "prior"):
-        raise LaserError(f"{path}: hmc.init must be 'weighted' or 'prior', got {cfg['hmc']['init']!r}")
-    if cfg.get("toy") not in TOY_NAMES:
-        raise LaserError(f"{path}: 'toy' must be one of {', '.join(TOY_NAMES)}, got {cfg.get('toy')!r}")
-
-
-def load_config(toy: str, quick: bool = False, path: str | Path | None = None) -> dict[str, Any]:
-    """Hyperparameters of ``toy`` from ``configs/laser/TOY.yaml`` (or ``path``), with its ``quick``
-    section merged in when ``quick`` is set."""
     path = Path(path) if path is not None else CONFIG_DIR / f"{toy}.yaml"
     if not path.is_file():
         raise LaserError(f"config file {path} not found")
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise LaserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(cfg, dict):
-        raise LaserError(f"{path}: expected a mapping at the top level")
-    quick_section = cfg.pop("quick", None) or {}
-    if quick:
-        cfg = _merge(cfg, quick_section)
-    _validate(cfg, path)
-    if cfg["toy"] != toy:
-        raise LaserError(f"{path}: config is for toy '{cfg['toy']}', not '{toy}'")
+        cfg = parse_config(path, quick)
+    except ConfigError as e:
+        raise LaserError(str(e)) from None
+    if cfg.toy != toy:
+        raise LaserError(f"{path}: config is for toy '{cfg.toy}', not '{toy}'")
     return cfg
 
 
 # --------------------------------------------------------------------------- the protocol
 
 
-def run_toy(toy: str, cfg: dict[str, Any], out: Path, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Run baseline -> classifier -> weights -> {DCTR, HMC, LaSeR} on ``toy``; returns scores and samples."""
+@dataclass
+class ToyRun:
+    """What the steps of :func:`run_toy` share: the toy, its config, the seed and the sampling
+    generator (one stream, drawn from in a fixed order), the log folder and the stage timings."""
+
+    toy: str
+    cfg: Any
+    out: Path
+    seed: int
+    progress: bool
+    gen: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            print(f"[{self.toy}] {msg}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time the enclosed step as ``timings[name]``."""
+        t0 = time.time()
+        yield
+        self.timings[name] = time.time() - t0
+        self.say(f"{name}: {self.timings[name]:.0f} s")
+
+    def trainer(self, name: str, epochs: int):
+        """A Trainer logging to TensorBoard at ``OUT/TOY/logs/name``."""
+        from caloflow.training import make_trainer
+
+        return make_trainer(epochs, self.out / self.toy / "logs", name, progress=self.progress)
+
+
+def truth_samples(toy: str, n_train: int, n_eval: int, seed: int):
+    """Independent truth samples: training (tensor), scoring, and a second one for the error floor."""
+    import torch
+
+    from refine.toys import sample_toy
+
+    return (
+        torch.from_numpy(sample_toy(toy, n_train, seed=3 * seed)),
+        sample_toy(toy, n_eval, seed=3 * seed + 1),
+        sample_toy(toy, n_eval, seed=3 * seed + 2),
+    )
+
+
+def train_baseline(run: ToyRun, truth_train):
+    """1. The Real-NVP baseline g by maximum likelihood on the truth; returned frozen, as a generator."""
+    from refine.config import build
+    from refine.data import TensorLoader
+    from refine.generators import FlowGenerator
+
+    baseline = build(run.cfg.baseline, n_features=truth_train.shape[1], shift=truth_train.mean(0).tolist(),
+                     scale=truth_train.std(0).tolist())
+    training = run.cfg.baseline_training
+    loader = TensorLoader(truth_train, batch_size=training.batch_size, seed=run.seed)
+    run.say(f"training the Real-NVP baseline ({sum(p.numel() for p in baseline.parameters())} parameters)")
+    run.trainer("baseline", training.epochs).fit(baseline, loader)
+    baseline.eval()
+    baseline.requires_grad_(False)
+    return FlowGenerator(baseline.flow)
+
+
+def train_weights(run: ToyRun, g, truth_train):
+    """2. The post-hoc classifier truth (1) vs g's samples (0); returns it (frozen) with the latent
+    points z, their samples x = g(z) and weights w(x)."""
+    from refine.classifier import train_classifier
+    from refine.config import class_of, init_args
+    from refine.dctr import dctr_weights
+    from refine.generators import generate
+
+    spec, training = run.cfg.classifier, run.cfg.classifier_training
+    hparams = init_args(spec)
+    hparams.pop("backbone")  # "mlp", checked with the config
+    backbone_args = hparams.pop("backbone_args") or {}
+    z_train, x_train = generate(g, run.cfg.n_train, run.gen)
+    run.say("training the post-hoc classifier")
+    classifier = train_classifier(
+        truth_train, x_train, run.trainer("classifier", training.epochs), batch_size=training.batch_size,
+        seed=run.seed, classifier_class=class_of(spec), **hparams, **backbone_args,
+    )
+    classifier.requires_grad_(False)
+    return classifier, z_train, x_train, dctr_weights(classifier, x_train, clip=training.clip)
+
+
+def run_hmc(run: ToyRun, g, classifier, z_train, w_train):
+    """3b. HMC of log N(z) + log w(g(z)); returns the latent chain points, their decodes and the acceptance."""
+    from refine.classifier import log_weight
+    from refine.generators import decode_batched
+    from refine.mcmc import hmc, laser_log_prob
+    from refine.rejection import resample
+
+    hc, n_eval = run.cfg.hmc, run.cfg.n_eval
+    chains = min(hc.chains, n_eval)
+    n_samples = math.ceil(n_eval / chains)
+    if hc.init == "weighted":
+        init = resample(z_train, w_train, chains, run.gen)
+    else:
+        init = g.sample_latent(chains, run.gen)
+    run.say(f"HMC: {chains} chains x {n_samples} samples after {hc.burn_in} burn-in")
+    target = laser_log_prob(g.decode, log_weight(classifier, clip=hc.clip or run.cfg.classifier_training.clip))
+    z_chain, acceptance = hmc(
+        target, init, step_size=hc.step_size, n_leapfrog=hc.n_leapfrog, n_samples=n_samples,
+        burn_in=hc.burn_in, generator=run.gen, progress=run.progress,
+    )
+    z_hmc = z_chain.reshape(-1, z_chain.shape[-1])[:n_eval]
+    return z_hmc, decode_batched(g, z_hmc), acceptance
+
+
+def train_refiner(run: ToyRun, g, z_train, w_train):
+    """3c. LaSeR: the weighted GAN Phi on (z, w); returns refined latent points Phi(y) and g(Phi(y))."""
+    from refine.config import build
+    from refine.data import TensorLoader
+    from refine.generators import decode_batched
+
+    refiner = build(run.cfg.refiner, latent_dim=z_train.shape[1])
+    training = run.cfg.refiner_training
+    loader = TensorLoader(z_train, w_train.float(), batch_size=training.batch_size, seed=run.seed + 1)
+    run.say("training the LaSeR refiner (weighted GAN)")
+    run.trainer("laser_refiner", training.epochs).fit(refiner, loader)
+    z_laser = refiner.refine(run.cfg.n_eval, run.gen)
+    return z_laser, decode_batched(g, z_laser)
+
+
+def score_methods(run: ToyRun, truth_test, samples: dict) -> dict[str, dict[str, float]]:
+    """4. EMD and JSD of every method against ``truth_test`` on one histogram grid (the toy's range);
+    ``samples``: method -> points, or (points, weights)."""
+    from refine.metrics import scores
+    from refine.toys import TOYS
+
+    rng_range = TOYS[run.toy][1]
+    run.say("scoring (EMD, JSD)")
+
+    def score(x: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+        return scores(truth_test, x, run.cfg.bins, rng_range, weights)
+
+    return {method: score(*x) if isinstance(x, tuple) else score(x) for method, x in samples.items()}
+
+
+def run_toy(toy: str, cfg: Any, out: Path, seed: int, progress: bool = True) -> dict[str, Any]:
+    """Run baseline -> classifier -> weights -> {DCTR, HMC, LaSeR} on ``toy``; returns scores and samples.
+
+    The steps draw from one generator in a fixed order (training points, DCTR sample, HMC, LaSeR),
+    so the same seed gives the same numbers.
+    """
     import lightning as L
     import torch
 
-    from refine.classifier import log_weight, train_classifier
-    from refine.data import TensorLoader
-    from refine.dctr import dctr_sample, dctr_weights
-    from refine.gan import WeightedGANRefiner
-    from refine.generators import FlowGenerator, decode_batched, generate
-    from refine.mcmc import hmc, laser_log_prob
-    from refine.metrics import scores as score_sample
-    from refine.rejection import resample
-    from refine.toys import TOYS, RealNVPBaseline, sample_toy
-    from refine.training import make_trainer
+    from refine.dctr import dctr_sample
+    from refine.toys import TOYS
 
-    log_root = out / toy / "logs"
-    timings: dict[str, float] = {}
     L.seed_everything(seed, workers=True, verbose=False)
-    gen = torch.Generator().manual_seed(seed)
-    n_train, n_eval = cfg["n_train"], cfg["n_eval"]
-    rng_range = TOYS[toy][1]
-
-    # independent truth samples: training, scoring, and a second one for the error floor
-    truth_train = torch.from_numpy(sample_toy(toy, n_train, seed=3 * seed))
-    truth_test = sample_toy(toy, n_eval, seed=3 * seed + 1)
-    truth_floor = sample_toy(toy, n_eval, seed=3 * seed + 2)
-
-    def say(msg: str) -> None:
-        if progress:
-            print(f"[{toy}] {msg}", file=sys.stderr, flush=True)
-
-    def done(stage: str, t0: float) -> None:
-        timings[stage] = time.time() - t0
-        say(f"{stage}: {timings[stage]:.0f} s")
-
-    # 1. baseline Real-NVP g
-    t0 = time.time()
-    fc = cfg["flow"]
-    baseline = RealNVPBaseline(
-        n_blocks=fc["n_blocks"], hidden=fc["hidden"], n_hidden=fc["n_hidden"], lr=fc["lr"],
-        weight_decay=fc["weight_decay"], lr_decay=fc["lr_decay"],
-        shift=truth_train.mean(0).tolist(), scale=truth_train.std(0).tolist(),
-    )
-    loader = TensorLoader(truth_train, batch_size=fc["batch_size"], seed=seed)
-    say(f"training the Real-NVP baseline ({sum(p.numel() for p in baseline.parameters())} parameters)")
-    make_trainer(log_root, "baseline", fc["epochs"], progress).fit(baseline, loader)
-    baseline.eval()
-    for p in baseline.parameters():
-        p.requires_grad_(False)
-    g = FlowGenerator(baseline.flow)
-    done("baseline", t0)
-
-    # 2. post-hoc classifier truth (1) vs generated (0); weights attached to the latent points
-    t0 = time.time()
-    cc = cfg["classifier"]
-    z_train, x_train = generate(g, n_train, gen)
-    say("training the post-hoc classifier")
-    classifier = train_classifier(
-        truth_train, x_train, make_trainer(log_root, "classifier", cc["epochs"], progress),
-        batch_size=cc["batch_size"], seed=seed, hidden=cc["hidden"], n_hidden=cc["n_hidden"],
-        lr=cc["lr"], lr_decay=cc["lr_decay"],
-    )
-    for p in classifier.parameters():
-        p.requires_grad_(False)
-    w_train = dctr_weights(classifier, x_train, clip=cc["clip"])
-    done("classifier", t0)
-
+    run = ToyRun(toy, cfg, out, seed, progress, gen=torch.Generator().manual_seed(seed))
+    truth_train, truth_test, truth_floor = truth_samples(toy, cfg.n_train, cfg.n_eval, seed)
+    with run.stage("baseline"):
+        g = train_baseline(run, truth_train)
+    with run.stage("classifier"):
+        classifier, z_train, x_train, w_train = train_weights(run, g, truth_train)
     # 3a. baseline and DCTR on a fresh sample
-    z_eval, x_eval, w_eval = dctr_sample(g, classifier, n_eval, gen, clip=cc["clip"])
-
-    # 3b. HMC of log N(z) + log w(g(z))
-    t0 = time.time()
-    hc = cfg["hmc"]
-    chains = min(hc["chains"], n_eval)
-    n_samples = math.ceil(n_eval / chains)
-    if hc["init"] == "weighted":
-        init = resample(z_train, w_train, chains, gen)
-    else:
-        init = g.sample_latent(chains, gen)
-    say(f"HMC: {chains} chains x {n_samples} samples after {hc['burn_in']} burn-in")
-    target = laser_log_prob(g.decode, log_weight(classifier, clip=hc["clip"] or cc["clip"]))
-    z_chain, acceptance = hmc(
-        target, init, step_size=hc["step_size"], n_leapfrog=hc["n_leapfrog"], n_samples=n_samples,
-        burn_in=hc["burn_in"], generator=gen, progress=progress,
-    )
-    z_hmc = z_chain.reshape(-1, z_chain.shape[-1])[:n_eval]
-    x_hmc = decode_batched(g, z_hmc)
-    done("hmc", t0)
-
-    # 3c. LaSeR: weighted GAN Phi on (z, w); refined samples g(Phi(y))
-    t0 = time.time()
-    gc = cfg["gan"]
-    refiner = WeightedGANRefiner(
-        latent_dim=z_train.shape[1], aux_dim=gc["aux_dim"], hidden=gc["hidden"], n_hidden=gc["n_hidden"],
-        lr=gc["lr"], betas=tuple(gc["betas"]), lr_decay=gc["lr_decay"], n_critic=gc["n_critic"], residual=gc["residual"],
-        ema=gc["ema"],
-    )
-    gan_loader = TensorLoader(z_train, w_train.float(), batch_size=gc["batch_size"], seed=seed + 1)
-    say("training the LaSeR refiner (weighted GAN)")
-    make_trainer(log_root, "laser_refiner", gc["epochs"], progress).fit(refiner, gan_loader)
-    z_laser = refiner.refine(n_eval, gen)
-    x_laser = decode_batched(g, z_laser)
-    done("laser", t0)
-
-    # 4. scores on one histogram grid
-    t0 = time.time()
-    say("scoring (EMD, JSD)")
-
-    def score(sample: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
-        return score_sample(truth_test, sample, cfg["bins"], rng_range, weights)
-
-    scores = {
-        "baseline": score(x_eval.numpy()),
-        "hmc": score(x_hmc.numpy()),
-        "laser": score(x_laser.numpy()),
-        "dctr": score(x_eval.numpy(), w_eval.double().numpy()),
-        "truth": score(truth_floor),
-    }
-    done("scores", t0)
-    w_np = w_train.double().numpy()
+    z_eval, x_eval, w_eval = dctr_sample(g, classifier, cfg.n_eval, run.gen, clip=cfg.classifier_training.clip)
+    with run.stage("hmc"):
+        z_hmc, x_hmc, acceptance = run_hmc(run, g, classifier, z_train, w_train)
+    with run.stage("laser"):
+        z_laser, x_laser = train_refiner(run, g, z_train, w_train)
+    x_eval, w_eval, w_np = x_eval.numpy(), w_eval.double().numpy(), w_train.double().numpy()
+    data = {"baseline": x_eval, "hmc": x_hmc.numpy(), "laser": x_laser.numpy(), "dctr": (x_eval, w_eval),
+            "truth": truth_floor}
+    with run.stage("scores"):
+        scores = score_methods(run, truth_test, data)
     info = {
         "hmc_acceptance": acceptance,
         "weights": {
             "min": float(w_np.min()), "max": float(w_np.max()),
             "effective_fraction": float(w_np.sum() ** 2 / (w_np ** 2).sum() / len(w_np)),
         },
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "n_train": n_train, "n_eval": n_eval, "bins": cfg["bins"], "range": rng_range,
+        "timings_s": {k: round(v, 1) for k, v in run.timings.items()},
+        "n_train": cfg.n_train, "n_eval": cfg.n_eval, "bins": cfg.bins, "range": TOYS[toy][1],
     }
     samples = {
-        "truth": truth_test, "baseline": x_eval.numpy(), "dctr": (x_eval.numpy(), w_eval.double().numpy()),
-        "hmc": x_hmc.numpy(), "laser": x_laser.numpy(), "z_prior": z_eval.numpy(),
-        "z_weighted": (z_train.numpy(), w_np), "z_hmc": z_hmc.numpy(), "z_laser": z_laser.numpy(),
+        **data, "truth": truth_test, "z_prior": z_eval.numpy(), "z_weighted": (z_train.numpy(), w_np),
+        "z_hmc": z_hmc.numpy(), "z_laser": z_laser.numpy(),
     }
     return {"scores": scores, "info": info, "samples": samples}
 
@@ -332,20 +340,26 @@ def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m refine.laser`` (and of ``caloflow refine``)."""
+    p.add_argument("--toy", required=True, choices=[*TOY_NAMES, "all"], help="which 2D toy (or all three)")
+    p.add_argument("--quick", action="store_true",
+                   help="merge the config's quick section over the rest (100k points, a few minutes)")
+    p.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (same seed -> same numbers)")
+    p.add_argument("--out", type=cli_args.output_dir, default=None,
+                   help="output directory (results.json, table.md, figures, logs); required unless --print_config")
+    p.add_argument("--config", type=cli_args.existing_file, default=None,
+                   help="YAML config to use instead of the shipped laser/TOY.yaml (one toy only)")
+    p.add_argument("--threads", type=cli_args.positive_int, default=1,
+                   help="torch CPU threads (default 1: fastest for these small models)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--print_config", action="store_true",
+                   help="print the resolved config (with --quick and --config applied) as YAML and exit")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m refine.laser", description=__doc__.split("\n\n")[0])
-    p.add_argument("--toy", required=True, choices=[*TOY_NAMES, "all"], help="which 2D toy (or all three)")
-    p.add_argument("--quick", action="store_true", help="use the config's quick section (small, a few minutes)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same numbers)")
-    p.add_argument("--out", required=True, help="output directory (results.json, table.md, figures, logs)")
-    p.add_argument("--config", default=None, help="YAML config to use instead of configs/laser/TOY.yaml (one toy only)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest for these small models)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = cli_args.ArgumentParser(prog="python -m refine.laser", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
     return p
 
 
@@ -353,20 +367,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        return run(args)
+    except CaloflowError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the toys of parsed ``args``; a bad option or config raises :class:`CaloflowError` (one line)."""
+    try:
         toys = list(TOY_NAMES) if args.toy == "all" else [args.toy]
         if args.config is not None and len(toys) > 1:
             raise LaserError("--config applies to one toy; use it with --toy gaussians|donut|rings")
-        if args.seed < 0:
-            raise LaserError(f"--seed must be non-negative, got {args.seed}")
-        if args.threads is not None and args.threads < 1:
-            raise LaserError(f"--threads must be >= 1, got {args.threads}")
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise LaserError(f"--out {out} exists and is not a directory")
+        if args.out is None and not args.print_config:
+            raise LaserError("--out: required (the output directory)")
         configs = {t: load_config(t, args.quick, args.config) for t in toys}
-        out.mkdir(parents=True, exist_ok=True)
     except LaserError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+        raise CaloflowError(str(e)) from None
+    if args.print_config:
+        from refine.config import dump_config
+
+        print("---\n".join(dump_config(cfg) for cfg in configs.values()), end="")
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     import torch
 
     if args.threads is not None:
@@ -379,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         results[toy] = res["scores"]
         details[toy] = res["info"]
         s = res["samples"]
-        plot_toy(toy, s, configs[toy]["bins"], res["info"]["range"], out / f"{toy}.png")
+        plot_toy(toy, s, configs[toy].bins, res["info"]["range"], out / f"{toy}.png")
         write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
         write_text_atomic(out / "details.json", json.dumps({"seed": args.seed, "quick": args.quick, "toys": details}, indent=2) + "\n")
         write_text_atomic(out / "table.md", table_markdown(results))

@@ -1,18 +1,9 @@
-"""Small building blocks shared by the refine modules."""
+"""The coupling subnet of the Real-NVP baseline, on caloflow's one MLP builder (:func:`caloflow.nn.mlp`)."""
 from __future__ import annotations
 
 from torch import nn
 
-
-def mlp(n_in: int, n_out: int, hidden: int, n_hidden: int, slope: float = 0.01) -> nn.Sequential:
-    """MLP with ``n_hidden`` hidden layers of ``hidden`` units and LeakyReLU activations."""
-    layers: list[nn.Module] = []
-    width = n_in
-    for _ in range(n_hidden):
-        layers += [nn.Linear(width, hidden), nn.LeakyReLU(slope)]
-        width = hidden
-    layers.append(nn.Linear(width, n_out))
-    return nn.Sequential(*layers)
+from caloflow.nn import mlp
 
 
 class CouplingSubnet(nn.Module):

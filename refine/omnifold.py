@@ -17,7 +17,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from refine.classifier import WeightedBCEClassifier, train_classifier, weights_from_logits
+from caloflow.models.classifiers import ShowerClassifier
+from refine.classifier import point_logits, train_classifier, weights_from_logits
 
 
 @dataclass
@@ -25,7 +26,7 @@ class PullbackResult:
     """Latent weights nu(z_i) after each iteration and the latent classifier that defines nu(z)."""
 
     weights: list[Tensor] = field(default_factory=list)
-    latent_classifier: WeightedBCEClassifier | None = None
+    latent_classifier: ShowerClassifier | None = None
 
     @property
     def final(self) -> Tensor:
@@ -36,7 +37,7 @@ class PullbackResult:
         clf = self.latent_classifier
 
         def fn(z: Tensor) -> Tensor:
-            return weights_from_logits(clf.logits(z), clip=clip, normalise=False)
+            return weights_from_logits(point_logits(clf, z), clip=clip, normalise=False)
 
         return fn
 
@@ -65,13 +66,13 @@ def omnifold_pullback(
             truth, x, make_trainer(f"omnifold_step1_iter{it}"), w_fake=nu, batch_size=batch_size, seed=seed + 2 * it,
             **classifier_hparams,
         )
-        omega = nu * weights_from_logits(clf1.logits(x), clip=clip, normalise=False)
+        omega = nu * weights_from_logits(point_logits(clf1, x), clip=clip, normalise=False)
         omega = omega / omega.mean()
         clf2 = train_classifier(
             z, z, make_trainer(f"omnifold_step2_iter{it}"), w_real=omega, batch_size=batch_size, seed=seed + 2 * it + 1,
             **classifier_hparams,
         )
-        nu = weights_from_logits(clf2.logits(z), clip=clip, normalise=True)
+        nu = weights_from_logits(point_logits(clf2, z), clip=clip, normalise=True)
         result.weights.append(nu)
         result.latent_classifier = clf2
     return result

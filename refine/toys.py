@@ -20,8 +20,8 @@ from nflows.flows.base import Flow
 from nflows.transforms import AffineCouplingTransform, CompositeTransform, PointwiseAffineTransform
 from torch import Tensor
 
+from caloflow.training import adam_with_decay
 from refine.nets import CouplingSubnet
-from refine.training import adam_with_decay
 
 N_POINTS = 480_000
 

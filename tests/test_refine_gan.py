@@ -4,10 +4,10 @@ import math
 import lightning as L
 import torch
 
+from caloflow.training import make_trainer
 from refine import RefinedGenerator, WeightedGANRefiner
 from refine.data import TensorLoader
 from refine.metrics import emd2d
-from refine.training import make_trainer
 from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 M, S = torch.tensor([1.0, -0.5]), 0.6  # weighted target N(M, S^2 I)
@@ -38,7 +38,7 @@ def test_refiner_matches_weighted_gaussian(tmp_path):
     L.seed_everything(0, verbose=False)
     z, w = _weighted_latent(20_000, 0)
     gan = WeightedGANRefiner(aux_dim=4, hidden=32, n_hidden=3, lr=1e-3, residual=True)
-    make_trainer(tmp_path, "gan", 20, progress=False).fit(gan, TensorLoader(z, w, batch_size=500, seed=0))
+    make_trainer(20, tmp_path, "gan").fit(gan, TensorLoader(z, w, batch_size=500, seed=0))
     refined = gan.refine(20_000, torch.Generator().manual_seed(1)).numpy()
     target = (M + S * torch.randn(20_000, 2, generator=torch.Generator().manual_seed(2))).numpy()
     prior = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(3)).numpy()
@@ -71,7 +71,7 @@ def test_ema_generator_is_the_moving_average_used_for_sampling(tmp_path):
     z, w = _weighted_latent(2_000, 0)
     gan = WeightedGANRefiner(hidden=8, n_hidden=1, lr=1e-2, n_critic=1, ema=0.5)
     start = [p.clone() for p in gan.generator.parameters()]
-    trainer = make_trainer(tmp_path, "gan", 1, progress=False, log_every_n_steps=1)
+    trainer = make_trainer(1, tmp_path, "gan", log_every_n_steps=1)
     trainer.fit(gan, TensorLoader(z, w, batch_size=1_000, seed=0))
     # two generator updates with decay 0.5: avg = 0.25 start + 0.25 theta_1 + 0.5 theta_2, unlike either end
     trained = list(gan.generator.parameters())

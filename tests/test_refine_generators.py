@@ -2,9 +2,9 @@
 import lightning as L
 import torch
 
+from caloflow.training import make_trainer
 from refine import BlackBoxGenerator, FlowGenerator, generate, omnifold_pullback
 from refine.toys import real_nvp, sample_toy
-from refine.training import make_trainer
 from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -46,7 +46,7 @@ def test_omnifold_makes_weights_a_function_of_z(tmp_path):
     z_true = torch.randn(12_000, 2, generator=torch.Generator().manual_seed(3)) + torch.tensor([0.5, 0.0])
     truth = g.decode(z_true)
     result = omnifold_pullback(
-        truth, z, x, lambda name: make_trainer(tmp_path, name, 4, progress=False),
+        truth, z, x, lambda name: make_trainer(4, tmp_path, name),
         iterations=2, batch_size=1000, hidden=32, n_hidden=2, lr=3e-3,
     )
     assert len(result.weights) == 2
@@ -63,7 +63,7 @@ def test_omnifold_makes_weights_a_function_of_z(tmp_path):
 
 def test_flow_generator_refines_caloflow_flow2():
     """CaloFlow's Flow II behind the generator protocol: decode(z) is the shower model's own inverse
-    (same showers as ``FlowII.sample_voxels`` for the same noise), differentiable for HMC."""
+    (same showers as ``FlowII.sample`` for the same noise), differentiable for HMC."""
     from caloflow.data.geometry import layer_energies
     from caloflow.models import FlowII
     from refine.mcmc import laser_log_prob
@@ -77,7 +77,7 @@ def test_flow_generator_refines_caloflow_flow2():
     z = g.sample_latent(3, torch.Generator().manual_seed(7))
     assert z.shape == (3, 504)
     showers = model.preprocessing.inverse(g.decode(z), layers)
-    expected = model.sample_voxels(incident, layers, generator=torch.Generator().manual_seed(7))
+    expected = model.sample(incident, layers, generator=torch.Generator().manual_seed(7))
     assert torch.allclose(showers, expected, rtol=1e-5, atol=1e-3)
     # layer sums are the conditioning energies (MeV), as CaloFlow guarantees before the readout cut
     raw = model.preprocessing.inverse(g.decode(z), layers, threshold=False)

@@ -4,9 +4,11 @@ import math
 import lightning as L
 import torch
 
+from caloflow.models import ShowerClassifier
+from caloflow.training import make_trainer
 from refine import hmc, laser_log_prob, rejection_sample, resample, weights_from_logits
-from refine.classifier import train_classifier
-from refine.training import make_trainer
+from refine.classifier import labelled_points, log_weight, point_logits, train_classifier
+from refine.data import TensorLoader
 from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -82,15 +84,37 @@ def test_weights_are_exp_logit():
 
 
 def test_trained_classifier_weight_is_likelihood_ratio(tmp_path):
-    """Real N((1, 0), I) vs generated N(0, I): log p_real/p_gen = x0 - 1/2, linear in x."""
+    """Real N((1, 0), I) vs generated N(0, I): log p_real/p_gen = x0 - 1/2, linear in x.
+
+    refine's classifier IS caloflow's one ShowerClassifier (mlp backbone), with its label
+    convention 1 = real: its logit is log w = log p_real/p_gen."""
     L.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
     fake = torch.randn(20_000, 2, generator=g)
     real = torch.randn(20_000, 2, generator=g) + torch.tensor([1.0, 0.0])
-    clf = train_classifier(real, fake, make_trainer(tmp_path, "clf", 10, progress=False), batch_size=1000,
+    clf = train_classifier(real, fake, make_trainer(10, tmp_path, "clf"), batch_size=1000,
                            hidden=32, n_hidden=2, lr=3e-3)
+    assert type(clf) is ShowerClassifier and clf.hparams.backbone == "mlp" and not clf.training
     x = torch.stack([torch.linspace(-1.0, 2.0, 7), torch.zeros(7)], 1)
-    w = weights_from_logits(clf.logits(x), normalise=False)
+    logits = point_logits(clf, x)
+    assert torch.equal(logits, clf.logits({"x": x})) and torch.equal(logits, log_weight(clf)(x))
+    w = weights_from_logits(logits, normalise=False)
     true = torch.exp(x[:, 0] - 0.5)
     assert ((w / true).log().abs() < 0.25).all()
     assert list((tmp_path / "clf").glob("events.out.tfevents*"))
+
+
+def test_classifier_batches_label_real_one():
+    """train_classifier feeds ShowerClassifier dict batches {"x", "label", "weight"}: real -> 1, generated -> 0,
+    both classes with the same total weight."""
+    real, fake = torch.randn(6, 2), torch.randn(4, 2)
+    data = labelled_points(real, fake, w_fake=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert data["label"].tolist() == [1.0] * 6 + [0.0] * 4
+    assert torch.equal(data["x"][:6], real) and torch.equal(data["x"][6:], fake)
+    assert torch.isclose(data["weight"][:6].sum(), data["weight"][6:].sum())
+    (batch,) = list(TensorLoader(**data, batch_size=10, seed=0))
+    assert set(batch) == {"x", "label", "weight"}
+    (plain,) = list(TensorLoader(*data.values(), batch_size=10, seed=0))
+    assert all(torch.equal(batch[k], t) for k, t in zip(data, plain))  # same order by name or by position
+    clf = ShowerClassifier("mlp", backbone_args={"n_features": 2, "hidden": 4, "n_hidden": 1})
+    assert clf.loss(batch).ndim == 0

@@ -1,0 +1,216 @@
+"""The configs of ``python -m refine.laser``: jsonargparse, in the class_path / init_args style of training.
+
+A config (``caloflow/configs/laser/TOY.yaml``) names the toy and the sample sizes, the three
+LightningModules as ``{class_path, init_args}`` and plain sections for their trainings and for HMC::
+
+    toy: gaussians                    # gaussians | donut | rings
+    n_train: 480000                   # truth points for the baseline and the classifier
+    n_eval: 2000000                   # points per method for the scores
+    bins: 100                         # histogram bins per axis
+    baseline: {class_path: refine.toys.RealNVPBaseline, init_args: {n_blocks: 12, ...}}
+    baseline_training: {epochs: 20, batch_size: 2000}
+    classifier: {class_path: caloflow.models.ShowerClassifier,
+                 init_args: {backbone: mlp, lr: 1.0e-3, backbone_args: {hidden: 96, n_hidden: 8}}}
+    classifier_training: {epochs: 15, batch_size: 4000, clip: null}
+    hmc: {chains: 20000, step_size: 0.04, n_leapfrog: 10, burn_in: 10, init: weighted, clip: null}
+    refiner: {class_path: refine.gan.WeightedGANRefiner, init_args: {aux_dim: 4, ...}}
+    refiner_training: {epochs: 63, batch_size: 1000}
+    quick: {n_train: 100000, baseline_training: {epochs: 12}, ...}
+
+Init arguments that follow from the data are set by the protocol, not the config: the baseline's
+``n_features``/``shift``/``scale``, the classifier backbone's ``n_features``/``shift``/``scale``,
+the refiner's ``latent_dim``. ``quick`` is a partial config in the same format, merged over the
+rest by ``--quick`` (jsonargparse's merge of a second config: ``init_args`` alone update the class
+already chosen). Types are checked, unknown keys rejected; every error is reported as one line
+naming the key (:class:`ConfigError`).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+
+TOY_NAMES = ("gaussians", "donut", "rings")
+#: init arguments the protocol sets from the data (skipped in the configs)
+DATA_ARGS = {
+    "baseline": {"n_features", "shift", "scale"},
+    "classifier": {"preprocessing"},  # the voxel preprocessing of the dnn/cnn backbones: unused on points
+    "refiner": {"latent_dim"},
+}
+BACKBONE_DATA_ARGS = {"n_features", "shift", "scale"}
+
+
+class ConfigError(ValueError):
+    """A bad config: one line naming the file and the key."""
+
+
+@dataclass
+class Training:
+    """One Lightning training: ``epochs`` over the data in mini-batches of ``batch_size``."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+
+
+@dataclass
+class ClassifierTraining(Training):
+    """The classifier's training, and ``clip``: an optional upper bound on the weights w = exp(logit)."""
+
+    clip: Optional[PositiveFloat] = None
+
+
+@dataclass
+class HMCOptions:
+    """Hamiltonian Monte Carlo of log N(z) + log w(g(z)) (:func:`refine.mcmc.hmc`).
+
+    ``init``: ``weighted`` starts the chains from weight-resampled latent points, ``prior`` from
+    N(0, I); ``clip``: cap on w inside HMC (default: the classifier's clip).
+    """
+
+    chains: PositiveInt
+    step_size: PositiveFloat
+    n_leapfrog: PositiveInt
+    burn_in: NonNegativeInt
+    init: Literal["weighted", "prior"] = "weighted"
+    clip: Optional[PositiveFloat] = None
+
+
+@functools.lru_cache(maxsize=1)
+def config_parser():
+    """The jsonargparse parser of a laser config (``--config FILE`` takes a path or YAML text)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from caloflow.models import ShowerClassifier
+    from refine.gan import WeightedGANRefiner
+    from refine.toys import RealNVPBaseline
+
+    p = ArgumentParser(prog="refine.laser config", exit_on_error=False, default_meta=False)
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--toy", type=Literal[TOY_NAMES], required=True, help="which 2D toy")
+    p.add_argument("--n_train", type=PositiveInt, required=True, help="truth points for baseline and classifier")
+    p.add_argument("--n_eval", type=PositiveInt, required=True, help="points per method for the scores")
+    p.add_argument("--bins", type=PositiveInt, required=True, help="histogram bins per axis")
+    p.add_subclass_arguments(RealNVPBaseline, "baseline", skip=DATA_ARGS["baseline"], required=True)
+    p.add_class_arguments(Training, "baseline_training")
+    p.add_subclass_arguments(ShowerClassifier, "classifier", skip=DATA_ARGS["classifier"], required=True)
+    p.add_class_arguments(ClassifierTraining, "classifier_training")
+    p.add_class_arguments(HMCOptions, "hmc")
+    p.add_subclass_arguments(WeightedGANRefiner, "refiner", skip=DATA_ARGS["refiner"], required=True)
+    p.add_class_arguments(Training, "refiner_training")
+    p.add_argument("--quick", type=Optional[dict], default=None,
+                   help="partial config merged over the rest by --quick")
+    return p
+
+
+@functools.lru_cache(maxsize=1)
+def _backbone_parser():
+    """The ``mlp`` backbone's arguments a config may set (``classifier.init_args.backbone_args``)."""
+    from jsonargparse import ArgumentParser
+
+    from caloflow.models.classifiers import PointMLP
+
+    p = ArgumentParser(exit_on_error=False, default_meta=False)
+    p.add_class_arguments(PointMLP, skip=BACKBONE_DATA_ARGS)
+    return p
+
+
+def one_line(message: str, *prefix: str) -> str:
+    """jsonargparse's (nested, multi-line) error as one line ``key.path: problem`` (the path below ``prefix``)."""
+    keys: list[str] = list(prefix)
+    problems: list[str] = []
+    for raw in str(message).splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        key = re.fullmatch(r'Parser key "([^"]+)":?', line)
+        if key:
+            keys.append(key.group(1))
+        elif line.startswith("Problem with given class_path"):
+            keys.append("init_args")
+        elif line and not line.startswith(
+            ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
+        ):
+            group = re.fullmatch(r"Group '([^']+)' does not accept option '([^']+)'\.?", line)
+            if group:
+                keys.append(group.group(1))
+                line = f"unknown key '{group.group(2)}'"
+            line = re.sub(r"^Option '([^']+)' is not accepted$", r"unknown key '\1'", line)
+            line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
+            line = re.sub(r"^Expected an? (.+?)\. Got value: (.*)$", r"expected \1, got \2", line)
+            line = re.sub(r"^the following arguments are required: ", "missing key(s): ", line)
+            problems.append(line)
+    where = ".".join(keys)
+    text = "; ".join(problems) or "invalid"
+    return f"{where}: {text}" if where else text
+
+
+def _parse(args: list[str], where: str):
+    from jsonargparse import ArgumentError
+
+    try:
+        return config_parser().parse_args(args)
+    except (ArgumentError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {one_line(str(e))}") from None
+
+
+def _check_classifier(cfg, where: str) -> None:
+    """refine classifies points: the ``mlp`` backbone, with only its own arguments in ``backbone_args``."""
+    from jsonargparse import ArgumentError
+
+    init = cfg.classifier.init_args
+    if init.backbone != "mlp":
+        raise ConfigError(f"{where}: classifier.init_args.backbone: refine classifies 2D points, use 'mlp', "
+                          f"got '{init.backbone}'")
+    args = init.backbone_args or {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}: classifier.init_args.backbone_args: expected a mapping, got {args!r}")
+    try:
+        init.backbone_args = _backbone_parser().parse_object(args).as_dict()
+    except (ArgumentError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}") from None
+
+
+def parse_config(path: str | Path, quick: bool = False):
+    """The config at ``path`` (a jsonargparse Namespace), with its ``quick`` section merged in when
+    ``quick`` is set (then ``quick`` is None). Raises :class:`ConfigError`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(text, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    cfg = _parse(["--config", str(path)], str(path))
+    if quick and cfg.quick:
+        cfg = _parse(["--config", str(path), "--config", yaml.safe_dump(cfg.quick)], f"{path} (with its quick section)")
+        cfg.quick = None
+    _check_classifier(cfg, str(path))
+    return cfg
+
+
+def dump_config(cfg) -> str:
+    """``cfg`` as YAML in the format it was read from (what ``--print_config`` prints)."""
+    return config_parser().dump(cfg, skip_none=False)
+
+
+def build(spec, **data_args: Any):
+    """Instantiate a ``{class_path, init_args}`` entry, adding the init arguments taken from the data."""
+    return class_of(spec)(**init_args(spec), **data_args)
+
+
+def class_of(spec) -> type:
+    """The class named by ``spec.class_path``."""
+    module, name = spec.class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def init_args(spec) -> dict[str, Any]:
+    """``spec.init_args`` as a plain dict."""
+    from jsonargparse import Namespace
+
+    return spec.init_args.as_dict() if isinstance(spec.init_args, Namespace) else dict(spec.init_args or {})
