@@ -1,7 +1,7 @@
 """Exact, fast inverse of nflows MADE flows (sampling at about the cost of one ``log_prob``).
 
 nflows inverts a masked autoregressive transform by running the whole MADE once per feature:
-504 full network passes per block for Flow II (DESIGN.md section 5; the paper's table 4 reports
+504 full network passes per block for Flow II (docs/physics.md section 6; the paper's table 4 reports
 36 ms per shower on a GPU). The inverse needs far less work. In a MADE (Germain et al. 2015) built
 by nflows, every hidden unit carries a degree ``d`` and depends only on the inputs ``1..d``; the
 spline parameters of feature ``i`` depend only on hidden units of degree ``< i``. So once the
@@ -252,105 +252,131 @@ def _masked_layers(made: MADE, owner: Transform) -> tuple[bool, list]:
     return made.use_residual_blocks, layers
 
 
+def _element_spec(transform: Transform, made: MADE) -> _RQSSpec | _AffineSpec:
+    """The elementwise map of ``transform`` (spline or affine) with nflows' constants, after checking it."""
+    if not isinstance(transform, _RQS):
+        if type(transform)._elementwise_inverse is not _AFFINE._elementwise_inverse:
+            raise _unsupported(transform, "it overrides _elementwise_inverse")
+        return _AffineSpec(epsilon=float(transform._epsilon))
+    if type(transform)._elementwise is not _RQS._elementwise:
+        raise _unsupported(transform, "it overrides _elementwise")
+    if transform.tails not in ("linear", None):
+        raise _unsupported(transform, f"tails={transform.tails!r}")
+    hidden = getattr(made, "hidden_features", None)
+    return _RQSSpec(
+        num_bins=transform.num_bins,
+        linear_tails=transform.tails == "linear",
+        tail_bound=float(transform.tail_bound),
+        min_bin_width=transform.min_bin_width,
+        min_bin_height=transform.min_bin_height,
+        min_derivative=transform.min_derivative,
+        # nflows 0.14 divides only ``if hasattr(net, "hidden_features")`` (the stock MADE has no such attribute).
+        logit_scale=float(np.sqrt(hidden)) if hidden is not None else None,
+    )
+
+
+def _masked_weights(transform: Transform, layers: list, features: int, K: int) -> tuple[list, list, list]:
+    """Per linear layer: output degrees, masked weight and bias, after checking nflows' degree rule.
+
+    Every mask must be the degree rule (hidden unit of degree d sees inputs 1..d; output of feature
+    i sees hidden degrees < i), else the grouping of :func:`_plan_waves` would be wrong; the outputs
+    must be feature-major (the K parameters of feature 1, then of feature 2, ...).
+    """
+    in_deg = torch.arange(1, features + 1, device=layers[0].degrees.device)
+    degrees, weights, biases = [], [], []
+    for i, layer in enumerate(layers):
+        is_out = i == len(layers) - 1
+        out_deg = layer.degrees
+        rule = (out_deg[:, None] > in_deg) if is_out else (out_deg[:, None] >= in_deg)
+        if not torch.equal(layer.mask.bool(), rule):
+            raise _unsupported(transform, f"layer {i} has a mask that is not nflows' degree rule")
+        degrees.append(out_deg)
+        weights.append(layer.weight * layer.mask)
+        biases.append(layer.bias)
+        in_deg = out_deg
+    out_deg = degrees[-1]
+    if out_deg.numel() != features * K or not torch.equal(
+        out_deg, torch.arange(1, features + 1, device=out_deg.device).repeat_interleave(K)
+    ):
+        raise _unsupported(transform, "its MADE outputs are not laid out feature-major")
+    return degrees, weights, biases
+
+
+def _sort_by_degree(degrees: list, weights: list, biases: list) -> tuple[list, list, list, list]:
+    """Hidden units sorted by degree, so that "all units of degree <= k" is a prefix of each layer.
+
+    Returns the permutations (per hidden layer), the sorted degrees, and the weights and biases with
+    rows (hidden outputs) and columns (hidden inputs) permuted to match; the output layer keeps its
+    row order. The sort is stable, so units of equal degree keep their order.
+    """
+    n_layers = len(weights)
+    perms = [torch.sort(d, stable=True)[1] for d in degrees[:-1]]
+    sorted_deg = [d[p] for d, p in zip(degrees[:-1], perms)]
+    w_sorted, b_sorted = [], []
+    for i in range(n_layers):
+        w = weights[i]
+        if i < n_layers - 1:
+            w = w[perms[i]]
+        if i > 0:
+            w = w[:, perms[i - 1]]
+        w_sorted.append(w)
+        b_sorted.append(biases[i][perms[i]] if i < n_layers - 1 else biases[i])
+    return perms, sorted_deg, w_sorted, b_sorted
+
+
+def _plan_waves(sorted_deg: list, w_sorted: list, b_sorted: list, features: int, K: int) -> list[_Wave]:
+    """Group the features into waves: each wave inverts every feature whose parameters need only
+    hidden units computable from the features already known, and computes each unit once."""
+    last = sorted_deg[-1]
+    # cnt[l][k]: number of units of layer l with degree <= k (k = 0..features).
+    ks = torch.arange(features + 1, device=last.device)
+    cnt = [torch.searchsorted(d.contiguous(), ks, right=True).tolist() for d in sorted_deg]
+    # need[f]: the features that output f (1-based) depends on: max degree of the last hidden units < f.
+    below = torch.searchsorted(last.contiguous(), torch.arange(1, features + 1, device=last.device), right=False)
+    need = [int(last[n - 1]) if n > 0 else 0 for n in below.tolist()]
+
+    waves, known, done = [], 0, [0] * len(sorted_deg)
+    while known < features:
+        f1 = known + 1
+        while f1 < features and need[f1] <= known:  # need[f1] is feature f1 + 1
+            f1 += 1
+        steps = []
+        for l in range(len(sorted_deg)):
+            lo, hi = done[l], cnt[l][known]
+            if hi > lo:
+                n_in = known if l == 0 else cnt[l - 1][known]
+                steps.append([_LayerStep(lo, hi, n_in, w_sorted[l][lo:hi, :n_in].t().contiguous(),
+                                         b_sorted[l][lo:hi].contiguous())])
+            else:
+                steps.append([])
+            done[l] = hi
+        n_last = cnt[-1][known]
+        rows = slice(known * K, f1 * K)
+        waves.append(_Wave(known, f1, steps, n_last, w_sorted[-1][rows, :n_last].t().contiguous(),
+                           b_sorted[-1][rows].contiguous()))
+        known = f1
+    return waves
+
+
 def _build_made_plan(transform: Transform) -> _MadePlan:
+    """The plan of one MADE block (RQS or affine): its weights regrouped into waves of features."""
     made = transform.autoregressive_net
     if not isinstance(made, MADE):
         raise _unsupported(transform, f"autoregressive net {type(made).__name__} is not an nflows MADE")
     residual, layers = _masked_layers(made, transform)
     features = made.initial_layer.in_features
-
-    if isinstance(transform, _RQS):
-        if type(transform)._elementwise is not _RQS._elementwise:
-            raise _unsupported(transform, "it overrides _elementwise")
-        if transform.tails not in ("linear", None):
-            raise _unsupported(transform, f"tails={transform.tails!r}")
-        hidden = getattr(made, "hidden_features", None)
-        spec = _RQSSpec(
-            num_bins=transform.num_bins,
-            linear_tails=transform.tails == "linear",
-            tail_bound=float(transform.tail_bound),
-            min_bin_width=transform.min_bin_width,
-            min_bin_height=transform.min_bin_height,
-            min_derivative=transform.min_derivative,
-            # nflows 0.14 divides only ``if hasattr(net, "hidden_features")`` (the stock MADE has no such attribute).
-            logit_scale=float(np.sqrt(hidden)) if hidden is not None else None,
-        )
-    else:
-        if type(transform)._elementwise_inverse is not _AFFINE._elementwise_inverse:
-            raise _unsupported(transform, "it overrides _elementwise_inverse")
-        spec = _AffineSpec(epsilon=float(transform._epsilon))
+    spec = _element_spec(transform, made)
     K = spec.params_per_feature
 
     with torch.no_grad():
-        # Degrees and masks: every mask must be the degree rule, else the grouping below is wrong.
-        in_deg = torch.arange(1, features + 1, device=made.initial_layer.degrees.device)
-        degrees, weights, biases = [], [], []
-        for i, layer in enumerate(layers):
-            is_out = i == len(layers) - 1
-            out_deg = layer.degrees
-            rule = (out_deg[:, None] > in_deg) if is_out else (out_deg[:, None] >= in_deg)
-            if not torch.equal(layer.mask.bool(), rule):
-                raise _unsupported(transform, f"layer {i} has a mask that is not nflows' degree rule")
-            degrees.append(out_deg)
-            weights.append(layer.weight * layer.mask)
-            biases.append(layer.bias)
-            in_deg = out_deg
-        out_deg = degrees[-1]
-        if out_deg.numel() != features * K or not torch.equal(
-            out_deg, torch.arange(1, features + 1, device=out_deg.device).repeat_interleave(K)
-        ):
-            raise _unsupported(transform, "its MADE outputs are not laid out feature-major")
+        degrees, weights, biases = _masked_weights(transform, layers, features, K)
+        perms, sorted_deg, w_sorted, b_sorted = _sort_by_degree(degrees, weights, biases)
+        # a residual block adds its output to its input unit by unit, so every stream needs the same degrees
+        if residual and any(not torch.equal(d, sorted_deg[0]) for d in sorted_deg):
+            raise _unsupported(transform, "residual layers with different degrees")
+        waves = _plan_waves(sorted_deg, w_sorted, b_sorted, features, K)
 
-        # Hidden units sorted by degree, so that "all units of degree <= k" is a prefix.
-        hidden_degrees = degrees[:-1]
-        perms = [torch.sort(d, stable=True)[1] for d in hidden_degrees]
-        sorted_deg = [d[p] for d, p in zip(hidden_degrees, perms)]
-        if residual:
-            if any(not torch.equal(d, sorted_deg[0]) for d in sorted_deg):
-                raise _unsupported(transform, "residual layers with different degrees")
-        w_sorted, b_sorted = [], []
-        for i in range(len(layers)):
-            w = weights[i]
-            if i < len(layers) - 1:
-                w = w[perms[i]]
-            if i > 0:
-                w = w[:, perms[i - 1]]
-            w_sorted.append(w)
-            b_sorted.append(biases[i][perms[i]] if i < len(layers) - 1 else biases[i])
-
-        # cnt[l][k]: number of units of layer l with degree <= k (k = 0..features).
-        ks = torch.arange(features + 1, device=out_deg.device)
-        cnt = [torch.searchsorted(d.contiguous(), ks, right=True).tolist() for d in sorted_deg]
-        last = sorted_deg[-1]
-        # need[f]: the features that output f (1-based) depends on: max degree of the last hidden units < f.
-        below = torch.searchsorted(last.contiguous(), torch.arange(1, features + 1, device=last.device), right=False)
-        need = [int(last[n - 1]) if n > 0 else 0 for n in below.tolist()]
-
-        waves, known, done = [], 0, [0] * len(sorted_deg)
-        while known < features:
-            f1 = known + 1
-            while f1 < features and need[f1] <= known:  # need[f1] is feature f1 + 1
-                f1 += 1
-            steps = []
-            for l in range(len(sorted_deg)):
-                lo, hi = done[l], cnt[l][known]
-                if hi > lo:
-                    n_in = known if l == 0 else cnt[l - 1][known]
-                    steps.append([_LayerStep(lo, hi, n_in, w_sorted[l][lo:hi, :n_in].t().contiguous(),
-                                             b_sorted[l][lo:hi].contiguous())])
-                else:
-                    steps.append([])
-                done[l] = hi
-            n_last = cnt[-1][known]
-            rows = slice(known * K, f1 * K)
-            waves.append(_Wave(known, f1, steps, n_last, w_sorted[-1][rows, :n_last].t().contiguous(),
-                               b_sorted[-1][rows].contiguous()))
-            known = f1
-
-    block_ctx = []
-    if residual:
-        for block in made.blocks:
-            block_ctx.append(getattr(block, "context_layer", None))
+    block_ctx = [getattr(block, "context_layer", None) for block in made.blocks] if residual else []
     return _MadePlan(
         features=features,
         residual=residual,
