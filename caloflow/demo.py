@@ -10,22 +10,25 @@ import shlex
 import time
 from pathlib import Path
 
+from caloflow import cli_args
+from caloflow.configs import shipped_config
 from caloflow.errors import CaloflowError
-
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--out", type=cli_args.output_dir, default="runs/demo",
+                        help="output folder (default runs/demo)")
     parser.add_argument("--particle", default="eplus", choices=("eplus", "gamma", "piplus"))
-    parser.add_argument("--n", type=int, default=10_000, help="training showers to simulate (default 10000)")
-    parser.add_argument("--n-reference", type=int, default=5_000,
+    parser.add_argument("--n", type=cli_args.positive_int, default=10_000,
+                        help="training showers to simulate (default 10000)")
+    parser.add_argument("--n-reference", type=cli_args.positive_int, default=5_000,
                         help="independent reference showers for the evaluation (default 5000)")
-    parser.add_argument("--configs", default=str(REPO_CONFIGS), help="folder with flow1.yaml and flow2.yaml")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--configs", default=None,
+                        help="folder with flow1.yaml and flow2.yaml (default: the shipped configs/demo)")
+    parser.add_argument("--threads", type=cli_args.positive_int, default=1,
                         help="torch intra-op threads (default 1: the demo-size models gain little from more, and "
                              "lose much when the cores are shared)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default 0)")
 
 
 def _say(argv: list[str]) -> None:
@@ -56,10 +59,9 @@ def _fit(config: Path, root: Path, data: Path, seed: int) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.threads < 1:
-        raise CaloflowError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    out, configs = Path(args.out), Path(args.configs)
+    out = Path(args.out)
+    configs = Path(args.configs) if args.configs else shipped_config("demo/flow1").parent
     for name in ("flow1.yaml", "flow2.yaml"):
         if not (configs / name).is_file():
             raise CaloflowError(f"--configs {configs}: no {name} there")
@@ -76,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     _caloflow(["generate", "--flow1", str(flow1), "--flow2", str(flow2), "--energies", str(reference),
                "--seed", str(args.seed), "--out", str(generated)])
     _caloflow(["evaluate", "--reference", str(reference), "--samples", f"CaloFlow={generated}",
-               "--out", str(out / "evaluation"), "--classifier", "dnn", "--preprocessing", "normalized",
-               "--runs", "1", "--epochs", "10", "--seed", str(args.seed)])
+               "--out", str(out / "evaluation"), "--classifier", "dnn,features", "--preprocessing", "normalized",
+               "--runs", "1", "--seed", str(args.seed)])  # classifiers trained to convergence (early stopping)
     print(f"\ncaloflow demo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
     for label, path in [
         ("training showers (simulated)", train),

@@ -10,12 +10,7 @@ import torch
 from caloflow.data.geometry import join_layers, split_layers
 from caloflow.data.io import Showers
 from caloflow.data.simulate import simulate
-from caloflow.evaluate.classifier_test import (
-    ClassifierDataModule,
-    calibrated_metrics,
-    classifier_test,
-    jsd_from_bce,
-)
+from caloflow.evaluate.classifier_test import calibrated_metrics, classifier_data, classifier_test, jsd_from_bce
 from caloflow.models.classifiers import CNN, DNN, ShowerClassifier, classifier_inputs, count_parameters
 
 N_SHOWERS = 3000
@@ -40,8 +35,8 @@ def test_parameter_counts_of_appendix_a():
 
 def test_cnn_shapes():
     cnn = CNN()
-    x = torch.randn(2, 508)
-    assert cnn(x).shape == (2,)
+    batch = {"voxels": torch.rand(2, 504), "energy": torch.tensor([10.0, 50.0])}
+    assert cnn(batch).shape == (2,)
     # every calorimeter layer becomes 64 x 6 x 6 after the first pooling and 64 x 2 x 2 at the end
     for stack, shape in zip(cnn.stacks, ((3, 96), (12, 12), (12, 6))):
         h = torch.randn(2, 1, *shape)
@@ -78,18 +73,29 @@ def test_inputs_of_appendix_a():
 
 
 def test_datamodule_balanced_split(reference, independent):
-    dm = ClassifierDataModule(reference[:1000], independent[:700], seed=3)
+    dm = classifier_data(reference[:1000], independent[:700], seed=3)
     dm.setup()
-    sizes = {k: len(v) for k, v in dm.splits.items()}
+    sizes = {k: len(v) for k, v in dm.datasets.items()}
     assert sizes == {"train": 840, "val": 280, "test": 280}  # 60/20/20 of 2 x 700
-    for split in dm.splits.values():
-        labels = split.tensors[1]
-        assert labels.sum().item() == len(labels) / 2  # balanced in every split
-    train = dm.splits["train"].tensors[0]
-    assert not torch.isnan(train).any()
-    # no shower of the reference appears twice across the splits
-    ref_rows = torch.cat([s.tensors[0][s.tensors[1] == 0] for s in dm.splits.values()])
+    for split in dm.datasets.values():
+        assert split.labels.sum().item() == len(split.labels) / 2  # balanced in every split
+        assert split.noise == 0.0  # the classifier test judges the showers as they are
+    # no shower of the reference (label 1) appears twice across the splits
+    ref_rows = torch.cat([s.voxels[s.labels == 1] for s in dm.datasets.values()])
     assert len(torch.unique(ref_rows, dim=0)) == 700
+
+
+def test_one_label_convention_reference_is_one(reference):
+    """The classifier's logit is log p_ref / p_gen: high on reference showers after training."""
+    brighter = Showers(reference.voxels[1000:2000] * 1.5, reference.energy[1000:2000])
+    dm = classifier_data(reference[:1000], brighter, batch_size=200, seed=0)
+    from caloflow.training import make_trainer
+
+    model = ShowerClassifier("dnn", "unnormalized")
+    make_trainer(20).fit(model, datamodule=dm)
+    test = dm.datasets["test"].__getitems__(range(len(dm.datasets["test"])))
+    p = model.predict_proba(test)
+    assert p[test["label"].numpy() == 1].mean() > 0.7 > 0.3 > p[test["label"].numpy() == 0].mean()
 
 
 def test_calibrated_metrics_limits():

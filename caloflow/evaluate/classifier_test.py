@@ -1,11 +1,16 @@
 """The classifier test of section 5.4 and appendix A: can a network tell generated from reference showers?
 
-Reference and generated showers are balanced (the same number of each), split 60/20/20 into
-train / validation / test (per class, so every split stays balanced), and a
-:class:`~caloflow.models.classifiers.ShowerClassifier` is trained with a real Lightning Trainer
-(Adam 5e-4, batch 1000, 60 epochs for the DNN and 50 for the CNN). The epoch with the best
-validation accuracy is kept, its output is calibrated with isotonic regression fitted on the
-validation set, and the test set gives
+:class:`~caloflow.data.CaloDataModule` serves the reference (label 1) and generated (label 0)
+showers balanced (the same number of each) and split 60/20/20 into train / validation / test per
+class, so every split stays balanced; a :class:`~caloflow.models.ShowerClassifier` is trained with
+a real Lightning Trainer (Adam 5e-4, batch 1000) **to convergence**: training stops once the
+validation loss has not improved for ``patience`` epochs (early stopping), within a generous
+maximum. Neither bound depends on how large the data set is: the maximum allows at least twice the
+paper's 7,200 optimizer updates (appendix A: 60 epochs of 120 batches of 1,000) and the patience is
+at least 1,200 updates (10 of the paper's epochs), so a small data set gets more epochs, not fewer
+updates. As in the paper, the epoch with the best validation accuracy is kept; a run whose best
+epoch is the last one allowed, or that never stopped early, is reported as not converged. Its output is
+calibrated with isotonic regression fitted on the validation set, and the test set gives
 
 * AUC, the area under the ROC curve of the calibrated output (0.5: indistinguishable, 1: disjoint),
 * JSD = (ln 2 - BCE) / ln 2 from the calibrated binary cross entropy (0: identical, 1: disjoint).
@@ -18,23 +23,26 @@ from __future__ import annotations
 
 import math
 import tempfile
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader, TensorDataset
 
+from caloflow.data.datamodule import CaloDataModule
 from caloflow.data.io import Showers, read_showers
-from caloflow.models.classifiers import ARCHITECTURES, PREPROCESSINGS, ShowerClassifier, classifier_inputs
+from caloflow.models.classifiers import ARCHITECTURES, ShowerClassifier
+from caloflow.training import make_trainer
 
-#: Epochs of appendix A.
-DEFAULT_EPOCHS = {"dnn": 60, "cnn": 50}
+#: Epochs of appendix A (the DNN's 60 epochs of 120 batches are the paper's optimizer budget).
+DEFAULT_EPOCHS = {"dnn": 60, "cnn": 50, "features": 60}
+PAPER_UPDATES = 60 * 120
+#: Early-stopping patience, in optimizer updates (10 of the paper's epochs) and at least in epochs.
+PATIENCE_UPDATES = 1200
+MIN_PATIENCE_EPOCHS = 10
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 #: Calibrated probabilities are kept inside [EPS, 1 - EPS] so that the BCE stays finite.
 EPS = 1e-6
@@ -46,63 +54,13 @@ def _as_showers(source: Showers | str | Path, max_showers: int | None) -> Shower
     return read_showers(source, stop=max_showers)
 
 
-class ClassifierDataModule(L.LightningDataModule):
-    """Balanced reference (label 0) vs generated (label 1) showers, split 60/20/20.
-
-    Args:
-        reference, generated: :class:`Showers` or paths of CaloGAN files.
-        preprocessing: one of :data:`~caloflow.models.classifiers.PREPROCESSINGS`.
-        batch_size: 1000 (appendix A).
-        max_showers: use at most this many showers of each class.
-        seed: chooses the balanced subsets, the split and the shuffling.
-    """
-
-    def __init__(self, reference: Showers | str | Path, generated: Showers | str | Path,
-                 preprocessing: str = "unnormalized", batch_size: int = 1000,
-                 max_showers: int | None = None, seed: int = 0):
-        super().__init__()
-        if preprocessing not in PREPROCESSINGS:
-            raise ValueError(f"unknown preprocessing '{preprocessing}', choose from {', '.join(PREPROCESSINGS)}")
-        self.reference, self.generated = reference, generated
-        self.preprocessing = preprocessing
-        self.batch_size = batch_size
-        self.max_showers = max_showers
-        self.seed = seed
-        self.splits: dict[str, TensorDataset] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        rng = np.random.default_rng(self.seed)
-        ref = _as_showers(self.reference, self.max_showers)
-        gen = _as_showers(self.generated, self.max_showers)
-        n = min(len(ref), len(gen))
-        if n < 10:
-            raise ValueError(f"need at least 10 showers of each kind, got {len(ref)} reference and {len(gen)} generated")
-        n_train, n_val = int(round(SPLIT_FRACTIONS[0] * n)), int(round(SPLIT_FRACTIONS[1] * n))
-        parts: dict[str, list] = {"train": [], "val": [], "test": []}
-        for label, showers in ((0.0, ref), (1.0, gen)):
-            index = rng.permutation(len(showers))[:n]
-            x = classifier_inputs(showers.voxels[index], showers.energy[index], self.preprocessing)
-            y = torch.full((n,), label)
-            for name, sl in (("train", slice(0, n_train)), ("val", slice(n_train, n_train + n_val)),
-                             ("test", slice(n_train + n_val, n))):
-                parts[name].append((x[sl], y[sl]))
-        for name, pieces in parts.items():
-            self.splits[name] = TensorDataset(torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]))
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.splits[name], batch_size=self.batch_size, shuffle=shuffle, generator=generator)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+def classifier_data(reference: Showers | str | Path, generated: Showers | str | Path, batch_size: int = 1000,
+                    max_showers: int | None = None, seed: int = 0) -> CaloDataModule:
+    """The classifier test's data: labelled, balanced, split 60/20/20, no added noise."""
+    return CaloDataModule.from_showers(
+        _as_showers(reference, max_showers), _as_showers(generated, max_showers),
+        split=SPLIT_FRACTIONS, batch_size=batch_size, seed=seed, noise_kev=0.0,
+    )
 
 
 class _EpochProgress(Callback):
@@ -147,74 +105,140 @@ def calibrated_metrics(p_val: np.ndarray, y_val: np.ndarray, p_test: np.ndarray,
     }
 
 
-def run_classifier(datamodule: ClassifierDataModule, architecture: str = "dnn", epochs: int | None = None,
-                   seed: int = 0, lr: float = 5e-4, log_dir: str | Path | None = None, name: str = "classifier",
-                   version: str | int | None = None, progress=None) -> dict:
-    """Train one classifier, keep its best-validation-accuracy epoch, return calibrated test metrics.
+def _split_batch(datamodule: CaloDataModule, name: str) -> dict:
+    """One split of the DataModule as a single batch (inputs and labels)."""
+    dataset = datamodule.datasets[name]
+    return dataset.__getitems__(range(len(dataset)))
 
-    Args:
-        datamodule: the balanced, split data.
-        architecture: ``dnn`` or ``cnn``.
-        epochs: default 60 (DNN) / 50 (CNN).
-        seed: network initialisation and order of the training batches.
-        log_dir: TensorBoard logs go to ``log_dir/name/version``; None: no logging.
-        progress: optional tqdm bar advanced once per epoch.
 
-    Returns:
-        ``auc``, ``jsd`` (calibrated, test set), ``jsd_raw``, ``auc_uncalibrated``,
-        ``jsd_uncalibrated``, ``test_accuracy``, ``best_epoch``, ``best_val_acc``.
-    """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown classifier '{architecture}', choose from {', '.join(ARCHITECTURES)}")
-    epochs = DEFAULT_EPOCHS[architecture] if epochs is None else int(epochs)
-    L.seed_everything(seed, verbose=False)
-    model = ShowerClassifier(architecture, lr=lr)
-    logger = TensorBoardLogger(str(log_dir), name=name, version=version) if log_dir is not None else False
+@dataclass(frozen=True)
+class Schedule:
+    """How long one classifier trains: at most ``max_epochs``; early stopping after ``patience`` epochs
+    without a lower validation loss (``patience`` None: a fixed number of epochs, no early stopping)."""
+
+    max_epochs: int
+    patience: int | None
+    steps_per_epoch: int
+
+    @classmethod
+    def converging(cls, n_train: int, batch_size: int, architecture: str = "dnn", max_epochs: int | None = None,
+                   patience: int | None = None) -> "Schedule":
+        """The default: early stopping, and a budget that does not shrink with the data set (module docstring)."""
+        steps = max(1, math.ceil(n_train / batch_size))
+        if max_epochs is None:
+            max_epochs = max(2 * DEFAULT_EPOCHS[architecture], math.ceil(2 * PAPER_UPDATES / steps))
+        if patience is None:
+            patience = max(MIN_PATIENCE_EPOCHS, math.ceil(PATIENCE_UPDATES / steps))
+        return cls(int(max_epochs), int(patience), steps)
+
+    @classmethod
+    def fixed(cls, n_train: int, batch_size: int, epochs: int) -> "Schedule":
+        """Exactly ``epochs`` epochs, no early stopping (the paper's fixed schedule, or a quick look)."""
+        return cls(int(epochs), None, max(1, math.ceil(n_train / batch_size)))
+
+
+def schedule_for(datamodule: CaloDataModule, architecture: str, epochs: int | None = None,
+                 max_epochs: int | None = None, patience: int | None = None) -> Schedule:
+    """The :class:`Schedule` of a classifier on this data: fixed ``epochs`` if given, else converging."""
+    datamodule.setup("fit")
+    n_train, batch_size = len(datamodule.train_set), datamodule.hparams.batch_size
+    if epochs is not None:
+        return Schedule.fixed(n_train, batch_size, epochs)
+    return Schedule.converging(n_train, batch_size, architecture, max_epochs, patience)
+
+
+def _train(model: ShowerClassifier, datamodule: CaloDataModule, schedule: Schedule, log_dir, name, version,
+           progress) -> dict:
+    """Fit ``model``; returns the best-validation-accuracy model and how the training went."""
     with tempfile.TemporaryDirectory(prefix="caloflow-classifier-") as ckpt_dir:
         # the checkpoint of the best epoch only lives until it has been reloaded
         best = ModelCheckpoint(dirpath=ckpt_dir, monitor="val_acc", mode="max", save_top_k=1,
                                filename="best-{epoch}")
-        trainer = L.Trainer(
-            max_epochs=epochs, logger=logger, callbacks=[best, _EpochProgress(progress)],
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-            log_every_n_steps=1, accelerator="auto", devices=1, deterministic="warn",
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            trainer.fit(model, datamodule=datamodule)
-        best_val_acc = float(best.best_model_score)
+        callbacks: list[Callback] = [best, _EpochProgress(progress)]
+        if schedule.patience is not None:
+            callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=schedule.patience))
+        trainer = make_trainer(schedule.max_epochs, log_dir, name, version, callbacks=callbacks,
+                               checkpointing=True, log_every_n_steps=1, accelerator="auto")
+        trainer.fit(model, datamodule=datamodule)
         best_epoch = int(Path(best.best_model_path).stem.split("=")[-1]) + 1
+        epochs_run = int(trainer.current_epoch)
+        info = {
+            "best_epoch": best_epoch, "best_val_acc": float(best.best_model_score), "epochs_run": epochs_run,
+            "max_epochs": schedule.max_epochs, "patience": schedule.patience,
+            "steps_per_epoch": schedule.steps_per_epoch, "updates": epochs_run * schedule.steps_per_epoch,
+            "stopped_early": epochs_run < schedule.max_epochs,
+            "converged": schedule.patience is not None and epochs_run < schedule.max_epochs
+                         and best_epoch < schedule.max_epochs,
+        }
         model = ShowerClassifier.load_from_checkpoint(best.best_model_path, map_location="cpu")
-    val, test = datamodule.splits["val"], datamodule.splits["test"]
-    p_val = model.predict_proba(val.tensors[0])
-    p_test = model.predict_proba(test.tensors[0])
-    metrics = calibrated_metrics(p_val, val.tensors[1].numpy(), p_test, test.tensors[1].numpy())
-    metrics.update(best_epoch=best_epoch, best_val_acc=best_val_acc)
-    if logger:
-        logger.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=trainer.global_step)
-        logger.finalize("success")
+    return {"model": model, "trainer": trainer, "info": info}
+
+
+def run_classifier(datamodule: CaloDataModule, architecture: str = "dnn", preprocessing: str = "unnormalized",
+                   epochs: int | None = None, seed: int = 0, lr: float = 5e-4, log_dir: str | Path | None = None,
+                   name: str = "classifier", version: str | int | None = None, progress=None,
+                   max_epochs: int | None = None, patience: int | None = None) -> dict:
+    """Train one classifier (to convergence unless ``epochs`` is given), keep its best-validation-accuracy
+    epoch, return calibrated test metrics.
+
+    Args:
+        datamodule: labelled, balanced, split showers (:func:`classifier_data`).
+        architecture: ``dnn``, ``cnn`` or ``features``.
+        preprocessing: voxel input preprocessing of ``dnn``/``cnn`` (:data:`~caloflow.models.classifiers.PREPROCESSINGS`).
+        epochs: a fixed number of epochs without early stopping; None: train to convergence.
+        seed: network initialisation and order of the training batches.
+        log_dir: TensorBoard logs go to ``log_dir/name/version``; None: no logging.
+        progress: optional tqdm bar advanced once per epoch.
+        max_epochs, patience: override the converging :class:`Schedule`.
+
+    Returns:
+        ``auc``, ``jsd`` (calibrated, test set), ``jsd_raw``, ``auc_uncalibrated``, ``jsd_uncalibrated``,
+        ``test_accuracy``, ``best_epoch``, ``best_val_acc``, ``epochs_run``, ``max_epochs``, ``patience``,
+        ``updates``, ``stopped_early``, ``converged``, ``seed``.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown classifier '{architecture}', choose from {', '.join(ARCHITECTURES)}")
+    schedule = schedule_for(datamodule, architecture, epochs, max_epochs, patience)
+    L.seed_everything(seed, verbose=False)
+    model = ShowerClassifier(architecture, preprocessing, lr=lr)
+    fitted = _train(model, datamodule, schedule, log_dir, name, version, progress)
+    model, trainer = fitted["model"], fitted["trainer"]
+    val, test = _split_batch(datamodule, "val"), _split_batch(datamodule, "test")
+    metrics = calibrated_metrics(model.predict_proba(val), val["label"].numpy(),
+                                 model.predict_proba(test), test["label"].numpy())
+    metrics.update(fitted["info"], seed=seed)
+    if trainer.logger:
+        scalars = {f"test_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        trainer.logger.log_metrics(scalars, step=trainer.global_step)
+        trainer.logger.finalize("success")
     return metrics
 
 
 def classifier_test(reference: Showers | str | Path, generated: Showers | str | Path, architecture: str = "dnn",
                     preprocessing: str = "unnormalized", runs: int = 1, epochs: int | None = None, seed: int = 0,
                     max_showers: int | None = None, batch_size: int = 1000, log_dir: str | Path | None = None,
-                    name: str = "classifier", progress=None) -> dict:
+                    name: str = "classifier", progress=None, max_epochs: int | None = None,
+                    patience: int | None = None) -> dict:
     """``runs`` independent classifiers (seeds ``seed, seed + 1, ...``: split and initialisation).
 
-    Returns ``{"auc": {"mean", "std"}, "jsd": {"mean", "std"}, "runs": [per-run metrics]}``.
+    Returns ``{"auc": {"mean", "std"}, "jsd": {"mean", "std"}, "converged": all runs converged,
+    "data": {"n_per_class", "train", "val", "test", "batch_size"}, "runs": [per-run metrics]}``.
     """
     reference = _as_showers(reference, max_showers)
     generated = _as_showers(generated, max_showers)
-    results = []
+    results, data = [], {}
     for r in range(runs):
-        dm = ClassifierDataModule(reference, generated, preprocessing, batch_size=batch_size, seed=seed + r)
-        results.append(run_classifier(dm, architecture, epochs=epochs, seed=seed + r, log_dir=log_dir, name=name,
-                                      version=f"run{r}", progress=progress))
-    summary = {}
+        dm = classifier_data(reference, generated, batch_size=batch_size, seed=seed + r)
+        results.append(run_classifier(dm, architecture, preprocessing, epochs=epochs, seed=seed + r, log_dir=log_dir,
+                                      name=name, version=f"run{r}", progress=progress, max_epochs=max_epochs,
+                                      patience=patience))
+        sizes = {split: len(ds) for split, ds in dm.datasets.items()}
+        data = {"n_per_class": sum(sizes.values()) // 2, **sizes, "batch_size": batch_size}
+    summary: dict = {}
     for key in ("auc", "jsd"):
         values = np.array([m[key] for m in results])
         summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
+    summary["converged"] = all(m["converged"] for m in results)
+    summary["data"] = data
     summary["runs"] = results
     return summary

@@ -9,51 +9,61 @@ classifiers' TensorBoard logs under ``OUT/tensorboard/``.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
-import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from caloflow import cli_args
 from caloflow.data.io import count_showers, read_showers
 from caloflow.errors import CaloflowError
 
 #: Defaults of the paper (appendix A: both architectures, 10 runs; section 5.4 / appendix B).
 DEFAULT_CLASSIFIERS = "dnn,cnn"
 DEFAULT_PREPROCESSINGS = "unnormalized,normalized,logit"
+VOXEL_CLASSIFIERS = ("dnn", "cnn")
+#: the "preprocessing" key of the feature classifier's results
+FEATURE_INPUTS = "high-level"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reference", required=True, help="reference (e.g. GEANT4) showers, CaloGAN HDF5 file")
+    parser.add_argument("--reference", required=True, type=cli_args.existing_file,
+                        help="reference (e.g. GEANT4) showers, CaloGAN HDF5 file")
     parser.add_argument("--samples", required=True, nargs="+", metavar="NAME=PATH",
                         help="generated showers to judge, each as NAME=PATH (CaloGAN HDF5)")
-    parser.add_argument("--out", required=True, help="output folder (figures/, metrics.json, report.md)")
+    parser.add_argument("--out", required=True, type=cli_args.output_dir,
+                        help="output folder (figures/, metrics.json, report.md)")
     parser.add_argument("--classifier", default=DEFAULT_CLASSIFIERS,
-                        help=f"comma-separated classifiers (dnn, cnn) or 'none' (default: {DEFAULT_CLASSIFIERS})")
+                        help="comma-separated classifiers: dnn, cnn (voxels, appendix A), features (41 high-level "
+                             f"features) or 'none' (default: {DEFAULT_CLASSIFIERS})")
     parser.add_argument("--preprocessing", default=DEFAULT_PREPROCESSINGS,
                         help="comma-separated classifier input preprocessings: unnormalized, normalized, logit, "
                              f"logit-normalized (default: {DEFAULT_PREPROCESSINGS})")
-    parser.add_argument("--runs", type=int, default=10, help="classifier runs (seeds) per setting (default: 10)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="classifier epochs (default: 60 for the DNN, 50 for the CNN)")
-    parser.add_argument("--max-showers", type=int, default=None,
+    parser.add_argument("--runs", type=cli_args.positive_int, default=10,
+                        help="classifier runs (seeds) per setting (default: 10)")
+    parser.add_argument("--epochs", type=cli_args.positive_int, default=None,
+                        help="train every classifier for exactly this many epochs, without early stopping "
+                             "(default: train to convergence: early stopping on the validation loss)")
+    parser.add_argument("--max-epochs", type=cli_args.positive_int, default=None,
+                        help="upper bound of the converging training (default: at least twice the paper's "
+                             "7,200 optimizer updates, whatever the data size)")
+    parser.add_argument("--patience", type=cli_args.positive_int, default=None,
+                        help="early-stopping patience in epochs (default: 1,200 optimizer updates, >= 10 epochs)")
+    parser.add_argument("--threshold-reference", action="store_true",
+                        help="apply the sampler's 10 keV voxel cut to the reference showers too")
+    parser.add_argument("--max-showers", type=cli_args.positive_int, default=None,
                         help="use at most this many showers of each file (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default: 0)")
 
 
 def _parse_list(value: str, allowed: tuple[str, ...], option: str, allow_none: bool = False) -> list[str]:
-    items = [v.strip().lower() for v in value.split(",") if v.strip()]
-    if allow_none and items == ["none"]:
+    if allow_none and value.strip().lower() == "none":
         return []
-    if not items:
-        raise CaloflowError(f"{option}: empty list")
-    for item in items:
-        if item not in allowed:
-            raise CaloflowError(f"{option}: unknown value '{item}', choose from {', '.join(allowed)}"
-                                + (" or 'none'" if allow_none else ""))
-    return list(dict.fromkeys(items))
+    try:
+        return cli_args.comma_list(allowed)(value.lower())
+    except argparse.ArgumentTypeError as e:
+        raise CaloflowError(f"{option}: {e}" + (" or 'none'" if allow_none else "")) from None
 
 
 def parse_samples(values: list[str]) -> dict[str, Path]:
@@ -73,15 +83,8 @@ def parse_samples(values: list[str]) -> dict[str, Path]:
 
 def _check_args(args) -> tuple[dict[str, Path], list[str], list[str]]:
     samples = parse_samples(args.samples)
-    if args.runs < 1:
-        raise CaloflowError(f"--runs must be >= 1, got {args.runs}")
-    if args.epochs is not None and args.epochs < 1:
-        raise CaloflowError(f"--epochs must be >= 1, got {args.epochs}")
     if args.max_showers is not None and args.max_showers < 10:
         raise CaloflowError(f"--max-showers must be >= 10, got {args.max_showers}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CaloflowError(f"--out: {out} exists and is not a folder")
     # every file is checked (keys, shapes) before any long computation starts
     for path in [Path(args.reference), *samples.values()]:
         if count_showers(path) < 10:
@@ -94,87 +97,170 @@ def _check_args(args) -> tuple[dict[str, Path], list[str], list[str]]:
     return samples, classifiers, preprocessings
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
 def run(args) -> int:
+    """``caloflow evaluate``: read, compute features, draw figures, run the classifier tests, write the outputs.
+
+    Writes ``OUT/figures/``, ``OUT/metrics.json`` and ``OUT/report.md`` (atomically); returns the exit status.
+    """
     samples_paths, classifiers, preprocessings = _check_args(args)
     # heavy imports only after the arguments are known to be good
-    from caloflow.evaluate import figures as figs
-    from caloflow.evaluate.classifier_test import DEFAULT_EPOCHS, classifier_test
-    from caloflow.evaluate.features import compute_features, summarize
-    from caloflow.atomic import write_text_atomic
-    from caloflow.evaluate.report import feature_metrics, render_report, write_metrics
+    from caloflow.training import quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(args.out)
-    fig_dir = out / "figures"
-    log = lambda msg: tqdm.write(f"[evaluate] {msg}")  # noqa: E731
+    reference, samples = _read_inputs(args.reference, samples_paths, args.max_showers, args.threshold_reference)
+    ref_features, sample_features = _compute_features(reference, samples)
+    ref_entry, sample_entries = _feature_metrics(args.reference, reference, samples_paths, samples,
+                                                 ref_features, sample_features)
+    metrics: dict = {"settings": _settings(args, classifiers, preprocessings),
+                     "reference": ref_entry, "samples": sample_entries}
+    written, neighbours = _write_figures(reference, samples, ref_features, sample_features,
+                                         out / "figures", args.seed)
+    for name, nb in neighbours.items():
+        metrics["samples"][name]["nearest_neighbours"] = nb
+    if classifiers:
+        results = _classifier_tests(args, reference, samples, classifiers, preprocessings, out / "tensorboard")
+        for name, per_model in results.items():
+            metrics["samples"][name]["classifier"] = per_model
+    _write_outputs(out, metrics, written)
+    return 0
 
-    log(f"reading {args.reference}")
-    reference = read_showers(args.reference, stop=args.max_showers)
+
+def _log(msg: str) -> None:
+    tqdm.write(f"[evaluate] {msg}")
+
+
+def _read_inputs(reference_path, samples_paths: dict[str, Path], max_showers: int | None, threshold: bool = False):
+    """The reference and every sample, each cut to its first ``max_showers`` showers (all if None).
+
+    With ``threshold`` the reference's voxels below 10 keV are set to zero, the cut the sampler applies to
+    generated showers (section 4.3); the paper found it changes nothing, and this makes that checkable.
+    """
+    _log(f"reading {reference_path}")
+    reference = read_showers(reference_path, stop=max_showers)
+    if threshold:
+        from caloflow.data.io import Showers
+        from caloflow.evaluate.features import apply_threshold
+
+        reference = Showers(apply_threshold(reference.voxels).astype(reference.voxels.dtype), reference.energy,
+                            reference.overflow)
     samples = {}
     for name, path in samples_paths.items():
-        log(f"reading {name} = {path}")
-        samples[name] = read_showers(path, stop=args.max_showers)
+        _log(f"reading {name} = {path}")
+        samples[name] = read_showers(path, stop=max_showers)
+    return reference, samples
 
-    log("computing features")
+
+def _compute_features(reference, samples: dict) -> tuple[dict, dict]:
+    """The paper's high-level features (sections 5.2-5.3; MeV, mm) of the reference and of each sample."""
+    from caloflow.evaluate.features import compute_features
+
+    _log("computing features")
     ref_features = compute_features(reference.voxels)
     sample_features = {n: compute_features(s.voxels) for n, s in tqdm(samples.items(), desc="features", leave=False)}
+    return ref_features, sample_features
 
-    metrics: dict = {
-        "settings": {"classifiers": classifiers, "preprocessings": preprocessings, "runs": args.runs,
-                     "epochs": args.epochs if args.epochs is not None else {c: DEFAULT_EPOCHS[c] for c in classifiers},
-                     "max_showers": args.max_showers, "seed": args.seed, "threshold_kev": 10.0,
-                     "units": {"energy_features": "MeV", "centroids_widths": "mm", "incident_energy": "GeV"}},
-        "reference": {"path": str(args.reference), "n_showers": len(reference),
-                      "features": {k: summarize(v) for k, v in ref_features.items()}},
-        "samples": {},
-    }
+
+def _settings(args, classifiers: list[str], preprocessings: list[str]) -> dict:
+    """metrics.json's "settings": what was run, the 10 keV voxel cut, and the units of the numbers."""
+    from caloflow.evaluate import classifier_test as ct
+
+    training = ({"schedule": "fixed", "epochs": args.epochs} if args.epochs is not None else
+                {"schedule": "early stopping on val_loss, best val_acc epoch kept", "max_epochs": args.max_epochs
+                 or f"max(2 x paper epochs, 2 x {ct.PAPER_UPDATES} updates)", "patience": args.patience
+                 or f"max({ct.MIN_PATIENCE_EPOCHS} epochs, {ct.PATIENCE_UPDATES} updates)"})
+    return {"classifiers": classifiers, "preprocessings": preprocessings, "runs": args.runs,
+            "seeds": [args.seed + r for r in range(args.runs)], "split": list(ct.SPLIT_FRACTIONS),
+            "batch_size": 1000, "optimizer": "Adam, lr 5e-4", "training": training,
+            "calibration": "isotonic regression on the validation split", "max_showers": args.max_showers,
+            "seed": args.seed, "threshold_kev": 10.0, "threshold_reference": bool(args.threshold_reference),
+            "units": {"energy_features": "MeV", "centroids_widths": "mm", "incident_energy": "GeV"}}
+
+
+def _feature_metrics(reference_path, reference, samples_paths: dict[str, Path], samples: dict,
+                     ref_features: dict, sample_features: dict) -> tuple[dict, dict]:
+    """metrics.json's "reference" and "samples" entries: file, shower count and feature summaries.
+
+    Each sample's separation powers are computed on bins common to the reference and all samples.
+    """
+    from caloflow.evaluate.features import summarize
+    from caloflow.evaluate.report import feature_metrics
+
+    ref_entry = {"path": str(reference_path), "n_showers": len(reference),
+                 "features": {k: summarize(v) for k, v in ref_features.items()}}
     all_sample_features = list(sample_features.values())
+    sample_entries = {}
     for name, feats in sample_features.items():
-        metrics["samples"][name] = {"path": str(samples_paths[name]), "n_showers": len(samples[name]),
-                                    "features": feature_metrics(ref_features, feats, all_sample_features)}
+        sample_entries[name] = {"path": str(samples_paths[name]), "n_showers": len(samples[name]),
+                                "features": feature_metrics(ref_features, feats, all_sample_features)}
+    return ref_entry, sample_entries
 
-    log(f"writing figures to {fig_dir}")
+
+def _write_figures(reference, samples: dict, ref_features: dict, sample_features: dict, fig_dir: Path,
+                   seed: int) -> tuple[dict[str, list[Path]], dict[str, list]]:
+    """Feature histograms, average showers and nearest neighbours (paper figs. 5-19) as PNG and PDF.
+
+    Returns the files written per figure group, and each sample's nearest neighbours of the reference
+    showers picked with ``seed`` (energies in GeV, distance in MeV).
+    """
+    from caloflow.evaluate import figures as figs
+
+    _log(f"writing figures to {fig_dir}")
     written: dict[str, list[Path]] = {}
     written.update(figs.feature_figures(ref_features, sample_features, fig_dir))
     written["average_images"] = figs.average_images(reference.voxels, {n: s.voxels for n, s in samples.items()},
                                                     fig_dir)
-    index = figs.pick_reference_showers(reference.energy, seed=args.seed)
+    index = figs.pick_reference_showers(reference.energy, seed=seed)
     neighbours = {}
     for name, s in samples.items():
         neighbours[name] = figs.nearest_neighbours(reference.voxels, reference.energy, index, s.voxels, s.energy)
-        metrics["samples"][name]["nearest_neighbours"] = neighbours[name]
     written["nearest_neighbours"] = figs.nearest_neighbour_figure(
         reference.voxels, reference.energy, index, neighbours, {n: s.voxels for n, s in samples.items()}, fig_dir)
+    return written, neighbours
 
-    if classifiers:
-        total = sum(args.runs * (args.epochs or DEFAULT_EPOCHS[c]) for c in classifiers) * len(preprocessings) \
-            * len(samples)
-        with tqdm(total=total, desc="classifier epochs", unit="epoch") as bar:
-            for name, s in samples.items():
-                results = metrics["samples"][name].setdefault("classifier", {})
-                for model in classifiers:
-                    for pre in preprocessings:
-                        bar.set_description(f"{name} {model} {pre}")
-                        res = classifier_test(reference, s, model, pre, runs=args.runs, epochs=args.epochs,
-                                              seed=args.seed, log_dir=out / "tensorboard",
-                                              name=f"{name}_{model}_{pre}", progress=bar)
-                        results.setdefault(model, {})[pre] = res
-                        log(f"{name} {model} {pre}: AUC {res['auc']['mean']:.3f} ± {res['auc']['std']:.3f}, "
-                            f"JSD {res['jsd']['mean']:.3f} ± {res['jsd']['std']:.3f}")
+
+def _classifier_tests(args, reference, samples: dict, classifiers: list[str], preprocessings: list[str],
+                      log_dir: Path) -> dict[str, dict]:
+    """Reference-vs-sample classifier test (section 5.4, appendix A) of every sample, classifier and
+    preprocessing: ``{sample: {classifier: {preprocessing: AUC and JSD, mean and std over runs}}}``.
+
+    The feature classifier has no voxel preprocessing: its one entry is keyed ``high-level``.
+    """
+    from caloflow.evaluate.classifier_test import classifier_test
+
+    results: dict[str, dict] = {}
+    with tqdm(desc="classifier epochs", unit="epoch") as bar:
+        for name, s in samples.items():
+            per_model = results.setdefault(name, {})
+            for model in classifiers:
+                for pre in (preprocessings if model in VOXEL_CLASSIFIERS else [FEATURE_INPUTS]):
+                    bar.set_description(f"{name} {model} {pre}")
+                    res = classifier_test(reference, s, model, pre, runs=args.runs, epochs=args.epochs,
+                                          seed=args.seed, log_dir=log_dir, name=f"{name}_{model}_{pre}", progress=bar,
+                                          max_epochs=args.max_epochs, patience=args.patience)
+                    per_model.setdefault(model, {})[pre] = res
+                    _log(_summary_line(name, model, pre, res))
+    return results
+
+
+def _summary_line(name: str, model: str, pre: str, res: dict) -> str:
+    """One log line per setting: AUC, JSD, the epochs chosen / run, and whether every run converged."""
+    best = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in res["runs"])
+    flag = "converged" if res["converged"] else "NOT CONVERGED (best epoch = last allowed, or no early stop)"
+    return (f"{name} {model} {pre}: AUC {res['auc']['mean']:.3f} ± {res['auc']['std']:.3f}, "
+            f"JSD {res['jsd']['mean']:.3f} ± {res['jsd']['std']:.3f}; best/run epochs {best}; {flag}")
+
+
+def _write_outputs(out: Path, metrics: dict, written: dict[str, list[Path]]) -> None:
+    """metrics.json (with the figures' paths relative to ``out``) and report.md, each written atomically."""
+    from caloflow.atomic import write_text_atomic
+    from caloflow.evaluate.report import render_report, write_metrics
 
     rel = {k: [str(p.relative_to(out)) for p in v] for k, v in written.items()}
     metrics["figures"] = rel
     write_metrics(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", render_report(metrics, rel))
-    log(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {sum(len(v) for v in rel.values())} figure files")
-    return 0
+    _log(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {sum(len(v) for v in rel.values())} figure files")
 
 
 __all__ = ["add_arguments", "run", "parse_samples"]

@@ -1,4 +1,5 @@
-"""Figures of the CaloFlow paper section 5: feature histograms, average images, nearest neighbours.
+"""Figures of the CaloFlow paper section 5: feature histograms, average images, nearest neighbours,
+and the energy response E_hat/E_inc vs E_inc.
 
 Every figure is written as PNG and PDF, atomically (temporary file, then rename). Histograms are
 normalised to unit area, the reference is the filled grey histogram, every sample a line, with
@@ -18,7 +19,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from caloflow.atomic import atomic_output  # noqa: E402
 from caloflow.data.geometry import HALF_WIDTH_MM, N_LAYERS, split_layers  # noqa: E402
-from caloflow.evaluate.features import FEATURES, apply_threshold  # noqa: E402
+from caloflow.evaluate.features import FEATURES, apply_threshold, energy_response  # noqa: E402
 
 REFERENCE_STYLE = {"color": "0.6", "alpha": 0.6}
 SAMPLE_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
@@ -30,13 +31,25 @@ FIGURE_LAYOUTS: dict[str, tuple[str, list[list[str]]]] = {
         "Layer energies (Flow I)",
         [["E0", "E1", "E2", "E_hat"], ["E0_frac", "E1_frac", "E2_frac"], ["l_d", "s_d", "sigma_sd"]],
     ),
+    "depth_response": (
+        "Deepest layer with energy and energy response",
+        [["deepest_layer", "E_hat_over_E_inc"]],
+    ),
     "flow2_voxels": (
         "Brightest voxels, E_ratio and sparsity (Flow II)",
         [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("brightest", "second", "E_ratio", "sparsity")],
     ),
+    "flow2_brightest_3_5": (
+        "3rd to 5th brightest voxels (Flow II)",
+        [[f"brightest{r}{k}" for k in range(N_LAYERS)] for r in (3, 4, 5)],
+    ),
     "centroids": (
         "Energy-weighted centroids (Flow II)",
         [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("phi_centroid", "eta_centroid")],
+    ),
+    "centroid_differences": (
+        "Centroid differences between layers (Flow II)",
+        [[f"{axis}_centroid_diff_{pair}" for pair in ("10", "21")] for axis in ("phi", "eta")],
     ),
     "widths": (
         "Lateral widths (Flow II)",
@@ -69,6 +82,8 @@ def histogram_edges(name: str, datasets: list[np.ndarray], bins: int = N_BINS) -
     The range spans the 0.05 %-99.95 % quantiles of every dataset, so a few outliers do not
     squash the histogram; logarithmic bins over the positive values for log-scaled features.
     """
+    if FEATURES[name].discrete:
+        return _integer_edges(datasets)
     log = FEATURES[name].log_x
     lows, highs = [], []
     for data in datasets:
@@ -87,6 +102,17 @@ def histogram_edges(name: str, datasets: list[np.ndarray], bins: int = N_BINS) -
     return np.linspace(lo, hi, bins + 1)
 
 
+def _integer_edges(datasets: list[np.ndarray]) -> np.ndarray:
+    """One bin per integer from the smallest to the largest finite value of any dataset."""
+    finite = [_finite(d, positive=False) for d in datasets]
+    finite = [f for f in finite if f.size]
+    if not finite:
+        return np.array([-0.5, 0.5])
+    lo = np.floor(min(f.min() for f in finite))
+    hi = np.ceil(max(f.max() for f in finite))
+    return np.arange(lo - 0.5, hi + 1.0, 1.0)
+
+
 def clipped_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Counts of the finite ``values`` in ``edges``, with values outside put into the end bins."""
     v = _finite(values, positive=False)
@@ -101,9 +127,17 @@ def _fractions(counts: np.ndarray) -> np.ndarray:
 
 def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[str, np.ndarray]],
                     out_dir: str | Path, reference_name: str = "Reference") -> dict[str, list[Path]]:
-    """One figure per layout of :data:`FIGURE_LAYOUTS`, every panel with its ratio panel below."""
+    """One figure per layout of :data:`FIGURE_LAYOUTS`, every panel with its ratio panel below.
+
+    A feature missing from ``reference`` (``E_hat_over_E_inc`` without incident energies) is left
+    out, and so is a figure left without panels; a sample without the feature is not drawn in its panel.
+    Returns the files written per layout name.
+    """
     out: dict[str, list[Path]] = {}
-    for fig_name, (title, rows) in FIGURE_LAYOUTS.items():
+    for fig_name, (title, all_rows) in FIGURE_LAYOUTS.items():
+        rows = [r for r in ([n for n in row if n in reference] for row in all_rows) if r]
+        if not rows:
+            continue
         n_cols = max(len(r) for r in rows)
         fig = plt.figure(figsize=(4.2 * n_cols, 4.0 * len(rows)))
         outer = fig.add_gridspec(len(rows), n_cols, hspace=0.3, wspace=0.32, left=0.07, right=0.98,
@@ -122,6 +156,7 @@ def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[st
 def _feature_panel(ax, rax, name: str, reference, samples, reference_name: str) -> None:
     info = FEATURES[name]
     scale = info.plot_scale
+    samples = {n: s for n, s in samples.items() if name in s}
     edges = histogram_edges(name, [reference[name]] + [s[name] for s in samples.values()])
     ref_counts = clipped_histogram(reference[name], edges)
     ref_density = _fractions(ref_counts)
@@ -139,12 +174,107 @@ def _feature_panel(ax, rax, name: str, reference, samples, reference_name: str) 
     if info.log_x:
         ax.set_xscale("log")
         rax.xaxis.set_minor_formatter(NullFormatter())
+    if info.discrete:
+        rax.set_xticks(0.5 * (edges[1:] + edges[:-1]) * scale)
     ax.tick_params(which="both", labelbottom=False)
     ax.legend(fontsize=7, frameon=False)
     rax.axhline(1.0, color="0.3", lw=0.8, ls="--")
     rax.set_ylim(0.5, 1.5)
     rax.set_ylabel("ratio", fontsize=8)
     rax.set_xlabel(info.label)
+
+
+N_RESPONSE_BINS = 10
+
+
+def response_edges(incident_gev: list[np.ndarray], bins: int = N_RESPONSE_BINS) -> np.ndarray:
+    """Common, equal-width E_inc bins (GeV) spanning every dataset's finite incident energies."""
+    finite = [_finite(e, positive=False) for e in incident_gev]
+    finite = [f for f in finite if f.size]
+    if not finite:
+        return np.linspace(0.0, 1.0, bins + 1)
+    lo, hi = min(f.min() for f in finite), max(f.max() for f in finite)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+def response_profile(incident_gev: np.ndarray, response: np.ndarray, edges: np.ndarray) -> dict[str, np.ndarray]:
+    """Profile of ``response`` in bins of ``incident_gev``: per bin the mean and (population) std of the
+    finite responses and their count; mean NaN for an empty bin, std NaN for fewer than 2 entries.
+    Incident energies outside ``edges`` are left out."""
+    e = np.asarray(incident_gev, dtype=np.float64).reshape(-1)
+    r = np.asarray(response, dtype=np.float64).reshape(-1)
+    keep = np.isfinite(e) & np.isfinite(r) & (e >= edges[0]) & (e <= edges[-1])
+    e, r = e[keep], r[keep]
+    index = np.clip(np.searchsorted(edges, e, side="right") - 1, 0, len(edges) - 2)
+    n_bins = len(edges) - 1
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    total = np.bincount(index, weights=r, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(count > 0, total / count, np.nan)
+        square = np.bincount(index, weights=(r - mean[index]) ** 2, minlength=n_bins)
+        std = np.where(count > 1, np.sqrt(square / count), np.nan)
+    return {"mean": mean, "std": std, "n": count}
+
+
+def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, dict[str, np.ndarray]],
+                           reference_incident_gev: np.ndarray, sample_incident_gev: dict[str, np.ndarray],
+                           out_dir: str | Path, reference_name: str = "Reference",
+                           bins: int = N_RESPONSE_BINS) -> list[Path]:
+    """E_hat/E_inc vs E_inc: mean (left) and standard deviation (right) of E_hat/E_inc in bins of E_inc,
+    reference (grey band: mean ± std) against each sample, with the ratio sample / reference below.
+
+    Args:
+        reference, samples: feature dicts of :func:`caloflow.evaluate.features.compute_features` (their
+            ``E_hat``, MeV, is used; the incident energy need not have been passed to it).
+        reference_incident_gev, sample_incident_gev: incident energies (GeV) of the reference and of
+            each sample (same names as ``samples``).
+
+    Writes ``energy_response.png`` and ``.pdf`` in ``out_dir``; returns their paths.
+    """
+    ref_response = energy_response(reference["E_hat"], reference_incident_gev)
+    responses = {n: (np.asarray(sample_incident_gev[n]).reshape(-1),
+                     energy_response(f["E_hat"], sample_incident_gev[n])) for n, f in samples.items()}
+    edges = response_edges([np.asarray(reference_incident_gev)] + [e for e, _ in responses.values()], bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    ref = response_profile(reference_incident_gev, ref_response, edges)
+    fig = plt.figure(figsize=(11, 5.2))
+    outer = fig.add_gridspec(1, 2, wspace=0.3, left=0.08, right=0.98, bottom=0.11, top=0.9)
+    panels = []
+    for j, (stat, ylabel) in enumerate((("mean", r"mean of $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$"),
+                                        ("std", r"std of $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$"))):
+        cell = outer[0, j].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+        ax = fig.add_subplot(cell[0])
+        rax = fig.add_subplot(cell[1], sharex=ax)
+        panels.append((stat, ax, rax))
+        if stat == "mean":
+            ax.fill_between(centres, ref["mean"] - ref["std"], ref["mean"] + ref["std"], step="mid",
+                            label=f"{reference_name} (± std)", **REFERENCE_STYLE)
+        ax.step(centres, ref[stat], where="mid", color="0.35", lw=1.2,
+                label=reference_name if stat == "std" else None)
+        width = edges[1] - edges[0]
+        for i, (color, (sample_name, (inc, resp))) in enumerate(zip(SAMPLE_COLORS * 10, responses.items())):
+            prof = response_profile(inc, resp, edges)
+            offset = (i + 1) * 0.08 * width / max(len(responses), 1)
+            if stat == "mean":
+                ax.errorbar(centres + offset, prof["mean"], yerr=prof["std"], fmt="o", ms=3.5, color=color,
+                            capsize=2, lw=1.0, label=f"{sample_name} (± std)")
+            else:
+                ax.plot(centres + offset, prof["std"], "o", ms=3.5, color=color, label=sample_name)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(ref[stat] > 0, prof[stat] / ref[stat], np.nan)
+            rax.plot(centres + offset, ratio, "o-", ms=3, lw=1.0, color=color)
+        ax.set_ylabel(ylabel)
+        ax.tick_params(which="both", labelbottom=False)
+        ax.legend(fontsize=7, frameon=False)
+        rax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+        rax.set_ylim(*((0.9, 1.1) if stat == "mean" else (0.5, 1.5)))
+        rax.set_ylabel("ratio", fontsize=8)
+        rax.set_xlabel(r"$E_{\mathrm{inc}}$ [GeV]")
+    fig.suptitle(r"Energy response $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$ in bins of $E_{\mathrm{inc}}$ "
+                 "(after the voxel cut)")
+    return save_figure(fig, Path(out_dir) / "energy_response")
 
 
 def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray], out_dir: str | Path,

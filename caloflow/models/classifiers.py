@@ -1,6 +1,11 @@
-"""Classifiers that tell reference (GEANT4) showers from generated ones (CaloFlow paper appendix A).
+"""The one real-vs-generated classifier of caloflow (CaloFlow paper appendix A; LaSeR section 3).
 
-The input of both networks is the 508-vector of appendix A: the 504 voxels under one of the
+:class:`ShowerClassifier` is a LightningModule with a pluggable backbone and one label convention:
+**1 = reference (real), 0 = generated**, so its logit is log w = log p_ref/p_gen, the LaSeR
+weight. The backbone owns the input encoding of the physical showers that
+:class:`caloflow.data.CaloDataModule` serves (batches ``{"voxels", "energy", "label"[, "weight"]}``):
+
+The voxel backbones see the 508-vector of appendix A: the 504 voxels under one of the
 preprocessings of :func:`classifier_inputs`, then log10(E_inc / 10 GeV) (eq. 4.4) and
 log10((E_i + 1 keV) / 100 GeV) + 2 for the three layer energies (eq. 4.5).
 
@@ -13,23 +18,35 @@ log10((E_i + 1 keV) / 100 GeV) + 2 for the three layer energies (eq. 4.5).
   (2, 0) then (4, 7) pad (2, 0) and pooling (1, 14); layers 1 and 2: 3 x 3 pad 1 and pooling
   2 x 2 resp. (2, 1); second pair 3 x 3 pad 1 everywhere.
 
-Both return a logit; the sigmoid of the appendix is applied in the loss (``BCEWithLogits``,
+* :class:`FeatureDNN`: 41 high-level features of the shower (the reference code's feature
+  classifier) -> 3 x 512 LeakyReLU(0.01) -> 1.
+* :class:`PointMLP`: an MLP on standardised points ``batch["x"]`` (the LaSeR toys, latent spaces).
+
+All return a logit; the sigmoid of the appendix is applied in the loss (``BCEWithLogits``,
 numerically safer, same model) and in :meth:`ShowerClassifier.predict_proba`.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from caloflow.data.geometry import GEV, LAYER_SHAPES, LAYER_SIZES, N_VOXELS
+from caloflow.nn import mlp
+from caloflow.training import adam_with_decay
 from caloflow.transforms import LayerNormalization, LogitTransform, encode_incident_energy, encode_layer_energies
 
 #: Voxel preprocessings of section 5.4 and appendix B. Voxels are in units of 100 GeV
 #: ("unnormalized"), divided by their layer sum ("normalized"), or logit(x)/10 of either.
 PREPROCESSINGS: tuple[str, ...] = ("unnormalized", "normalized", "logit", "logit-normalized")
-ARCHITECTURES: tuple[str, ...] = ("dnn", "cnn")
+#: the classifier test's classifiers: voxels (appendix A) and the 41 high-level features of the reference code
+ARCHITECTURES: tuple[str, ...] = ("dnn", "cnn", "features")
+Batch = dict[str, Tensor]
 N_CONDITIONS = 4
 N_INPUTS = N_VOXELS + N_CONDITIONS  # 508
 #: Scale of the unnormalized voxels: the reference code works in units of 100 GeV.
@@ -50,10 +67,9 @@ def classifier_inputs(voxels: np.ndarray | Tensor, incident_gev: np.ndarray | Te
     Returns:
         (N, 508): preprocessed voxels, eq. (4.4) of E_inc, eq. (4.5) of E_0, E_1, E_2.
     """
-    if preprocessing not in PREPROCESSINGS:
-        raise ValueError(f"unknown preprocessing '{preprocessing}', choose from {', '.join(PREPROCESSINGS)}")
-    voxels = torch.as_tensor(np.asarray(voxels), dtype=torch.float64)
-    incident = torch.as_tensor(np.asarray(incident_gev), dtype=torch.float64).reshape(-1)
+    _check_preprocessing(preprocessing)
+    voxels = torch.as_tensor(voxels).to(torch.float64)
+    incident = torch.as_tensor(incident_gev).to(torch.float64).reshape(-1)
     norm = LayerNormalization()
     layer_energies = norm.layer_sums(voxels)
     if preprocessing.endswith("normalized") and preprocessing != "unnormalized":
@@ -66,20 +82,23 @@ def classifier_inputs(voxels: np.ndarray | Tensor, incident_gev: np.ndarray | Te
     return torch.cat([x, conditions], dim=1).to(torch.float32)
 
 
+def _check_preprocessing(preprocessing: str) -> None:
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"unknown preprocessing '{preprocessing}', choose from {', '.join(PREPROCESSINGS)}")
+
+
 class DNN(nn.Module):
-    """Fully connected classifier of appendix A: 508 -> 512 -> 512 -> 512 -> 1 (logit)."""
+    """Fully connected classifier of appendix A: 508 -> 512 -> 512 -> 512 -> 1 (logit) on showers."""
 
-    def __init__(self, n_inputs: int = N_INPUTS, hidden: int = 512, n_hidden_layers: int = 3, slope: float = 0.01):
+    def __init__(self, preprocessing: str = "unnormalized", hidden: int = 512, n_hidden_layers: int = 3,
+                 slope: float = 0.01):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = n_inputs
-        for _ in range(n_hidden_layers):
-            layers += [nn.Linear(width, hidden), nn.LeakyReLU(slope)]
-            width = hidden
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
+        _check_preprocessing(preprocessing)
+        self.preprocessing = preprocessing
+        self.net = mlp(N_INPUTS, 1, hidden, n_hidden_layers, slope)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
+        x = classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
         return self.net(x).squeeze(-1)
 
 
@@ -99,8 +118,10 @@ def _conv_block(first: tuple[dict, dict], pool1, slope: float) -> nn.Sequential:
 class CNN(nn.Module):
     """Convolutional classifier of appendix A (one convolution stack per calorimeter layer)."""
 
-    def __init__(self, hidden: int = 512, slope: float = 0.01):
+    def __init__(self, preprocessing: str = "unnormalized", hidden: int = 512, slope: float = 0.01):
         super().__init__()
+        _check_preprocessing(preprocessing)
+        self.preprocessing = preprocessing
         square = ({"kernel_size": 3, "padding": 1}, {"kernel_size": 3, "padding": 1})
         self.stacks = nn.ModuleList([
             # (3, 96) -> (5, 90) -> (6, 84) -> pool (1, 14) -> (6, 6)
@@ -116,7 +137,8 @@ class CNN(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
+        x = classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
         *layers, conditions = torch.split(x, list(LAYER_SIZES) + [N_CONDITIONS], dim=1)
         features = [
             stack(layer.reshape(len(x), 1, *shape)).flatten(1)
@@ -125,53 +147,124 @@ class CNN(nn.Module):
         return self.head(torch.cat(features + [conditions], dim=1)).squeeze(-1)
 
 
+class FeatureDNN(nn.Module):
+    """The high-level-feature classifier of the published CaloFlow reference code: the 41 inputs of
+    :func:`caloflow.evaluate.features.high_level_inputs` (energies, depth, brightest voxels, E_ratio,
+    sparsity, centroids, widths, E_inc) -> 3 x 512 LeakyReLU(0.01) -> 1 (logit), on showers."""
+
+    def __init__(self, hidden: int = 512, n_hidden_layers: int = 3, slope: float = 0.01):
+        super().__init__()
+        from caloflow.evaluate.features import HIGH_LEVEL_INPUTS
+
+        self.net = mlp(len(HIGH_LEVEL_INPUTS), 1, hidden, n_hidden_layers, slope)
+
+    def forward(self, batch: Batch) -> Tensor:
+        from caloflow.evaluate.features import high_level_inputs
+
+        return self.net(high_level_inputs(batch["voxels"], batch["energy"])).squeeze(-1)
+
+
+class PointMLP(nn.Module):
+    """MLP on points ``batch["x"]`` (N, n_features), standardised by a fixed ``shift`` and ``scale``.
+
+    ``shift`` and ``scale`` are set from the training data before training (buffers, saved in the
+    checkpoint), so raw data units can be fed.
+    """
+
+    def __init__(self, n_features: int = 2, hidden: int = 96, n_hidden: int = 8, slope: float = 0.01,
+                 shift: Sequence[float] | None = None, scale: Sequence[float] | None = None):
+        super().__init__()
+        self.net = mlp(n_features, 1, hidden, n_hidden, slope)
+        self.register_buffer("shift", torch.as_tensor(shift if shift is not None else [0.0] * n_features,
+                                                      dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale if scale is not None else [1.0] * n_features,
+                                                      dtype=torch.float32))
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.net((batch["x"] - self.shift) / self.scale).squeeze(-1)
+
+
+#: backbone name -> class; ``ShowerClassifier(backbone=NAME, backbone_args={...})``.
+BACKBONES: dict[str, type[nn.Module]] = {"dnn": DNN, "cnn": CNN, "features": FeatureDNN, "mlp": PointMLP}
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 class ShowerClassifier(L.LightningModule):
-    """Binary classifier reference (label 0) vs generated (label 1) on the inputs of appendix A.
+    """Binary classifier, label 1 = reference (real) and 0 = generated, trained on the (weighted) BCE.
 
-    Trained with Adam (learning rate 5e-4) on the binary cross entropy; logs ``train_loss``,
-    ``val_loss`` and ``val_acc`` (the epoch selection of appendix A keeps the best ``val_acc``).
+    The loss is sum w BCE / sum w over the batch (w = ``batch["weight"]``, 1 if absent: DCTR-weighted
+    samples train the same module). Logs ``train_loss``, ``val_loss``, ``val_acc`` and ``val_auc``
+    (torchmetrics; the epoch selection of appendix A keeps the best ``val_acc``).
+
+    Args:
+        backbone: ``dnn`` or ``cnn`` (appendix A, on voxels), ``features`` (41 high-level features of the
+            reference code, on showers) or ``mlp`` (on points ``batch["x"]``).
+        preprocessing: voxel input preprocessing of the ``dnn`` and ``cnn`` backbones.
+        lr: Adam learning rate (appendix A: 5e-4; LaSeR: 1e-3).
+        lr_decay: learning-rate factor per epoch (LaSeR: 0.999; 1 = constant).
+        weight_decay: Adam weight decay.
+        backbone_args: further arguments of the backbone class (:data:`BACKBONES`).
     """
 
-    def __init__(self, architecture: str = "dnn", lr: float = 5e-4):
+    def __init__(self, backbone: str = "dnn", preprocessing: str = "unnormalized", lr: float = 5e-4,
+                 lr_decay: float = 1.0, weight_decay: float = 0.0, backbone_args: dict | None = None):
         super().__init__()
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown classifier '{architecture}', choose from {', '.join(ARCHITECTURES)}")
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown classifier '{backbone}', choose from {', '.join(BACKBONES)}")
         self.save_hyperparameters()
-        self.net = DNN() if architecture == "dnn" else CNN()
-        self.loss = nn.BCEWithLogitsLoss()
+        args = dict(backbone_args or {})
+        if backbone in ("dnn", "cnn"):
+            args.setdefault("preprocessing", preprocessing)
+        self.net = BACKBONES[backbone](**args)
+        self.val_acc = BinaryAccuracy()
+        self.val_auc = BinaryAUROC()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logit of P(generated | x)."""
-        return self.net(x)
+    def forward(self, batch: Batch) -> Tensor:
+        """Logit of P(reference | batch) = log w, shape (N,)."""
+        return self.net(batch)
 
-    def _step(self, batch, stage: str) -> Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.loss(logits, y)
-        acc = ((logits > 0).to(y.dtype) == y).float().mean()
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, batch_size=len(y), prog_bar=stage == "val")
+    def loss(self, batch: Batch, logits: Tensor | None = None) -> Tensor:
+        """Weighted binary cross entropy, nats."""
+        logits = self(batch) if logits is None else logits
+        bce = F.binary_cross_entropy_with_logits(logits, batch["label"], reduction="none")
+        weight = batch.get("weight")
+        return bce.mean() if weight is None else (weight * bce).sum() / weight.sum()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        logits = self(batch)
+        n = len(batch["label"])
+        # probabilities, not logits: torchmetrics would take logits that all lie in [0, 1] for probabilities
+        probs, labels = torch.sigmoid(logits), batch["label"].long()
+        self.val_acc.update(probs, labels)
+        self.val_auc.update(probs, labels)
+        self.log("val_loss", self.loss(batch, logits), on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val_auc", self.val_auc, on_epoch=True, batch_size=n)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        hp = self.hparams
+        return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)
 
     @torch.no_grad()
-    def predict_proba(self, x: Tensor, batch_size: int = 10_000) -> np.ndarray:
-        """Sigmoid output for every row of ``x``, as float64 numpy."""
+    def logits(self, batch: Batch, batch_size: int = 10_000) -> Tensor:
+        """Logits of every row of ``batch`` (evaluation mode, in chunks), on the CPU."""
         was_training = self.training
         self.eval()
-        out = [torch.sigmoid(self(part.to(self.device))).double().cpu() for part in torch.split(x, batch_size)]
+        n = len(next(iter(batch.values())))
+        out = [self({k: v[i:i + batch_size].to(self.device) for k, v in batch.items()}).cpu()
+               for i in range(0, n, batch_size)]
         self.train(was_training)
-        return torch.cat(out).numpy()
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def predict_proba(self, batch: Batch, batch_size: int = 10_000) -> np.ndarray:
+        """P(reference) for every row of ``batch``, as float64 numpy."""
+        return torch.sigmoid(self.logits(batch, batch_size).double()).numpy()
