@@ -108,38 +108,78 @@ def test_calibrated_metrics_limits():
     assert jsd_from_bce(math.log(2)) == 0.0
 
 
-def test_same_distribution_auc_near_half(reference, independent, tmp_path):
-    res = classifier_test(reference, independent, "dnn", "unnormalized", runs=2, epochs=5, seed=0,
-                          batch_size=200, log_dir=tmp_path, name="same")
-    print("same distribution:", res["auc"], res["jsd"])
-    assert 0.44 <= res["auc"]["mean"] <= 0.56
-    for run in res["runs"]:
-        assert 0.0 <= run["jsd"] <= 1.0
-        assert run["jsd"] < 0.05
-        assert 1 <= run["best_epoch"] <= 5
-    # real TensorBoard event files, one folder per run, with the training curves and the test metrics
+@pytest.fixture(scope="module")
+def large_pair() -> tuple[Showers, Showers]:
+    """Two independent 8,000-shower samples of one distribution: 1,600 test showers per class, so a
+    calibrated AUC of indistinguishable samples lies within 0.5 +- 0.03 (about 3 standard deviations)."""
+    return simulate("eplus", 8000, seed=21, progress=False), simulate("eplus", 8000, seed=22, progress=False)
+
+
+@pytest.mark.parametrize("architecture", ["dnn", "features"])
+def test_same_distribution_auc_is_half_after_convergence(large_pair, architecture, tmp_path):
+    res = classifier_test(*large_pair, architecture, "unnormalized", runs=1, seed=0, patience=10,
+                          log_dir=tmp_path, name="same")
+    print(architecture, "same distribution:", res["auc"], res["jsd"], res["runs"][0]["epochs_run"])
+    run = res["runs"][0]
+    assert res["converged"] and run["stopped_early"] and run["best_epoch"] < run["max_epochs"]
+    assert abs(res["auc"]["mean"] - 0.5) <= 0.03
+    assert 0.0 <= run["jsd"] < 0.02
+    # real TensorBoard event files with the training curves and the test metrics
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    for run in ("run0", "run1"):
-        acc = EventAccumulator(str(tmp_path / "same" / run))
-        acc.Reload()
-        tags = set(acc.Tags()["scalars"])
-        assert {"train_loss", "val_loss", "val_acc", "test_auc", "test_jsd"} <= tags
-        assert len(acc.Scalars("val_acc")) == 5
+    acc = EventAccumulator(str(tmp_path / "same" / "run0"))
+    acc.Reload()
+    assert {"train_loss", "val_loss", "val_acc", "val_auc", "test_auc", "test_jsd"} <= set(acc.Tags()["scalars"])
+    assert len(acc.Scalars("val_acc")) == run["epochs_run"]
 
 
-def test_obvious_distortion_auc_near_one(reference, independent):
-    layers = [x.copy() for x in split_layers(independent.voxels)]
+def test_cnn_same_distribution_auc_is_half(reference, independent):
+    """The appendix-A CNN costs ~8 ms per shower and step on one CPU thread: 2,000 showers per sample and a
+    patience of one epoch (on indistinguishable samples the validation loss bottoms out at once)."""
+    res = classifier_test(reference[:2000], independent[:2000], "cnn", "normalized", runs=1, seed=0,
+                          batch_size=250, patience=1)
+    print("cnn same distribution:", res["auc"], res["runs"][0]["epochs_run"])
+    assert res["converged"] and abs(res["auc"]["mean"] - 0.5) <= 0.03
+
+
+def _layer1_shifted(showers: Showers) -> Showers:
+    layers = [x.copy() for x in split_layers(showers.voxels)]
     layers[1] = np.roll(layers[1], 1, axis=2)  # layer 1 shifted by one 40 mm cell in eta
-    shifted = Showers(join_layers(layers), independent.energy)
-    res = classifier_test(reference, shifted, "dnn", "normalized", runs=1, epochs=5, seed=0, batch_size=200)
-    print("shifted layer 1:", res["auc"], res["jsd"])
+    return Showers(join_layers(layers), showers.energy)
+
+
+@pytest.mark.parametrize("architecture,preprocessing", [("dnn", "normalized"), ("features", "high-level")])
+def test_obvious_distortion_auc_near_one(reference, independent, architecture, preprocessing):
+    res = classifier_test(reference, _layer1_shifted(independent), architecture, preprocessing, runs=1, seed=0,
+                          batch_size=200, patience=5)
+    print(architecture, "shifted layer 1:", res["auc"], res["jsd"])
     assert res["auc"]["mean"] > 0.95
     assert 0.5 < res["jsd"]["mean"] <= 1.0
 
 
+def test_early_stopping_trains_longer_than_a_fixed_ten_epochs_and_sees_more(reference, independent):
+    """On a small set (600 vs 600, one batch per epoch) ten epochs are ten updates: not converged."""
+    different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])  # 5 % too much energy
+    fixed = classifier_test(reference[:600], different, "dnn", "unnormalized", runs=1, epochs=10, seed=0)
+    converged = classifier_test(reference[:600], different, "dnn", "unnormalized", runs=1, seed=0, patience=30)
+    print("fixed 10:", fixed["auc"], "converged:", converged["auc"], converged["runs"][0]["epochs_run"])
+    assert not fixed["converged"] and converged["converged"]
+    assert converged["runs"][0]["epochs_run"] > 10
+    assert converged["auc"]["mean"] > fixed["auc"]["mean"] + 0.05
+
+
+def test_schedule_keeps_the_papers_updates_on_small_data():
+    from caloflow.evaluate.classifier_test import PAPER_UPDATES, Schedule
+
+    paper = Schedule.converging(120_000, 1000)  # 120 batches per epoch
+    small = Schedule.converging(6_000, 1000)  # 6 batches per epoch
+    assert paper.max_epochs == 120 and paper.patience == 10
+    assert small.max_epochs * small.steps_per_epoch >= 2 * PAPER_UPDATES and small.patience == 200
+    assert Schedule.fixed(6_000, 1000, 10).patience is None
+
+
 def test_same_seed_same_numbers(reference, independent):
-    kw = dict(architecture="dnn", preprocessing="logit", runs=1, epochs=1, seed=5, batch_size=500, max_showers=600)
+    kw = dict(architecture="dnn", preprocessing="logit", runs=1, epochs=3, seed=5, batch_size=500, max_showers=600)
     a = classifier_test(reference, independent, **kw)
     b = classifier_test(reference, independent, **kw)
     assert a["runs"][0]["auc_uncalibrated"] == b["runs"][0]["auc_uncalibrated"]

@@ -66,8 +66,7 @@ def test_evaluate_end_to_end(files, tmp_path):
     e0_ref = metrics["reference"]["features"]["E0"]["mean"]
     for name in ("good", "bad"):
         sample = metrics["samples"][name]
-        # every feature; E_hat_over_E_inc only where the incident energy was passed to compute_features
-        assert set(FEATURE_NAMES) - {"E_hat_over_E_inc"} <= set(sample["features"]) <= set(FEATURE_NAMES)
+        assert set(sample["features"]) == set(FEATURE_NAMES)  # E_hat_over_E_inc too: the energies are known
         for feat in sample["features"].values():
             assert {"mean", "std", "separation_power"} <= set(feat)
         for model in ("dnn",):
@@ -89,6 +88,41 @@ def test_evaluate_end_to_end(files, tmp_path):
     for stem in ("flow1_features", "average_images", "nearest_neighbours"):
         assert f"(figures/{stem}.png)" in report
     assert list((out / "tensorboard").glob("good_dnn_normalized/run1/events.out.tfevents.*"))
+
+
+def test_evaluate_features_classifier_protocol_and_threshold(files, tmp_path):
+    """--classifier features, converged training, the full protocol in metrics.json, --threshold-reference."""
+    out = tmp_path / "eval"
+    proc = _caloflow("evaluate", "--reference", files["reference"], "--samples", f"bad={files['bad']}", "--out", out,
+                     "--classifier", "features", "--runs", "2", "--patience", "5", "--seed", "4",
+                     "--threshold-reference")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    settings = metrics["settings"]
+    assert settings["threshold_reference"] is True and settings["seeds"] == [4, 5]
+    assert settings["split"] == [0.6, 0.2, 0.2] and settings["training"]["patience"] == 5
+    result = metrics["samples"]["bad"]["classifier"]["features"]["high-level"]
+    assert result["data"]["n_per_class"] == N and result["data"]["test"] == 2 * round(0.2 * N)
+    for run, seed in zip(result["runs"], (4, 5)):
+        assert run["seed"] == seed and run["converged"] and 1 <= run["best_epoch"] <= run["epochs_run"]
+        assert run["epochs_run"] < run["max_epochs"]
+    assert result["auc"]["mean"] > 0.9  # twice the layer-0 energy: the features see it at once
+    report = (out / "report.md").read_text()
+    assert "| bad | FEATURES | high-level |" in report and "| yes |" in report
+    assert "energy_response.png" in sorted(p.name for p in (out / "figures").iterdir())
+
+
+def test_threshold_reference_cuts_the_reference_like_the_sampler(files):
+    from caloflow.data.io import read_showers
+    from caloflow.evaluate.cli import _read_inputs
+
+    raw = read_showers(files["reference"])
+    small = (raw.voxels > 0) & (raw.voxels < 0.01)  # below 10 keV
+    assert small.any()
+    cut, _ = _read_inputs(files["reference"], {}, None, threshold=True)
+    same, _ = _read_inputs(files["reference"], {}, None, threshold=False)
+    assert (cut.voxels[small] == 0).all() and np.array_equal(cut.voxels[~small], raw.voxels[~small])
+    assert np.array_equal(same.voxels, raw.voxels)
 
 
 def _one_line_error(proc_or_err: str) -> str:

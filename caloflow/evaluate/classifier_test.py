@@ -4,7 +4,7 @@
 showers balanced (the same number of each) and split 60/20/20 into train / validation / test per
 class, so every split stays balanced; a :class:`~caloflow.models.ShowerClassifier` is trained with
 a real Lightning Trainer (Adam 5e-4, batch 1000) **to convergence**: training stops once the
-validation loss has not improved for ``patience`` epochs (early stopping), within a generous
+validation loss has not improved (by ``MIN_DELTA``) for ``patience`` epochs (early stopping), within a generous
 maximum. Neither bound depends on how large the data set is: the maximum allows at least twice the
 paper's 7,200 optimizer updates (appendix A: 60 epochs of 120 batches of 1,000) and the patience is
 at least 1,200 updates (10 of the paper's epochs), so a small data set gets more epochs, not fewer
@@ -43,6 +43,9 @@ PAPER_UPDATES = 60 * 120
 #: Early-stopping patience, in optimizer updates (10 of the paper's epochs) and at least in epochs.
 PATIENCE_UPDATES = 1200
 MIN_PATIENCE_EPOCHS = 10
+#: A validation loss (nats) that improves by less than this does not count as an improvement: on
+#: separable samples the loss creeps towards 0 for ever, and the AUC no longer changes.
+MIN_DELTA = 1e-4
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 #: Calibrated probabilities are kept inside [EPS, 1 - EPS] so that the BCE stays finite.
 EPS = 1e-6
@@ -156,7 +159,8 @@ def _train(model: ShowerClassifier, datamodule: CaloDataModule, schedule: Schedu
                                filename="best-{epoch}")
         callbacks: list[Callback] = [best, _EpochProgress(progress)]
         if schedule.patience is not None:
-            callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=schedule.patience))
+            callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=schedule.patience,
+                                           min_delta=MIN_DELTA))
         trainer = make_trainer(schedule.max_epochs, log_dir, name, version, callbacks=callbacks,
                                checkpointing=True, log_every_n_steps=1, accelerator="auto")
         trainer.fit(model, datamodule=datamodule)

@@ -152,12 +152,14 @@ def _read_inputs(reference_path, samples_paths: dict[str, Path], max_showers: in
 
 
 def _compute_features(reference, samples: dict) -> tuple[dict, dict]:
-    """The paper's high-level features (sections 5.2-5.3; MeV, mm) of the reference and of each sample."""
+    """The paper's high-level features (sections 5.2-5.3; MeV, mm) of the reference and of each sample,
+    with E_hat / E_inc from the incident energies."""
     from caloflow.evaluate.features import compute_features
 
     _log("computing features")
-    ref_features = compute_features(reference.voxels)
-    sample_features = {n: compute_features(s.voxels) for n, s in tqdm(samples.items(), desc="features", leave=False)}
+    ref_features = compute_features(reference.voxels, incident_gev=reference.energy)
+    sample_features = {n: compute_features(s.voxels, incident_gev=s.energy)
+                       for n, s in tqdm(samples.items(), desc="features", leave=False)}
     return ref_features, sample_features
 
 
@@ -208,6 +210,8 @@ def _write_figures(reference, samples: dict, ref_features: dict, sample_features
     _log(f"writing figures to {fig_dir}")
     written: dict[str, list[Path]] = {}
     written.update(figs.feature_figures(ref_features, sample_features, fig_dir))
+    written["energy_response"] = figs.energy_response_figure(
+        ref_features, sample_features, reference.energy, {n: s.energy for n, s in samples.items()}, fig_dir)
     written["average_images"] = figs.average_images(reference.voxels, {n: s.voxels for n, s in samples.items()},
                                                     fig_dir)
     index = figs.pick_reference_showers(reference.energy, seed=seed)
