@@ -16,7 +16,7 @@ from nflows.transforms import (
 )
 from nflows.transforms.lu import LULinear
 
-from caloflow.flows.build import build_flow1, build_flow2
+from caloflow.flows.build import REFERENCE_SPLINE, build_flow1, build_flow2
 from caloflow.flows.fast_inverse import fast_inverse, fast_sample
 from caloflow.flows.permutations import LayerwiseRandomPermutation, LayerwiseReversal, SeededRandomPermutation
 
@@ -216,3 +216,61 @@ def test_bad_inputs_are_named():
         fast_inverse(block, torch.randn(8, 4), torch.randn(3, 2))
     with pytest.warns(UserWarning, match="training mode"):
         fast_inverse(block.train(), torch.randn(8, 4), torch.randn(8, 2))
+
+
+NFLOWS_SPLINE = {"min_bin_width": 1e-3, "min_bin_height": 1e-3, "min_derivative": 1e-3}
+
+
+def spline_settings(module):
+    return [(m.min_bin_width, m.min_bin_height, m.min_derivative) for m in module.modules()
+            if isinstance(m, MaskedPiecewiseRationalQuadraticAutoregressiveTransform)]
+
+
+@pytest.mark.parametrize("spline", [None, REFERENCE_SPLINE], ids=["nflows-default", "reference-1e-6"])
+def test_spline_minima_reach_every_block_and_fast_inverse_honours_them(spline):
+    """Flow I and Flow II built with the minima: every nflows transform has them, and fast_inverse
+    (which reads them from each transform) equals nflows' inverse in float64."""
+    expected = tuple((spline or NFLOWS_SPLINE)[k] for k in ("min_bin_width", "min_bin_height", "min_derivative"))
+    kwargs = spline or {}
+    for i, (flow, c_dim, n) in enumerate([(build_flow1(**kwargs), 1, 128),
+                                          (build_flow2(hidden_features=24, n_blocks=3, **kwargs), 4, 16)]):
+        settings = spline_settings(flow)
+        assert len(settings) == (6 if c_dim == 1 else 3) and set(settings) == {expected}
+        torch.manual_seed(i)
+        flow = flow.double().eval()
+        perturb(flow, 0.05, seed=20 + i)
+        g = torch.Generator().manual_seed(21 + i)
+        z = 2.0 * torch.randn(n, flow._distribution._shape[0], generator=g, dtype=torch.float64)
+        c = torch.randn(n, c_dim, generator=g, dtype=torch.float64)
+        check(flow._transform, z, c, torch.float64)
+
+
+def test_the_minima_change_the_spline_and_fast_inverse_follows():
+    """Same weights, minima 1e-3 vs 1e-6: different maps, each inverted exactly by fast_inverse."""
+    torch.manual_seed(0)
+    block = rqs(5, 12, 2, 1, False).double().eval()
+    perturb(block, 0.5, seed=22)
+    g = torch.Generator().manual_seed(23)
+    z = 2 * torch.randn(64, 5, generator=g, dtype=torch.float64)
+    c = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    default = check(block, z, c, torch.float64)
+    block.min_bin_width = block.min_bin_height = block.min_derivative = 1e-6
+    reference = check(block, z, c, torch.float64)
+    assert (default - reference).abs().max() > 1e-6
+
+
+def test_models_keep_the_minima_in_their_checkpoints(tmp_path):
+    import lightning as L
+
+    from caloflow.models import FlowI, FlowII
+
+    for cls, kwargs in ((FlowI, {}), (FlowII, {"hidden_features": 8, "n_blocks": 2})):
+        default = cls(**kwargs)
+        assert set(spline_settings(default)) == {(1e-3, 1e-3, 1e-3)}
+        model = cls(**kwargs, min_bin_width=1e-6, min_bin_height=2e-6, min_derivative=3e-6)
+        path = tmp_path / f"{cls.__name__}.ckpt"
+        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                    "pytorch-lightning_version": L.__version__}, path)
+        restored = cls.load_from_checkpoint(path)
+        assert restored.hparams.min_derivative == 3e-6
+        assert set(spline_settings(restored)) == {(1e-6, 2e-6, 3e-6)}

@@ -2,7 +2,9 @@
 
 Both flows are MADE blocks with rational-quadratic spline transforms (linear tails, tail bound
 14 because logit(1e-6) = -13.82, 8 bins), ReLU, no batch normalisation, plain (non-residual)
-hidden layers, and a standard-normal base. Flow I: 6 blocks on the 3 u-space features,
+hidden layers, and a standard-normal base. The spline's minimal bin width, bin height and
+derivative default to nflows' 1e-3; the published reference implementation of CaloFlow uses 1e-6
+for all three (:data:`REFERENCE_SPLINE`, set by the paper configs). Flow I: 6 blocks on the 3 u-space features,
 random permutations between blocks. Flow II: 8 blocks on the 504 voxels, alternately a
 layer-wise reversal and a layer-wise random permutation between blocks.
 """
@@ -13,12 +15,20 @@ from collections.abc import Callable, Sequence
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
 from nflows.transforms import CompositeTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform, Transform
+from nflows.transforms.splines.rational_quadratic import (
+    DEFAULT_MIN_BIN_HEIGHT,
+    DEFAULT_MIN_BIN_WIDTH,
+    DEFAULT_MIN_DERIVATIVE,
+)
 
 from caloflow.data.geometry import LAYER_SIZES
 from caloflow.flows.permutations import LayerwiseRandomPermutation, LayerwiseReversal, SeededRandomPermutation
 
 #: RQS settings shared by both flows: the logit of [alpha, 1-alpha] lies inside +-13.82.
 TAIL_BOUND = 14.0
+#: Minimal bin width, bin height and derivative of the splines in the published CaloFlow code
+#: (nflows' defaults, used when nothing is passed, are 1e-3).
+REFERENCE_SPLINE = {"min_bin_width": 1e-6, "min_bin_height": 1e-6, "min_derivative": 1e-6}
 
 
 def made_rqs_block(
@@ -29,8 +39,15 @@ def made_rqs_block(
     num_bins: int = 8,
     dropout: float = 0.0,
     tail_bound: float = TAIL_BOUND,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
 ) -> MaskedPiecewiseRationalQuadraticAutoregressiveTransform:
     """One MADE + RQS block as in the paper (fig. 1): plain masked layers, context added to the first."""
+    if min(min_bin_width, min_bin_height, min_derivative) <= 0:
+        raise ValueError("min_bin_width, min_bin_height and min_derivative must be positive")
+    if max(min_bin_width, min_bin_height) * num_bins >= 1:
+        raise ValueError(f"min_bin_width and min_bin_height must be below 1 / num_bins = {1 / num_bins:g}")
     return MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
         features=features,
         hidden_features=hidden_features,
@@ -43,6 +60,9 @@ def made_rqs_block(
         random_mask=False,
         dropout_probability=dropout,
         use_batch_norm=False,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
     )
 
 
@@ -55,11 +75,17 @@ def made_stack(
     num_bins: int,
     dropout: float,
     permutation: Callable[[int], Transform],
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
 ) -> Flow:
     """``n_blocks`` MADE-RQS blocks with ``permutation(i)`` after block ``i`` (not after the last)."""
     transforms: list[Transform] = []
     for i in range(n_blocks):
-        transforms.append(made_rqs_block(features, context_features, hidden_features, num_blocks, num_bins, dropout))
+        transforms.append(made_rqs_block(
+            features, context_features, hidden_features, num_blocks, num_bins, dropout,
+            min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
+        ))
         if i < n_blocks - 1:
             transforms.append(permutation(i))
     return Flow(CompositeTransform(transforms), StandardNormal([features]))
@@ -74,11 +100,15 @@ def build_flow1(
     num_bins: int = 8,
     dropout: float = 0.0,
     permutation_seed: int = 0,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
 ) -> Flow:
     """Flow I: p(u_logit | log10(E_inc / 10 GeV)). Paper size: 79,134 parameters."""
     return made_stack(
         features, context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout,
         lambda i: SeededRandomPermutation(features, seed=permutation_seed + i),
+        min_bin_width, min_bin_height, min_derivative,
     )
 
 
@@ -91,6 +121,9 @@ def build_flow2(
     num_bins: int = 8,
     dropout: float = 0.05,
     permutation_seed: int = 0,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
 ) -> Flow:
     """Flow II: p(logit of layer-normalised voxels | E_inc, E_0, E_1, E_2). Paper size: 37,835,280 parameters."""
 
@@ -100,7 +133,8 @@ def build_flow2(
         return LayerwiseRandomPermutation(layer_sizes, seed=permutation_seed + i)
 
     return made_stack(
-        sum(layer_sizes), context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout, permutation
+        sum(layer_sizes), context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout, permutation,
+        min_bin_width, min_bin_height, min_derivative,
     )
 
 

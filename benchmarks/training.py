@@ -1,0 +1,252 @@
+"""Flow II training step: stock nflows + ``torch.optim.Adam`` vs caloflow's step (same mathematics).
+
+One training step = encode a batch of showers (the model's preprocessing), mean NLL, backward,
+optimiser step, in training mode (dropout on). For each model size (``paper``: the architecture of
+``configs/flow2.yaml``; ``demo``: ``configs/demo/flow2.yaml``; batch size from the config) and each
+thread count it times, interleaved step by step so both see the same machine load,
+
+* **stock**: ``FlowII(fast_training=False)`` (nflows' forward) with ``torch.optim.Adam(model.parameters(), lr)``
+  (PyTorch's default implementation: the per-parameter loop on CPU);
+* **caloflow**: ``FlowII(fast_training=True)`` (:mod:`caloflow.flows.fast_training`) with the
+  optimiser of its ``configure_optimizers`` (fused Adam),
+
+and prints the median wall time and median CPU time per step over ``--repeats`` steps (after
+``--warmup`` untimed steps) and the speed-up. Both models start from the same weights (same seed)
+and train on the same showers of the embedded simulator (uniform 0-1 keV noise added, as the data
+module does).
+
+The check (:func:`agreement`): ``--check-runs`` short trainings of ``--check-steps`` steps each, on
+their own showers and dropout draws, of the stock step, caloflow's step and a float64 run of the
+stock step from the same weights; the table reports the largest relative difference of the first
+losses (the same weights and batch: float32 rounding), the relative L2 error of the first-step
+gradients against float64, and after the steps the distance between the runs' parameters relative
+to the size of the float64 run's update, ``|theta_a - theta_b| / |theta_64 - theta_0|`` (median and
+max over the runs). Parameter-by-parameter equality is not to be had in float32 (see
+:func:`agreement`); the float64 comparison says whether caloflow's step is as close to the exact
+step as the stock one.
+
+    python benchmarks/training.py --threads 1 2 --repeats 5 --out /tmp/training.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from importlib import resources
+
+import torch
+import yaml
+
+from caloflow.data.simulate import simulate
+from caloflow.flows.build import count_parameters
+from caloflow.flows.fast_training import installed
+from caloflow.models import FlowII
+
+CONFIGS = {"paper": "flow2.yaml", "demo": "demo/flow2.yaml"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", choices=sorted(CONFIGS), default=["paper", "demo"])
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op thread counts, e.g. 1 2")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per model; the median is reported")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, thread pools)")
+    p.add_argument("--check-steps", type=int, default=3, help="steps per run of the agreement check (0: no check)")
+    p.add_argument("--check-runs", type=int, default=3, help="runs of the agreement check (own showers, dropout)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def config(size: str) -> tuple[dict, int]:
+    """Model init_args and batch size of a shipped Flow II config."""
+    text = resources.files("caloflow.configs").joinpath(CONFIGS[size]).read_text()
+    cfg = yaml.safe_load(text)
+    return dict(cfg["model"]["init_args"]), int(cfg["data"]["init_args"]["batch_size"])
+
+
+def showers(n: int, seed: int) -> dict:
+    s = simulate("eplus", n, seed=seed, progress=False)
+    g = torch.Generator().manual_seed(seed)
+    voxels = torch.as_tensor(s.voxels, dtype=torch.float32)
+    voxels = voxels + 1e-3 * torch.rand(voxels.shape, generator=g)  # [0, 1 keV) in MeV
+    return {"voxels": voxels, "energy": torch.as_tensor(s.energy, dtype=torch.float32)}
+
+
+def models(init_args: dict, seed: int):
+    torch.manual_seed(seed)
+    stock = FlowII(**init_args, fast_training=False)
+    torch.manual_seed(seed)
+    fast = FlowII(**init_args, fast_training=True)
+    assert installed(stock) == 0 and installed(fast) == init_args["n_blocks"]
+    fast.load_state_dict(stock.state_dict())
+    lr = init_args["lr"]
+    return (stock.train(), torch.optim.Adam(stock.parameters(), lr=lr)), \
+        (fast.train(), fast.configure_optimizers()["optimizer"])
+
+
+def step(model, optimizer, batch) -> float:
+    optimizer.zero_grad()
+    loss = model.nll(batch)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def time_steps(pairs, batches, warmup: int, repeats: int) -> list[dict]:
+    """Interleaved steps of each (model, optimiser); median wall and CPU (process) ms per step."""
+    wall = [[] for _ in pairs]
+    cpu = [[] for _ in pairs]
+    for i in range(warmup + repeats):
+        batch = batches[i % len(batches)]
+        for j, (model, opt) in enumerate(pairs):
+            w0, c0 = time.perf_counter(), time.process_time()
+            step(model, opt, batch)
+            if i >= warmup:
+                wall[j].append(1e3 * (time.perf_counter() - w0))
+                cpu[j].append(1e3 * (time.process_time() - c0))
+    return [{"wall_ms": statistics.median(w), "cpu_ms": statistics.median(c), "wall_all": w, "cpu_all": c}
+            for w, c in zip(wall, cpu)]
+
+
+def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int) -> dict:
+    """``runs`` short trainings of ``steps`` steps each (their own showers and dropout draws) of the
+    stock step, caloflow's step and a float64 run of the stock step, all from the same weights.
+
+    Per run: the relative difference of the first losses; the relative L2 error (all parameters) of
+    the first-step gradients against float64; and after the steps the distance between the runs'
+    parameters relative to the float64 run's update, ``|theta_a - theta_b| / |theta_64 - theta_0|``.
+
+    Two float32 computations that round differently cannot agree parameter by parameter after Adam
+    steps: Adam divides each gradient by its own magnitude, so a parameter whose gradient is at the
+    level of rounding moves by +-lr with the sign of the rounding; and the spline's gradient with
+    respect to its parameters jumps where a point crosses a knot (value and slope are continuous),
+    so a point within one rounding of a knot (a fraction of one per step among Flow II's ~5M
+    point-knot comparisons) can take the neighbouring bin's gradient, in any float32 run. The errors
+    against float64 say whether caloflow's step is as close to the exact step as the stock one.
+    """
+    (stock, _), (fast, _) = models(init_args, seed)
+    ref = FlowII(**init_args, fast_training=False).double().train()
+    initial = {k: v.clone() for k, v in stock.state_dict().items()}
+    start = [p.detach().double().clone() for p in stock.parameters()]
+    lr = init_args["lr"]
+    out = {"steps": steps, "runs": runs, "first_loss_rel_diff": [], "losses": [],
+           "grad_rel_error": {"stock_vs_float64": [], "caloflow_vs_float64": [], "caloflow_vs_stock": []},
+           "update_rel_error": {"stock_vs_float64": [], "caloflow_vs_float64": [], "caloflow_vs_stock": []}}
+
+    def rel_error(a, b, den):
+        return float(sum(((g - h) ** 2).sum() for g, h in zip(a, b)).sqrt() / den)
+
+    for run in range(runs):
+        for model in (stock, fast, ref):
+            model.load_state_dict(initial)
+        opts = {"stock": torch.optim.Adam(stock.parameters(), lr=lr),
+                "caloflow": fast.configure_optimizers()["optimizer"],
+                "float64": torch.optim.Adam(ref.parameters(), lr=lr)}
+        batches = [showers(batch_size, seed + 100 * (run + 1) + i) for i in range(steps)]
+        losses = {"stock": [], "caloflow": [], "float64": []}
+        for i, batch in enumerate(batches):
+            grads = {}
+            for name, model in (("stock", stock), ("caloflow", fast), ("float64", ref)):
+                opts[name].zero_grad()
+                torch.manual_seed(seed + 1000 * (run + 1) + i)  # the same dropout masks in all three
+                if name == "float64":
+                    x, c = stock.encode(batch)  # the same float32 inputs
+                    loss = -ref.flow.log_prob(x.double(), context=c.double()).mean()
+                else:
+                    loss = model.nll(batch)
+                loss.backward()
+                if i == 0:
+                    grads[name] = [p.grad.double() for p in model.parameters()]
+                opts[name].step()
+                losses[name].append(loss.item())
+            if i == 0:
+                den = sum((h ** 2).sum() for h in grads["float64"]).sqrt()
+                for key in out["grad_rel_error"]:
+                    a, b = key.split("_vs_")
+                    out["grad_rel_error"][key].append(rel_error(grads[a], grads[b], den))
+        params = {"stock": [p.detach().double() for p in stock.parameters()],
+                  "caloflow": [p.detach().double() for p in fast.parameters()],
+                  "float64": [p.detach() for p in ref.parameters()]}
+        update = sum(((q - s0) ** 2).sum() for q, s0 in zip(params["float64"], start)).sqrt()
+        for key in out["update_rel_error"]:
+            a, b = key.split("_vs_")
+            out["update_rel_error"][key].append(rel_error(params[a], params[b], update))
+        out["first_loss_rel_diff"].append(abs(losses["caloflow"][0] - losses["stock"][0]) / abs(losses["stock"][0]))
+        out["losses"].append(losses)
+    return out
+
+
+def _med_max(values) -> str:
+    return f"{statistics.median(values):.1e} ({max(values):.1e})" if values else "-"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "rows": []}
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; "
+          f"median of {args.repeats} steps after {args.warmup} warm-up")
+    data = {}
+    for size in args.sizes:
+        init_args, batch_size = config(size)
+        if batch_size not in data:
+            all_showers = showers(2 * batch_size, args.seed)
+            data[batch_size] = [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in all_showers.items()}
+                                for i in range(2)]
+        batches = data[batch_size]
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            pairs = models(init_args, args.seed)
+            stock, fast = time_steps(pairs, batches, args.warmup, args.repeats)
+            n_params = count_parameters(pairs[0][0])
+            del pairs
+            if threads == args.threads[0]:  # the check does not depend on the thread count: once per size
+                check = (agreement(init_args, batch_size, args.check_steps, args.check_runs, args.seed)
+                         if args.check_steps else None)
+            else:
+                check = None
+            row = {"size": size, "hidden": init_args["hidden_features"], "parameters": n_params,
+                   "batch": batch_size, "threads": threads, "stock": stock, "caloflow": fast,
+                   "speedup_wall": stock["wall_ms"] / fast["wall_ms"], "speedup_cpu": stock["cpu_ms"] / fast["cpu_ms"],
+                   "check": check}
+            results["rows"].append(row)
+            print(f"  {size}, {threads} thread(s): stock {stock['wall_ms']:.0f} ms, caloflow {fast['wall_ms']:.0f} ms",
+                  flush=True)
+
+    lines = ["| size | parameters | batch | threads | stock ms/step (wall / CPU) | caloflow ms/step (wall / CPU) "
+             "| speed-up (wall / CPU) | first loss, caloflow vs stock | first-step gradient error vs float64: "
+             "stock / caloflow | update error after the steps: stock vs float64 / caloflow vs float64 / "
+             "caloflow vs stock |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results["rows"]:
+        c = r["check"]
+        cells = "| - | - | - |"
+        if c:
+            g, u = c["grad_rel_error"], c["update_rel_error"]
+            cells = (f"| {max(c['first_loss_rel_diff']):.1e} | {_med_max(g['stock_vs_float64'])} / "
+                     f"{_med_max(g['caloflow_vs_float64'])} | {_med_max(u['stock_vs_float64'])} / "
+                     f"{_med_max(u['caloflow_vs_float64'])} / {_med_max(u['caloflow_vs_stock'])} |")
+        lines.append(
+            f"| {r['size']} (hidden {r['hidden']}) | {r['parameters']:,} | {r['batch']} | {r['threads']} "
+            f"| {r['stock']['wall_ms']:,.0f} / {r['stock']['cpu_ms']:,.0f} "
+            f"| {r['caloflow']['wall_ms']:,.0f} / {r['caloflow']['cpu_ms']:,.0f} "
+            f"| {r['speedup_wall']:.2f}x / {r['speedup_cpu']:.2f}x " + cells)
+    lines.append("")
+    lines.append("Errors: median (max) over the check's runs; relative L2 norms over all parameters (see the "
+                 "docstring of benchmarks/training.py). First loss: the largest relative difference over the runs.")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    results["table"] = table
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
