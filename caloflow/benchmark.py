@@ -288,7 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of {','.join(GENERATORS)} (default: all)")
     parser.add_argument("--batch-sizes", nargs="+", type=cli_args.positive_int, default=list(DEFAULT_BATCH_SIZES),
                         help="batch sizes (default 10 100 1000 10000)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU")
+    parser.add_argument("--device", type=cli_args.device, default="cpu",
+                        help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU")
     parser.add_argument("--threads", type=cli_args.positive_int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--max-seconds", type=cli_args.positive_float, default=600.0,
@@ -310,9 +311,17 @@ def _check(args: argparse.Namespace) -> dict:
         raise CaloflowError("--flow1 and --flow2 go together: give both or neither")
     if args.paper_size and (args.flow1 or args.calogan):
         raise CaloflowError("--paper-size uses untrained models: give it or checkpoints, not both")
-    for option, path in (("--flow1", args.flow1), ("--flow2", args.flow2), ("--calogan", args.calogan)):
+    for option, path, model in (("--flow1", args.flow1, "caloflow.models.FlowI"),
+                                ("--flow2", args.flow2, "caloflow.models.FlowII"),
+                                ("--calogan", args.calogan, "caloflow.models.CaloGAN")):
         if path and not Path(path).is_file():
             raise CaloflowError(f"{option} {path}: no such checkpoint file")
+        if path:  # readable, and of the right model, before anything is built or timed
+            from caloflow.lightning_cli import checkpoint_model_mismatch, read_checkpoint
+
+            mismatch = checkpoint_model_mismatch(read_checkpoint(path, option), model)
+            if mismatch:
+                raise CaloflowError(f"{option} {path}: {mismatch}")
     if "simulator" in names and args.simulator not in PARTICLES:
         raise CaloflowError(f"--simulator: unknown particle '{args.simulator}', expected one of {', '.join(PARTICLES)}")
     try:

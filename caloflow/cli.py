@@ -34,7 +34,14 @@ def _fail(prog: str, message: str, code: int = 2) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``caloflow SUBCOMMAND ...``; returns the exit code."""
+    """``caloflow SUBCOMMAND ...``; returns the exit code (130 after Ctrl-C, at any moment)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also while the subcommand's modules are still being imported
+        return _fail("caloflow", "interrupted", 130)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return lightning_main(argv if argv != sys.argv[1:] else None, prog="caloflow")
@@ -64,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         code = modules[args.command].run(args)
     except CaloflowError as e:
         return _fail("caloflow", str(e))
-    except KeyboardInterrupt:
-        return _fail("caloflow", "interrupted", 130)
     return int(code or 0)
 
 
@@ -75,16 +80,22 @@ def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> in
 
     import argparse
 
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         cli_main(argv)
     except argparse.ArgumentError as e:  # a bad option or config value, found by jsonargparse
         return _fail(prog, one_line(str(e)))
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted", 130)
     except Exception as e:
         # jsonargparse wraps errors raised while building the classes; report the caloflow one
         cause = _caloflow_cause(e)
-        if cause is None:
-            raise
-        return _fail(prog, str(cause))
+        if cause is not None:
+            return _fail(prog, str(cause))
+        if isinstance(e, MisconfigurationException):  # Lightning refusing a Trainer setting
+            return _fail(prog, " ".join(str(e).split()))
+        raise
     return 0
 
 
@@ -93,16 +104,51 @@ _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "E
           "Problem with given class_path", "Parser key")
 
 
+def _literal(match: re.Match) -> str:
+    """``typing.Literal['a', 'b']`` -> ``one of a, b``."""
+    values = [v.strip().strip("'\"") for v in match.group(1).split(",")]
+    return "one of " + ", ".join(values)
+
+
+def _wording(line: str) -> str:
+    """One of jsonargparse's messages in caloflow's wording: ``expected an int, got abc``."""
+    line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
+    line = re.sub(r"typing\.Literal\[([^\]]*)\]", _literal, line)
+    line = re.sub(r"^Option '([^']+)' is not accepted$", r"unknown key '\1'", line)
+    line = re.sub(r"Expected a (int|float|bool|str)\b", lambda m: f"expected {'an' if m[1] == 'int' else 'a'} {m[1]}",
+                  line)
+    line = re.sub(r"Expected an? ", "expected ", line)
+    line = re.sub(r"\.? Got value: (.*)$", r", got \1", line)
+    line = re.sub(r"^Not of type \w+: (\S+) does not conform to restriction v>0$", r"must be > 0, got \1", line)
+    line = re.sub(r"^Not of type \w+: (\S+) does not conform to restriction v>=0$", r"must be >= 0, got \1", line)
+    return line
+
+
 def one_line(message: str) -> str:
-    """jsonargparse's nested, multi-line error as one line: ``--KEY: what is wrong (got VALUE)``."""
+    """jsonargparse's nested, multi-line error as one line: ``--KEY: what is wrong, got VALUE``."""
     lines = [line.strip().lstrip("- ").strip() for line in message.splitlines() if line.strip()]
     keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', message)))
-    details = [re.sub(r"<class '([\w.]+)'>", r"\1", line) for line in lines if not line.startswith(_NOISE)]
+    first = lines[0] if lines else "invalid arguments"
+    unknown = re.fullmatch(r"Subcommand '\w+' does not accept options? '([^']+)'\.?", first)
+    if unknown and not keys:  # an unknown key in a config file
+        return f"--{unknown.group(1)}: unknown key"
+    required = re.fullmatch(r"the following arguments are required: (.+)", first)
+    if required and not keys:
+        names = [re.sub(r"^(fit|validate|test|predict)\.", "", n.strip()) for n in required.group(1).split(",")]
+        return f"missing {', '.join('--' + n for n in names)} (give it in a config, -c, or on the command line)"
+    details = [_wording(line) for line in lines if not line.startswith(_NOISE)]
     given = [line.split(":", 1)[1].strip() for line in lines
              if line.startswith("Given value:") and "NestedArg(" not in line]
-    text = " or ".join(dict.fromkeys(details)) or (lines[0] if lines else "invalid arguments")
-    if given and "Got value" not in text:
-        text += f" (got {given[0]})"
+    path = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
+    if path:  # a class_path that does not import: say so, and why
+        details = [f"unknown class '{path.group(1)}'"] + [d for d in details if not d.startswith("expected path")]
+        details = [details[0] + (f" ({'; '.join(details[1:])})" if details[1:] else "")]
+        given = []
+    text = " or ".join(dict.fromkeys(details)) or _wording(first)
+    # "expected a bool or expected an int (got abc)" -> "expected a bool or an int, got abc"
+    text = re.sub(r" or expected ", " or ", text)
+    if given and ", got " not in text:
+        text += f", got {given[0]}"
     return f"--{'.'.join(keys)}: {text}" if keys else text
 
 

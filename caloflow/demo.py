@@ -31,6 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default 0)")
 
 
+def _check_config(path: Path) -> None:
+    """What can be refused in a training config before the simulation starts: YAML, the model's
+    hyperparameters (the checks of ``lightning fit``; the rest is checked when each fit starts)."""
+    import yaml
+
+    from caloflow.cli_args import check_yaml_file, hyperparameter_problems
+
+    check_yaml_file(path, "--configs")
+    config = yaml.safe_load(path.read_text()) or {}
+    model = config.get("model") if isinstance(config, dict) else None
+    init = model.get("init_args") if isinstance(model, dict) else None
+    for name, problem in hyperparameter_problems(init if isinstance(init, dict) else {}):
+        raise CaloflowError(f"--configs {path}: model.init_args.{name}: {problem}")
+
+
 def _say(argv: list[str]) -> None:
     print("\n$ " + " ".join(shlex.quote(a) for a in argv), flush=True)
 
@@ -65,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("flow1.yaml", "flow2.yaml"):
         if not (configs / name).is_file():
             raise CaloflowError(f"--configs {configs}: no {name} there")
+        _check_config(configs / name)
     start = time.time()
     train = out / "data" / f"{args.particle}_train.hdf5"
     reference = out / "data" / f"{args.particle}_reference.hdf5"

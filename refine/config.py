@@ -22,7 +22,9 @@ Init arguments that follow from the data are set by the protocol, not the config
 the refiner's ``latent_dim``. ``quick`` is a partial config in the same format, merged over the
 rest by ``--quick`` (jsonargparse's merge of a second config: ``init_args`` alone update the class
 already chosen). Types are checked, unknown keys rejected; every error is reported as one line
-naming the key (:class:`ConfigError`).
+naming the key (:class:`ConfigError`); so are values of the right type that no run can use
+(a learning rate <= 0, a size < 1, a NaN or infinite step, ...: :func:`_check_values`), all before
+any training.
 """
 from __future__ import annotations
 
@@ -140,11 +142,41 @@ def one_line(message: str, *prefix: str) -> str:
             line = re.sub(r"^Option '([^']+)' is not accepted$", r"unknown key '\1'", line)
             line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
             line = re.sub(r"^Expected an? (.+?)\. Got value: (.*)$", r"expected \1, got \2", line)
+            line = re.sub(r"^Not of type (\w+): ?(.*?) ?does not conform to restriction (.+)$", _restriction, line)
             line = re.sub(r"^the following arguments are required: ", "missing key(s): ", line)
             problems.append(line)
     where = ".".join(keys)
     text = "; ".join(problems) or "invalid"
     return f"{where}: {text}" if where else text
+
+
+def _restriction(match: re.Match) -> str:
+    """jsonargparse's "Not of type PositiveInt: 0 does not conform to restriction v>0" in plain words."""
+    kind, value, restriction = match.groups()
+    what = "an integer" if kind.endswith("Int") else "a number"
+    bound = re.sub(r"^v\s*(>=|<=|>|<)\s*", r"\1 ", restriction.strip())
+    return f"must be {what} {bound}" + (f", got {value}" if value else "")
+
+
+def _check_values(cfg, where: str) -> None:
+    """Values of the right type that no run can use (checked before any training), each refused in
+    one line naming the key: the classes' hyperparameters by name (the rules of every caloflow model,
+    :func:`caloflow.cli_args.hyperparameter_problems`: learning rates > 0, decays in (0, 1], sizes
+    >= 1, everything finite), a non-finite HMC step or weight clip, and histograms of fewer than 2
+    bins per axis (every method would score 0)."""
+    import math
+
+    from caloflow.cli_args import hyperparameter_problems
+
+    for section in ("baseline", "classifier", "refiner"):
+        for name, problem in hyperparameter_problems(init_args(cfg[section])):
+            raise ConfigError(f"{where}: {section}.init_args.{name}: {problem}")
+    for key, value in (("hmc.step_size", cfg.hmc.step_size), ("hmc.clip", cfg.hmc.clip),
+                       ("classifier_training.clip", cfg.classifier_training.clip)):
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{where}: {key}: must be finite, got {value}")
+    if cfg.bins < 2:
+        raise ConfigError(f"{where}: bins: must be at least 2 (one bin scores every method 0), got {cfg.bins}")
 
 
 def _parse(args: list[str], where: str):
@@ -185,11 +217,13 @@ def parse_config(path: str | Path, quick: bool = False):
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(text, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    cfg = _parse(["--config", str(path)], str(path))
+    cfg, where = _parse(["--config", str(path)], str(path)), str(path)
     if quick and cfg.quick:
-        cfg = _parse(["--config", str(path), "--config", yaml.safe_dump(cfg.quick)], f"{path} (with its quick section)")
+        where = f"{path} (with its quick section)"
+        cfg = _parse(["--config", str(path), "--config", yaml.safe_dump(cfg.quick)], where)
         cfg.quick = None
     _check_classifier(cfg, str(path))
+    _check_values(cfg, where)
     return cfg
 
 

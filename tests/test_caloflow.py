@@ -239,3 +239,47 @@ def test_flows_encode_physical_batches_with_their_own_preprocessing(eplus_file):
     big = batch["voxels"] > 1.0
     assert torch.allclose(voxels[big], batch["voxels"][big].double(), rtol=1e-3)
     assert torch.allclose(flow2.log_prob(batch["voxels"], batch["energy"]).mean(), -flow2.nll(batch))
+
+
+def test_models_remember_their_training_domain(trained, eplus_file, tmp_path):
+    """Checkpoints and generated files carry the energy range and particle; outside it: a warning or --strict."""
+    from caloflow.domain import Domain, of_file
+    from caloflow.models import FlowII
+
+    data = read_showers(eplus_file)
+    flow2 = FlowII.load_from_checkpoint(checkpoint(trained["flow2"]))
+    assert flow2.domain.particle == "eplus"
+    lo, hi = flow2.domain.energy_gev
+    assert (lo, hi) == (1.0, 100.0)  # the range the simulated file declares, not the few energies seen
+    flows = ["--flow1", str(checkpoint(trained["flow1"])), "--flow2", str(checkpoint(trained["flow2"]))]
+    inside = run_cli("caloflow", "generate", *flows, "--n", "20", "--out", str(tmp_path / "in.hdf5"), "--no-progress")
+    assert inside.returncode == 0 and "warning" not in inside.stderr
+    assert of_file(tmp_path / "in.hdf5") == Domain((lo, hi), "eplus")
+    out = tmp_path / "far.hdf5"
+    far = run_cli("caloflow", "generate", *flows, "--n", "20", "--energy-range", "500", "1000", "--out", str(out),
+                  "--no-progress")
+    warnings = [line for line in far.stderr.splitlines() if "warning" in line]
+    assert far.returncode == 0 and len(warnings) == 1 and "--energy-range 500 1000" in warnings[0]
+    strict = run_cli("caloflow", "generate", *flows, "--n", "20", "--energy-range", "500", "1000", "--strict",
+                     "--out", str(tmp_path / "strict.hdf5"))
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr and not (tmp_path / "strict.hdf5").exists()
+    assert "outside the" in strict.stderr.strip().splitlines()[-1]
+
+
+def test_broken_weights_are_refused_not_written_as_zeros(trained, tmp_path):
+    """NaN weights: refused at load (one line), never post-processed into all-zero showers."""
+    from caloflow.models import FlowII
+
+    ckpt = torch.load(checkpoint(trained["flow2"]), weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
+    ckpt["state_dict"][key] = torch.full_like(ckpt["state_dict"][key], float("nan"))
+    broken = tmp_path / "nan.ckpt"
+    torch.save(ckpt, broken)
+    result = run_cli("caloflow", "generate", "--flow1", str(checkpoint(trained["flow1"])), "--flow2", str(broken),
+                     "--n", "10", "--out", str(tmp_path / "x.hdf5"))
+    assert result.returncode == 2 and not (tmp_path / "x.hdf5").exists()
+    assert result.stderr.strip().splitlines()[-1].endswith("the weights are not finite (NaN or inf): the model is broken")
+    # the model itself marks a non-finite draw as NaN instead of turning it into zeros
+    model = FlowII.load_from_checkpoint(broken)
+    voxels = model.sample(torch.tensor([10.0]), torch.tensor([[1000.0, 8000.0, 10.0]]))
+    assert torch.isnan(voxels).all()

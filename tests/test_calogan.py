@@ -29,6 +29,7 @@ from caloflow.models.calogan import (
     resize_layer1_to_layer2,
 )
 from caloflow.models.layers import InpaintingAttention, LocallyConnected2d, MinibatchDiscrimination
+from tests.conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
@@ -317,7 +318,7 @@ def test_smoke_config_fits_through_lightning_cli(shower_file, tmp_path):
     result = subprocess.run(
         [exe, "fit", "-c", str(REPO / "configs/smoke/calogan.yaml"), "--trainer.default_root_dir", str(root),
          "--data.path", str(shower_file)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=HANG_GUARD_S, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(root.glob("**/checkpoints/best_histogram.ckpt"))
@@ -338,7 +339,7 @@ def test_smoke_config_fits_through_lightning_cli(shower_file, tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "caloflow.cli", "generate", "--calogan", ckpt, "--n", "64", "--seed", "4",
              "--batch-size", "32", "--out", str(tmp_path / name)],
-            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+            capture_output=True, text=True, timeout=HANG_GUARD_S, env=env, cwd=tmp_path,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append(read_showers(tmp_path / name))  # validates: finite, non-negative, shapes

@@ -16,6 +16,7 @@ from caloflow.data.geometry import join_layers, split_layers
 from caloflow.data.io import Showers, write_showers
 from caloflow.data.simulate import simulate
 from caloflow.evaluate.features import FEATURE_NAMES
+from tests.conftest import HANG_GUARD_S
 
 N = 1200
 
@@ -40,7 +41,7 @@ def files(tmp_path_factory):
     return paths
 
 
-def _caloflow(*args, timeout=300):
+def _caloflow(*args, timeout=HANG_GUARD_S):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     return subprocess.run([sys.executable, "-m", "caloflow.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -156,3 +157,17 @@ def test_bad_input_one_line(files, tmp_path, capsys, args, expected):
     line = _one_line_error(capsys.readouterr().err)
     assert expected in line
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_warns_or_refuses_another_particle(tmp_path):
+    gamma = write_showers(tmp_path / "gamma.hdf5", simulate("gamma", 50, seed=3, progress=False),
+                          attrs={"particle": "gamma"})
+    eplus = write_showers(tmp_path / "eplus.hdf5", simulate("eplus", 50, seed=4, progress=False),
+                          attrs={"particle": "eplus"})
+    args = ["evaluate", "--reference", eplus, "--samples", f"g={gamma}", "--classifier", "none"]
+    warned = _caloflow(*args, "--out", tmp_path / "warned")
+    assert warned.returncode == 0, warned.stderr[-2000:]
+    lines = [line for line in warned.stderr.splitlines() if "warning" in line]
+    assert len(lines) == 1 and "gamma showers, but the other side is eplus" in lines[0]
+    refused = _caloflow(*args, "--out", tmp_path / "refused", "--strict")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()

@@ -1,4 +1,4 @@
-"""CaloGAN HDF5 format: round trip, slices, dtypes, atomic writes and every validation error."""
+"""CaloGAN HDF5 format: round trip, slices, dtypes, atomic and streaming writes, chunked reads and every validation error."""
 from __future__ import annotations
 
 import h5py
@@ -123,3 +123,86 @@ def test_missing_and_non_hdf5_files(tmp_path):
         read_showers(text)
     with pytest.raises(DataFormatError, match="is a directory"):
         read_showers(tmp_path)
+
+
+# --- streaming output and chunked input ------------------------------------------------------
+def _contents(path):
+    with h5py.File(path, "r") as f:
+        return {k: (f[k].dtype, f[k].shape, f[k][()].tobytes()) for k in f}, dict(f.attrs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shower_writer_equals_write_showers(tmp_path, dtype):
+    from caloflow.data.io import ShowerWriter
+
+    s = make_showers(23, seed=4)
+    write_showers(tmp_path / "memory.hdf5", s, dtype=dtype, attrs={"seed": 4})
+    with ShowerWriter(tmp_path / "stream.hdf5", dtype=dtype, attrs={"seed": 4}, block_rows=4) as out:
+        for start, stop in ((0, 3), (3, 3), (3, 4), (4, 14), (14, 23)):  # across, at and inside blocks
+            out.append(s[start:stop])
+        assert out.n == 23
+    assert _contents(tmp_path / "stream.hdf5") == _contents(tmp_path / "memory.hdf5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.hdf5", "stream.hdf5"]
+    with h5py.File(tmp_path / "stream.hdf5") as f:
+        assert f["layer_0"].maxshape == (None, 3, 96) and f["layer_0"].chunks is not None
+
+
+def test_shower_writer_arrays_attrs_and_empty(tmp_path):
+    from caloflow.data.io import ShowerWriter
+
+    s = make_showers(5)
+    with ShowerWriter(tmp_path / "a.hdf5", expected_rows=5) as out:
+        out.append(s.voxels, s.energy)  # overflow defaults to zeros
+        out.attrs["redrawn"] = 2  # attributes may be set until the end
+    r = read_showers(tmp_path / "a.hdf5")
+    assert np.array_equal(r.voxels, s.voxels.astype(np.float32)) and not r.overflow.any()
+    assert _contents(tmp_path / "a.hdf5")[1] == {"redrawn": 2}
+    with ShowerWriter(tmp_path / "empty.hdf5"):
+        pass
+    assert count_showers(tmp_path / "empty.hdf5") == 0 and len(read_showers(tmp_path / "empty.hdf5")) == 0
+
+
+def test_shower_writer_error_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    from caloflow.data.io import ShowerWriter
+
+    old = write_showers(tmp_path / "x.hdf5", make_showers(3))
+    before = old.read_bytes()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShowerWriter(old) as out:
+            out.append(make_showers(10))
+            raise RuntimeError("boom")
+    with pytest.raises(DataFormatError, match=r"voxels have shape \(2, 10\)"):
+        with ShowerWriter(old) as out:
+            out.append(np.zeros((2, 10)), np.ones(2))
+    with pytest.raises(DataFormatError, match="energy"):
+        with ShowerWriter(old) as out:
+            out.append(np.zeros((2, N_VOXELS)), np.ones(3))
+    with pytest.raises(RuntimeError, match="outside"):
+        ShowerWriter(tmp_path / "y.hdf5").append(make_showers(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.hdf5"] and old.read_bytes() == before
+
+
+def test_iter_showers_reads_in_blocks(tmp_path):
+    from caloflow.data.io import iter_showers
+
+    s = make_showers(11)
+    path = write_showers(tmp_path / "a.hdf5", s)
+    blocks = list(iter_showers(path, block_rows=4, start=1, stop=10))
+    assert [len(b) for b in blocks] == [4, 4, 1]
+    joined = Showers.concatenate(blocks)
+    assert np.array_equal(joined.voxels, read_showers(path, 1, 10).voxels)
+    bad = _broken(tmp_path, "bad.hdf5", lambda a: a["layer_1"].__setitem__((4, 0, 0), -1.0))
+    with pytest.raises(DataFormatError, match="in row 4"):
+        list(iter_showers(bad, block_rows=2))
+
+
+def test_disk_space_check(tmp_path):
+    from caloflow.data.io import check_disk_space, estimated_file_size
+    from caloflow.errors import CaloflowError
+
+    assert estimated_file_size(1000) > 1000 * 508 * 4
+    check_disk_space(tmp_path / "new" / "x.hdf5", 1000)  # a folder still to be created: its parent is measured
+    with pytest.raises(CaloflowError, match=r"^--n 1000000000000: the output needs about 2\.07 PB on disk but"):
+        check_disk_space(tmp_path / "x.hdf5", 10**12)
+    with pytest.raises(CaloflowError, match=r"^--energies e.hdf5: "):
+        check_disk_space(tmp_path / "x.hdf5", 10**12, what="--energies e.hdf5")

@@ -14,7 +14,7 @@ from caloflow.cli import main
 from caloflow.configs import CONFIG_DIR, list_configs, shipped_config
 from caloflow.errors import CaloflowError
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import HANG_GUARD_S, REPO, run_cli
 
 #: what the wheel is built from: everything else in the checkout must not be needed
 SOURCES = ("pyproject.toml", "README.md", "caloflow", "refine", "callbacks")
@@ -25,7 +25,7 @@ def _env() -> dict[str, str]:
     return dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MPLBACKEND="Agg")
 
 
-def _run(argv, cwd, timeout=300) -> subprocess.CompletedProcess:
+def _run(argv, cwd, timeout=HANG_GUARD_S) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(map(str, argv))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"

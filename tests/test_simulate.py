@@ -21,6 +21,7 @@ from caloflow.data.simulate import (
     simulate_to_file,
 )
 from caloflow.errors import CaloflowError
+from tests.conftest import HANG_GUARD_S
 
 N = 2560
 
@@ -244,7 +245,7 @@ def test_bad_arguments_raise(kwargs, option):
 # --- the command line ----------------------------------------------------------------------
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "caloflow.cli", "simulate", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def test_cli_writes_a_valid_file(tmp_path):

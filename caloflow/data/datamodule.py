@@ -21,6 +21,16 @@ training item each time it is served, and the layer energies are computed after 
 float64, so that they are the exact sums of the float32 voxels). Validation and test items get
 one fixed noise draw (validation NLLs are comparable between epochs), unless
 ``noise_validation=False``.
+
+Exact resume: the training order comes from one shuffling generator for the life of the module
+and the noise from the training set's generator; :meth:`CaloDataModule.state_dict` (saved by
+Lightning in every checkpoint) holds both states, so a fit resumed from a checkpoint serves the
+same batches with the same noise as an uninterrupted one (with ``num_workers: 0``; worker
+processes draw the noise from their own generators). The global random states are saved by
+:class:`callbacks.ExactResume`.
+
+Data that no run can use (an empty file, too few showers to split) are refused in the
+constructor, before a Trainer creates its log folder.
 """
 from __future__ import annotations
 
@@ -190,16 +200,25 @@ class CaloDataModule(L.LightningDataModule):
     ):
         super().__init__()
         _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_showers)
+        counts = {}
         # fail at start-up, not after the trainer is built, when a given file is unusable
         for option, p in (("data.path", path), ("data.generated", generated), ("data.val_path", val_path)):
             if p is not None:
                 try:
-                    count_showers(p)
+                    counts[option] = (p, count_showers(p))
                 except DataFormatError as e:
                     raise DataFormatError(f"--{option}: {e}") from None
+        if path is None:
+            counts["data.n_simulated"] = ("(embedded dataset)", n_simulated)
+        # before the Trainer's logger creates a version folder that would stay empty
+        _check_sizes(counts, max_showers, val_fraction, generated is not None)
         self.save_hyperparameters()
         self._in_memory: dict[str, Showers] = {}
         self.datasets: dict[str, ShowerDataset] = {}
+        # the training data order: one generator for the life of the module, so that epochs (and
+        # a resumed run, see state_dict) continue its stream instead of replaying the first order
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
+        self._restored_noise: torch.Tensor | None = None
 
     @classmethod
     def from_showers(cls, showers: Showers, generated: Showers | None = None, **kwargs) -> "CaloDataModule":
@@ -265,6 +284,31 @@ class CaloDataModule(L.LightningDataModule):
                 showers, h.noise_kev if training else held_out_noise, fresh_noise=training, seed=h.seed + i,
                 labels=labels,
             )
+        if self._restored_noise is not None:
+            self.train_set.generator.set_state(self._restored_noise)
+            self._restored_noise = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The random state of the training stream, saved in every checkpoint of a fit: the state of the
+        shuffling generator and of the training set's noise generator at that point (an epoch end for
+        the configs' ``last.ckpt``), so that a resumed fit serves the same batches with the same noise
+        as an uninterrupted one."""
+        state = {"shuffle_generator": self.shuffle_generator.get_state()}
+        if "train" in self.datasets:
+            state["train_noise_generator"] = self.train_set.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Continue the stream of :meth:`state_dict` (before or after :meth:`setup`; Lightning calls it
+        after ``setup`` and before the training loader is built)."""
+        if "shuffle_generator" in state_dict:
+            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
+        noise = state_dict.get("train_noise_generator")
+        if noise is not None:
+            if "train" in self.datasets:
+                self.train_set.generator.set_state(noise)
+            else:
+                self._restored_noise = noise
 
     @property
     def train_set(self) -> ShowerDataset:
@@ -283,7 +327,7 @@ class CaloDataModule(L.LightningDataModule):
             num_workers=h.num_workers,
             collate_fn=_batch_identity,
             persistent_workers=h.num_workers > 0,
-            generator=torch.Generator().manual_seed(h.seed) if shuffle else None,
+            generator=self.shuffle_generator if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -311,3 +355,24 @@ def _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_sho
         raise CaloflowError(f"--data.batch_size must be >= 1, got {batch_size}")
     if max_showers is not None and max_showers < 1:
         raise CaloflowError(f"--data.max_showers must be >= 1, got {max_showers}")
+
+
+def _check_sizes(counts: dict[str, tuple[object, int]], max_showers, val_fraction, labelled: bool) -> None:
+    """One-line errors for data that no run can use (``counts``: option -> (file, number of showers))."""
+    for option, (path, n) in counts.items():
+        if n < 1:
+            raise CaloflowError(f"--{option} {path}: no showers to use")
+    used = {option: n if max_showers is None else min(n, max_showers) for option, (_, n) in counts.items()}
+    key = "data.path" if "data.path" in counts else "data.n_simulated"
+    if key not in counts:
+        return
+    n = used[key]
+    source = f"{counts[key][0]}: {n} showers" + (f" (--data.max_showers {max_showers})" if n < counts[key][1] else "")
+    if labelled:
+        if "data.generated" in used and min(n, used["data.generated"]) < 10:
+            raise CaloflowError(f"need at least 10 showers of each kind, got {n} reference and "
+                                f"{used['data.generated']} generated")
+    elif "data.val_path" not in used:
+        n_val = int(round(val_fraction * n))
+        if n_val == 0 or n_val == n:
+            raise CaloflowError(f"{source} are too few to split with --data.val_fraction {val_fraction:g}")

@@ -6,6 +6,9 @@ are read alike; any float dtype is accepted.
 """
 from __future__ import annotations
 
+import shutil
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +26,8 @@ from caloflow.data.geometry import (
     layer_energies,
     split_layers,
 )
-from caloflow.atomic import atomic_output
-from caloflow.errors import DataFormatError
+from caloflow.atomic import atomic_output, check_interrupted, deferred_signals
+from caloflow.errors import CaloflowError, DataFormatError
 
 REQUIRED_KEYS: tuple[str, ...] = LAYER_KEYS + (ENERGY_KEY,)
 
@@ -181,7 +184,10 @@ def read_showers(path, start: int | None = None, stop: int | None = None, dtype=
         for k in keys:
             arrays[k] = np.asarray(f[k][lo:hi], dtype=dtype)
     validate_arrays(path, arrays, offset=lo)
-    voxels = join_layers([arrays[k] for k in LAYER_KEYS])
+    if hi > lo:
+        voxels = join_layers([arrays[k] for k in LAYER_KEYS])
+    else:  # an empty file or slice: no rows to join
+        voxels = np.zeros((0, N_VOXELS), dtype=dtype)
     return Showers(voxels, arrays[ENERGY_KEY][:, 0], arrays.get(OVERFLOW_KEY))
 
 
@@ -205,3 +211,194 @@ def write_showers(path, showers: Showers, dtype=np.float32, attrs: dict | None =
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
     return path
+
+
+def iter_showers(path, block_rows: int = 8192, start: int | None = None, stop: int | None = None,
+                 dtype=np.float32) -> Iterator[Showers]:
+    """Read and validate showers ``[start:stop]`` of a CaloGAN file in blocks of ``block_rows``
+    (bounded memory); row numbers in error messages refer to the file."""
+    lo, hi, _ = slice(start, stop).indices(count_showers(path))
+    for begin in range(lo, hi, block_rows):
+        yield read_showers(path, begin, min(begin + block_rows, hi), dtype=dtype)
+
+
+# ------------------------------------------------------------------------------ streaming output
+#: values per shower in a file: 504 voxels, the incident energy and 3 overflow values
+VALUES_PER_SHOWER = N_VOXELS + 1 + N_LAYERS
+
+
+def estimated_file_size(n: int, dtype=np.float32) -> int:
+    """Bytes that ``n`` showers take in a file written here: the values, 2 % and 16 MiB for HDF5's
+    metadata and the last, partly filled chunks."""
+    return int(n * VALUES_PER_SHOWER * np.dtype(dtype).itemsize * 1.02) + 16 * 2**20
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n_bytes < 1000 or unit == "PB":
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1000
+    raise AssertionError
+
+
+def check_disk_space(path, n: int, what: str | None = None, dtype=np.float32) -> None:
+    """Refuse, before any work, ``n`` showers whose file would not fit on the disk that holds ``path``.
+
+    Raises:
+        CaloflowError: one line starting with ``what`` (default ``--n N``), the size needed and the
+            space free.
+    """
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # nothing to measure against; the write itself will tell
+    need = estimated_file_size(n, dtype)
+    if need > free:
+        raise CaloflowError(f"{what or f'--n {n}'}: the output needs about {_size(need)} on disk but {folder} has only "
+                            f"{_size(free)} free")
+
+
+class ShowerWriter:
+    """Write a CaloGAN file block by block, in bounded memory, atomically.
+
+    ::
+
+        with ShowerWriter("out.hdf5", attrs={"seed": 0}) as out:
+            for part in parts:                  # Showers, or out.append(voxels, energy, overflow)
+                out.append(part)
+            out.attrs["redrawn_nonfinite"] = 3  # attributes are written when the block ends
+
+    The datasets are resizable (``maxshape=(None, ...)``) and chunked; rows are gathered in a
+    buffer of ``block_rows`` and written a block at a time, so memory does not grow with the number
+    of showers. Everything goes to a temporary file next to ``path`` (:func:`caloflow.atomic.atomic_output`):
+    the file appears at ``path`` only when the ``with`` block ends without error; on an error,
+    SIGINT or SIGTERM nothing is left. The values are those :func:`write_showers` writes for the
+    same showers.
+
+    Args:
+        path: destination; parent directories are created.
+        dtype: on-disk float dtype.
+        attrs: file attributes (also settable through :attr:`attrs` until the end).
+        block_rows: showers held in memory before a write.
+        expected_rows: the number of showers, if known: small files then get small HDF5 chunks
+            (a chunk is allocated whole).
+    """
+
+    def __init__(self, path, dtype=np.float32, attrs: dict | None = None, block_rows: int = 4096,
+                 expected_rows: int | None = None):
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.attrs = dict(attrs or {})
+        self.block_rows = int(block_rows)
+        self.expected_rows = expected_rows
+        self.n = 0  # showers appended so far (written or buffered)
+        self._file = None
+        self._atomic = None
+        self._buffer: dict[str, np.ndarray] = {}
+        self._buffered = 0
+
+    # --- layout
+    def _row_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**dict(zip(LAYER_KEYS, LAYER_SHAPES)), ENERGY_KEY: (1,), OVERFLOW_KEY: (N_LAYERS,)}
+
+    def _chunk_rows(self, row_shape) -> int:
+        rows, row_bytes = self.block_rows, int(np.prod(row_shape)) * self.dtype.itemsize
+        while rows > 1 and rows * row_bytes > 2**20:  # chunks of at most 1 MiB that divide the block
+            rows //= 2
+        if self.expected_rows is not None:
+            rows = max(1, min(rows, int(self.expected_rows)))
+        return rows
+
+    def __enter__(self) -> "ShowerWriter":
+        self._atomic = atomic_output(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._file = h5py.File(tmp, "w")
+            for key, shape in self._row_shapes().items():
+                self._file.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape), dtype=self.dtype,
+                                          chunks=(self._chunk_rows(shape), *shape))
+                self._buffer[key] = np.empty((self.block_rows, *shape), dtype=self.dtype)
+        except BaseException:
+            self._close_file()
+            if not self._atomic.__exit__(*sys.exc_info()):
+                raise
+        return self
+
+    # --- writing
+    def append(self, showers: Showers | np.ndarray, energy=None, overflow=None) -> None:
+        """Append showers: a :class:`Showers`, or voxels (n, 504) MeV, energy (n,) GeV and overflow
+        (n, 3) MeV (zeros if omitted)."""
+        if self._file is None:
+            raise RuntimeError("ShowerWriter.append outside its 'with' block")
+        check_interrupted()
+        if isinstance(showers, Showers):
+            voxels, energy, overflow = showers.voxels, showers.energy, showers.overflow
+        else:
+            voxels = showers
+        voxels = np.asarray(voxels)
+        if voxels.ndim != 2 or voxels.shape[1] != N_VOXELS:
+            raise DataFormatError(f"{self.path}: voxels have shape {voxels.shape}, expected (N, {N_VOXELS})")
+        n = len(voxels)
+        energy = np.asarray(energy).reshape(-1)
+        overflow = np.zeros((n, N_LAYERS)) if overflow is None else np.asarray(overflow)
+        if len(energy) != n or overflow.shape != (n, N_LAYERS):
+            raise DataFormatError(f"{self.path}: {n} voxel rows but energy {energy.shape} and overflow {overflow.shape}")
+        arrays = dict(zip(LAYER_KEYS, split_layers(voxels)))
+        arrays[ENERGY_KEY] = energy.reshape(-1, 1)
+        arrays[OVERFLOW_KEY] = overflow
+        done = 0
+        while done < n:
+            take = min(n - done, self.block_rows - self._buffered)
+            for key, a in arrays.items():
+                self._buffer[key][self._buffered : self._buffered + take] = a[done : done + take]
+            self._buffered += take
+            done += take
+            if self._buffered == self.block_rows:
+                self._flush()
+        self.n += n
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        check_interrupted()
+        start = self._file[ENERGY_KEY].shape[0]
+        for key, buffer in self._buffer.items():
+            dataset = self._file[key]
+            dataset.resize(start + self._buffered, axis=0)
+            dataset[start:] = buffer[: self._buffered]
+        self._buffered = 0
+
+    # --- the end
+    def _close_file(self) -> None:
+        if self._file is not None:
+            with deferred_signals():  # an HDF5 close cut short leaves noise, not a file
+                f, self._file = self._file, None
+                f.close()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self._flush()
+                for k, v in self.attrs.items():
+                    self._file.attrs[k] = v
+                self._close_file()
+            except BaseException:
+                exc_type, exc, tb = sys.exc_info()
+                try:
+                    self._close_file()
+                except Exception:
+                    pass
+                if not self._atomic.__exit__(exc_type, exc, tb):
+                    raise
+                return False
+            return bool(self._atomic.__exit__(None, None, None))
+        try:
+            self._close_file()
+        except Exception:
+            pass  # the first error is the one to report
+        return bool(self._atomic.__exit__(exc_type, exc, tb))

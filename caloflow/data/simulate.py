@@ -56,7 +56,7 @@ from caloflow.data.geometry import (
     N_VOXELS,
     PERIOD_MM,
 )
-from caloflow.data.io import Showers, write_showers
+from caloflow.data.io import Showers, ShowerWriter, check_disk_space
 from caloflow.errors import CaloflowError
 
 #: Identifies the physics of this module in the files it writes; bump when the numbers change.
@@ -98,6 +98,9 @@ HALO_PROPOSAL_MM = 200.0
 HALO_WIDE_MM = 200.0
 #: Odds of each layer in the depth-uniform part of the halo proposal.
 HALO_LAYER_ODDS = (0.3, 0.65, 0.05)
+#: Highest incident energy simulated, GeV: the spots (and the memory of a chunk) grow as E^0.876,
+#: ~150 MB per chunk at 1 TeV (the CaloGAN samples span 1-100 GeV).
+MAX_ENERGY_GEV = 1000.0
 #: Backscattered (albedo) energy of EM showers: ALBEDO_MIN + Exp(ALBEDO_MEAN), a fraction of E.
 ALBEDO_MIN = 0.002
 ALBEDO_MEAN = 0.004
@@ -452,6 +455,9 @@ def _check_options(particle: str, n: int, seed: int, energy_range) -> tuple[floa
         raise CaloflowError(f"--energy-range: expected two numbers LOW HIGH in GeV, got {energy_range!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi):
         raise CaloflowError(f"--energy-range: need 0 < LOW < HIGH (GeV), got {lo:g} {hi:g}")
+    if hi > MAX_ENERGY_GEV:
+        raise CaloflowError(f"--energy-range: HIGH must be at most {MAX_ENERGY_GEV:g} GeV (the simulator's "
+                            f"limit), got {hi:g}")
     return lo, hi
 
 
@@ -472,27 +478,32 @@ def simulate(
         CaloflowError: unknown particle, ``n <= 0``, negative seed or a bad energy range.
     """
     lo, hi = _check_options(particle, n, seed, energy_range)
-    from tqdm.auto import tqdm
-
     n = int(n)
     voxels = np.empty((n, N_VOXELS))
     energy = np.empty(n)
     overflow = np.empty((n, N_LAYERS))
+    for start, part in _parts(particle, n, int(seed), (lo, hi), progress):
+        stop = start + len(part)
+        voxels[start:stop] = part.voxels
+        energy[start:stop] = part.energy
+        overflow[start:stop] = part.overflow
+    return Showers(voxels, energy, overflow)
+
+
+def _parts(particle: str, n: int, seed: int, energy_range: tuple[float, float], progress: bool):
+    """(first row, showers) of a run of ``n``, chunk by chunk (the last one cut to ``n``)."""
+    from tqdm.auto import tqdm
+
     with tqdm(total=n, desc=f"simulate {particle}", unit="shower", disable=not progress) as bar:
         for chunk, start in enumerate(range(0, n, CHUNK_SIZE)):
             # the whole chunk is always simulated: its numbers must not depend on n
-            part = _simulate_chunk(particle, int(seed), chunk, (lo, hi))
-            stop = min(start + CHUNK_SIZE, n)
-            voxels[start:stop] = part.voxels[: stop - start]
-            energy[start:stop] = part.energy[: stop - start]
-            overflow[start:stop] = part.overflow[: stop - start]
-            bar.update(stop - start)
-    showers = Showers(voxels, energy, overflow)
-    deposited = showers.voxels.sum(1) + showers.overflow.sum(1)
-    # energy conservation is built in (albedo, invisible energy, leakage); guard it anyway
-    if np.any(deposited > showers.energy * GEV):
-        raise RuntimeError("simulated shower deposits more than its incident energy")
-    return showers
+            part = _simulate_chunk(particle, seed, chunk, energy_range)[: min(CHUNK_SIZE, n - start)]
+            deposited = part.voxels.sum(1) + part.overflow.sum(1)
+            # energy conservation is built in (albedo, invisible energy, leakage); guard it anyway
+            if np.any(deposited > part.energy * GEV):
+                raise RuntimeError("simulated shower deposits more than its incident energy")
+            yield start, part
+            bar.update(len(part))
 
 
 def simulate_to_file(
@@ -504,12 +515,18 @@ def simulate_to_file(
     progress: bool = True,
 ) -> Path:
     """Simulate and write a CaloGAN-format file (float32) with attributes particle, seed,
-    energy_range and simulator (:data:`SIMULATOR_VERSION`)."""
+    energy_range and simulator (:data:`SIMULATOR_VERSION`).
+
+    The showers are written chunk by chunk (:class:`caloflow.data.io.ShowerWriter`): memory does not
+    grow with ``n``, and the file holds exactly the numbers of :func:`simulate` (in float32).
+    """
     lo, hi = _check_options(particle, n, seed, energy_range)
-    showers = simulate(particle, n, seed, (lo, hi), progress)
     attrs = {"particle": particle, "seed": int(seed), "energy_range": np.array([lo, hi]),
              "simulator": SIMULATOR_VERSION}
-    return write_showers(path, showers, attrs=attrs)
+    with ShowerWriter(path, attrs=attrs, expected_rows=int(n)) as out:
+        for _, part in _parts(particle, int(n), int(seed), (lo, hi), progress):
+            out.append(part)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,6 +547,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     n, seed, out = args.n, args.seed, Path(args.out)
-    path = simulate_to_file(out, args.particle, n, seed, tuple(args.energy_range), progress=not args.no_progress)
+    # everything that can be refused is refused before the first shower
+    lo, hi = _check_options(args.particle, n, seed, tuple(args.energy_range))
+    check_disk_space(out, n)
+    path = simulate_to_file(out, args.particle, n, seed, (lo, hi), progress=not args.no_progress)
     print(f"wrote {n} {args.particle} showers to {path}")
     return 0

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from caloflow import cli_args
 from caloflow.data.io import count_showers, read_showers
-from caloflow.errors import CaloflowError
+from caloflow.errors import CaloflowError, DataFormatError
 
 #: Defaults of the paper (appendix A: both architectures, 10 runs; section 5.4 / appendix B).
 DEFAULT_CLASSIFIERS = "dnn,cnn"
@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "7,200 optimizer updates, whatever the data size)")
     parser.add_argument("--patience", type=cli_args.positive_int, default=None,
                         help="early-stopping patience in epochs (default: 1,200 optimizer updates, >= 10 epochs)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse (instead of warning) samples of another particle than the reference")
     parser.add_argument("--threshold-reference", action="store_true",
                         help="apply the sampler's 10 keV voxel cut to the reference showers too")
     parser.add_argument("--max-showers", type=cli_args.positive_int, default=None,
@@ -85,10 +87,17 @@ def _check_args(args) -> tuple[dict[str, Path], list[str], list[str]]:
     samples = parse_samples(args.samples)
     if args.max_showers is not None and args.max_showers < 10:
         raise CaloflowError(f"--max-showers must be >= 10, got {args.max_showers}")
-    # every file is checked (keys, shapes) before any long computation starts
-    for path in [Path(args.reference), *samples.values()]:
-        if count_showers(path) < 10:
-            raise CaloflowError(f"{path}: fewer than 10 showers")
+    # every file is checked (keys, shapes) before any long computation starts; errors name the option
+    for option, path in [("--reference", Path(args.reference)), *((f"--samples {n}=", p) for n, p in samples.items())]:
+        shown = f"{option}{path}" if option.endswith("=") else f"{option} {path}"
+        if not path.is_file():
+            raise CaloflowError(f"{shown}: {'is a directory, expected a file' if path.is_dir() else 'no such file'}")
+        try:
+            n = count_showers(path)
+        except DataFormatError as e:
+            raise DataFormatError(f"{option.rstrip('=').split()[0]}: {e}") from None
+        if n < 10:
+            raise CaloflowError(f"{shown}: has {n} showers, need at least 10")
     # torch and lightning load only once the files are known to be good
     from caloflow.models.classifiers import ARCHITECTURES, PREPROCESSINGS
 
@@ -103,6 +112,7 @@ def run(args) -> int:
     Writes ``OUT/figures/``, ``OUT/metrics.json`` and ``OUT/report.md`` (atomically); returns the exit status.
     """
     samples_paths, classifiers, preprocessings = _check_args(args)
+    _check_particles(args.reference, samples_paths, args.strict)
     # heavy imports only after the arguments are known to be good
     from caloflow.training import quiet_lightning
 
@@ -124,6 +134,16 @@ def run(args) -> int:
             metrics["samples"][name]["classifier"] = per_model
     _write_outputs(out, metrics, written)
     return 0
+
+
+def _check_particles(reference_path, samples_paths: dict[str, Path], strict: bool) -> None:
+    """Warn in one line (refuse with ``--strict``) when a sample's particle, as its file records it (the
+    generator's training domain, or the simulator's particle), is not the reference's."""
+    from caloflow.domain import check_particle, of_file
+
+    reference = of_file(reference_path)
+    for name, path in samples_paths.items():
+        check_particle(reference, of_file(path), f"--samples {name}={path}", strict)
 
 
 def _log(msg: str) -> None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from caloflow.data.geometry import GEV, LAYER_SHAPES, N_VOXELS, split_layers
+from caloflow.domain import RemembersDomain
 from caloflow.models.layers import (
     InpaintingAttention,
     LocallyConnected2d,
@@ -183,7 +184,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-class CaloGAN(L.LightningModule):
+class CaloGAN(RemembersDomain, L.LightningModule):
     """The CaloGAN baseline (arXiv:1712.10321) trained the published way; see the module docstring.
 
     Args:

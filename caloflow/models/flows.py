@@ -18,7 +18,15 @@ from nflows.flows import Flow
 from torch import Tensor, nn
 
 from caloflow.data.geometry import LAYER_SIZES, THRESHOLD_KEV
-from caloflow.flows.build import build_flow1, build_flow2
+from caloflow.domain import RemembersDomain
+from caloflow.flows.build import (
+    DEFAULT_MIN_BIN_HEIGHT,
+    DEFAULT_MIN_BIN_WIDTH,
+    DEFAULT_MIN_DERIVATIVE,
+    build_flow1,
+    build_flow2,
+)
+from caloflow.flows.fast_training import adam, install as install_fast_training
 from caloflow.transforms import ALPHA, FlowIIPreprocessing, FlowIPreprocessing
 
 Batch = dict[str, Tensor]
@@ -29,11 +37,12 @@ def standard_normal(n: int, dim: int, generator: torch.Generator | None, device,
     return torch.randn(n, dim, generator=generator, dtype=dtype).to(device)
 
 
-class ConditionalFlowModule(L.LightningModule):
+class ConditionalFlowModule(RemembersDomain, L.LightningModule):
     """A conditional nflows ``Flow`` on a representation of physical showers, trained by maximum likelihood.
 
     Subclasses build ``self.preprocessing`` and ``self.flow`` and say how a batch of showers is
-    encoded (:meth:`encode`).
+    encoded (:meth:`encode`). The training data's domain (energy range, particle) is kept in the
+    checkpoint (:class:`caloflow.domain.RemembersDomain`).
     """
 
     flow: Flow
@@ -63,7 +72,8 @@ class ConditionalFlowModule(L.LightningModule):
         return self._log_nll(batch, "test", sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        # fast_training: fused Adam (same update up to float rounding; caloflow.flows.fast_training)
+        optimizer = adam(self.parameters(), self.hparams.lr, fast=self.hparams.get("fast_training", False))
         # paper: the learning rate is multiplied by 0.5 after the listed epochs
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(self.hparams.milestones), gamma=self.hparams.gamma
@@ -87,6 +97,19 @@ class ConditionalFlowModule(L.LightningModule):
     def _latent(self, n: int, generator: torch.Generator | None, dtype) -> Tensor:
         return standard_normal(n, self.flow._distribution._shape[0], generator, self.device, dtype)
 
+    @staticmethod
+    def _mark_nonfinite(x: Tensor, decoded: Tensor) -> Tensor:
+        """``decoded`` with NaN rows where the flow's output ``x`` was not finite.
+
+        The post-processing (renormalisation, the 10 keV cut) would turn NaN into zeros: a broken draw
+        must stay visibly broken, so that the sampler draws it again or reports the model.
+        """
+        bad = ~torch.isfinite(x).all(dim=1)
+        if bad.any():
+            decoded = decoded.clone()
+            decoded[bad] = float("nan")
+        return decoded
+
     def _incident(self, incident_gev) -> Tensor:
         return torch.as_tensor(incident_gev, dtype=torch.float32, device=self.device).reshape(-1)
 
@@ -108,6 +131,10 @@ class FlowI(ConditionalFlowModule):
         gamma: learning-rate factor (paper: 0.5).
         permutation_seed: seeds the random permutations between blocks.
         alpha: logit offset of eq. (4.3) (paper: 1e-6).
+        min_bin_width, min_bin_height, min_derivative: the splines' minimal bin width, bin height and
+            derivative (nflows' default 1e-3; the published reference code and the paper configs: 1e-6).
+        fast_training: train with :mod:`caloflow.flows.fast_training` (the same function and gradients,
+            computed faster; fused Adam); the modules and the checkpoint are the same either way.
     """
 
     def __init__(
@@ -122,6 +149,10 @@ class FlowI(ConditionalFlowModule):
         gamma: float = 0.5,
         permutation_seed: int = 0,
         alpha: float = ALPHA,
+        min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+        min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+        min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+        fast_training: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -129,7 +160,10 @@ class FlowI(ConditionalFlowModule):
         self.flow = build_flow1(
             self.preprocessing.features, self.preprocessing.context_features, n_blocks, hidden_features,
             num_blocks, num_bins, dropout, permutation_seed,
+            min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
         )
+        if fast_training:
+            install_fast_training(self.flow)
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         x, context = self.preprocessing(batch["layer_energies"], batch["energy"])
@@ -146,7 +180,8 @@ class FlowI(ConditionalFlowModule):
         context = self.preprocessing.context(incident_gev)
         z = self._latent(len(incident_gev), generator, context.dtype)
         with self.evaluating():
-            return self.preprocessing.inverse(self.invert(z, context), incident_gev)
+            x = self.invert(z, context)
+        return self._mark_nonfinite(x, self.preprocessing.inverse(x, incident_gev))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Layer energies (MeV) drawn for the incident energies of the batch."""
@@ -178,6 +213,10 @@ class FlowII(ConditionalFlowModule):
             instead of nflows' inverse (one pass per feature).
         alpha: logit offset of eq. (4.3) (paper: 1e-6).
         threshold_kev: generated voxels below this are set to zero (paper: 10 keV).
+        min_bin_width, min_bin_height, min_derivative: the splines' minimal bin width, bin height and
+            derivative (nflows' default 1e-3; the published reference code and the paper configs: 1e-6).
+        fast_training: train with :mod:`caloflow.flows.fast_training` (the same function and gradients,
+            computed faster; fused Adam); the modules and the checkpoint are the same either way.
     """
 
     def __init__(
@@ -194,6 +233,10 @@ class FlowII(ConditionalFlowModule):
         fast_sampling: bool = True,
         alpha: float = ALPHA,
         threshold_kev: float = THRESHOLD_KEV,
+        min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+        min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+        min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+        fast_training: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -201,7 +244,10 @@ class FlowII(ConditionalFlowModule):
         self.flow = build_flow2(
             LAYER_SIZES, self.preprocessing.context_features, n_blocks, hidden_features, num_blocks, num_bins,
             dropout, permutation_seed,
+            min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
         )
+        if fast_training:
+            install_fast_training(self.flow)
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         x, context = self.preprocessing(batch["voxels"], batch["energy"])
@@ -234,7 +280,7 @@ class FlowII(ConditionalFlowModule):
         z = self._latent(len(incident_gev), generator, context.dtype)
         with self.evaluating():
             x = self.invert(z, context, fast=fast)
-        return self.preprocessing.inverse(x, layer_energies, threshold=threshold)
+        return self._mark_nonfinite(x, self.preprocessing.inverse(x, layer_energies, threshold=threshold))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Showers (N, 504) in MeV drawn for the incident and layer energies of the batch."""
