@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from caloflow.atomic import atomic_output
 
 #: bump when the layout of the saved state changes
 STATE_VERSION = 1
@@ -87,19 +88,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # one temporary name per target: a file left by a killed write is replaced by the next one
-        tmp = path.with_name(f".{path.name}.partial")
-        try:
-            with open(tmp, "wb") as f:  # a plain open(): the user's umask applies
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # caloflow's one temp-and-rename writer: stale temporaries of a killed write removed, signals trapped
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class ExactResume(L.Callback):
