@@ -20,8 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("caloflow.demo", "the main job end to end at demo size: simulate, fit both flows, generate, evaluate"),
     "generate": ("caloflow.sampling", "generate showers with trained CaloFlow (or CaloGAN) checkpoints"),
     "evaluate": ("caloflow.evaluate.cli", "compare generated with reference showers: features, figures, classifier AUC/JSD"),
-    "benchmark": ("caloflow.benchmark", "time generation per shower vs batch size: CaloFlow, CaloGAN, simulator (table 4)"),
-    "refine": ("refine.laser", "LaSeR latent-space refinement on the 2D toys (same options as 'python -m refine.laser')"),
+    "benchmark": ("caloflow.benchmark", "time generation per shower vs batch size: CaloFlow, CaloGAN, simulator "
+                  "(table 4); 'caloflow benchmark fidelity': classifier AUC vs training budget"),
+    "refine": ("refine.laser", "LaSeR latent-space refinement: the 2D toys, or a shower model on a held-out split "
+               "(same options as 'python -m refine.laser')"),
     "config": ("caloflow.configs", "write a shipped config (flow2, smoke/flow1, laser/gaussians, ...) where you can edit it"),
 }
 #: subcommands handed to LightningCLI unchanged.
@@ -45,6 +47,8 @@ def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return lightning_main(argv if argv != sys.argv[1:] else None, prog="caloflow")
+    if argv[:2] == ["benchmark", "fidelity"]:
+        return _run("caloflow benchmark fidelity", "caloflow.fidelity", argv[2:])
     parser = ArgumentParser(
         prog="caloflow",
         description="Fast calorimeter shower generation with normalizing flows.",
@@ -72,6 +76,21 @@ def _main(argv: list[str] | None) -> int:
     except CaloflowError as e:
         return _fail("caloflow", str(e))
     return int(code or 0)
+
+
+def _run(prog: str, module_name: str, argv: list[str]) -> int:
+    """A command with a parser of its own (``caloflow benchmark fidelity``)."""
+    module = importlib.import_module(module_name)
+    parser = ArgumentParser(prog=prog, description=module.__doc__.split("\n\n")[0])
+    module.add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return int(module.run(args) or 0)
+    except CaloflowError as e:
+        return _fail(prog, str(e))
 
 
 def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> int:

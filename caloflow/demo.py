@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default 0)")
 
 
-def _check_config(path: Path) -> None:
+def check_config(path: Path) -> None:
     """What can be refused in a training config before the simulation starts: YAML, the model's
     hyperparameters (the checks of ``lightning fit``; the rest is checked when each fit starts)."""
     import yaml
@@ -46,24 +46,24 @@ def _check_config(path: Path) -> None:
         raise CaloflowError(f"--configs {path}: model.init_args.{name}: {problem}")
 
 
-def _say(argv: list[str]) -> None:
+def say(argv: list[str]) -> None:
     print("\n$ " + " ".join(shlex.quote(a) for a in argv), flush=True)
 
 
-def _caloflow(argv: list[str]) -> None:
+def run_caloflow(argv: list[str]) -> None:
     from caloflow.cli import main
 
-    _say(["caloflow", *argv])
+    say(["caloflow", *argv])
     if main(argv) != 0:
         raise CaloflowError(f"step 'caloflow {argv[0]}' failed")
 
 
-def _fit(config: Path, root: Path, data: Path, seed: int) -> Path:
+def fit_config(config: Path, root: Path, data: Path, seed: int) -> Path:
     from caloflow.lightning_cli import cli_main
 
     argv = ["fit", "-c", str(config), "--data.path", str(data), "--trainer.default_root_dir", str(root),
             "--seed_everything", str(seed)]
-    _say(["lightning", *argv])
+    say(["lightning", *argv])
     cli = cli_main(argv)
     best = cli.trainer.checkpoint_callback.best_model_path
     if not best:
@@ -80,20 +80,20 @@ def run(args: argparse.Namespace) -> int:
     for name in ("flow1.yaml", "flow2.yaml"):
         if not (configs / name).is_file():
             raise CaloflowError(f"--configs {configs}: no {name} there")
-        _check_config(configs / name)
+        check_config(configs / name)
     start = time.time()
     train = out / "data" / f"{args.particle}_train.hdf5"
     reference = out / "data" / f"{args.particle}_reference.hdf5"
-    _caloflow(["simulate", "--particle", args.particle, "--n", str(args.n), "--seed", str(args.seed),
+    run_caloflow(["simulate", "--particle", args.particle, "--n", str(args.n), "--seed", str(args.seed),
                "--out", str(train)])
-    _caloflow(["simulate", "--particle", args.particle, "--n", str(args.n_reference), "--seed",
+    run_caloflow(["simulate", "--particle", args.particle, "--n", str(args.n_reference), "--seed",
                str(args.seed + 1), "--out", str(reference)])
-    flow1 = _fit(configs / "flow1.yaml", out / "flow1", train, args.seed)
-    flow2 = _fit(configs / "flow2.yaml", out / "flow2", train, args.seed)
+    flow1 = fit_config(configs / "flow1.yaml", out / "flow1", train, args.seed)
+    flow2 = fit_config(configs / "flow2.yaml", out / "flow2", train, args.seed)
     generated = out / f"caloflow_{args.particle}.hdf5"
-    _caloflow(["generate", "--flow1", str(flow1), "--flow2", str(flow2), "--energies", str(reference),
+    run_caloflow(["generate", "--flow1", str(flow1), "--flow2", str(flow2), "--energies", str(reference),
                "--seed", str(args.seed), "--out", str(generated)])
-    _caloflow(["evaluate", "--reference", str(reference), "--samples", f"CaloFlow={generated}",
+    run_caloflow(["evaluate", "--reference", str(reference), "--samples", f"CaloFlow={generated}",
                "--out", str(out / "evaluation"), "--classifier", "dnn,features", "--preprocessing", "normalized",
                "--runs", "1", "--seed", str(args.seed)])  # classifiers trained to convergence (early stopping)
     print(f"\ncaloflow demo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
