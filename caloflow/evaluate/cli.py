@@ -5,6 +5,11 @@
 
 writes ``OUT/figures/`` (PNG and PDF), ``OUT/metrics.json``, ``OUT/report.md`` and the
 classifiers' TensorBoard logs under ``OUT/tensorboard/``.
+
+``--weights NAME=PATH`` gives per-shower weights (e.g. DCTR weights) of the sample NAME: an HDF5
+file with a 1-D dataset ``weight`` or a ``.npy`` file, one weight per shower in the sample's order
+(cut like the showers by ``--max-showers``). That sample's classifier test, feature histograms,
+separation powers, means and profiles are then weighted (:mod:`caloflow.evaluate.weights`).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from caloflow import cli_args
@@ -56,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="apply the sampler's 10 keV voxel cut to the reference showers too")
     parser.add_argument("--max-showers", type=cli_args.positive_int, default=None,
                         help="use at most this many showers of each file (default: all)")
+    parser.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
+                        help="per-shower weights (e.g. DCTR) of the sample NAME (one of --samples): an HDF5 file "
+                             "with a 1-D dataset 'weight', or a .npy file, one finite weight >= 0 per shower; "
+                             "that sample's classifier test and feature histograms are then weighted")
     parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default: 0)")
 
 
@@ -83,8 +93,9 @@ def parse_samples(values: list[str]) -> dict[str, Path]:
     return samples
 
 
-def _check_args(args) -> tuple[dict[str, Path], list[str], list[str]]:
+def _check_args(args) -> tuple[dict[str, Path], dict[str, np.ndarray], list[str], list[str]]:
     samples = parse_samples(args.samples)
+    weight_paths = _parse_weights(args, samples)
     if args.max_showers is not None and args.max_showers < 10:
         raise CaloflowError(f"--max-showers must be >= 10, got {args.max_showers}")
     # every file is checked (keys, shapes) before any long computation starts; errors name the option
@@ -98,12 +109,29 @@ def _check_args(args) -> tuple[dict[str, Path], list[str], list[str]]:
             raise DataFormatError(f"{option.rstrip('=').split()[0]}: {e}") from None
         if n < 10:
             raise CaloflowError(f"{shown}: has {n} showers, need at least 10")
+    weights = _load_weights(weight_paths, samples, args.max_showers)
     # torch and lightning load only once the files are known to be good
     from caloflow.models.classifiers import ARCHITECTURES, PREPROCESSINGS
 
     classifiers = _parse_list(args.classifier, ARCHITECTURES, "--classifier", allow_none=True)
     preprocessings = _parse_list(args.preprocessing, PREPROCESSINGS, "--preprocessing")
-    return samples, classifiers, preprocessings
+    return samples, weights, classifiers, preprocessings
+
+
+def _parse_weights(args, samples: dict[str, Path]) -> dict[str, Path]:
+    from caloflow.evaluate.weights import parse_weight_options
+
+    return parse_weight_options(getattr(args, "weights", None), samples)
+
+
+def _load_weights(weight_paths: dict[str, Path], samples: dict[str, Path],
+                  max_showers: int | None) -> dict[str, np.ndarray]:
+    """Every sample's weights, read and checked (cut to ``max_showers`` like its showers)."""
+    from caloflow.evaluate.weights import load_weights
+
+    return {name: load_weights(path, count_showers(samples[name]), option=f"--weights {name}=",
+                               sample=f"--samples {name}={samples[name]}", max_showers=max_showers)
+            for name, path in weight_paths.items()}
 
 
 def run(args) -> int:
@@ -111,7 +139,7 @@ def run(args) -> int:
 
     Writes ``OUT/figures/``, ``OUT/metrics.json`` and ``OUT/report.md`` (atomically); returns the exit status.
     """
-    samples_paths, classifiers, preprocessings = _check_args(args)
+    samples_paths, weights, classifiers, preprocessings = _check_args(args)
     _check_particles(args.reference, samples_paths, args.strict)
     # heavy imports only after the arguments are known to be good
     from caloflow.training import quiet_lightning
@@ -120,16 +148,20 @@ def run(args) -> int:
     out = Path(args.out)
     reference, samples = _read_inputs(args.reference, samples_paths, args.max_showers, args.threshold_reference)
     ref_features, sample_features = _compute_features(reference, samples)
+    weight_paths = _parse_weights(args, samples_paths)
     ref_entry, sample_entries = _feature_metrics(args.reference, reference, samples_paths, samples,
-                                                 ref_features, sample_features)
+                                                 ref_features, sample_features, weights, weight_paths)
     metrics: dict = {"settings": _settings(args, classifiers, preprocessings),
                      "reference": ref_entry, "samples": sample_entries}
+    if weights:  # (nothing is added without weights: unweighted metrics.json files stay as they were)
+        metrics["settings"]["weights"] = {name: str(p) for name, p in weight_paths.items()}
     written, neighbours = _write_figures(reference, samples, ref_features, sample_features,
-                                         out / "figures", args.seed)
+                                         out / "figures", args.seed, weights)
     for name, nb in neighbours.items():
         metrics["samples"][name]["nearest_neighbours"] = nb
     if classifiers:
-        results = _classifier_tests(args, reference, samples, classifiers, preprocessings, out / "tensorboard")
+        results = _classifier_tests(args, reference, samples, classifiers, preprocessings, out / "tensorboard",
+                                    weights)
         for name, per_model in results.items():
             metrics["samples"][name]["classifier"] = per_model
     _write_outputs(out, metrics, written)
@@ -200,27 +232,39 @@ def _settings(args, classifiers: list[str], preprocessings: list[str]) -> dict:
 
 
 def _feature_metrics(reference_path, reference, samples_paths: dict[str, Path], samples: dict,
-                     ref_features: dict, sample_features: dict) -> tuple[dict, dict]:
+                     ref_features: dict, sample_features: dict,
+                     weights: dict[str, np.ndarray] | None = None,
+                     weight_paths: dict[str, Path] | None = None) -> tuple[dict, dict]:
     """metrics.json's "reference" and "samples" entries: file, shower count and feature summaries.
 
-    Each sample's separation powers are computed on bins common to the reference and all samples.
+    Each sample's separation powers are computed on bins common to the reference and all samples; a
+    weighted sample's histograms and summaries are weighted, and its entry records ``"weighted": true``
+    and its ``"weights"`` (file, count, sum, range, effective sample size).
     """
     from caloflow.evaluate.features import summarize
     from caloflow.evaluate.report import feature_metrics
+    from caloflow.evaluate.weights import weight_summary
 
+    weights, weight_paths = weights or {}, weight_paths or {}
     ref_entry = {"path": str(reference_path), "n_showers": len(reference),
                  "features": {k: summarize(v) for k, v in ref_features.items()}}
     all_sample_features = list(sample_features.values())
     sample_entries = {}
     for name, feats in sample_features.items():
-        sample_entries[name] = {"path": str(samples_paths[name]), "n_showers": len(samples[name]),
-                                "features": feature_metrics(ref_features, feats, all_sample_features)}
+        w = weights.get(name)
+        sample_entries[name] = {"path": str(samples_paths[name]), "n_showers": len(samples[name])}
+        if w is not None:
+            sample_entries[name]["weighted"] = True
+            sample_entries[name]["weights"] = {"path": str(weight_paths[name]), **weight_summary(w)}
+        sample_entries[name]["features"] = feature_metrics(ref_features, feats, all_sample_features, w)
     return ref_entry, sample_entries
 
 
 def _write_figures(reference, samples: dict, ref_features: dict, sample_features: dict, fig_dir: Path,
-                   seed: int) -> tuple[dict[str, list[Path]], dict[str, list]]:
-    """Feature histograms, average showers and nearest neighbours (paper figs. 5-19) as PNG and PDF.
+                   seed: int, weights: dict[str, np.ndarray] | None = None
+                   ) -> tuple[dict[str, list[Path]], dict[str, list]]:
+    """Feature histograms, average showers and nearest neighbours (paper figs. 5-19) as PNG and PDF;
+    weighted samples' histograms, profiles and averages are weighted.
 
     Returns the files written per figure group, and each sample's nearest neighbours of the reference
     showers picked with ``seed`` (energies in GeV, distance in MeV).
@@ -228,12 +272,14 @@ def _write_figures(reference, samples: dict, ref_features: dict, sample_features
     from caloflow.evaluate import figures as figs
 
     _log(f"writing figures to {fig_dir}")
+    weights = weights or None
     written: dict[str, list[Path]] = {}
-    written.update(figs.feature_figures(ref_features, sample_features, fig_dir))
+    written.update(figs.feature_figures(ref_features, sample_features, fig_dir, weights=weights))
     written["energy_response"] = figs.energy_response_figure(
-        ref_features, sample_features, reference.energy, {n: s.energy for n, s in samples.items()}, fig_dir)
+        ref_features, sample_features, reference.energy, {n: s.energy for n, s in samples.items()}, fig_dir,
+        weights=weights)
     written["average_images"] = figs.average_images(reference.voxels, {n: s.voxels for n, s in samples.items()},
-                                                    fig_dir)
+                                                    fig_dir, weights=weights)
     index = figs.pick_reference_showers(reference.energy, seed=seed)
     neighbours = {}
     for name, s in samples.items():
@@ -244,14 +290,16 @@ def _write_figures(reference, samples: dict, ref_features: dict, sample_features
 
 
 def _classifier_tests(args, reference, samples: dict, classifiers: list[str], preprocessings: list[str],
-                      log_dir: Path) -> dict[str, dict]:
+                      log_dir: Path, weights: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
     """Reference-vs-sample classifier test (section 5.4, appendix A) of every sample, classifier and
     preprocessing: ``{sample: {classifier: {preprocessing: AUC and JSD, mean and std over runs}}}``.
 
-    The feature classifier has no voxel preprocessing: its one entry is keyed ``high-level``.
+    The feature classifier has no voxel preprocessing: its one entry is keyed ``high-level``. A sample
+    with ``weights`` gets the weighted test (:mod:`caloflow.evaluate.classifier_test`).
     """
     from caloflow.evaluate.classifier_test import classifier_test
 
+    weights = weights or {}
     results: dict[str, dict] = {}
     with tqdm(desc="classifier epochs", unit="epoch") as bar:
         for name, s in samples.items():
@@ -261,7 +309,8 @@ def _classifier_tests(args, reference, samples: dict, classifiers: list[str], pr
                     bar.set_description(f"{name} {model} {pre}")
                     res = classifier_test(reference, s, model, pre, runs=args.runs, epochs=args.epochs,
                                           seed=args.seed, log_dir=log_dir, name=f"{name}_{model}_{pre}", progress=bar,
-                                          max_epochs=args.max_epochs, patience=args.patience)
+                                          max_epochs=args.max_epochs, patience=args.patience,
+                                          weights=weights.get(name))
                     per_model.setdefault(model, {})[pre] = res
                     _log(_summary_line(name, model, pre, res))
     return results
@@ -271,6 +320,8 @@ def _summary_line(name: str, model: str, pre: str, res: dict) -> str:
     """One log line per setting: AUC, JSD, the epochs chosen / run, and whether every run converged."""
     best = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in res["runs"])
     flag = "converged" if res["converged"] else "NOT CONVERGED (best epoch = last allowed, or no early stop)"
+    if res.get("weighted"):
+        flag += f"; weighted, test ESS {res['ess']['test']:.0f}"
     return (f"{name} {model} {pre}: AUC {res['auc']['mean']:.3f} ± {res['auc']['std']:.3f}, "
             f"JSD {res['jsd']['mean']:.3f} ± {res['jsd']['std']:.3f}; best/run epochs {best}; {flag}")
 

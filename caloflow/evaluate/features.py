@@ -345,13 +345,35 @@ def shower_features(source: Showers | np.ndarray | str | Path, threshold_kev: fl
     return compute_features(voxels, threshold_kev, incident_gev=incident)
 
 
-def summarize(values: np.ndarray) -> dict[str, float]:
-    """Mean and standard deviation over the finite values (NaN where there are none)."""
+def summarize(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """Mean and standard deviation over the finite values (NaN where there are none).
+
+    With ``weights`` (one per value) the weighted mean and standard deviation, sum w x / sum w and
+    sqrt(sum w (x - mean)^2 / sum w), over the finite values; ``n`` counts them, ``ess`` is the
+    effective sample size (sum w)^2 / sum w^2 of their weights.
+    """
+    if weights is not None:
+        return _weighted_summary(values, weights)
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return {"mean": float("nan"), "std": float("nan"), "n": 0}
     return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
+
+
+def _weighted_summary(values: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape != v.shape:
+        raise ValueError(f"{len(w)} weights for {len(v)} values")
+    keep = np.isfinite(v)
+    v, w = v[keep], w[keep]
+    total = float(w.sum())
+    if total <= 0:
+        return {"mean": float("nan"), "std": float("nan"), "n": int(v.size), "ess": 0.0}
+    mean = float(np.sum(w * v) / total)
+    std = float(np.sqrt(np.sum(w * (v - mean) ** 2) / total))
+    return {"mean": mean, "std": std, "n": int(v.size), "ess": float(total**2 / np.sum(w * w))}
 
 
 __all__ = [

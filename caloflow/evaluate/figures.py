@@ -113,10 +113,26 @@ def _integer_edges(datasets: list[np.ndarray]) -> np.ndarray:
     return np.arange(lo - 0.5, hi + 1.0, 1.0)
 
 
-def clipped_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Counts of the finite ``values`` in ``edges``, with values outside put into the end bins."""
-    v = _finite(values, positive=False)
-    return np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0].astype(np.float64)
+def clipped_histogram(values: np.ndarray, edges: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Counts of the finite ``values`` in ``edges``, with values outside put into the end bins; with
+    ``weights`` (one per value) the sum of the weights in each bin."""
+    if weights is None:
+        v = _finite(values, positive=False)
+        return np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0].astype(np.float64)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape != v.shape:
+        raise ValueError(f"{len(w)} weights for {len(v)} values")
+    keep = np.isfinite(v)
+    return np.histogram(np.clip(v[keep], edges[0], edges[-1]), edges, weights=w[keep])[0].astype(np.float64)
+
+
+def _weights_of(weights: dict[str, np.ndarray] | None, name: str) -> np.ndarray | None:
+    return None if weights is None else weights.get(name)
+
+
+def _label(name: str, weights: dict[str, np.ndarray] | None) -> str:
+    return f"{name} (weighted)" if _weights_of(weights, name) is not None else name
 
 
 def _fractions(counts: np.ndarray) -> np.ndarray:
@@ -126,11 +142,13 @@ def _fractions(counts: np.ndarray) -> np.ndarray:
 
 
 def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[str, np.ndarray]],
-                    out_dir: str | Path, reference_name: str = "Reference") -> dict[str, list[Path]]:
+                    out_dir: str | Path, reference_name: str = "Reference",
+                    weights: dict[str, np.ndarray] | None = None) -> dict[str, list[Path]]:
     """One figure per layout of :data:`FIGURE_LAYOUTS`, every panel with its ratio panel below.
 
     A feature missing from ``reference`` (``E_hat_over_E_inc`` without incident energies) is left
     out, and so is a figure left without panels; a sample without the feature is not drawn in its panel.
+    ``weights``: per-shower weights of some samples (by name), whose histograms are then weighted.
     Returns the files written per layout name.
     """
     out: dict[str, list[Path]] = {}
@@ -147,13 +165,13 @@ def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[st
                 cell = outer[i, j].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
                 ax = fig.add_subplot(cell[0])
                 rax = fig.add_subplot(cell[1], sharex=ax)
-                _feature_panel(ax, rax, name, reference, samples, reference_name)
+                _feature_panel(ax, rax, name, reference, samples, reference_name, weights)
         fig.suptitle(title, y=0.995)
         out[fig_name] = save_figure(fig, Path(out_dir) / fig_name)
     return out
 
 
-def _feature_panel(ax, rax, name: str, reference, samples, reference_name: str) -> None:
+def _feature_panel(ax, rax, name: str, reference, samples, reference_name: str, weights=None) -> None:
     info = FEATURES[name]
     scale = info.plot_scale
     samples = {n: s for n, s in samples.items() if name in s}
@@ -163,9 +181,9 @@ def _feature_panel(ax, rax, name: str, reference, samples, reference_name: str) 
     x_edges = edges * scale
     ax.stairs(ref_density, x_edges, fill=True, label=reference_name, **REFERENCE_STYLE)
     for color, (sample_name, feats) in zip(SAMPLE_COLORS * 10, samples.items()):
-        counts = clipped_histogram(feats[name], edges)
+        counts = clipped_histogram(feats[name], edges, _weights_of(weights, sample_name))
         density = _fractions(counts)
-        ax.stairs(density, x_edges, color=color, lw=1.4, label=sample_name)
+        ax.stairs(density, x_edges, color=color, lw=1.4, label=_label(sample_name, weights))
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(ref_density > 0, density / ref_density, np.nan)
         rax.stairs(ratio, x_edges, color=color, lw=1.2, baseline=None)
@@ -199,13 +217,17 @@ def response_edges(incident_gev: list[np.ndarray], bins: int = N_RESPONSE_BINS) 
     return np.linspace(lo, hi, bins + 1)
 
 
-def response_profile(incident_gev: np.ndarray, response: np.ndarray, edges: np.ndarray) -> dict[str, np.ndarray]:
+def response_profile(incident_gev: np.ndarray, response: np.ndarray, edges: np.ndarray,
+                     weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Profile of ``response`` in bins of ``incident_gev``: per bin the mean and (population) std of the
     finite responses and their count; mean NaN for an empty bin, std NaN for fewer than 2 entries.
-    Incident energies outside ``edges`` are left out."""
+    Incident energies outside ``edges`` are left out. With ``weights`` (one per shower) the weighted
+    mean and std per bin (``n`` still counts the showers; NaN where the bin's weights sum to 0)."""
     e = np.asarray(incident_gev, dtype=np.float64).reshape(-1)
     r = np.asarray(response, dtype=np.float64).reshape(-1)
     keep = np.isfinite(e) & np.isfinite(r) & (e >= edges[0]) & (e <= edges[-1])
+    if weights is not None:
+        return _weighted_profile(e[keep], r[keep], np.asarray(weights, dtype=np.float64).reshape(-1)[keep], edges)
     e, r = e[keep], r[keep]
     index = np.clip(np.searchsorted(edges, e, side="right") - 1, 0, len(edges) - 2)
     n_bins = len(edges) - 1
@@ -218,10 +240,22 @@ def response_profile(incident_gev: np.ndarray, response: np.ndarray, edges: np.n
     return {"mean": mean, "std": std, "n": count}
 
 
+def _weighted_profile(e: np.ndarray, r: np.ndarray, w: np.ndarray, edges: np.ndarray) -> dict[str, np.ndarray]:
+    index = np.clip(np.searchsorted(edges, e, side="right") - 1, 0, len(edges) - 2)
+    n_bins = len(edges) - 1
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    sum_w = np.bincount(index, weights=w, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(sum_w > 0, np.bincount(index, weights=w * r, minlength=n_bins) / sum_w, np.nan)
+        square = np.bincount(index, weights=w * (r - mean[index]) ** 2, minlength=n_bins)
+        std = np.where((count > 1) & (sum_w > 0), np.sqrt(square / sum_w), np.nan)
+    return {"mean": mean, "std": std, "n": count}
+
+
 def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, dict[str, np.ndarray]],
                            reference_incident_gev: np.ndarray, sample_incident_gev: dict[str, np.ndarray],
                            out_dir: str | Path, reference_name: str = "Reference",
-                           bins: int = N_RESPONSE_BINS) -> list[Path]:
+                           bins: int = N_RESPONSE_BINS, weights: dict[str, np.ndarray] | None = None) -> list[Path]:
     """E_hat/E_inc vs E_inc: mean (left) and standard deviation (right) of E_hat/E_inc in bins of E_inc,
     reference (grey band: mean ± std) against each sample, with the ratio sample / reference below.
 
@@ -230,6 +264,7 @@ def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, 
             ``E_hat``, MeV, is used; the incident energy need not have been passed to it).
         reference_incident_gev, sample_incident_gev: incident energies (GeV) of the reference and of
             each sample (same names as ``samples``).
+        weights: per-shower weights of some samples (by name): their profiles are weighted.
 
     Writes ``energy_response.png`` and ``.pdf`` in ``out_dir``; returns their paths.
     """
@@ -255,13 +290,13 @@ def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, 
                 label=reference_name if stat == "std" else None)
         width = edges[1] - edges[0]
         for i, (color, (sample_name, (inc, resp))) in enumerate(zip(SAMPLE_COLORS * 10, responses.items())):
-            prof = response_profile(inc, resp, edges)
+            prof = response_profile(inc, resp, edges, _weights_of(weights, sample_name))
             offset = (i + 1) * 0.08 * width / max(len(responses), 1)
             if stat == "mean":
                 ax.errorbar(centres + offset, prof["mean"], yerr=prof["std"], fmt="o", ms=3.5, color=color,
-                            capsize=2, lw=1.0, label=f"{sample_name} (± std)")
+                            capsize=2, lw=1.0, label=f"{_label(sample_name, weights)} (± std)")
             else:
-                ax.plot(centres + offset, prof["std"], "o", ms=3.5, color=color, label=sample_name)
+                ax.plot(centres + offset, prof["std"], "o", ms=3.5, color=color, label=_label(sample_name, weights))
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(ref[stat] > 0, prof[stat] / ref[stat], np.nan)
             rax.plot(centres + offset, ratio, "o-", ms=3, lw=1.0, color=color)
@@ -278,10 +313,18 @@ def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, 
 
 
 def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray], out_dir: str | Path,
-                   reference_name: str = "Reference", threshold_kev: float = 10.0) -> list[Path]:
-    """Average energy per voxel (MeV, log colour scale): rows reference and samples, columns layers."""
+                   reference_name: str = "Reference", threshold_kev: float = 10.0,
+                   weights: dict[str, np.ndarray] | None = None) -> list[Path]:
+    """Average energy per voxel (MeV, log colour scale): rows reference and samples, columns layers.
+
+    ``weights``: per-shower weights of some samples (by name), whose averages are then weighted."""
     rows = {reference_name: reference_voxels, **samples}
-    means = {name: [layer.mean(0) for layer in split_layers(apply_threshold(v, threshold_kev))]
+
+    def mean(name: str, layer: np.ndarray) -> np.ndarray:
+        w = _weights_of(weights, name) if name in samples else None
+        return layer.mean(0) if w is None else np.average(layer, axis=0, weights=w)
+
+    means = {name: [mean(name, layer) for layer in split_layers(apply_threshold(v, threshold_kev))]
              for name, v in rows.items()}
     fig, axes = plt.subplots(len(rows), N_LAYERS, figsize=(4.2 * N_LAYERS, 3.4 * len(rows)), squeeze=False)
     extent = (-HALF_WIDTH_MM, HALF_WIDTH_MM, -HALF_WIDTH_MM, HALF_WIDTH_MM)
@@ -295,7 +338,7 @@ def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray],
             image = np.ma.masked_less_equal(layers[k], 0)
             im = ax.imshow(image, norm=norm, cmap=cmap, extent=extent, aspect="auto", origin="lower",
                            interpolation="nearest")
-            ax.set_title(f"{name}, layer {k}", fontsize=10)
+            ax.set_title(f"{_label(name, weights) if name in samples else name}, layer {k}", fontsize=10)
             ax.set_xlabel(r"$\eta$ [mm]")
             ax.set_ylabel(r"$\phi$ [mm]")
             fig.colorbar(im, ax=ax, label="mean energy [MeV]")

@@ -27,20 +27,23 @@ def _json_safe(obj):
 
 
 def feature_metrics(reference: dict[str, np.ndarray], sample: dict[str, np.ndarray],
-                    others: list[dict[str, np.ndarray]] | None = None) -> dict[str, dict]:
+                    others: list[dict[str, np.ndarray]] | None = None,
+                    weights: np.ndarray | None = None) -> dict[str, dict]:
     """Per feature: the sample's mean and std (finite values) and its separation power to the reference.
 
     The separation power is computed on the same bins as the figures (common to the reference and
-    ``others``, i.e. all samples), with out-of-range values counted in the end bins.
+    ``others``, i.e. all samples), with out-of-range values counted in the end bins. With ``weights``
+    (one per shower of ``sample``) the sample's histograms, mean and std are weighted (the bins stay
+    those of the unweighted values).
     """
     out = {}
     # features that need the incident energy are there only when it was given to compute_features
     for name in (n for n in FEATURE_NAMES if n in reference and n in sample):
         other_values = [o[name] for o in (others or []) if name in o]
         edges = histogram_edges(name, [reference[name], sample[name]] + other_values)
-        h_ref, h_sample = clipped_histogram(reference[name], edges), clipped_histogram(sample[name], edges)
+        h_ref, h_sample = clipped_histogram(reference[name], edges), clipped_histogram(sample[name], edges, weights)
         sep = histogram_separation(h_ref, h_sample) if h_ref.sum() > 0 and h_sample.sum() > 0 else float("nan")
-        out[name] = {**summarize(sample[name]), "separation_power": sep}
+        out[name] = {**summarize(sample[name], weights), "separation_power": sep}
     return out
 
 
@@ -75,12 +78,26 @@ def _header_section(metrics: dict, names: list[str]) -> list[str]:
     lines = ["# Evaluation report", ""]
     lines += ["Reference: `{}` ({} showers). Samples: {}.".format(
         ref["path"], ref["n_showers"],
-        ", ".join(f"**{n}** `{metrics['samples'][n]['path']}` ({metrics['samples'][n]['n_showers']} showers)"
-                  for n in names)), ""]
+        ", ".join(f"**{n}** `{metrics['samples'][n]['path']}` ({metrics['samples'][n]['n_showers']} showers"
+                  + _weights_note(metrics["samples"][n]) + ")" for n in names)), ""]
+    if any(metrics["samples"][n].get("weighted") for n in names):
+        lines += ["A weighted sample is judged with its per-shower weights (`--weights`): its feature means, "
+                  "widths, histograms and separation powers, its energy-response profile and average images, "
+                  "and its classifier test (weighted loss, calibration, AUC and JSD; the generated class scaled "
+                  "to the reference's total weight in each split) use them. ESS = (sum w)^2 / sum w^2 is the "
+                  "effective number of showers.", ""]
     lines += ["Features follow the CaloFlow paper (arXiv:2106.05285) sections 5.2-5.3, computed after a "
               "10 keV cut on every voxel; energies in MeV, centroids and widths in mm. Separation power "
               "S = 1/2 sum (h1 - h2)^2 / (h1 + h2) on the figure binning: 0 identical, 1 disjoint.", ""]
     return lines
+
+
+def _weights_note(sample: dict) -> str:
+    """``, weighted by `PATH` (ESS ...)`` for a weighted sample, else nothing."""
+    w = sample.get("weights")
+    if not sample.get("weighted") or not w:
+        return ""
+    return f", weighted by `{w['path']}`, ESS {w['ess']:.0f}"
 
 
 def _classifier_section(metrics: dict, names: list[str]) -> list[str]:
@@ -105,7 +122,8 @@ def _classifier_section(metrics: dict, names: list[str]) -> list[str]:
     for n, model, pre, m in rows:
         epochs = ", ".join(f"{r.get('best_epoch', '?')}/{r.get('epochs_run', '?')}" for r in m.get("runs", []))
         converged = {True: "yes", False: "**no**"}.get(m.get("converged"), "?")
-        lines.append(f"| {n} | {model.upper()} | {pre} | {m['auc']['mean']:.3f} ± {m['auc']['std']:.3f} "
+        shown = f"{n} (weighted, test ESS {m['ess']['test']:.0f})" if m.get("weighted") else n
+        lines.append(f"| {shown} | {model.upper()} | {pre} | {m['auc']['mean']:.3f} ± {m['auc']['std']:.3f} "
                      f"| {m['jsd']['mean']:.3f} ± {m['jsd']['std']:.3f} | {epochs} | {converged} |")
     lines.append("")
     return lines

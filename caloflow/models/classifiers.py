@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from caloflow.data.geometry import GEV, LAYER_SHAPES, LAYER_SIZES, N_VOXELS
@@ -198,7 +199,9 @@ class ShowerClassifier(L.LightningModule):
 
     The loss is sum w BCE / sum w over the batch (w = ``batch["weight"]``, 1 if absent: DCTR-weighted
     samples train the same module). Logs ``train_loss``, ``val_loss``, ``val_acc`` and ``val_auc``
-    (torchmetrics; the epoch selection of appendix A keeps the best ``val_acc``).
+    (torchmetrics; the epoch selection of appendix A keeps the best ``val_acc``). With weights,
+    ``val_loss`` and ``val_acc`` are weighted (sum w [correct] / sum w) and ``val_auc``, which
+    torchmetrics cannot weight, is not logged.
 
     Args:
         backbone: ``dnn`` or ``cnn`` (appendix A, on voxels), ``features`` (41 high-level features of the
@@ -222,6 +225,10 @@ class ShowerClassifier(L.LightningModule):
         self.net = BACKBONES[backbone](**args)
         self.val_acc = BinaryAccuracy()
         self.val_auc = BinaryAUROC()
+        #: weighted validation loss and accuracy over the epoch (batches with a "weight"): sum w x / sum w
+        #: over every validation shower, whatever the batches; metric states are not saved in checkpoints
+        self.val_weighted_loss = MeanMetric()
+        self.val_weighted_acc = MeanMetric()
 
     def forward(self, batch: Batch) -> Tensor:
         """Logit of P(reference | batch) = log w, shape (N,)."""
@@ -244,6 +251,16 @@ class ShowerClassifier(L.LightningModule):
         n = len(batch["label"])
         # probabilities, not logits: torchmetrics would take logits that all lie in [0, 1] for probabilities
         probs, labels = torch.sigmoid(logits), batch["label"].long()
+        weight = batch.get("weight")
+        if weight is not None:
+            bce = F.binary_cross_entropy_with_logits(logits, batch["label"], reduction="none")
+            # the threshold of BinaryAccuracy: correct when (p > 0.5) == label
+            correct = ((probs > 0.5).long() == labels).to(bce.dtype)
+            self.val_weighted_loss.update(bce, weight)
+            self.val_weighted_acc.update(correct, weight)
+            self.log("val_loss", self.val_weighted_loss, on_epoch=True, prog_bar=True, batch_size=n)
+            self.log("val_acc", self.val_weighted_acc, on_epoch=True, prog_bar=True, batch_size=n)
+            return
         self.val_acc.update(probs, labels)
         self.val_auc.update(probs, labels)
         self.log("val_loss", self.loss(batch, logits), on_epoch=True, prog_bar=True, batch_size=n)
