@@ -5,7 +5,9 @@ weights w(x) = exp(logit) are pulled back to the latent space and then sampled w
 by rejection sampling, Hamiltonian Monte Carlo of log N(z) + log w(g(z)), or a weighted-GAN
 refiner Phi so that refined samples are g(Phi(y)). DCTR (weighted generated data) is the reference;
 OmniFold pulls weights back when g has hidden randomness. ``python -m refine.laser`` runs the
-paper's 2D toy study.
+paper's 2D toy study, or (``--flow1 --flow2 --reference``) refines a shower model conditional on
+E_inc on a held-out split (:mod:`refine.shower_laser`); :mod:`refine.showers` puts CaloFlow and
+CaloGAN behind the generator protocol, :mod:`refine.shower_refiner` generates with a trained refiner.
 """
 from importlib import import_module
 
@@ -13,6 +15,8 @@ from importlib import import_module
 # and option errors answer without loading torch and Lightning
 _EXPORTS = {
     "BlackBoxGenerator": "refine.generators",
+    "CaloFlowGenerator": "refine.showers",
+    "CaloGANGenerator": "refine.showers",
     "FlowGenerator": "refine.generators",
     "Generator": "refine.generators",
     "RefinedGenerator": "refine.generators",
@@ -28,6 +32,7 @@ _EXPORTS = {
     "laser_log_prob": "refine.mcmc",
     "omnifold_pullback": "refine.omnifold",
     "rejection_sample": "refine.rejection",
+    "rejection_sample_conditional": "refine.rejection",
     "resample": "refine.rejection",
 }
 
@@ -42,6 +47,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "BlackBoxGenerator",
+    "CaloFlowGenerator",
+    "CaloGANGenerator",
     "FlowGenerator",
     "Generator",
     "RefinedGenerator",
@@ -55,6 +62,7 @@ __all__ = [
     "laser_log_prob",
     "omnifold_pullback",
     "rejection_sample",
+    "rejection_sample_conditional",
     "resample",
     "train_classifier",
     "weights_from_logits",

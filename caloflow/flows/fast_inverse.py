@@ -27,9 +27,14 @@ warning):
 The MADE may have any number of blocks, plain (``use_residual_blocks=False``, as in CaloFlow) or
 residual, random or sequential masks, a context or none, and any elementwise activation. Batch
 normalisation is not supported. The network is evaluated as in eval mode (dropout off).
+
+By default the inverse runs without autograd. ``fast_inverse(..., differentiable=True)`` keeps the
+graph, so that gradients w.r.t. the latent point and the context flow through it (LaSeR's HMC in
+latent space, :mod:`refine.showers`); it writes no buffer in place and costs a little more.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -447,7 +452,47 @@ def _plans_for(transform: Transform, fallback: bool) -> list:
 # --------------------------------------------------------------------------------------------
 # Execution
 # --------------------------------------------------------------------------------------------
-def _invert_made(plan: _MadePlan, z: Tensor, context: Tensor | None) -> Tensor:
+class _Columns:
+    """A (B, n) tensor written left to right in blocks of columns, and read by column ranges.
+
+    ``in_place`` (the no-grad path): one preallocated buffer, written by slice assignment. Otherwise
+    (autograd) the blocks are kept and concatenated when read: no tensor that the graph has already
+    used is written in place, and the backward pass does not copy the whole buffer once per block
+    (as the ``CopySlices`` of a slice assignment would).
+    """
+
+    __slots__ = ("buffer", "parts", "width", "like")
+
+    def __init__(self, like: Tensor, n: int, in_place: bool):
+        self.buffer = like.new_empty(like.shape[0], n) if in_place else None
+        self.parts: list[Tensor] = []
+        self.width = 0
+        self.like = like
+
+    def write(self, lo: int, hi: int, value: Tensor) -> None:
+        if self.buffer is not None:
+            self.buffer[:, lo:hi] = value
+            return
+        if lo != self.width:
+            raise AssertionError(f"columns {lo}:{hi} written after {self.width}: blocks must come in order")
+        self.parts.append(value)
+        self.width = hi
+
+    def read(self, lo: int, hi: int) -> Tensor:
+        return self.full()[:, lo:hi]
+
+    def full(self) -> Tensor:
+        """The columns written so far (all of them on the in-place path)."""
+        if self.buffer is not None:
+            return self.buffer
+        if not self.parts:
+            return self.like.new_empty(self.like.shape[0], 0)
+        if len(self.parts) > 1:
+            self.parts = [torch.cat(self.parts, dim=1)]
+        return self.parts[0]
+
+
+def _invert_made(plan: _MadePlan, z: Tensor, context: Tensor | None, in_place: bool = True) -> Tensor:
     B, D = z.shape
     act = plan.activation
     spec = plan.element_spec
@@ -456,9 +501,9 @@ def _invert_made(plan: _MadePlan, z: Tensor, context: Tensor | None) -> Tensor:
     else:
         elementwise_inverse, const = _affine_inverse, None
     K = spec.params_per_feature
-    x = torch.empty_like(z)
+    x = _Columns(z, D, in_place)
     n_layers = len(plan.hidden_sizes)
-    hidden = [z.new_empty(B, h) for h in plan.hidden_sizes]
+    hidden = [_Columns(z, h, in_place) for h in plan.hidden_sizes]
 
     # Additive term of the first layer: bias + activated context (MADE.forward), in degree order.
     first_base = None
@@ -473,38 +518,39 @@ def _invert_made(plan: _MadePlan, z: Tensor, context: Tensor | None) -> Tensor:
                 for st in steps:
                     src = x if l == 0 else hidden[l - 1]
                     bias = st.bias if (l > 0 or first_base is None) else first_base[:, st.lo:st.hi]
-                    hidden[l][:, st.lo:st.hi] = act(torch.addmm(bias, src[:, :st.n_in], st.weight_t))
-            params = torch.addmm(wave.out_bias, hidden[-1][:, :wave.n_last], wave.out_weight_t)
-            x[:, wave.f0:wave.f1] = elementwise_inverse(
-                z[:, wave.f0:wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const)
-        return x
+                    hidden[l].write(st.lo, st.hi, act(torch.addmm(bias, src.read(0, st.n_in), st.weight_t)))
+            params = torch.addmm(wave.out_bias, hidden[-1].read(0, wave.n_last), wave.out_weight_t)
+            x.write(wave.f0, wave.f1, elementwise_inverse(
+                z[:, wave.f0:wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const))
+        return x.full()
 
     # Residual MADE: t_0 = W_0 x + b_0 + act(ctx); per block t' = t + W_1 act(W_0 act(t) + b_0 + C c) + b_1.
     # hidden[0] holds t_0; hidden[2j+1] the inner units of block j; hidden[2j+2] its output t.
     block_extra = []
     for layer in plan.block_context_layers:
         block_extra.append(layer(context)[:, plan.perms[0]] if (layer is not None and context is not None) else None)
-    activated = [z.new_empty(B, h) for h in plan.hidden_sizes[0:-1:2]]  # act(t) of each residual stream
+    activated = [_Columns(z, h, in_place) for h in plan.hidden_sizes[0:-1:2]]  # act(t) of each residual stream
     for wave in plan.waves:
         for l, steps in enumerate(wave.layer_steps):
             for st in steps:
                 sl = slice(st.lo, st.hi)
                 if l == 0:
                     bias = st.bias if first_base is None else first_base[:, sl]
-                    out = torch.addmm(bias, x[:, :st.n_in], st.weight_t)
+                    out = torch.addmm(bias, x.read(0, st.n_in), st.weight_t)
                 elif l % 2 == 1:  # inner layer of block (l - 1) // 2
                     extra = block_extra[(l - 1) // 2]
                     bias = st.bias if extra is None else extra[:, sl] + st.bias
-                    out = act(torch.addmm(bias, activated[(l - 1) // 2][:, :st.n_in], st.weight_t))
+                    out = act(torch.addmm(bias, activated[(l - 1) // 2].read(0, st.n_in), st.weight_t))
                 else:  # block output: residual stream plus the block's increment
-                    out = hidden[l - 2][:, sl] + torch.addmm(st.bias, hidden[l - 1][:, :st.n_in], st.weight_t)
-                hidden[l][:, sl] = out
+                    out = hidden[l - 2].read(st.lo, st.hi) + torch.addmm(
+                        st.bias, hidden[l - 1].read(0, st.n_in), st.weight_t)
+                hidden[l].write(st.lo, st.hi, out)
                 if l % 2 == 0 and l < n_layers - 1:  # the last stream feeds the output layer as is
-                    activated[l // 2][:, sl] = act(out)
-        params = torch.addmm(wave.out_bias, hidden[-1][:, :wave.n_last], wave.out_weight_t)
-        x[:, wave.f0:wave.f1] = elementwise_inverse(
-            z[:, wave.f0:wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const)
-    return x
+                    activated[l // 2].write(st.lo, st.hi, act(out))
+        params = torch.addmm(wave.out_bias, hidden[-1].read(0, wave.n_last), wave.out_weight_t)
+        x.write(wave.f0, wave.f1, elementwise_inverse(
+            z[:, wave.f0:wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const))
+    return x.full()
 
 
 def fast_inverse(
@@ -513,6 +559,7 @@ def fast_inverse(
     context: Tensor | None = None,
     *,
     fallback: bool = False,
+    differentiable: bool = False,
 ) -> Tensor:
     """``transform.inverse(z, context)[0]`` of an nflows MADE flow, with every network output computed once.
 
@@ -523,10 +570,17 @@ def fast_inverse(
         z: (B, D) points in the base space.
         context: (B, C) conditions, one row per point, or None.
         fallback: for unsupported blocks, use their own inverse with a warning instead of raising.
+        differentiable: keep the autograd graph (when grad mode is on): the result is then
+            differentiable in ``z`` and ``context`` (and the context layers' weights), with the same
+            gradients as autograd through nflows' inverse up to rounding. The masked MADE weights
+            enter as constants (no gradient w.r.t. them; train with ``log_prob``). The intermediate
+            columns are concatenated instead of written into buffers, so nothing the graph uses is
+            modified in place. Off (the default), everything runs under ``torch.no_grad()`` with
+            in-place buffers, as fast as before.
 
     Returns:
         (B, D) points in data space, equal to nflows' inverse up to floating-point rounding.
-        No gradient is tracked. Dropout is not applied (eval-mode semantics).
+        No gradient is tracked unless ``differentiable``. Dropout is not applied (eval-mode semantics).
 
     Raises:
         NotImplementedError: a block is not supported (message names it) and ``fallback`` is False.
@@ -548,6 +602,8 @@ def fast_inverse(
 
     with torch.no_grad():
         plans = _plans_for(transform, fallback)
+    in_place = not (differentiable and torch.is_grad_enabled())
+    with torch.no_grad() if in_place else contextlib.nullcontext():
         x = z
         for plan in reversed(plans):
             if isinstance(plan, _PermutationPlan):
@@ -555,7 +611,7 @@ def fast_inverse(
             elif isinstance(plan, _MadePlan):
                 if x.shape[1] != plan.features:
                     raise ValueError(f"z has {x.shape[1]} features, the MADE expects {plan.features}")
-                x = _invert_made(plan, x, context)
+                x = _invert_made(plan, x, context, in_place)
             else:
                 x = plan.transform.inverse(x, context)[0]
     return x

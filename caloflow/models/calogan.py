@@ -121,6 +121,12 @@ class CaloGANGenerator(nn.Module):
             images[2] = self.attention[1](images[2], resize_layer1_to_layer2(images[1]))
         return [torch.relu(image).squeeze(1) for image in images]
 
+    def decode(self, z: Tensor, energy_gev: Tensor) -> Tensor:
+        """Showers (B, 504) in MeV (float32, the :func:`caloflow.data.geometry.join_layers` order) of
+        the latent points ``z`` (B, latent_dim) at E_inc (B,) GeV; differentiable in ``z``. The
+        caller chooses the mode (eval for generation: BatchNorm with its running averages)."""
+        return torch.cat([image.flatten(1) for image in self(z, energy_gev)], dim=1).float() * GEV
+
 
 class DiscriminatorStream(nn.Module):
     """Features of one layer image (B, rows, cols) GeV -> (B, n_features).
@@ -345,8 +351,7 @@ class CaloGAN(RemembersDomain, L.LightningModule):
             for chunk in energies.split(self.hparams.sample_batch_size):
                 noise_device = generator.device if generator is not None else self.device
                 z = torch.randn(chunk.shape[0], self.hparams.latent_dim, generator=generator, device=noise_device)
-                images = self.generator(z.to(self.device), chunk.to(self.device))
-                out.append(torch.cat([im.flatten(1) for im in images], dim=1).float().cpu() * GEV)
+                out.append(self.generator.decode(z.to(self.device), chunk.to(self.device)).cpu())
         finally:
             self.generator.train(was_training)
         voxels = torch.cat(out) if out else torch.zeros(0, N_VOXELS)

@@ -81,8 +81,14 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def invert(self, z: Tensor, context: Tensor) -> Tensor:
-        """x = f^-1(z | context) with nflows' own inverse (one MADE pass per feature)."""
+        """x = f^-1(z | context) with nflows' own inverse (one MADE pass per feature); autograd as the caller's."""
         return self.flow._transform.inverse(z, context=context)[0]
+
+    @contextmanager
+    def decoding(self, differentiable: bool) -> Iterator[None]:
+        """Evaluation mode, and no autograd graph unless ``differentiable`` (then grad mode as the caller's)."""
+        with self.evaluating(), torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            yield
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -94,8 +100,18 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
         finally:
             self.train(was_training)
 
+    @property
+    def latent_dim(self) -> int:
+        """Dimension of the latent space (= of the flow's representation)."""
+        return int(self.flow._distribution._shape[0])
+
+    @property
+    def flow_dtype(self) -> torch.dtype:
+        """The dtype of the flow's weights (float32 unless the model was converted)."""
+        return next(self.flow.parameters()).dtype
+
     def _latent(self, n: int, generator: torch.Generator | None, dtype) -> Tensor:
-        return standard_normal(n, self.flow._distribution._shape[0], generator, self.device, dtype)
+        return standard_normal(n, self.latent_dim, generator, self.device, dtype)
 
     @staticmethod
     def _mark_nonfinite(x: Tensor, decoded: Tensor) -> Tensor:
@@ -110,8 +126,8 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
             decoded[bad] = float("nan")
         return decoded
 
-    def _incident(self, incident_gev) -> Tensor:
-        return torch.as_tensor(incident_gev, dtype=torch.float32, device=self.device).reshape(-1)
+    def _incident(self, incident_gev, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.as_tensor(incident_gev, device=self.device).to(dtype).reshape(-1)
 
 
 class FlowI(ConditionalFlowModule):
@@ -173,15 +189,29 @@ class FlowI(ConditionalFlowModule):
         """log p(x(E0, E1, E2) | E_inc) per shower (nats, in the representation); energies in MeV and GeV."""
         return self.flow.log_prob(*self.encode({"layer_energies": layer_energies, "energy": incident_gev}))
 
+    def decode(self, z: Tensor, incident_gev: Tensor, differentiable: bool = False) -> Tensor:
+        """Layer energies (E0, E1, E2) (N, 3) in MeV of the latent points ``z`` (N, 3), given E_inc (N,) in GeV.
+
+        The Flow I part of the generator g(z) (:mod:`refine.showers`): x = f^-1(z | E_inc) with nflows'
+        inverse, then the inverse u-transform (E0 + E1 + E2 <= E_inc). Computed in the dtype of ``z``
+        (the flow's). Rows whose flow output is not finite come out NaN. With ``differentiable`` the
+        autograd graph is kept (when grad mode is on): the result is differentiable in ``z`` (and E_inc).
+        """
+        with self.decoding(differentiable):
+            incident_gev = self._incident(incident_gev, z.dtype)
+            x = self.invert(z, self.preprocessing.context(incident_gev))
+            return self._mark_nonfinite(x, self.preprocessing.inverse(x, incident_gev))
+
     @torch.no_grad()
     def sample(self, incident_gev: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One draw of (E0, E1, E2) in MeV per incident energy (GeV); E0 + E1 + E2 <= E_inc."""
+        """One draw of (E0, E1, E2) in MeV per incident energy (GeV); E0 + E1 + E2 <= E_inc.
+
+        z ~ N(0, 1) (N, 3) from ``generator`` (in the flow's dtype, drawn on the CPU when it is a CPU
+        generator), then :meth:`decode`.
+        """
         incident_gev = self._incident(incident_gev)
-        context = self.preprocessing.context(incident_gev)
-        z = self._latent(len(incident_gev), generator, context.dtype)
-        with self.evaluating():
-            x = self.invert(z, context)
-        return self._mark_nonfinite(x, self.preprocessing.inverse(x, incident_gev))
+        z = self._latent(len(incident_gev), generator, self.flow_dtype)
+        return self.decode(z, incident_gev)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Layer energies (MeV) drawn for the incident energies of the batch."""
@@ -257,12 +287,43 @@ class FlowII(ConditionalFlowModule):
         """log p(x(voxels) | E_inc, E_k) per shower (nats, in the representation); voxels in MeV, E_inc in GeV."""
         return self.flow.log_prob(*self.encode({"voxels": voxels, "energy": incident_gev}))
 
-    def invert(self, z: Tensor, context: Tensor, fast: bool | None = None) -> Tensor:
+    def invert(self, z: Tensor, context: Tensor, fast: bool | None = None, differentiable: bool = False) -> Tensor:
+        """x = f^-1(z | context): the exact fast inverse (``fast``, default ``fast_sampling``) or nflows' own.
+
+        ``differentiable`` keeps the fast inverse's autograd graph (nflows' inverse always follows the
+        caller's grad mode).
+        """
         if self.hparams.fast_sampling if fast is None else fast:
             from caloflow.flows.fast_inverse import fast_inverse
 
-            return fast_inverse(self.flow._transform, z, context)
+            return fast_inverse(self.flow._transform, z, context, differentiable=differentiable)
         return super().invert(z, context)
+
+    def decode(
+        self,
+        z: Tensor,
+        incident_gev: Tensor,
+        layer_energies: Tensor,
+        fast: bool | None = None,
+        threshold: bool = True,
+        differentiable: bool = False,
+    ) -> Tensor:
+        """Showers (N, 504) in MeV of the latent points ``z`` (N, 504), given E_inc (N,) GeV and E_k (N, 3) MeV.
+
+        The Flow II part of the generator g(z) (:mod:`refine.showers`): x = f^-1(z | E_inc, E_k)
+        (``fast``: :func:`caloflow.flows.fast_inverse`, default ``fast_sampling``), then the
+        post-processing of section 4.3: inverse logit, renormalise each layer to E_k, zero voxels
+        below the threshold (``threshold=False`` keeps them: layer sums then equal E_k). Computed in
+        the dtype of ``z`` (the flow's). Rows whose flow output is not finite come out NaN. With
+        ``differentiable`` the autograd graph is kept (when grad mode is on): the result is
+        differentiable in ``z``, E_k and E_inc; voxels zeroed by the threshold have zero gradient.
+        """
+        with self.decoding(differentiable):
+            incident_gev = self._incident(incident_gev, z.dtype)
+            layer_energies = torch.as_tensor(layer_energies, device=self.device).to(z.dtype)
+            context = self.preprocessing.context(incident_gev, layer_energies).to(z.dtype)
+            x = self.invert(z, context, fast=fast, differentiable=differentiable)
+            return self._mark_nonfinite(x, self.preprocessing.inverse(x, layer_energies, threshold=threshold))
 
     @torch.no_grad()
     def sample(
@@ -273,14 +334,14 @@ class FlowII(ConditionalFlowModule):
         fast: bool | None = None,
         threshold: bool = True,
     ) -> Tensor:
-        """One shower (N, 504) in MeV per row of (E_inc in GeV, E_k in MeV); layer sums equal E_k before the cut."""
+        """One shower (N, 504) in MeV per row of (E_inc in GeV, E_k in MeV); layer sums equal E_k before the cut.
+
+        z ~ N(0, 1) (N, 504) from ``generator`` (in the flow's dtype, drawn on the CPU when it is a
+        CPU generator), then :meth:`decode`.
+        """
         incident_gev = self._incident(incident_gev)
-        layer_energies = torch.as_tensor(layer_energies, device=self.device).float()
-        context = self.preprocessing.context(incident_gev, layer_energies).float()
-        z = self._latent(len(incident_gev), generator, context.dtype)
-        with self.evaluating():
-            x = self.invert(z, context, fast=fast)
-        return self._mark_nonfinite(x, self.preprocessing.inverse(x, layer_energies, threshold=threshold))
+        z = self._latent(len(incident_gev), generator, self.flow_dtype)
+        return self.decode(z, incident_gev, layer_energies, fast=fast, threshold=threshold)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Showers (N, 504) in MeV drawn for the incident and layer energies of the batch."""
