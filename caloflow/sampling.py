@@ -4,6 +4,10 @@ E_inc -> Flow I -> inverse u-transform -> (E0, E1, E2) -> Flow II -> inverse log
 each layer -> scale by E_i -> 10 keV threshold. Both inverse steps are the preprocessing objects
 the flows were trained with (:mod:`caloflow.transforms`). A shower that comes out non-finite is
 drawn again (and counted), so no NaN or inf reaches a file.
+
+``--refiner R.ckpt`` (a LaSeR refiner written by ``python -m refine.laser --flow1 ...``, for these
+very checkpoints, checked by sha256): the latent points y are drawn per batch exactly as without a
+refiner, mapped to Phi(y, E_inc) and decoded (:mod:`refine.shower_refiner`).
 """
 from __future__ import annotations
 
@@ -268,6 +272,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--flow1", help="Flow I checkpoint (.ckpt)")
     model.add_argument("--flow2", help="Flow II checkpoint (.ckpt)")
     model.add_argument("--calogan", help="CaloGAN checkpoint (.ckpt)")
+    model.add_argument("--refiner", type=cli_args.existing_file,
+                       help="LaSeR refiner checkpoint (refiner.ckpt of python -m refine.laser) trained for these "
+                            "checkpoints: showers g(Phi(y, E_inc)) with y drawn as without it")
     parser.add_argument("--n", type=cli_args.positive_int,
                         help="number of showers (default: all energies of --energies)")
     parser.add_argument("--energies", type=cli_args.existing_file, help="CaloGAN file whose incident energies are used")
@@ -298,14 +305,20 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     energies = IncidentEnergies(args.n, args.energies, (lo, hi), args.seed)  # counted, not read yet
     check_output(args, len(energies))
+    refiner = _check_refiner(args)
     if args.calogan:
         sampler, name = CaloGANSampler.load(args.calogan, args.device), "calogan"
     else:
         sampler, name = CaloFlow.load(args.flow1, args.flow2, args.device), "caloflow"
-    check_domain(sampler.domain, energies, args)
-    generator = torch.Generator().manual_seed(args.seed)
     attrs = {"generator": name, "seed": args.seed, "fast_sampling": bool(args.fast),
              "training_domain": sampler.domain.to_json()}
+    if refiner is not None:
+        from refine.shower_refiner import RefinedSampler
+
+        sampler = RefinedSampler(sampler, refiner)
+        attrs.update(refiner=str(args.refiner), batch_size=args.batch_size)
+    check_domain(sampler.domain, energies, args)
+    generator = torch.Generator().manual_seed(args.seed)
     # batch by batch into the file: memory does not grow with --n; the file appears only when complete
     with ShowerWriter(args.out, attrs=attrs, expected_rows=len(energies)) as out:
         sampler.sample(energies, generator, batch_size=args.batch_size, fast=args.fast, progress=args.progress,
@@ -316,12 +329,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_refiner(args: argparse.Namespace):
+    """The ``--refiner`` (None without one), refused in one line unless it was trained for the given
+    checkpoints (sha256)."""
+    if not getattr(args, "refiner", None):
+        return None
+    from refine.shower_refiner import load_refiner
+
+    checkpoints = {"calogan": args.calogan} if args.calogan else {"flow1": args.flow1, "flow2": args.flow2}
+    return load_refiner(args.refiner, "--refiner", checkpoints)[0]
+
+
 def check_output(args: argparse.Namespace, n: int) -> None:
     """Refuse, before any work, an --out that is one of the inputs or whose showers would not fit on its disk."""
     from caloflow import cli_args
 
     cli_args.check_not_an_input(args.out, {"--energies": args.energies, "--flow1": args.flow1,
-                                           "--flow2": args.flow2, "--calogan": args.calogan})
+                                           "--flow2": args.flow2, "--calogan": args.calogan,
+                                           "--refiner": getattr(args, "refiner", None)})
     check_disk_space(args.out, n, f"--n {args.n}" if args.n is not None else f"--energies {args.energies} ({n} showers)")
 
 

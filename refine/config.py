@@ -19,12 +19,19 @@ LightningModules as ``{class_path, init_args}`` and plain sections for their tra
 
 Init arguments that follow from the data are set by the protocol, not the config: the baseline's
 ``n_features``/``shift``/``scale``, the classifier backbone's ``n_features``/``shift``/``scale``,
-the refiner's ``latent_dim``. ``quick`` is a partial config in the same format, merged over the
+the refiner's ``latent_dim`` (and ``context_dim``: the toys' refiners are unconditional). ``quick`` is a partial config in the same format, merged over the
 rest by ``--quick`` (jsonargparse's merge of a second config: ``init_args`` alone update the class
 already chosen). Types are checked, unknown keys rejected; every error is reported as one line
 naming the key (:class:`ConfigError`); so are values of the right type that no run can use
 (a learning rate <= 0, a size < 1, a NaN or infinite step, ...: :func:`_check_values`), all before
 any training.
+
+The shower config (``caloflow/configs/laser/showers.yaml``, ``python -m refine.laser --flow1 ...``)
+has its own parser (:func:`shower_config_parser`, :func:`parse_shower_config`) in the same style:
+the refinement/evaluation split, the generation batch size, the weight classifier (a
+``ShowerClassifier`` on showers), rejection sampling, HMC, the conditional refiner and the
+evaluation; the refiner's ``latent_dim``, ``aux_dim``, ``context_dim``, ``residual`` and
+``zero_init`` follow from the model (Phi(y, E) = y + MLP([y, c(E)]), starting as the identity).
 """
 from __future__ import annotations
 
@@ -35,14 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
 TOY_NAMES = ("gaussians", "donut", "rings")
 #: init arguments the protocol sets from the data (skipped in the configs)
 DATA_ARGS = {
     "baseline": {"n_features", "shift", "scale"},
     "classifier": {"preprocessing"},  # the voxel preprocessing of the dnn/cnn backbones: unused on points
-    "refiner": {"latent_dim"},
+    "refiner": {"latent_dim", "context_dim"},  # the toys' refiners are unconditional
 }
 BACKBONE_DATA_ARGS = {"n_features", "shift", "scale"}
 
@@ -179,11 +186,11 @@ def _check_values(cfg, where: str) -> None:
         raise ConfigError(f"{where}: bins: must be at least 2 (one bin scores every method 0), got {cfg.bins}")
 
 
-def _parse(args: list[str], where: str):
+def _parse(args: list[str], where: str, parser=None):
     from jsonargparse import ArgumentError
 
     try:
-        return config_parser().parse_args(args)
+        return (parser or config_parser()).parse_args(args)
     except (ArgumentError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {one_line(str(e))}") from None
 
@@ -229,7 +236,8 @@ def parse_config(path: str | Path, quick: bool = False):
 
 def dump_config(cfg) -> str:
     """``cfg`` as YAML in the format it was read from (what ``--print_config`` prints)."""
-    return config_parser().dump(cfg, skip_none=False)
+    parser = shower_config_parser() if "split" in cfg else config_parser()
+    return parser.dump(cfg, skip_none=False)
 
 
 def build(spec, **data_args: Any):
@@ -248,3 +256,187 @@ def init_args(spec) -> dict[str, Any]:
     from jsonargparse import Namespace
 
     return spec.init_args.as_dict() if isinstance(spec.init_args, Namespace) else dict(spec.init_args or {})
+
+
+# --------------------------------------------------------------------------- the shower config
+
+#: refiner arguments the shower protocol sets: Phi(y, E) = y + MLP([y, c(E)]) on the model's latent space
+SHOWER_REFINER_ARGS = {"latent_dim", "aux_dim", "context_dim", "residual", "zero_init"}
+#: the classifiers that read showers (the ``mlp`` backbone reads points)
+SHOWER_BACKBONES = ("dnn", "cnn", "features")
+
+
+@dataclass
+class ShowerSplit:
+    """The reference file split by a seeded permutation: ``refinement_fraction`` of its showers refine,
+    the rest evaluate; ``n_refine`` / ``n_eval`` cap how many of each split are used (None: all)."""
+
+    refinement_fraction: OpenUnitInterval = 0.5
+    n_refine: Optional[PositiveInt] = None
+    n_eval: Optional[PositiveInt] = None
+
+
+@dataclass
+class WeightTraining:
+    """The weight classifier's training: mini-batches of ``batch_size``, ``val_fraction`` of the
+    refinement split for early stopping, the converging schedule of the classifier test unless
+    ``max_epochs`` / ``patience`` are given, and ``clip``: an optional upper bound on w = exp(logit)."""
+
+    batch_size: PositiveInt = 1000
+    val_fraction: OpenUnitInterval = 0.2
+    max_epochs: Optional[PositiveInt] = None
+    patience: Optional[PositiveInt] = None
+    clip: Optional[PositiveFloat] = None
+
+
+@dataclass
+class RejectionOptions:
+    """Rejection sampling at fixed E_inc: accept with min(1, w / w_max), w_max the ``w_max_quantile``
+    of the training weights; refuse after ``max_rounds`` rejected proposals for one energy."""
+
+    w_max_quantile: OpenUnitInterval = 0.99
+    max_rounds: PositiveInt = 1000
+
+
+@dataclass
+class ShowerHMCOptions:
+    """HMC of log N(z) + log w(g(z | E), E): one chain per requested energy for the first ``n_hmc``
+    evaluation energies, ``burn_in`` trajectories of ``n_leapfrog`` steps of ``step_size`` discarded,
+    the next state kept; ``clip``: cap on w inside HMC (default: the classifier's clip)."""
+
+    n_hmc: PositiveInt = 1000
+    step_size: PositiveFloat = 0.02
+    n_leapfrog: PositiveInt = 10
+    burn_in: NonNegativeInt = 20
+    clip: Optional[PositiveFloat] = None
+
+
+@dataclass
+class EvaluationOptions:
+    """The held-out classifier tests: ``runs`` classifiers per method and input, trained to convergence
+    (early stopping) unless ``epochs`` fixes their length; ``max_epochs`` / ``patience`` override the
+    converging schedule; mini-batches of ``batch_size``."""
+
+    runs: PositiveInt = 5
+    epochs: Optional[PositiveInt] = None
+    max_epochs: Optional[PositiveInt] = None
+    patience: Optional[PositiveInt] = None
+    batch_size: PositiveInt = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def shower_config_parser():
+    """The jsonargparse parser of the shower config (``caloflow/configs/laser/showers.yaml``)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from caloflow.models import ShowerClassifier
+    from refine.gan import WeightedGANRefiner
+
+    p = ArgumentParser(prog="refine.laser showers config", exit_on_error=False, default_meta=False)
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_class_arguments(ShowerSplit, "split")
+    p.add_argument("--batch_size", type=PositiveInt, default=10_000,
+                   help="generation batch (caloflow generate --batch-size)")
+    p.add_subclass_arguments(ShowerClassifier, "classifier", required=True)
+    p.add_class_arguments(WeightTraining, "classifier_training")
+    p.add_class_arguments(RejectionOptions, "rejection")
+    p.add_class_arguments(ShowerHMCOptions, "hmc")
+    p.add_subclass_arguments(WeightedGANRefiner, "refiner", skip=SHOWER_REFINER_ARGS, required=True)
+    p.add_class_arguments(Training, "refiner_training")
+    p.add_class_arguments(EvaluationOptions, "evaluation")
+    p.add_argument("--quick", type=Optional[dict], default=None,
+                   help="partial config merged over the rest by --quick")
+    return p
+
+
+@functools.lru_cache(maxsize=4)
+def _shower_backbone_parser(backbone: str):
+    """The arguments of a shower backbone a config may set (``classifier.init_args.backbone_args``)."""
+    from jsonargparse import ArgumentParser
+
+    from caloflow.models.classifiers import BACKBONES
+
+    p = ArgumentParser(exit_on_error=False, default_meta=False)
+    p.add_class_arguments(BACKBONES[backbone], skip={"preprocessing"})
+    return p
+
+
+def _check_shower_classifier(cfg, where: str) -> None:
+    """The weight classifier reads showers: a ``dnn``, ``cnn`` or ``features`` backbone, with only its
+    own arguments in ``backbone_args``."""
+    from jsonargparse import ArgumentError
+
+    init = cfg.classifier.init_args
+    if init.backbone not in SHOWER_BACKBONES:
+        raise ConfigError(f"{where}: classifier.init_args.backbone: the weights classify showers, use one of "
+                          f"{', '.join(SHOWER_BACKBONES)}, got '{init.backbone}'")
+    args = init.backbone_args or {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}: classifier.init_args.backbone_args: expected a mapping, got {args!r}")
+    try:
+        init.backbone_args = _shower_backbone_parser(init.backbone).parse_object(args).as_dict()
+    except (ArgumentError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}") from None
+
+
+def _check_shower_values(cfg, where: str) -> None:
+    """Values of the right type that no shower run can use, each refused in one line naming the key."""
+    import math
+
+    from caloflow.cli_args import hyperparameter_problems
+
+    for section in ("classifier", "refiner"):
+        for name, problem in hyperparameter_problems(init_args(cfg[section])):
+            raise ConfigError(f"{where}: {section}.init_args.{name}: {problem}")
+    for key, value in (("hmc.step_size", cfg.hmc.step_size), ("hmc.clip", cfg.hmc.clip),
+                       ("classifier_training.clip", cfg.classifier_training.clip)):
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{where}: {key}: must be finite, got {value}")
+
+
+def parse_shower_config(path: str | Path, quick: bool = False):
+    """The shower config at ``path`` (a jsonargparse Namespace), with its ``quick`` section merged in
+    when ``quick`` is set (then ``quick`` is None). Raises :class:`ConfigError` (one line)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(text, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    if "toy" in text:
+        raise ConfigError(f"{path}: a config of the 2D toys (it names toy '{text['toy']}'), not of showers")
+    parser = shower_config_parser()
+    cfg, where = _parse(["--config", str(path)], str(path), parser), str(path)
+    if quick and cfg.quick:
+        where = f"{path} (with its quick section)"
+        cfg = _parse(["--config", str(path), "--config", yaml.safe_dump(cfg.quick)], where, parser)
+        cfg.quick = None
+    _check_shower_classifier(cfg, str(path))
+    _check_shower_values(cfg, where)
+    return _plain_namespace(cfg)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with jsonargparse's restricted numbers (PositiveInt, OpenUnitInterval, ...) as plain
+    int / float, so that they can be saved in checkpoints that ``torch.load(weights_only=True)`` reads."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _plain_namespace(cfg):
+    """``cfg`` (a jsonargparse Namespace) with plain int / float values (:func:`_plain`)."""
+    from jsonargparse import dict_to_namespace
+
+    return dict_to_namespace(_plain(cfg.as_dict()))

@@ -15,6 +15,16 @@ reweighting instead of the whole density.
 Option ``ema`` (not in the paper): refined samples come from an exponential moving average of the
 generator's parameters (decay ``ema`` per generator update), which averages out the oscillation of
 the adversarial game around its equilibrium; training itself is unchanged.
+
+Option ``context_dim`` (> 0): a conditional refiner Phi(y, c) = [y[:N] +] MLP([y, c]) for a
+generator g(z | c) with a condition c (the encoded incident energy of a shower model). Batches are
+then ``(z, w, c)``: the weighted latent points with the conditions that produced them. The
+discriminator sees [z, c] (real) and [Phi(y, c), c] (fake, with the conditions of the same batch),
+so it learns the conditional density q(z | c) = p(z) w(g(z | c), c) / Z_0(c); the losses are the
+paper's, unchanged.
+
+Option ``zero_init``: the generator MLP's last layer starts at zero, so with ``residual`` Phi(y, c)
+= y exactly before training (the refiner starts as the identity, i.e. at the unrefined prior).
 """
 from __future__ import annotations
 
@@ -48,12 +58,21 @@ class WeightedGANRefiner(L.LightningModule):
         n_critic: int = 4,
         residual: bool = False,
         ema: float | None = None,
+        context_dim: int = 0,
+        zero_init: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator = mlp(aux_dim, latent_dim, hidden, n_hidden)
-        self.discriminator = mlp(latent_dim, 1, hidden, n_hidden)
+        if residual and aux_dim < latent_dim:
+            raise ValueError(f"residual needs aux_dim >= latent_dim, got {aux_dim} < {latent_dim}")
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        self.generator = mlp(aux_dim + context_dim, latent_dim, hidden, n_hidden)
+        self.discriminator = mlp(latent_dim + context_dim, 1, hidden, n_hidden)
+        if zero_init:
+            torch.nn.init.zeros_(self.generator[-1].weight)
+            torch.nn.init.zeros_(self.generator[-1].bias)
         if ema is not None and not 0.0 < ema < 1.0:
             raise ValueError(f"ema must be in (0, 1) or None, got {ema}")
         # averaged copy used for sampling only; never seen by an optimizer
@@ -62,55 +81,70 @@ class WeightedGANRefiner(L.LightningModule):
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.hparams.aux_dim, generator=generator, device=self.device)
 
-    def decode(self, y: Tensor) -> Tensor:
-        """Phi(y) of the sampling generator (the averaged one with ``ema``)."""
-        return self._phi(y, self.generator_ema if self.generator_ema is not None else self.generator)
+    def decode(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """Phi(y[, c]) of the sampling generator (the averaged one with ``ema``)."""
+        return self._phi(y, self.generator_ema if self.generator_ema is not None else self.generator, context)
 
-    def forward(self, y: Tensor) -> Tensor:
-        """Phi(y) of the trained generator; with ``residual`` Phi(y) = y[:, :N] + MLP(y), so training
-        starts from the prior N(0, I)."""
-        return self._phi(y, self.generator)
+    def forward(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """Phi(y[, c]) of the trained generator; with ``residual`` Phi(y, c) = y[:, :N] + MLP([y, c]), so
+        training starts near the prior N(0, I) (exactly at it with ``zero_init``)."""
+        return self._phi(y, self.generator, context)
 
-    def _phi(self, y: Tensor, net: torch.nn.Module) -> Tensor:
-        out = net(y)
+    def _with_context(self, x: Tensor, context: Tensor | None) -> Tensor:
+        """[x, c] for a conditional refiner (``context_dim`` > 0), x otherwise."""
+        k = self.hparams.get("context_dim", 0)
+        if k == 0:
+            if context is not None:
+                raise ValueError("this refiner has no context (context_dim = 0)")
+            return x
+        if context is None or context.shape != (x.shape[0], k):
+            shape = None if context is None else tuple(context.shape)
+            raise ValueError(f"expected a context of shape ({x.shape[0]}, {k}), got {shape}")
+        return torch.cat([x, context.to(x.dtype)], dim=1)
+
+    def _phi(self, y: Tensor, net: torch.nn.Module, context: Tensor | None = None) -> Tensor:
+        out = net(self._with_context(y, context))
         if self.hparams.residual:
             out = out + y[:, : self.hparams.latent_dim]
         return out
 
     @torch.no_grad()
-    def refine(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` refined latent points Phi(y)."""
+    def refine(self, n: int, generator: torch.Generator | None = None, context: Tensor | None = None) -> Tensor:
+        """``n`` refined latent points Phi(y[, c]) (``context``: (n, context_dim) for a conditional refiner)."""
         was = self.training
         self.eval()
-        z = self.decode(self.sample_latent(n, generator))
+        z = self.decode(self.sample_latent(n, generator), context)
         self.train(was)
         return z
 
-    def discriminator_loss(self, z: Tensor, w: Tensor, fake: Tensor) -> Tensor:
-        """Weighted real term sum w BCE / sum w plus the unweighted fake term."""
+    def discriminator_loss(self, z: Tensor, w: Tensor, fake: Tensor, context: Tensor | None = None) -> Tensor:
+        """Weighted real term sum w BCE(D(z), 1) / sum w plus the unweighted fake term BCE(D(fake), 0)
+        (the discriminator sees [z, c] and [fake, c] for a conditional refiner)."""
         real_bce = F.binary_cross_entropy_with_logits(
-            self.discriminator(z).squeeze(-1), torch.ones_like(w), reduction="none"
+            self.discriminator(self._with_context(z, context)).squeeze(-1), torch.ones_like(w), reduction="none"
         )
-        d_fake = self.discriminator(fake).squeeze(-1)
+        d_fake = self.discriminator(self._with_context(fake, context)).squeeze(-1)
         fake_bce = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
         return (w * real_bce).sum() / w.sum() + fake_bce
 
-    def generator_loss(self, fake: Tensor) -> Tensor:
-        """Unweighted non-saturating generator loss -log D(Phi(y))."""
-        d_fake = self.discriminator(fake).squeeze(-1)
+    def generator_loss(self, fake: Tensor, context: Tensor | None = None) -> Tensor:
+        """Unweighted non-saturating generator loss -log D(Phi(y[, c])[, c])."""
+        d_fake = self.discriminator(self._with_context(fake, context)).squeeze(-1)
         return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
 
     def training_step(self, batch, batch_idx):
+        """One discriminator update per batch ``(z, w)`` or ``(z, w, c)``, one generator update every ``n_critic``."""
         opt_g, opt_d = self.optimizers()
-        z, w = batch
+        z, w, *rest = batch
+        context = rest[0] if rest else None
         y = self.sample_latent(z.shape[0])
-        d_loss = self.discriminator_loss(z, w, self(y).detach())
+        d_loss = self.discriminator_loss(z, w, self(y, context).detach(), context)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
         self.log("train/d_loss", d_loss, prog_bar=True, on_step=False, on_epoch=True)
         if (batch_idx + 1) % self.hparams.n_critic == 0:
-            g_loss = self.generator_loss(self(self.sample_latent(z.shape[0])))
+            g_loss = self.generator_loss(self(self.sample_latent(z.shape[0]), context), context)
             opt_g.zero_grad()
             self.manual_backward(g_loss)
             opt_g.step()

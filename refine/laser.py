@@ -15,6 +15,11 @@ reads higher. Writes ``results.json``, ``table.md``, figures and TensorBoard log
 
 Hyperparameters come from the shipped ``laser/TOY.yaml`` or ``--config`` (jsonargparse, class_path /
 init_args; format in :mod:`refine.config`); ``--print_config`` prints the resolved config.
+
+With ``--flow1 F1 --flow2 F2`` (or ``--calogan G``) ``--reference REF.hdf5`` instead of ``--toy``, the
+protocol refines a shower model conditional on E_inc and measures it on a held-out split of the
+reference file (:mod:`refine.shower_laser`, config ``laser/showers.yaml``); the two modes are
+mutually exclusive.
 """
 from __future__ import annotations
 
@@ -342,14 +347,19 @@ def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``python -m refine.laser`` (and of ``caloflow refine``)."""
-    p.add_argument("--toy", required=True, choices=[*TOY_NAMES, "all"], help="which 2D toy (or all three)")
+    p.add_argument("--toy", choices=[*TOY_NAMES, "all"], help="which 2D toy (or all three)")
+    showers = p.add_argument_group("showers (instead of --toy): LaSeR on a shower model, conditional on E_inc")
+    showers.add_argument("--flow1", help="Flow I checkpoint (.ckpt)")
+    showers.add_argument("--flow2", help="Flow II checkpoint (.ckpt)")
+    showers.add_argument("--calogan", help="CaloGAN checkpoint (.ckpt), instead of --flow1/--flow2")
+    showers.add_argument("--reference", help="reference showers (CaloGAN HDF5), split into refinement and evaluation")
     p.add_argument("--quick", action="store_true",
                    help="merge the config's quick section over the rest (100k points, a few minutes)")
     p.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (same seed -> same numbers)")
     p.add_argument("--out", type=cli_args.output_dir, default=None,
                    help="output directory (results.json, table.md, figures, logs); required unless --print_config")
     p.add_argument("--config", type=cli_args.existing_file, default=None,
-                   help="YAML config to use instead of the shipped laser/TOY.yaml (one toy only)")
+                   help="YAML config to use instead of the shipped laser/TOY.yaml (one toy only) or laser/showers.yaml")
     p.add_argument("--threads", type=cli_args.positive_int, default=1,
                    help="torch CPU threads (default 1: fastest for these small models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -372,8 +382,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
+SHOWER_OPTIONS = ("flow1", "flow2", "calogan", "reference")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the toys of parsed ``args``; a bad option or config raises :class:`CaloflowError` (one line)."""
+    """Run the toys (or, with --flow1/--flow2/--calogan/--reference, the shower protocol) of parsed
+    ``args``; a bad option or config raises :class:`CaloflowError` (one line)."""
+    showers = [f"--{o}" for o in SHOWER_OPTIONS if getattr(args, o, None)]
+    if args.toy is not None and showers:
+        raise CaloflowError(f"--toy and {'/'.join(showers)} are mutually exclusive: the 2D toys or a shower model")
+    if showers:
+        from refine.shower_laser import run_from_args
+
+        return run_from_args(args)
+    if args.toy is None:
+        raise CaloflowError("--toy (a 2D toy) or --flow1/--flow2 (or --calogan) with --reference (showers): required")
     try:
         toys = list(TOY_NAMES) if args.toy == "all" else [args.toy]
         if args.config is not None and len(toys) > 1:

@@ -1,5 +1,7 @@
-"""Unweighting a weighted sample (LaSeR paper section 3: rejection sampling of (z, w(z)))."""
+"""Unweighting a weighted sample (LaSeR paper section 3: rejection sampling of (z, w(z))), also per condition."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -32,3 +34,57 @@ def resample(
     """
     idx = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
     return points[idx]
+
+
+def rejection_sample_conditional(
+    propose: Callable[[Tensor], tuple[Tensor, Tensor]],
+    weight: Callable[[Tensor, Tensor], Tensor],
+    conditions: Tensor,
+    w_max: float,
+    generator: torch.Generator | None = None,
+    max_rounds: int = 1000,
+) -> tuple[Tensor, Tensor, float]:
+    """One sample of the reweighted density q(z | c) = p(z) w(g(z | c), c) / Z_0(c) per condition.
+
+    For every condition c_i (e.g. a requested incident energy) propose z ~ p(z) with
+    ``propose(c) -> (z, x = g(z | c))`` and accept with probability min(1, w(x, c) / w_max), the
+    proposal repeated until accepted: the accepted z follow q(z | c_i) exactly where w <= w_max
+    (larger weights are effectively capped at w_max). Conditions still waiting are proposed for
+    together, one round at a time; a non-finite weight (e.g. of a broken x) is a rejection.
+
+    Args:
+        propose: ``c (m, ...) -> (z (m, N), x (m, M))``, one proposal per condition given.
+        weight: ``(x, c) -> w (m,)``, w >= 0, on the scale of ``w_max``.
+        conditions: (n, ...) one condition per sample wanted.
+        w_max: the acceptance bound (> 0).
+        generator: draws the uniforms of the accept/reject (``propose`` brings its own randomness).
+        max_rounds: refuse (``RuntimeError``) when a condition has had this many proposals rejected.
+
+    Returns:
+        ``(z (n, N), x (n, M), acceptance)``: the accepted points in the order of ``conditions``, and
+        the fraction of all proposals that were accepted (n / proposals).
+    """
+    if not w_max > 0:
+        raise ValueError(f"w_max must be > 0, got {w_max}")
+    n = len(conditions)
+    pending = torch.arange(n)
+    z_out: Tensor | None = None
+    x_out: Tensor | None = None
+    proposals = 0
+    for _ in range(max_rounds):
+        if len(pending) == 0:
+            break
+        z, x = propose(conditions[pending])
+        w = weight(x, conditions[pending]).detach().double()
+        u = torch.rand(w.shape, generator=generator, dtype=torch.float64)
+        accept = (u * float(w_max) < w) & torch.isfinite(w)
+        proposals += len(pending)
+        if z_out is None:
+            z_out, x_out = z.new_zeros((n, *z.shape[1:])), x.new_zeros((n, *x.shape[1:]))
+        z_out[pending[accept]], x_out[pending[accept]] = z[accept], x[accept]
+        pending = pending[~accept]
+    if len(pending):
+        raise RuntimeError(f"rejection sampling: {len(pending)} of {n} conditions had all {max_rounds} proposals "
+                           f"rejected (acceptance {(n - len(pending)) / max(proposals, 1):.2g}); raise max_rounds "
+                           "or lower w_max")
+    return z_out, x_out, n / max(proposals, 1)

@@ -108,27 +108,34 @@ def validate_shapes(path, shapes: dict[str, tuple[int, ...]]) -> None:
             raise _fail(path, key, f"has {shape[0]} rows but '{first}' has {n}")
 
 
-def validate_arrays(path, arrays: dict[str, np.ndarray], offset: int = 0) -> None:
+def validate_arrays(path, arrays: dict[str, np.ndarray], offset: int = 0, rows: np.ndarray | None = None) -> None:
     """Check shapes, row counts and values; raise :class:`DataFormatError` at the first problem.
 
-    ``offset`` is added to row numbers so that messages name rows of the file, not of a slice.
+    ``offset`` is added to row numbers so that messages name rows of the file, not of a slice;
+    ``rows`` (the file row of every array row, for rows read by index) replaces it.
     """
     validate_shapes(path, {k: a.shape for k, a in arrays.items()})
+
+    def row_of(mask: np.ndarray) -> int:
+        first = _first_bad_row(mask)
+        return int(rows[first]) if rows is not None else offset + first
+
     for key, a in arrays.items():
         bad = ~np.isfinite(a)
         if bad.any():
-            raise _fail(path, key, f"non-finite value (NaN or inf) in row {offset + _first_bad_row(bad)}")
+            raise _fail(path, key, f"non-finite value (NaN or inf) in row {row_of(bad)}")
     for key in arrays:
         if key == ENERGY_KEY:
             continue
         bad = arrays[key] < 0
         if bad.any():
-            row = offset + _first_bad_row(bad)
-            raise _fail(path, key, f"negative energy {arrays[key][bad].min():.6g} MeV in row {row}")
+            raise _fail(path, key, f"negative energy {arrays[key][bad].min():.6g} MeV in row {row_of(bad)}")
+    if ENERGY_KEY not in arrays:
+        return
     bad = arrays[ENERGY_KEY] <= 0
     if bad.any():
-        row = offset + _first_bad_row(bad)
-        raise _fail(path, ENERGY_KEY, f"incident energy <= 0 ({arrays[ENERGY_KEY][bad].min():.6g} GeV) in row {row}")
+        raise _fail(path, ENERGY_KEY,
+                    f"incident energy <= 0 ({arrays[ENERGY_KEY][bad].min():.6g} GeV) in row {row_of(bad)}")
 
 
 def _open(path) -> h5py.File:
@@ -189,6 +196,61 @@ def read_showers(path, start: int | None = None, stop: int | None = None, dtype=
     else:  # an empty file or slice: no rows to join
         voxels = np.zeros((0, N_VOXELS), dtype=dtype)
     return Showers(voxels, arrays[ENERGY_KEY][:, 0], arrays.get(OVERFLOW_KEY))
+
+
+#: rows per h5py point selection in :func:`read_rows` (bounded selection cost)
+_INDEX_BLOCK = 4096
+
+
+def _row_indices(rows, n: int, path) -> np.ndarray:
+    """``rows`` as a strictly increasing int64 array inside [0, n)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise CaloflowError(f"{path}: row index out of range [0, {n}) (got {rows.min()}..{rows.max()})")
+    if np.any(np.diff(rows) <= 0):
+        raise ValueError("rows must be strictly increasing")
+    return rows
+
+
+def _read_indexed(f: h5py.File, keys, rows: np.ndarray, dtype) -> dict[str, np.ndarray]:
+    """The given ``rows`` of every key, read by index (h5py point selection): no other row is read."""
+    out = {}
+    for k in keys:
+        parts = [np.asarray(f[k][rows[i:i + _INDEX_BLOCK]], dtype=dtype) for i in range(0, len(rows), _INDEX_BLOCK)]
+        out[k] = np.concatenate(parts) if parts else np.zeros((0, *f[k].shape[1:]), dtype=dtype)
+    return out
+
+
+def read_rows(path, rows, dtype=np.float32) -> Showers:
+    """Read and validate the showers of the file rows ``rows`` (strictly increasing indices).
+
+    Only those rows are read from the file (by index), so the values of every other row never
+    reach memory: a held-out split stays unread. Errors name rows of the file.
+
+    Raises:
+        DataFormatError: as :func:`read_showers`, for the rows read.
+    """
+    with _open(path) as f:
+        _check_keys(path, f)
+        keys = REQUIRED_KEYS + ((OVERFLOW_KEY,) if OVERFLOW_KEY in f else ())
+        validate_shapes(path, {k: f[k].shape for k in keys})
+        rows = _row_indices(rows, f[ENERGY_KEY].shape[0], path)
+        arrays = _read_indexed(f, keys, rows, dtype)
+    validate_arrays(path, arrays, rows=rows)
+    voxels = join_layers([arrays[k] for k in LAYER_KEYS]) if len(rows) else np.zeros((0, N_VOXELS), dtype=dtype)
+    return Showers(voxels, arrays[ENERGY_KEY][:, 0], arrays.get(OVERFLOW_KEY))
+
+
+def read_energies(path, rows, dtype=np.float32) -> np.ndarray:
+    """The incident energies (GeV) of the file rows ``rows`` (strictly increasing), read by index and
+    validated; the voxels of the file are not read."""
+    with _open(path) as f:
+        _check_keys(path, f)
+        validate_shapes(path, {k: f[k].shape for k in REQUIRED_KEYS})
+        rows = _row_indices(rows, f[ENERGY_KEY].shape[0], path)
+        arrays = _read_indexed(f, (ENERGY_KEY,), rows, dtype)
+    validate_arrays(path, arrays, rows=rows)
+    return arrays[ENERGY_KEY][:, 0]
 
 
 def write_showers(path, showers: Showers, dtype=np.float32, attrs: dict | None = None) -> Path:

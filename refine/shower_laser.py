@@ -1,0 +1,515 @@
+"""``python -m refine.laser --flow1 F1 --flow2 F2 --reference REF --out DIR``: LaSeR on calorimeter showers.
+
+The LaSeR protocol (arXiv:2106.00792, section 3) for a shower model g(z | E_inc), conditional on the
+incident energy, measured on a held-out split of the reference file:
+
+1. **Splits.** A seeded permutation of the reference rows gives a refinement split (default 50 %)
+   and an evaluation split (``DIR/splits.json``). Every refinement step reads only refinement rows
+   (by index, :func:`caloflow.data.io.read_rows`); the evaluation rows are read only by the
+   evaluation, and their energies only once the refiner is trained and saved.
+2. **Weights.** One unrefined shower x_i = g(z_i | E_i) per refinement shower at its energy E_i
+   (latents z_i kept); a ShowerClassifier (label 1 = reference, 0 = generated; its input carries
+   log10(E_inc / 10 GeV), eq. 4.4 of CaloFlow) trained with early stopping on a validation part of
+   the refinement split. Both classes have the same energies, so f / (1 - f) estimates
+   p_ref(x | E) / p_g(x | E): w(x, E) = exp(logit) (optionally clipped), attached to z_i.
+3. **Refinement** of q(z | E) = N(z; 0, I) w(g(z | E), E) / Z_0(E) (eq. 3, per energy):
+   (a) rejection sampling at fixed E: z ~ N(0, I), accepted with min(1, w / w_max);
+   (b) HMC of log N(z) + log w(g(z | E), E), one chain per requested energy (gradients through the
+   differentiable decode and the classifier);
+   (c) the weighted-GAN refiner Phi(y, E) = y + MLP([y, c(E)]) (last layer zero: the identity at the
+   start), trained on (z_i, w_i, E_i) with the paper's loss (only the real term weighted);
+   (d) DCTR: the unrefined showers at the evaluation energies with their weights w.
+4. **Evaluation** (:mod:`refine.shower_report`): every method's showers at the evaluation energies
+   against the evaluation split with caloflow's classifier test (held-out AUC and JSD, converged,
+   mean +- std over runs; DCTR weighted) and the separation powers of the features.
+
+Writes ``DIR/splits.json``, ``DIR/refiner.ckpt``, ``DIR/showers/{unrefined,dctr,rejection,hmc,laser}.hdf5``,
+``DIR/results.json``, ``DIR/table.md`` and TensorBoard logs under ``DIR/logs``. The unrefined and
+the LaSeR showers are drawn as ``caloflow generate`` draws them (fresh ``torch.Generator`` seeded with
+``--seed``, latents per batch of ``batch_size``), so ``caloflow generate --flow1 F1 --flow2 F2
+[--refiner DIR/refiner.ckpt] --energies DIR/showers/unrefined.hdf5 --seed S --batch-size B``
+writes the same showers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caloflow import cli_args
+from caloflow.atomic import write_text_atomic
+from caloflow.errors import CaloflowError
+
+METHODS = ("unrefined", "dctr", "rejection", "hmc", "laser")
+OUTPUT_FILES = ("splits.json", "refiner.ckpt", "results.json", "table.md",
+                *(f"showers/{m}.hdf5" for m in METHODS))
+#: the fewest showers of each split a run can use (the classifier tests need 10 of each class)
+MIN_SPLIT = 20
+#: independent random streams of the steps (seeds derived from --seed)
+STREAMS = {"weights": 1, "classifier": 2, "refiner": 3, "rejection": 4, "hmc": 5}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ShowerInputs:
+    """The checked inputs: the generator kind, its checkpoints and loaded models, the reference file."""
+
+    kind: str  # caloflow | calogan
+    checkpoints: dict[str, str]  # option name without -- -> path
+    models: tuple
+    reference: Path
+    n_reference: int
+
+
+def check_inputs(args: argparse.Namespace, out: Path) -> ShowerInputs:
+    """Every input checked before any work, each problem one :class:`CaloflowError` line: the model
+    options, the outputs against the inputs, the reference file (keys, shapes), the checkpoints
+    (readable, of the right model class, finite)."""
+    from caloflow.data.io import count_showers
+
+    if args.calogan and (args.flow1 or args.flow2):
+        raise CaloflowError("give either --calogan or --flow1/--flow2, not both")
+    if not args.calogan and not (args.flow1 and args.flow2):
+        raise CaloflowError("--flow1 and --flow2 are both required (or --calogan)")
+    if not args.reference:
+        raise CaloflowError("--reference: required (the reference showers, CaloGAN HDF5)")
+    checkpoints = {"calogan": args.calogan} if args.calogan else {"flow1": args.flow1, "flow2": args.flow2}
+    inputs = {f"--{k}": v for k, v in checkpoints.items()} | {"--reference": args.reference}
+    if args.config is not None:
+        inputs["--config"] = args.config
+    for name in OUTPUT_FILES:
+        cli_args.check_not_an_input(out / name, inputs, option="--out")
+    try:
+        n = count_showers(args.reference)
+    except CaloflowError as e:
+        raise CaloflowError(f"--reference: {e}") from None
+    return ShowerInputs("calogan" if args.calogan else "caloflow", checkpoints,
+                        _load_models(checkpoints), Path(args.reference), n)
+
+
+def _load_models(checkpoints: dict[str, str]) -> tuple:
+    """The generator's modules, loaded and checked as ``caloflow generate`` loads them (one-line errors)."""
+    from caloflow.sampling import CaloFlow, CaloGANSampler
+
+    if "calogan" in checkpoints:
+        return (CaloGANSampler.load(checkpoints["calogan"]).model,)
+    sampler = CaloFlow.load(checkpoints["flow1"], checkpoints["flow2"])
+    return sampler.flow1, sampler.flow2
+
+
+def make_splits(n: int, split, seed: int) -> dict[str, Any]:
+    """The refinement / evaluation split of ``n`` reference rows by a permutation seeded with ``seed``.
+
+    The first round(refinement_fraction x n) permuted rows refine, the rest evaluate; the rows used
+    are the first ``n_refine`` / ``n_eval`` of each split in permutation order. All index lists are
+    file rows, sorted.
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    n_ref = int(round(split.refinement_fraction * n))
+    refinement, evaluation = perm[:n_ref], perm[n_ref:]
+    used_ref = refinement[: split.n_refine] if split.n_refine else refinement
+    used_eval = evaluation[: split.n_eval] if split.n_eval else evaluation
+    if min(len(used_ref), len(used_eval)) < MIN_SPLIT:
+        raise CaloflowError(f"--reference: {n} showers give {len(used_ref)} refinement and {len(used_eval)} "
+                            f"evaluation showers; need at least {MIN_SPLIT} of each (split in the config)")
+    rows = {k: sorted(int(i) for i in v) for k, v in (("refinement", refinement), ("evaluation", evaluation),
+                                                     ("refinement_used", used_ref), ("evaluation_used", used_eval))}
+    return {"n_showers": int(n), "seed": int(seed), "refinement_fraction": float(split.refinement_fraction), **rows}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class ShowerRun:
+    """What the steps share: the config, output folder, seed, inputs, the LaSeR generator g and timings."""
+
+    cfg: Any
+    out: Path
+    seed: int
+    inputs: ShowerInputs
+    progress: bool = True
+    g: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            print(f"[showers] {msg}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time the enclosed step as ``timings[name]`` (seconds)."""
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - t0
+        self.say(f"{name}: {self.timings[name]:.1f} s")
+
+    def stream_seed(self, name: str) -> int:
+        """The seed of one step's random stream, derived from ``seed``."""
+        return int(np.random.SeedSequence([self.seed, STREAMS[name]]).generate_state(1)[0])
+
+    def generator(self, name: str):
+        import torch
+
+        return torch.Generator().manual_seed(self.stream_seed(name))
+
+    def trainer(self, name: str, epochs: int):
+        from caloflow.training import make_trainer
+
+        return make_trainer(epochs, self.out / "logs", name, progress=self.progress)
+
+    def base_sampler(self):
+        """The unrefined sampler of ``caloflow generate`` for these models."""
+        from caloflow.sampling import CaloFlow, CaloGANSampler
+
+        return CaloGANSampler(*self.inputs.models) if self.inputs.kind == "calogan" else CaloFlow(*self.inputs.models)
+
+
+def laser_generator(inputs: ShowerInputs):
+    """The model as a LaSeR generator g(z | E): :class:`CaloFlowGenerator` (z in R^507) or :class:`CaloGANGenerator`."""
+    from refine.showers import CaloFlowGenerator, CaloGANGenerator
+
+    if inputs.kind == "calogan":
+        return CaloGANGenerator(inputs.models[0])
+    return CaloFlowGenerator(*inputs.models)
+
+
+def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
+    """Steps 1-3c on the refinement split only: weights, then the trained refiner (saved as
+    ``refiner.ckpt`` and loaded back). Returns the classifier, the training weights and the refiner."""
+    from caloflow.data.io import read_rows
+    from refine.shower_refiner import load_refiner, save_refiner
+
+    with run.stage("read_refinement"):
+        reference = read_rows(run.inputs.reference, splits["refinement_used"])
+    run.say(f"refinement split: {len(reference)} showers")
+    with run.stage("weights"):
+        weights = train_weights(run, reference)
+    with run.stage("refiner"):
+        refiner = train_refiner(run, weights["z"], weights["w"], weights["energy"])
+    path = save_refiner(run.out / "refiner.ckpt", refiner, run.inputs.kind, run.inputs.checkpoints,
+                        seed=run.seed, batch_size=int(run.cfg.batch_size))
+    run.say(f"wrote {path}")
+    weights["refiner"], _ = load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)
+    return weights
+
+
+def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
+    """Step 2: one unrefined shower per refinement shower at its energy (latents kept), the weight
+    classifier, and w(x_i, E_i) = exp(logit) (clipped at ``classifier_training.clip``) for every z_i."""
+    import torch
+
+    from caloflow.data.io import Showers
+    from refine.shower_refiner import draw_latent_showers
+
+    energies = torch.as_tensor(reference.energy, dtype=torch.float32)
+    gen = run.generator("weights")
+    parts = [draw_latent_showers(run.g, chunk, gen) for chunk in energies.split(int(run.cfg.batch_size))]
+    z = torch.cat([p[1] for p in parts]).cpu()
+    x = torch.cat([p[2] for p in parts]).cpu()
+    run.say(f"generated {len(x)} unrefined showers at the refinement energies; training the weight classifier")
+    classifier, info = train_weight_classifier(run, reference, Showers(x.numpy(), reference.energy))
+    w = shower_weights(classifier, x, energies, run.cfg.classifier_training.clip)
+    run.say(f"weights: min {float(w.min()):.3g}, median {float(w.median()):.3g}, max {float(w.max()):.3g}")
+    return {"classifier": classifier, "classifier_info": info, "z": z, "w": w, "energy": energies}
+
+
+def train_weight_classifier(run: ShowerRun, reference, generated):
+    """The weight classifier (config ``classifier``), reference (1) vs generated (0) showers of the
+    refinement split, with early stopping on its ``val_fraction``; returns it (frozen) and how the
+    training went (:func:`caloflow.evaluate.classifier_test.fit_classifier`)."""
+    import lightning as L
+
+    from caloflow.data.datamodule import CaloDataModule
+    from caloflow.evaluate.classifier_test import fit_classifier, schedule_for
+    from refine.config import build
+
+    training = run.cfg.classifier_training
+    split = (1 - training.val_fraction, training.val_fraction, 0.0)
+    dm = CaloDataModule.from_showers(reference, generated, split=split,
+                                     batch_size=training.batch_size, seed=run.stream_seed("classifier"), noise_kev=0.0)
+    L.seed_everything(run.stream_seed("classifier"), verbose=False)
+    model = build(run.cfg.classifier)
+    schedule = schedule_for(dm, model.hparams.backbone, None, training.max_epochs, training.patience)
+    fitted = fit_classifier(model, dm, schedule, run.out / "logs", "weight_classifier", "", None)
+    info = fitted["info"]
+    run.say(f"weight classifier: best epoch {info['best_epoch']}/{info['epochs_run']}, val acc "
+            f"{info['best_val_acc']:.3f}, {'converged' if info['converged'] else 'NOT converged'}")
+    return fitted["model"].eval().requires_grad_(False), info
+
+
+def shower_log_weight(classifier, clip: float | None = None):
+    """(x (n, 504) MeV, E (n,) GeV) -> log w(x, E) = logit, capped at log(clip); differentiable in x."""
+    import math
+
+    import torch
+
+    def fn(x, energies):
+        logit = classifier({"voxels": x, "energy": torch.as_tensor(energies, device=x.device)})
+        return logit if clip is None else torch.clamp(logit, max=math.log(clip))
+
+    return fn
+
+
+def shower_weights(classifier, x, energies, clip: float | None = None):
+    """w(x, E) = exp(logit) (clipped at ``clip``) of showers x (n, 504) MeV at E (n,) GeV, float64 (n,)."""
+    import torch
+
+    from refine.classifier import weights_from_logits
+
+    batch = {"voxels": torch.as_tensor(x, dtype=torch.float32),
+             "energy": torch.as_tensor(energies, dtype=torch.float32)}
+    logits = classifier.logits(batch)
+    return weights_from_logits(logits.double(), clip=clip, normalise=False)
+
+
+def train_refiner(run: ShowerRun, z, w, energies):
+    """Step 3c: the conditional weighted-GAN refiner Phi(y, E) = y + MLP([y, c(E)]) (zero last layer: the
+    identity at the start) on the weighted latent points (z_i, w_i, E_i), the paper's loss."""
+    import lightning as L
+
+    from refine.config import build
+    from refine.data import TensorLoader
+    from refine.shower_refiner import incident_context
+
+    dim = z.shape[1]
+    L.seed_everything(run.stream_seed("refiner"), verbose=False)
+    refiner = build(run.cfg.refiner, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True)
+    training = run.cfg.refiner_training
+    loader = TensorLoader(z.float(), w.float(), incident_context(energies), batch_size=training.batch_size,
+                          seed=run.stream_seed("refiner"))
+    run.say(f"training the LaSeR refiner on {len(z)} weighted latent points (R^{dim}, conditional on E_inc)")
+    run.trainer("laser_refiner", training.epochs).fit(refiner, loader)
+    return refiner.eval()
+
+
+# --------------------------------------------------------------------------- showers of every method
+
+
+def _writer(run: ShowerRun, method: str, n: int, **attrs):
+    """A ShowerWriter for ``DIR/showers/METHOD.hdf5`` with the attributes ``caloflow generate`` writes."""
+    from caloflow.data.io import ShowerWriter
+
+    base = {"generator": run.inputs.kind, "seed": run.seed, "fast_sampling": True, "method": method,
+            "batch_size": int(run.cfg.batch_size), "training_domain": run.base_sampler().domain.to_json()}
+    return ShowerWriter(run.out / "showers" / f"{method}.hdf5", attrs={**base, **attrs}, expected_rows=n)
+
+
+def generate_unrefined(run: ShowerRun, energies: np.ndarray) -> float:
+    """Unrefined showers at the evaluation energies, as ``caloflow generate --seed S`` draws them; seconds."""
+    import torch
+
+    t0, sampler = time.perf_counter(), run.base_sampler()
+    with _writer(run, "unrefined", len(energies)) as out:
+        sampler.sample(energies, torch.Generator().manual_seed(run.seed), batch_size=int(run.cfg.batch_size), out=out)
+        out.attrs["redrawn_nonfinite"] = sampler.redraws
+    return time.perf_counter() - t0
+
+
+def generate_laser(run: ShowerRun, refiner, energies: np.ndarray) -> float:
+    """LaSeR showers g(Phi(y, E) | E) at the evaluation energies with the y of :func:`generate_unrefined`
+    (``caloflow generate --refiner DIR/refiner.ckpt --seed S``); seconds."""
+    import torch
+
+    from refine.shower_refiner import RefinedSampler
+
+    t0, sampler = time.perf_counter(), RefinedSampler(run.base_sampler(), refiner)
+    with _writer(run, "laser", len(energies), refiner=str(run.out / "refiner.ckpt")) as out:
+        sampler.sample(energies, torch.Generator().manual_seed(run.seed), batch_size=int(run.cfg.batch_size), out=out)
+        out.attrs["redrawn_nonfinite"] = sampler.redraws
+    return time.perf_counter() - t0
+
+
+def write_dctr(run: ShowerRun, classifier) -> tuple[np.ndarray, float]:
+    """Step 3d: the unrefined showers with their weights w(x, E) as dataset ``weight``; (weights, seconds)."""
+    import shutil
+
+    import h5py
+
+    from caloflow.atomic import atomic_output
+    from caloflow.data.io import read_showers
+    from caloflow.evaluate.weights import WEIGHT_KEY
+
+    t0 = time.perf_counter()
+    source = run.out / "showers" / "unrefined.hdf5"
+    showers = read_showers(source)
+    w = shower_weights(classifier, showers.voxels, showers.energy, run.cfg.classifier_training.clip).numpy()
+    with atomic_output(run.out / "showers" / "dctr.hdf5") as tmp:
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "a") as f:
+            f.create_dataset(WEIGHT_KEY, data=w)
+            f.attrs["method"] = "dctr"
+    return w, time.perf_counter() - t0
+
+
+def run_rejection(run: ShowerRun, classifier, w_train, energies: np.ndarray) -> dict[str, float]:
+    """Step 3a: one shower per evaluation energy by rejection sampling at that energy, w_max the
+    configured quantile of the training weights; returns acceptance, w_max and seconds."""
+    import torch
+
+    from refine.rejection import rejection_sample_conditional
+
+    opts, gen = run.cfg.rejection, run.generator("rejection")
+    w_max = float(np.quantile(np.asarray(w_train, dtype=np.float64), opts.w_max_quantile))
+    log_w = shower_log_weight(classifier, run.cfg.classifier_training.clip)
+
+    @torch.no_grad()
+    def propose(e):
+        z = run.g.sample_latent(len(e), gen)
+        return z, run.g.decode(z, e)
+
+    @torch.no_grad()
+    def weight(x, e):
+        return torch.exp(log_w(x, e).double())
+
+    t0, accepted, proposed = time.perf_counter(), 0, 0.0
+    with _writer(run, "rejection", len(energies), w_max=w_max) as out:
+        for chunk in torch.as_tensor(energies, dtype=torch.float32).split(int(run.cfg.batch_size)):
+            _, x, rate = rejection_sample_conditional(propose, weight, chunk, w_max, gen, opts.max_rounds)
+            out.append(x.cpu().numpy(), chunk.numpy())
+            accepted, proposed = accepted + len(chunk), proposed + len(chunk) / rate
+    return {"acceptance": accepted / proposed, "w_max": w_max, "seconds": time.perf_counter() - t0}
+
+
+def run_hmc(run: ShowerRun, classifier, energies: np.ndarray) -> dict[str, float]:
+    """Step 3b: HMC of log N(z) + log w(g(z | E), E), one chain per energy of the first ``hmc.n_hmc``
+    evaluation energies (started from prior draws with finite showers), the state after ``burn_in``
+    trajectories kept; returns the acceptance after burn-in, the number of showers and seconds."""
+    import torch
+
+    from refine.mcmc import hmc, laser_log_prob
+    from refine.shower_refiner import draw_latent_showers
+
+    opts, gen = run.cfg.hmc, run.generator("hmc")
+    chains = torch.as_tensor(energies[: opts.n_hmc], dtype=torch.float32)
+    log_w = shower_log_weight(classifier, opts.clip or run.cfg.classifier_training.clip)
+    target = laser_log_prob(lambda z: run.g.decode(z, chains), lambda x: log_w(x, chains))
+    t0 = time.perf_counter()
+    _, init, _, _ = draw_latent_showers(run.g, chains, gen)
+    run.say(f"HMC: {len(chains)} chains, {opts.burn_in} burn-in trajectories of {opts.n_leapfrog} steps of "
+            f"{opts.step_size:g}")
+    samples, acceptance = hmc(target, init, step_size=opts.step_size, n_leapfrog=opts.n_leapfrog, n_samples=1,
+                              burn_in=opts.burn_in, generator=gen, progress=run.progress)
+    with torch.no_grad():
+        x = run.g.decode(samples[-1], chains)
+    if not torch.isfinite(x).all():
+        raise CaloflowError("HMC: a chain ended at a non-finite shower: the model or the weights are broken")
+    with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
+        out.append(x.cpu().numpy(), chains.numpy())
+    return {"acceptance": acceptance, "n_showers": len(chains), "seconds": time.perf_counter() - t0}
+
+
+def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, Any]:
+    """Steps 3a, 3b, 3d and the LaSeR and unrefined showers at the evaluation energies (the only read of
+    the evaluation split before the evaluation: its incident energies). Returns timings and acceptances."""
+    from caloflow.data.io import read_energies
+
+    energies = read_energies(run.inputs.reference, splits["evaluation_used"])
+    n = len(energies)
+    run.say(f"evaluation energies: {n}; generating unrefined and LaSeR showers")
+    seconds = {"unrefined": generate_unrefined(run, energies),
+               "laser": generate_laser(run, refined["refiner"], energies)}
+    w_dctr, dctr_s = write_dctr(run, refined["classifier"])
+    seconds["dctr"] = seconds["unrefined"] + dctr_s
+    run.say("rejection sampling at the evaluation energies")
+    rejection = run_rejection(run, refined["classifier"], refined["w"], energies)
+    seconds["rejection"] = rejection.pop("seconds")
+    hmc = run_hmc(run, refined["classifier"], energies)
+    seconds["hmc"] = hmc.pop("seconds")
+    counts = {m: n for m in METHODS} | {"hmc": hmc["n_showers"]}
+    per_shower = {m: seconds[m] / counts[m] for m in METHODS}
+    return {"seconds_per_shower": per_shower, "n_showers": counts,
+            "relative_to_unrefined": {m: per_shower[m] / per_shower["unrefined"] for m in METHODS},
+            "rejection": rejection, "hmc": hmc, "dctr_weights": w_dctr}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def weight_summary(w, clip: float | None) -> dict[str, float]:
+    """min, median, max, mean and effective fraction (sum w)^2 / (n sum w^2) of the training weights."""
+    w = np.asarray(w, dtype=np.float64)
+    return {"n": int(w.size), "min": float(w.min()), "median": float(np.median(w)), "max": float(w.max()),
+            "mean": float(w.mean()), "effective_fraction": float(w.sum() ** 2 / (w ** 2).sum() / w.size),
+            "clip": clip}
+
+
+def run_showers(args: argparse.Namespace, cfg, progress: bool = True) -> dict[str, Any]:
+    """The whole protocol (module docstring) on checked inputs; writes every output and returns results.json."""
+    import lightning as L
+
+    from refine.shower_report import evaluate_methods, write_outputs
+
+    out = Path(args.out)
+    inputs = check_inputs(args, out)
+    splits = make_splits(inputs.n_reference, cfg.split, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "showers").mkdir(exist_ok=True)
+    write_text_atomic(out / "splits.json", json.dumps({"reference": str(inputs.reference), **splits}) + "\n")
+    L.seed_everything(args.seed, verbose=False)
+    run = ShowerRun(cfg, out, args.seed, inputs, progress, g=laser_generator(inputs))
+    run.say(f"splits: {len(splits['refinement_used'])} refinement / {len(splits['evaluation_used'])} evaluation "
+            f"showers of {inputs.n_reference} (written to {out / 'splits.json'})")
+    refined = refinement_steps(run, splits)
+    with run.stage("generation"):
+        sampling = generation_steps(run, splits, refined)
+    with run.stage("evaluation"):
+        methods = evaluate_methods(run, splits, sampling.pop("dctr_weights"))
+    results = {
+        "settings": {"seed": args.seed, "quick": bool(args.quick), "generator": inputs.kind,
+                     "checkpoints": inputs.checkpoints, "reference": str(inputs.reference),
+                     "batch_size": int(cfg.batch_size), "evaluation_runs": cfg.evaluation.runs,
+                     "evaluation_epochs": cfg.evaluation.epochs,
+                     "w_max_quantile": cfg.rejection.w_max_quantile},
+        "splits": {k: len(splits[k]) for k in ("refinement", "evaluation", "refinement_used", "evaluation_used")},
+        "weights": weight_summary(refined["w"], cfg.classifier_training.clip),
+        "weight_classifier": refined["classifier_info"],
+        "rejection": sampling["rejection"], "hmc": sampling["hmc"],
+        "sampling": {k: sampling[k] for k in ("seconds_per_shower", "relative_to_unrefined", "n_showers")},
+        "methods": methods, "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
+    }
+    write_outputs(out, results)
+    return results
+
+
+def load_shower_config(quick: bool = False, path: str | Path | None = None):
+    """The shower config: the shipped ``laser/showers.yaml`` (or ``path``), its quick section merged with ``quick``."""
+    from refine.config import ConfigError, parse_shower_config
+    from refine.laser import CONFIG_DIR
+
+    path = Path(path) if path is not None else CONFIG_DIR / "showers.yaml"
+    if not path.is_file():
+        raise CaloflowError(f"config file {path} not found")
+    try:
+        return parse_shower_config(path, quick)
+    except ConfigError as e:
+        raise CaloflowError(str(e)) from None
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """``python -m refine.laser --flow1 ... --reference ... --out ...`` (or ``--print_config``)."""
+    cfg = load_shower_config(args.quick, args.config)
+    if args.print_config:
+        from refine.config import dump_config
+
+        print(dump_config(cfg), end="")
+        return 0
+    if args.out is None:
+        raise CaloflowError("--out: required (the output directory)")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = run_showers(args, cfg, progress=not args.no_progress)
+    from refine.shower_report import table_markdown
+
+    print(table_markdown(results))
+    return 0

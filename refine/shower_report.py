@@ -1,0 +1,131 @@
+"""The evaluation of ``python -m refine.laser --flow1 ...`` on the held-out evaluation split.
+
+Every method's showers at the evaluation energies (``DIR/showers/METHOD.hdf5``) against the
+evaluation split of the reference file, which is read here for the first time:
+
+* **classifier tests** (:func:`caloflow.evaluate.classifier_test.classifier_test`; CaloFlow section
+  5.4, appendix A): the voxel DNN on unnormalized and on normalized showers and the high-level
+  feature classifier, trained to convergence (early stopping) unless the config fixes the epochs,
+  ``evaluation.runs`` seeds each: held-out AUC and JSD = (ln 2 - BCE) / ln 2 after isotonic
+  calibration, mean +- std over the runs. DCTR is the weighted test (weighted training, weighted
+  AUC and BCE) of the unrefined showers with their weights w;
+* **separation powers** S = 1/2 sum (h1 - h2)^2 / (h1 + h2) of the feature histograms
+  (:func:`caloflow.evaluate.report.feature_metrics`; DCTR weighted), and their mean per method.
+
+HMC gives ``hmc.n_hmc`` showers; its tests use as many evaluation showers (balanced classes).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: (architecture, preprocessing, key) of the held-out classifier tests
+CLASSIFIERS = (("dnn", "unnormalized", "dnn-unnormalized"), ("dnn", "normalized", "dnn-normalized"),
+               ("features", "high-level", "features"))
+TITLES = {"unrefined": "Unrefined", "dctr": "DCTR (weighted)", "rejection": "Rejection sampling",
+          "hmc": "HMC", "laser": "LaSeR refiner"}
+
+
+def _classifier_entry(result: dict) -> dict[str, Any]:
+    """What results.json keeps of one classifier test."""
+    entry = {"auc": result["auc"], "jsd": result["jsd"], "converged": result["converged"],
+             "n_per_class": result["data"]["n_per_class"],
+             "epochs": [f"{r['best_epoch']}/{r['epochs_run']}" for r in result["runs"]]}
+    if result.get("weighted"):
+        entry.update(weighted=True, ess=result["ess"])
+    return entry
+
+
+def separation_powers(ref_features: dict, features: dict[str, dict], weights: dict[str, np.ndarray]) -> dict:
+    """Per method: ``{"features": {name: S}, "mean": mean S over the features with a finite S}`` on bins
+    common to the reference and every method (DCTR weighted)."""
+    from caloflow.evaluate.report import feature_metrics
+
+    others = list(features.values())
+    out = {}
+    for method, feats in features.items():
+        metrics = feature_metrics(ref_features, feats, others, weights.get(method))
+        powers = {name: m["separation_power"] for name, m in metrics.items()}
+        finite = [v for v in powers.values() if v is not None and math.isfinite(v)]
+        out[method] = {"mean": float(np.mean(finite)) if finite else float("nan"), "features": powers}
+    return out
+
+
+def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, dict]:
+    """Held-out classifier tests and separation powers of every method against the evaluation split."""
+    from caloflow.data.io import read_rows, read_showers
+    from caloflow.evaluate.classifier_test import classifier_test
+    from caloflow.evaluate.features import compute_features
+
+    reference = read_rows(run.inputs.reference, splits["evaluation_used"])
+    run.say(f"evaluation split: {len(reference)} showers (read now, for the first time)")
+    showers = {m: read_showers(run.out / "showers" / f"{m}.hdf5") for m in TITLES}
+    weights = {"dctr": dctr_weights}
+    opts = run.cfg.evaluation
+    results: dict[str, dict] = {m: {"n_showers": len(s), "classifier": {}} for m, s in showers.items()}
+    for method, sample in showers.items():
+        for arch, pre, key in CLASSIFIERS:
+            res = classifier_test(reference, sample, arch, pre, runs=opts.runs, epochs=opts.epochs, seed=run.seed,
+                                  batch_size=opts.batch_size, log_dir=run.out / "logs" / "evaluation",
+                                  name=f"{method}_{key}", max_epochs=opts.max_epochs, patience=opts.patience,
+                                  weights=weights.get(method))
+            results[method]["classifier"][key] = _classifier_entry(res)
+            run.say(f"{method} {key}: AUC {res['auc']['mean']:.3f} +- {res['auc']['std']:.3f}, "
+                    f"JSD {res['jsd']['mean']:.3f} +- {res['jsd']['std']:.3f}"
+                    + ("" if res["converged"] else " (NOT converged)"))
+    ref_features = compute_features(reference.voxels, incident_gev=reference.energy)
+    features = {m: compute_features(s.voxels, incident_gev=s.energy) for m, s in showers.items()}
+    for method, sep in separation_powers(ref_features, features, weights).items():
+        results[method]["separation_power"] = sep
+    return results
+
+
+def _cell(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def table_markdown(results: dict[str, Any]) -> str:
+    """The report: one row per method (held-out AUC and JSD per classifier, mean separation power,
+    sampling time per shower), then the acceptances and the weights."""
+    methods = results["methods"]
+    head = "| Method | showers | " + " | ".join(f"{k} AUC | {k} JSD" for _, _, k in CLASSIFIERS) \
+           + " | mean sep. power | ms / shower |"
+    lines = ["# LaSeR on showers: held-out evaluation", "",
+             f"Classifier tests against the evaluation split ({results['splits']['evaluation_used']} showers, "
+             "never seen by the refinement): AUC and JSD, mean ± std over "
+             f"{results['settings']['evaluation_runs']} runs (0.5 / 0: indistinguishable). "
+             "DCTR is the weighted test of the unrefined showers.", "",
+             head, "|---" * (4 + 2 * len(CLASSIFIERS)) + "|"]
+    for method, title in TITLES.items():
+        entry = methods[method]
+        cells = [f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
+                 for _, _, k in CLASSIFIERS]
+        ms = 1e3 * results["sampling"]["seconds_per_shower"][method]
+        lines.append(f"| {title} | {entry['n_showers']} | " + " | ".join(cells)
+                     + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |")
+    unconverged = [f"{m} {k}" for m, e in methods.items() for k, c in e["classifier"].items() if not c["converged"]]
+    epochs = results["settings"].get("evaluation_epochs")
+    training = (f"- Classifier tests: a fixed {epochs} epochs each (evaluation.epochs), not trained to convergence."
+                if epochs else "- Not converged: " + (", ".join(unconverged) if unconverged else "none") + ".")
+    w = results["weights"]
+    lines += ["", f"- Rejection sampling: acceptance {results['rejection']['acceptance']:.3f} "
+              f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
+              "of the training weights).",
+              f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
+              f"{results['hmc']['n_showers']} chains.",
+              f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
+              f"max {w['max']:.3g}, effective fraction {w['effective_fraction']:.3f}.",
+              training, ""]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, results: dict) -> None:
+    """``results.json`` (NaN as null) and ``table.md``, atomically."""
+    from caloflow.atomic import write_text_atomic
+    from caloflow.evaluate.report import write_metrics
+
+    write_metrics(out / "results.json", results)
+    write_text_atomic(out / "table.md", table_markdown(results))
