@@ -27,8 +27,6 @@ import argparse
 import json
 import math
 import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from caloflow.atomic import atomic_output, write_text_atomic
 from caloflow.configs import CONFIG_DIR as SHIPPED_CONFIGS
 from caloflow.errors import CaloflowError
 from refine.config import TOY_NAMES
+from refine.stages import Stages
 
 CONFIG_DIR = SHIPPED_CONFIGS / "laser"  # caloflow/configs/laser: shipped inside the wheel
 TOY_TITLES = {"gaussians": "Gaussians", "donut": "Double donut", "rings": "Rings"}
@@ -81,7 +80,7 @@ def load_config(toy: str, quick: bool = False, path: str | Path | None = None):
 
 
 @dataclass
-class ToyRun:
+class ToyRun(Stages):
     """What the steps of :func:`run_toy` share: the toy, its config, the seed and the sampling
     generator (one stream, drawn from in a fixed order), the log folder and the stage timings."""
 
@@ -93,17 +92,9 @@ class ToyRun:
     gen: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def say(self, msg: str) -> None:
-        if self.progress:
-            print(f"[{self.toy}] {msg}", file=sys.stderr, flush=True)
-
-    @contextmanager
-    def stage(self, name: str):
-        """Time the enclosed step as ``timings[name]``."""
-        t0 = time.time()
-        yield
-        self.timings[name] = time.time() - t0
-        self.say(f"{name}: {self.timings[name]:.0f} s")
+    @property
+    def label(self) -> str:
+        return self.toy
 
     def trainer(self, name: str, epochs: int):
         """A Trainer logging to TensorBoard at ``OUT/TOY/logs/name``."""

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ import numpy as np
 from caloflow import cli_args
 from caloflow.atomic import write_text_atomic
 from caloflow.errors import CaloflowError
+from refine.stages import Stages
 
 METHODS = ("unrefined", "dctr", "rejection", "hmc", "laser")
 OUTPUT_FILES = ("splits.json", "refiner.ckpt", "results.json", "table.md",
@@ -130,8 +129,10 @@ def make_splits(n: int, split, seed: int) -> dict[str, Any]:
 
 
 @dataclass
-class ShowerRun:
+class ShowerRun(Stages):
     """What the steps share: the config, output folder, seed, inputs, the LaSeR generator g and timings."""
+
+    label = "showers"  # the prefix of the progress lines
 
     cfg: Any
     out: Path
@@ -141,17 +142,6 @@ class ShowerRun:
     g: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def say(self, msg: str) -> None:
-        if self.progress:
-            print(f"[showers] {msg}", file=sys.stderr, flush=True)
-
-    @contextmanager
-    def stage(self, name: str):
-        """Time the enclosed step as ``timings[name]`` (seconds)."""
-        t0 = time.perf_counter()
-        yield
-        self.timings[name] = time.perf_counter() - t0
-        self.say(f"{name}: {self.timings[name]:.1f} s")
 
     def stream_seed(self, name: str) -> int:
         """The seed of one step's random stream, derived from ``seed``."""
