@@ -171,17 +171,7 @@ def _check_values(cfg, where: str) -> None:
     :func:`caloflow.cli_args.hyperparameter_problems`: learning rates > 0, decays in (0, 1], sizes
     >= 1, everything finite), a non-finite HMC step or weight clip, and histograms of fewer than 2
     bins per axis (every method would score 0)."""
-    import math
-
-    from caloflow.cli_args import hyperparameter_problems
-
-    for section in ("baseline", "classifier", "refiner"):
-        for name, problem in hyperparameter_problems(init_args(cfg[section])):
-            raise ConfigError(f"{where}: {section}.init_args.{name}: {problem}")
-    for key, value in (("hmc.step_size", cfg.hmc.step_size), ("hmc.clip", cfg.hmc.clip),
-                       ("classifier_training.clip", cfg.classifier_training.clip)):
-        if value is not None and not math.isfinite(value):
-            raise ConfigError(f"{where}: {key}: must be finite, got {value}")
+    _check_trainable(cfg, where, ("baseline", "classifier", "refiner"))
     if cfg.bins < 2:
         raise ConfigError(f"{where}: bins: must be at least 2 (one bin scores every method 0), got {cfg.bins}")
 
@@ -212,23 +202,38 @@ def _check_classifier(cfg, where: str) -> None:
         raise ConfigError(f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}") from None
 
 
-def parse_config(path: str | Path, quick: bool = False):
-    """The config at ``path`` (a jsonargparse Namespace), with its ``quick`` section merged in when
-    ``quick`` is set (then ``quick`` is None). Raises :class:`ConfigError`."""
+def _read_mapping(path: Path) -> dict:
+    """The YAML mapping at ``path``; :class:`ConfigError` when it is not YAML or not a mapping."""
     import yaml
 
-    path = Path(path)
     try:
         text = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(text, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    cfg, where = _parse(["--config", str(path)], str(path)), str(path)
+    return text
+
+
+def _parse_with_quick(path: Path, quick: bool, parser=None):
+    """``path`` parsed by ``parser`` (default: the toys'), with its ``quick`` section merged in when
+    ``quick`` is set (then ``quick`` is None); returns the config and how errors name it."""
+    import yaml
+
+    cfg, where = _parse(["--config", str(path)], str(path), parser), str(path)
     if quick and cfg.quick:
         where = f"{path} (with its quick section)"
-        cfg = _parse(["--config", str(path), "--config", yaml.safe_dump(cfg.quick)], where)
+        cfg = _parse(["--config", str(path), "--config", yaml.safe_dump(cfg.quick)], where, parser)
         cfg.quick = None
+    return cfg, where
+
+
+def parse_config(path: str | Path, quick: bool = False):
+    """The config at ``path`` (a jsonargparse Namespace), with its ``quick`` section merged in when
+    ``quick`` is set (then ``quick`` is None). Raises :class:`ConfigError`."""
+    path = Path(path)
+    _read_mapping(path)
+    cfg, where = _parse_with_quick(path, quick)
     _check_classifier(cfg, str(path))
     _check_values(cfg, where)
     return cfg
@@ -379,13 +384,14 @@ def _check_shower_classifier(cfg, where: str) -> None:
         raise ConfigError(f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}") from None
 
 
-def _check_shower_values(cfg, where: str) -> None:
-    """Values of the right type that no shower run can use, each refused in one line naming the key."""
+def _check_trainable(cfg, where: str, sections: tuple[str, ...]) -> None:
+    """The checks toy and shower configs share: the ``sections``' class hyperparameters by name
+    (:func:`caloflow.cli_args.hyperparameter_problems`) and a finite HMC step and weight clips."""
     import math
 
     from caloflow.cli_args import hyperparameter_problems
 
-    for section in ("classifier", "refiner"):
+    for section in sections:
         for name, problem in hyperparameter_problems(init_args(cfg[section])):
             raise ConfigError(f"{where}: {section}.init_args.{name}: {problem}")
     for key, value in (("hmc.step_size", cfg.hmc.step_size), ("hmc.clip", cfg.hmc.clip),
@@ -394,26 +400,19 @@ def _check_shower_values(cfg, where: str) -> None:
             raise ConfigError(f"{where}: {key}: must be finite, got {value}")
 
 
+def _check_shower_values(cfg, where: str) -> None:
+    """Values of the right type that no shower run can use, each refused in one line naming the key."""
+    _check_trainable(cfg, where, ("classifier", "refiner"))
+
+
 def parse_shower_config(path: str | Path, quick: bool = False):
     """The shower config at ``path`` (a jsonargparse Namespace), with its ``quick`` section merged in
     when ``quick`` is set (then ``quick`` is None). Raises :class:`ConfigError` (one line)."""
-    import yaml
-
     path = Path(path)
-    try:
-        text = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(text, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    text = _read_mapping(path)
     if "toy" in text:
         raise ConfigError(f"{path}: a config of the 2D toys (it names toy '{text['toy']}'), not of showers")
-    parser = shower_config_parser()
-    cfg, where = _parse(["--config", str(path)], str(path), parser), str(path)
-    if quick and cfg.quick:
-        where = f"{path} (with its quick section)"
-        cfg = _parse(["--config", str(path), "--config", yaml.safe_dump(cfg.quick)], where, parser)
-        cfg.quick = None
+    cfg, where = _parse_with_quick(path, quick, shower_config_parser())
     _check_shower_classifier(cfg, str(path))
     _check_shower_values(cfg, where)
     return _plain_namespace(cfg)
