@@ -103,7 +103,7 @@ def test_end_to_end_writes_every_output(files, run_dir):
         w = f["weight"][()]
     assert w.shape == (len(energies),) and np.all(np.isfinite(w)) and np.all(w > 0)
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"unrefined", "dctr", "rejection", "hmc", "laser"}
+    assert set(results["methods"]) == {"unrefined", "dctr", "rejection", "hmc", "laser", "unrefined-hmc"}
     for method, entry in results["methods"].items():
         assert set(entry["classifier"]) == {"dnn-unnormalized", "dnn-normalized", "features"}, method
         for test in entry["classifier"].values():
@@ -111,7 +111,8 @@ def test_end_to_end_writes_every_output(files, run_dir):
         assert entry["separation_power"]["mean"] >= 0
     assert results["methods"]["dctr"]["classifier"]["dnn-normalized"]["weighted"]
     assert 0 < results["rejection"]["acceptance"] <= 1 and 0 <= results["hmc"]["acceptance"] <= 1
-    assert set(results["sampling"]["seconds_per_shower"]) == set(results["methods"])
+    assert set(results["sampling"]["seconds_per_shower"]) | {"unrefined-hmc"} == set(results["methods"])
+    assert results["methods"]["unrefined-hmc"]["n_showers"] == results["methods"]["hmc"]["n_showers"] == 12
     table = (out / "table.md").read_text()
     assert all(f"| {t} |" in table for t in ("Unrefined", "DCTR (weighted)", "HMC", "LaSeR refiner"))
     for step in ("splits:", "weight classifier:", "wrote", "rejection", "HMC:", "evaluation split:"):
