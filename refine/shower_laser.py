@@ -215,8 +215,9 @@ def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
 
 def train_weight_classifier(run: ShowerRun, reference, generated):
     """The weight classifier (config ``classifier``), reference (1) vs generated (0) showers of the
-    refinement split, with early stopping on its ``val_fraction``; returns it (frozen) and how the
-    training went (:func:`caloflow.evaluate.classifier_test.fit_classifier`)."""
+    refinement split, with early stopping on its ``val_fraction``, kept at its lowest validation loss:
+    w = f / (1 - f) needs a calibrated f, and the epoch of the best accuracy can be an overconfident
+    one. Returns it (frozen) and how the training went (:func:`caloflow.evaluate.classifier_test.fit_classifier`)."""
     import lightning as L
 
     from caloflow.data.datamodule import CaloDataModule
@@ -230,10 +231,10 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
     L.seed_everything(run.stream_seed("classifier"), verbose=False)
     model = build(run.cfg.classifier)
     schedule = schedule_for(dm, model.hparams.backbone, None, training.max_epochs, training.patience)
-    fitted = fit_classifier(model, dm, schedule, run.out / "logs", "weight_classifier", "", None)
+    fitted = fit_classifier(model, dm, schedule, run.out / "logs", "weight_classifier", "", None, keep="val_loss")
     info = fitted["info"]
-    run.say(f"weight classifier: best epoch {info['best_epoch']}/{info['epochs_run']}, val acc "
-            f"{info['best_val_acc']:.3f}, {'converged' if info['converged'] else 'NOT converged'}")
+    run.say(f"weight classifier: best epoch {info['best_epoch']}/{info['epochs_run']}, val loss "
+            f"{info['best_val_loss']:.4f}, {'converged' if info['converged'] else 'NOT converged'}")
     return fitted["model"].eval().requires_grad_(False), info
 
 

@@ -10,15 +10,15 @@ from contextlib import contextmanager
 class Stages:
     """Mixin for a run object with ``progress: bool``, ``timings: dict[str, float]`` and a ``label``.
 
-    ``say`` prints ``[label] message`` to stderr (when ``progress``); ``stage(name)`` times the
+    ``say`` prints ``[label] message`` to stderr, also with ``progress`` off (that only turns off the
+    progress bars: a long run without bars still says what it is doing); ``stage(name)`` times the
     enclosed step into ``timings[name]`` (seconds, wall clock) and says how long it took.
     """
 
     label: str
 
     def say(self, msg: str) -> None:
-        if self.progress:
-            print(f"[{self.label}] {msg}", file=sys.stderr, flush=True)
+        print(f"[{self.label}] {msg}", file=sys.stderr, flush=True)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -306,14 +306,18 @@ def schedule_for(datamodule: CaloDataModule, architecture: str, epochs: int | No
 
 
 def fit_classifier(model: ShowerClassifier, datamodule: CaloDataModule, schedule: Schedule, log_dir, name, version,
-                   progress) -> dict:
+                   progress, keep: str = "val_acc") -> dict:
     """Fit ``model`` on the datamodule's train split with the ``schedule`` (early stopping on the validation
-    loss when it has a patience), keep the epoch of the best validation accuracy; returns ``{"model": that
-    model (reloaded), "trainer", "info": best_epoch, epochs_run, updates, stopped_early, converged, ...}``."""
+    loss when it has a patience) and keep its best epoch by ``keep``: ``"val_acc"`` (highest validation
+    accuracy: the classifier test of CaloFlow appendix A) or ``"val_loss"`` (lowest validation BCE: the
+    best-calibrated f, for weights w = f / (1 - f)). Returns ``{"model": that model (reloaded),
+    "trainer", "info": best_epoch, best_val_acc or best_val_loss, epochs_run, updates, converged, ...}``."""
+    if keep not in ("val_acc", "val_loss"):
+        raise ValueError(f"keep must be 'val_acc' or 'val_loss', not {keep!r}")
     with tempfile.TemporaryDirectory(prefix="caloflow-classifier-") as ckpt_dir:
         # the checkpoint of the best epoch only lives until it has been reloaded
-        best = ModelCheckpoint(dirpath=ckpt_dir, monitor="val_acc", mode="max", save_top_k=1,
-                               filename="best-{epoch}")
+        best = ModelCheckpoint(dirpath=ckpt_dir, monitor=keep, mode="max" if keep == "val_acc" else "min",
+                               save_top_k=1, filename="best-{epoch}")
         callbacks: list[Callback] = [best, _EpochProgress(progress)]
         if schedule.patience is not None:
             callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=schedule.patience,
@@ -324,7 +328,7 @@ def fit_classifier(model: ShowerClassifier, datamodule: CaloDataModule, schedule
         best_epoch = int(Path(best.best_model_path).stem.split("=")[-1]) + 1
         epochs_run = int(trainer.current_epoch)
         info = {
-            "best_epoch": best_epoch, "best_val_acc": float(best.best_model_score), "epochs_run": epochs_run,
+            "best_epoch": best_epoch, f"best_{keep}": float(best.best_model_score), "epochs_run": epochs_run,
             "max_epochs": schedule.max_epochs, "patience": schedule.patience,
             "steps_per_epoch": schedule.steps_per_epoch, "updates": epochs_run * schedule.steps_per_epoch,
             "stopped_early": epochs_run < schedule.max_epochs,
