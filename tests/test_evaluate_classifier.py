@@ -183,3 +183,26 @@ def test_same_seed_same_numbers(reference, independent):
     a = classifier_test(reference, independent, **kw)
     b = classifier_test(reference, independent, **kw)
     assert a["runs"][0]["auc_uncalibrated"] == b["runs"][0]["auc_uncalibrated"]
+
+
+def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(reference, independent, tmp_path):
+    """``keep="val_loss"`` (the weights w = f / (1 - f) of refine) reloads the epoch whose logged validation
+    BCE is lowest; the classifier test keeps the best accuracy. Read back from the real TensorBoard file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from caloflow.evaluate.classifier_test import fit_classifier, schedule_for
+
+    different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])
+    dm = classifier_data(reference[:600], different, batch_size=100, seed=0)
+    torch.manual_seed(0)
+    fitted = fit_classifier(ShowerClassifier("dnn", "unnormalized"), dm, schedule_for(dm, "dnn", epochs=12),
+                            tmp_path, "weights", "", None, keep="val_loss")
+    events = EventAccumulator(str(tmp_path / "weights"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("val_loss")]
+    assert len(losses) == 12 and fitted["info"]["epochs_run"] == 12
+    assert fitted["info"]["best_epoch"] == int(np.argmin(losses)) + 1
+    assert fitted["info"]["best_val_loss"] == pytest.approx(min(losses), rel=1e-6)
+    with pytest.raises(ValueError, match="keep"):
+        fit_classifier(ShowerClassifier("dnn"), dm, schedule_for(dm, "dnn", epochs=1), tmp_path, "x", "", None,
+                       keep="val_auc")
