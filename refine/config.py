@@ -306,13 +306,15 @@ class RejectionOptions:
 @dataclass
 class ShowerHMCOptions:
     """HMC of log N(z) + log w(g(z | E), E): one chain per requested energy for the first ``n_hmc``
-    evaluation energies, ``burn_in`` trajectories of ``n_leapfrog`` steps of ``step_size`` discarded,
-    the next state kept; ``clip``: cap on w inside HMC (default: the classifier's clip)."""
+    evaluation energies, ``burn_in`` trajectories of ``n_leapfrog`` steps discarded, the next state
+    kept; the step starts at ``step_size`` and, with ``target_acceptance``, adapts per chain during
+    burn-in (:func:`refine.mcmc.hmc`); ``clip``: cap on w inside HMC (default: the classifier's clip)."""
 
-    n_hmc: PositiveInt = 1000
+    n_hmc: PositiveInt = 500
     step_size: PositiveFloat = 0.02
     n_leapfrog: PositiveInt = 10
     burn_in: NonNegativeInt = 20
+    target_acceptance: Optional[OpenUnitInterval] = 0.8
     clip: Optional[PositiveFloat] = None
 
 

@@ -25,6 +25,13 @@ paper's, unchanged.
 
 Option ``zero_init``: the generator MLP's last layer starts at zero, so with ``residual`` Phi(y, c)
 = y exactly before training (the refiner starts as the identity, i.e. at the unrefined prior).
+
+Option ``paired`` (not in the paper; needs ``aux_dim == latent_dim``): the fakes of a batch are
+Phi(z_i, c_i) of the batch's own latent points z_i (unweighted) instead of fresh y ~ N(0, I). The
+z_i are prior draws, so Phi(z_i) is still a sample of the refined density; but real and fake now
+come from one finite sample, and the discriminator can tell them apart only through the weights.
+With fresh fakes a discriminator in hundreds of latent dimensions instead memorises the finite set
+of real points and drives the generator away from the prior.
 """
 from __future__ import annotations
 
@@ -60,12 +67,15 @@ class WeightedGANRefiner(L.LightningModule):
         ema: float | None = None,
         context_dim: int = 0,
         zero_init: bool = False,
+        paired: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         if residual and aux_dim < latent_dim:
             raise ValueError(f"residual needs aux_dim >= latent_dim, got {aux_dim} < {latent_dim}")
+        if paired and aux_dim != latent_dim:
+            raise ValueError(f"paired needs aux_dim == latent_dim, got {aux_dim} != {latent_dim}")
         if context_dim < 0:
             raise ValueError(f"context_dim must be >= 0, got {context_dim}")
         self.generator = mlp(aux_dim + context_dim, latent_dim, hidden, n_hidden)
@@ -137,14 +147,15 @@ class WeightedGANRefiner(L.LightningModule):
         opt_g, opt_d = self.optimizers()
         z, w, *rest = batch
         context = rest[0] if rest else None
-        y = self.sample_latent(z.shape[0])
+        y = z if self.hparams.get("paired") else self.sample_latent(z.shape[0])
         d_loss = self.discriminator_loss(z, w, self(y, context).detach(), context)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
         self.log("train/d_loss", d_loss, prog_bar=True, on_step=False, on_epoch=True)
         if (batch_idx + 1) % self.hparams.n_critic == 0:
-            g_loss = self.generator_loss(self(self.sample_latent(z.shape[0]), context), context)
+            y = z if self.hparams.get("paired") else self.sample_latent(z.shape[0])
+            g_loss = self.generator_loss(self(y, context), context)
             opt_g.zero_grad()
             self.manual_backward(g_loss)
             opt_g.step()

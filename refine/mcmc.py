@@ -35,6 +35,8 @@ def hmc(
     thin: int = 1,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    target_acceptance: float | None = None,
+    info: dict | None = None,
 ) -> tuple[Tensor, float]:
     """Sample ``log_prob`` (unnormalised, batched: (chains, dim) -> (chains,)) with HMC.
 
@@ -43,11 +45,20 @@ def hmc(
     (unit mass) and accepts per chain with probability min(1, exp(H_old - H_new)).
     The first ``burn_in`` iterations are discarded, then every ``thin``-th state is kept.
 
+    ``target_acceptance``: during burn-in only, each chain's step size follows its acceptance
+    probability a, log eps <- log eps + 2 (a - target) / sqrt(t + 1) (Robbins-Monro), starting from
+    ``step_size``; it is frozen after burn-in, so the kept states come from one fixed, valid HMC
+    kernel per chain. ``info`` (a dict), if given, receives the final ``step_size`` per chain.
+
     Returns ``(samples (n_samples, chains, dim), acceptance rate after burn-in)``.
     """
     if n_samples < 1 or n_leapfrog < 1 or step_size <= 0 or burn_in < 0 or thin < 1:
         raise ValueError("hmc needs n_samples >= 1, n_leapfrog >= 1, step_size > 0, burn_in >= 0, thin >= 1")
+    if target_acceptance is not None and not 0 < target_acceptance < 1:
+        raise ValueError("hmc needs 0 < target_acceptance < 1")
     z = init.detach().clone()
+    # one step size per chain, shaped to broadcast over the latent dimension
+    eps = torch.full((z.shape[0], 1), float(step_size), dtype=z.dtype)
     lp, grad = _log_prob_and_grad(log_prob, z)
     samples = torch.empty(n_samples, *z.shape, dtype=z.dtype)
     accepted = torch.zeros((), dtype=torch.float64)
@@ -56,15 +67,18 @@ def hmc(
     for it in tqdm(range(n_total), desc="HMC", disable=not progress, leave=False):
         p = torch.randn(z.shape, generator=generator, dtype=z.dtype)
         h_old = -lp + 0.5 * (p * p).sum(-1)
-        z_new, p_new, g_new = z, p + 0.5 * step_size * grad, grad
+        z_new, p_new, g_new = z, p + 0.5 * eps * grad, grad
         for k in range(n_leapfrog):
-            z_new = z_new + step_size * p_new
+            z_new = z_new + eps * p_new
             lp_new, g_new = _log_prob_and_grad(log_prob, z_new)
             # full momentum steps in between, a half step at the end
-            p_new = p_new + (step_size if k < n_leapfrog - 1 else 0.5 * step_size) * g_new
+            p_new = p_new + (eps if k < n_leapfrog - 1 else 0.5 * eps) * g_new
         h_new = -lp_new + 0.5 * (p_new * p_new).sum(-1)
         log_u = torch.log(torch.rand(lp.shape, generator=generator, dtype=z.dtype))
         accept = (log_u < (h_old - h_new)) & torch.isfinite(h_new)
+        if target_acceptance is not None and it < burn_in:
+            prob = torch.where(torch.isfinite(h_new), torch.exp(torch.clamp(h_old - h_new, max=0.0)), 0.0)
+            eps = eps * torch.exp(2.0 * (prob - target_acceptance) / (it + 1) ** 0.5)[:, None]
         z = torch.where(accept[:, None], z_new, z)
         lp = torch.where(accept, lp_new, lp)
         grad = torch.where(accept[:, None], g_new, grad)
@@ -74,6 +88,8 @@ def hmc(
                 samples[kept] = z
                 kept += 1
     rate = float(accepted / (n_total - burn_in))
+    if info is not None:
+        info["step_size"] = eps[:, 0].clone()
     return samples, rate
 
 

@@ -386,17 +386,22 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray) -> dict[str, float
     target = laser_log_prob(lambda z: run.g.decode(z, chains), lambda x: log_w(x, chains))
     t0 = time.perf_counter()
     _, init, _, _ = draw_latent_showers(run.g, chains, gen)
+    adapt = "" if opts.target_acceptance is None else f", adapted towards acceptance {opts.target_acceptance:g}"
     run.say(f"HMC: {len(chains)} chains, {opts.burn_in} burn-in trajectories of {opts.n_leapfrog} steps of "
-            f"{opts.step_size:g}")
+            f"{opts.step_size:g}{adapt}")
+    info: dict = {}
     samples, acceptance = hmc(target, init, step_size=opts.step_size, n_leapfrog=opts.n_leapfrog, n_samples=1,
-                              burn_in=opts.burn_in, generator=gen, progress=run.progress)
+                              burn_in=opts.burn_in, generator=gen, progress=run.progress,
+                              target_acceptance=opts.target_acceptance, info=info)
+    steps = info["step_size"]
     with torch.no_grad():
         x = run.g.decode(samples[-1], chains)
     if not torch.isfinite(x).all():
         raise CaloflowError("HMC: a chain ended at a non-finite shower: the model or the weights are broken")
     with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
         out.append(x.cpu().numpy(), chains.numpy())
-    return {"acceptance": acceptance, "n_showers": len(chains), "seconds": time.perf_counter() - t0}
+    return {"acceptance": acceptance, "n_showers": len(chains), "seconds": time.perf_counter() - t0,
+            "step_size": {"median": float(steps.median()), "min": float(steps.min()), "max": float(steps.max())}}
 
 
 def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, Any]:

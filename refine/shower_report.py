@@ -87,6 +87,12 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
     return results
 
 
+def _steps(hmc: dict) -> str:
+    """The chains' leapfrog steps after burn-in: median (min-max)."""
+    step = hmc.get("step_size")
+    return "n/a" if step is None else f"{step['median']:.3g} (chains {step['min']:.3g}-{step['max']:.3g})"
+
+
 def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
@@ -120,7 +126,7 @@ def table_markdown(results: dict[str, Any]) -> str:
               f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
               "of the training weights).",
               f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
-              f"{results['hmc']['n_showers']} chains.",
+              f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}.",
               f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
               f"max {w['max']:.3g}, effective fraction {w['effective_fraction']:.3f}.",
               training, ""]
