@@ -15,7 +15,8 @@ evaluation split of the reference file, which is read here for the first time:
 HMC gives ``hmc.n_hmc`` showers; its tests use as many evaluation showers (balanced classes). Small
 tests are weaker, so the row ``unrefined-hmc`` scores the unrefined showers at the same energies (the
 first ``n_hmc`` rows of ``unrefined.hdf5``, where the chains start from) with the same test size: HMC is
-judged against that row.
+judged against that row. A test with few showers trains with smaller batches (at least 10 updates per
+epoch, :func:`classifier_batch_size`), so that its converging schedule stays short.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ TITLES = {"unrefined": "Unrefined", "dctr": "DCTR (weighted)", "rejection": "Rej
 def _classifier_entry(result: dict) -> dict[str, Any]:
     """What results.json keeps of one classifier test."""
     entry = {"auc": result["auc"], "jsd": result["jsd"], "converged": result["converged"],
-             "n_per_class": result["data"]["n_per_class"],
+             "n_per_class": result["data"]["n_per_class"], "batch_size": result["data"]["batch_size"],
              "epochs": [f"{r['best_epoch']}/{r['epochs_run']}" for r in result["runs"]]}
     if result.get("weighted"):
         entry.update(weighted=True, ess=result["ess"])
@@ -57,6 +58,18 @@ def separation_powers(ref_features: dict, features: dict[str, dict], weights: di
     return out
 
 
+#: the fewest optimizer updates per classifier epoch: a small test (HMC's few showers) gets smaller
+#: batches, or its converging schedule (patience in updates) would run for thousands of tiny epochs
+MIN_UPDATES_PER_EPOCH = 10
+
+
+def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
+    """The batch size of a classifier test with ``n_per_class`` showers per class: the configured one,
+    smaller if the training split (60 % of both classes) would give fewer than 10 updates per epoch."""
+    n_train = 2 * int(round(0.6 * n_per_class))
+    return max(1, min(int(batch_size), n_train // MIN_UPDATES_PER_EPOCH))
+
+
 def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, dict]:
     """Held-out classifier tests and separation powers of every method against the evaluation split."""
     from caloflow.data.io import read_rows, read_showers
@@ -72,8 +85,9 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
     results: dict[str, dict] = {m: {"n_showers": len(s), "classifier": {}} for m, s in showers.items()}
     for method, sample in showers.items():
         for arch, pre, key in CLASSIFIERS:
+            batch_size = classifier_batch_size(min(len(reference), len(sample)), opts.batch_size)
             res = classifier_test(reference, sample, arch, pre, runs=opts.runs, epochs=opts.epochs, seed=run.seed,
-                                  batch_size=opts.batch_size, log_dir=run.out / "logs" / "evaluation",
+                                  batch_size=batch_size, log_dir=run.out / "logs" / "evaluation",
                                   name=f"{method}_{key}", max_epochs=opts.max_epochs, patience=opts.patience,
                                   weights=weights.get(method))
             results[method]["classifier"][key] = _classifier_entry(res)

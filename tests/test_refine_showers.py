@@ -113,6 +113,10 @@ def test_end_to_end_writes_every_output(files, run_dir):
     assert 0 < results["rejection"]["acceptance"] <= 1 and 0 <= results["hmc"]["acceptance"] <= 1
     assert set(results["sampling"]["seconds_per_shower"]) | {"unrefined-hmc"} == set(results["methods"])
     assert results["methods"]["unrefined-hmc"]["n_showers"] == results["methods"]["hmc"]["n_showers"] == 12
+    # a like-for-like test for HMC: the same size and (smaller) batches as HMC's own
+    for key in ("dnn-unnormalized", "features"):
+        small = [results["methods"][m]["classifier"][key] for m in ("unrefined-hmc", "hmc")]
+        assert small[0]["batch_size"] == small[1]["batch_size"] <= results["methods"]["unrefined"]["classifier"][key]["batch_size"]
     table = (out / "table.md").read_text()
     assert all(f"| {t} |" in table for t in ("Unrefined", "DCTR (weighted)", "HMC", "LaSeR refiner"))
     for step in ("splits:", "weight classifier:", "wrote", "rejection", "HMC:", "evaluation split:"):
@@ -335,3 +339,14 @@ def test_generate_refuses_a_refiner_of_other_checkpoints(files, run_dir, tmp_pat
     code = main(["refine", "--toy", "donut", "--flow1", str(files["flow1"]), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "mutually exclusive" in err[0], err
+
+
+def test_small_classifier_tests_get_at_least_ten_updates_per_epoch():
+    from refine.shower_report import classifier_batch_size
+
+    assert classifier_batch_size(10_000, 1000) == 1000  # 12,000 training showers: 12 updates of 1,000
+    assert classifier_batch_size(500, 1000) == 60  # HMC's 500: 600 training showers, 10 updates of 60
+    assert classifier_batch_size(5_000, 250) == 250
+    for n in (20, 200, 500, 3000):
+        b = classifier_batch_size(n, 1000)
+        assert 2 * round(0.6 * n) // b >= 10
