@@ -242,7 +242,9 @@ def parse_config(path: str | Path, quick: bool = False):
 def dump_config(cfg) -> str:
     """``cfg`` as YAML in the format it was read from (what ``--print_config`` prints)."""
     parser = shower_config_parser() if "split" in cfg else config_parser()
-    return parser.dump(cfg, skip_none=False)
+    # skip_validation: a dict-typed init argument (backbone_args) is a Namespace after parsing and would
+    # fail the re-validation, although the parsed config was already validated
+    return parser.dump(cfg, skip_none=False, skip_validation=True)
 
 
 def build(spec, **data_args: Any):

@@ -350,3 +350,22 @@ def test_small_classifier_tests_get_at_least_ten_updates_per_epoch():
     for n in (20, 200, 500, 3000):
         b = classifier_batch_size(n, 1000)
         assert 2 * round(0.6 * n) // b >= 10
+
+
+def test_print_config_of_the_shower_run_is_the_resolved_yaml(tmp_path):
+    """``--print_config`` prints the shipped shower config with --quick merged (no traceback), as YAML that
+    reads back with the quick values and the nested classifier arguments."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    proc = subprocess.run([sys.executable, "-m", "refine.laser", "--flow1", "a.ckpt", "--flow2", "b.ckpt",
+                           "--reference", "r.hdf5", "--quick", "--print_config"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["split"]["n_refine"] == 5000 and cfg["hmc"]["n_hmc"] == 200 and cfg["hmc"]["target_acceptance"] == 0.8
+    assert cfg["classifier"]["init_args"]["backbone_args"] == {"hidden": 512, "n_hidden_layers": 3, "slope": 0.01}
+    assert cfg["refiner"]["init_args"]["paired"] is True
+    assert not list(tmp_path.iterdir())
