@@ -185,21 +185,27 @@ def _parse(args: list[str], where: str, parser=None):
         raise ConfigError(f"{where}: {one_line(str(e))}") from None
 
 
-def _check_classifier(cfg, where: str) -> None:
-    """refine classifies points: the ``mlp`` backbone, with only its own arguments in ``backbone_args``."""
+def _check_backbone_args(init, parser, where: str) -> None:
+    """``classifier.init_args.backbone_args``: a mapping of the backbone's own arguments (checked by
+    ``parser``), stored back as a plain dict; each problem one :class:`ConfigError` line."""
     from jsonargparse import ArgumentError
 
-    init = cfg.classifier.init_args
-    if init.backbone != "mlp":
-        raise ConfigError(f"{where}: classifier.init_args.backbone: refine classifies 2D points, use 'mlp', "
-                          f"got '{init.backbone}'")
     args = init.backbone_args or {}
     if not isinstance(args, dict):
         raise ConfigError(f"{where}: classifier.init_args.backbone_args: expected a mapping, got {args!r}")
     try:
-        init.backbone_args = _backbone_parser().parse_object(args).as_dict()
+        init.backbone_args = parser.parse_object(args).as_dict()
     except (ArgumentError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}") from None
+
+
+def _check_classifier(cfg, where: str) -> None:
+    """refine classifies points: the ``mlp`` backbone, with only its own arguments in ``backbone_args``."""
+    init = cfg.classifier.init_args
+    if init.backbone != "mlp":
+        raise ConfigError(f"{where}: classifier.init_args.backbone: refine classifies 2D points, use 'mlp', "
+                          f"got '{init.backbone}'")
+    _check_backbone_args(init, _backbone_parser(), where)
 
 
 def _read_mapping(path: Path) -> dict:
@@ -373,19 +379,11 @@ def _shower_backbone_parser(backbone: str):
 def _check_shower_classifier(cfg, where: str) -> None:
     """The weight classifier reads showers: a ``dnn``, ``cnn`` or ``features`` backbone, with only its
     own arguments in ``backbone_args``."""
-    from jsonargparse import ArgumentError
-
     init = cfg.classifier.init_args
     if init.backbone not in SHOWER_BACKBONES:
         raise ConfigError(f"{where}: classifier.init_args.backbone: the weights classify showers, use one of "
                           f"{', '.join(SHOWER_BACKBONES)}, got '{init.backbone}'")
-    args = init.backbone_args or {}
-    if not isinstance(args, dict):
-        raise ConfigError(f"{where}: classifier.init_args.backbone_args: expected a mapping, got {args!r}")
-    try:
-        init.backbone_args = _shower_backbone_parser(init.backbone).parse_object(args).as_dict()
-    except (ArgumentError, TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}") from None
+    _check_backbone_args(init, _shower_backbone_parser(init.backbone), where)
 
 
 def _check_trainable(cfg, where: str, sections: tuple[str, ...]) -> None:
