@@ -142,20 +142,22 @@ class WeightedGANRefiner(L.LightningModule):
         d_fake = self.discriminator(self._with_context(fake, context)).squeeze(-1)
         return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
 
+    def _fake_input(self, z: Tensor) -> Tensor:
+        """What Phi maps to make a batch's fakes: the batch's own latent points with ``paired``, else fresh y."""
+        return z if self.hparams.get("paired") else self.sample_latent(z.shape[0])
+
     def training_step(self, batch, batch_idx):
         """One discriminator update per batch ``(z, w)`` or ``(z, w, c)``, one generator update every ``n_critic``."""
         opt_g, opt_d = self.optimizers()
         z, w, *rest = batch
         context = rest[0] if rest else None
-        y = z if self.hparams.get("paired") else self.sample_latent(z.shape[0])
-        d_loss = self.discriminator_loss(z, w, self(y, context).detach(), context)
+        d_loss = self.discriminator_loss(z, w, self(self._fake_input(z), context).detach(), context)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
         self.log("train/d_loss", d_loss, prog_bar=True, on_step=False, on_epoch=True)
         if (batch_idx + 1) % self.hparams.n_critic == 0:
-            y = z if self.hparams.get("paired") else self.sample_latent(z.shape[0])
-            g_loss = self.generator_loss(self(y, context), context)
+            g_loss = self.generator_loss(self(self._fake_input(z), context), context)
             opt_g.zero_grad()
             self.manual_backward(g_loss)
             opt_g.step()

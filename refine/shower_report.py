@@ -66,7 +66,9 @@ MIN_UPDATES_PER_EPOCH = 10
 def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
     """The batch size of a classifier test with ``n_per_class`` showers per class: the configured one,
     smaller if the training split (60 % of both classes) would give fewer than 10 updates per epoch."""
-    n_train = 2 * int(round(0.6 * n_per_class))
+    from caloflow.evaluate.classifier_test import SPLIT_FRACTIONS
+
+    n_train = 2 * int(round(SPLIT_FRACTIONS[0] * n_per_class))
     return max(1, min(int(batch_size), n_train // MIN_UPDATES_PER_EPOCH))
 
 
