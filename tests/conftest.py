@@ -19,6 +19,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 HANG_GUARD_S = 1800
 
 
+def pytest_collection_modifyitems(items):
+    """Modules that hold a ``slow`` test run first (order otherwise kept): the suite runs one module per
+    pytest-xdist worker (``--dist loadfile``), and a long module started last would keep one worker
+    busy while the others sit idle."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # stable: False (slow) first
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     # never read or write the user's dataset cache from the tests
