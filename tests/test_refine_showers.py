@@ -58,9 +58,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
             "config": config, "dir": d}
 
 
-def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+def _run(module: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=HANG_GUARD_S)
 
 
@@ -355,14 +355,10 @@ def test_small_classifier_tests_get_at_least_ten_updates_per_epoch():
 def test_print_config_of_the_shower_run_is_the_resolved_yaml(tmp_path):
     """``--print_config`` prints the shipped shower config with --quick merged (no traceback), as YAML that
     reads back with the quick values and the nested classifier arguments."""
-    import subprocess
-    import sys
-
     import yaml
 
-    proc = subprocess.run([sys.executable, "-m", "refine.laser", "--flow1", "a.ckpt", "--flow2", "b.ckpt",
-                           "--reference", "r.hdf5", "--quick", "--print_config"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    proc = _run("refine.laser", "--flow1", "a.ckpt", "--flow2", "b.ckpt", "--reference", "r.hdf5", "--quick",
+                "--print_config", cwd=tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["split"]["n_refine"] == 5000 and cfg["hmc"]["n_hmc"] == 200 and cfg["hmc"]["target_acceptance"] == 0.8
