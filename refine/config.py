@@ -327,6 +327,17 @@ class ShowerHMCOptions:
 
 
 @dataclass
+class ShowerRefinerTraining(Training):
+    """The shower refiner's training: ``epochs`` over its weighted latent points in mini-batches of
+    ``batch_size``. The points are the latents of the weight classifier's generated showers plus
+    ``draws_per_energy - 1`` further prior draws z ~ N(0, I) at each refinement energy, all weighted
+    by w(g(z | E), E): the weights are a function on the whole latent space, and more weighted points
+    let the discriminator learn it instead of memorising a finite set."""
+
+    draws_per_energy: PositiveInt = 1
+
+
+@dataclass
 class EvaluationOptions:
     """The held-out classifier tests: ``runs`` classifiers per method and input, trained to convergence
     (early stopping) unless ``epochs`` fixes their length; ``max_epochs`` / ``patience`` override the
@@ -357,7 +368,7 @@ def shower_config_parser():
     p.add_class_arguments(RejectionOptions, "rejection")
     p.add_class_arguments(ShowerHMCOptions, "hmc")
     p.add_subclass_arguments(WeightedGANRefiner, "refiner", skip=SHOWER_REFINER_ARGS, required=True)
-    p.add_class_arguments(Training, "refiner_training")
+    p.add_class_arguments(ShowerRefinerTraining, "refiner_training")
     p.add_class_arguments(EvaluationOptions, "evaluation")
     p.add_argument("--quick", type=Optional[dict], default=None,
                    help="partial config merged over the rest by --quick")

@@ -17,7 +17,9 @@ incident energy, measured on a held-out split of the reference file:
    (b) HMC of log N(z) + log w(g(z | E), E), one chain per requested energy (gradients through the
    differentiable decode and the classifier);
    (c) the weighted-GAN refiner Phi(y, E) = y + MLP([y, c(E)]) (last layer zero: the identity at the
-   start), trained on (z_i, w_i, E_i) with the paper's loss (only the real term weighted);
+   start), trained with the paper's loss (only the real term weighted) on the weighted latent points
+   (z_i, w_i, E_i) and on further prior draws at the refinement energies, weighted by the same
+   classifier (``refiner_training.draws_per_energy``);
    (d) DCTR: the unrefined showers at the evaluation energies with their weights w.
 4. **Evaluation** (:mod:`refine.shower_report`): every method's showers at the evaluation energies
    against the evaluation split with caloflow's classifier test (held-out AUC and JSD, converged,
@@ -52,7 +54,7 @@ OUTPUT_FILES = ("splits.json", "refiner.ckpt", "results.json", "table.md",
 #: the fewest showers of each split a run can use (the classifier tests need 10 of each class)
 MIN_SPLIT = 20
 #: independent random streams of the steps (seeds derived from --seed)
-STREAMS = {"weights": 1, "classifier": 2, "refiner": 3, "rejection": 4, "hmc": 5}
+STREAMS = {"weights": 1, "classifier": 2, "refiner": 3, "rejection": 4, "hmc": 5, "refiner_points": 6}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -184,12 +186,16 @@ def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
     run.say(f"refinement split: {len(reference)} showers")
     with run.stage("weights"):
         weights = train_weights(run, reference)
+    with run.stage("refiner_points"):
+        z, w, energies = refiner_points(run, weights)
     with run.stage("refiner"):
-        refiner = train_refiner(run, weights["z"], weights["w"], weights["energy"])
+        refiner = train_refiner(run, z, w, energies)
     path = save_refiner(run.out / "refiner.ckpt", refiner, run.inputs.kind, run.inputs.checkpoints,
                         seed=run.seed, batch_size=int(run.cfg.batch_size))
     run.say(f"wrote {path}")
     weights["refiner"], _ = load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)
+    weights["refiner_points"] = {"n": len(z), "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
+                                 "effective_fraction": weight_summary(w, None)["effective_fraction"]}
     return weights
 
 
@@ -261,6 +267,29 @@ def shower_weights(classifier, x, energies, clip: float | None = None):
              "energy": torch.as_tensor(energies, dtype=torch.float32)}
     logits = classifier.logits(batch)
     return weights_from_logits(logits.double(), clip=clip, normalise=False)
+
+
+def refiner_points(run: ShowerRun, weights: dict[str, Any]):
+    """Step 3c's weighted latent points (z, w, E): the weight classifier's generated latents z_i with
+    w_i, then ``refiner_training.draws_per_energy - 1`` rounds of prior draws z ~ N(0, I) at every
+    refinement energy, weighted by the same classifier, w(g(z | E), E) (clipped likewise).
+
+    w is a function on the latent space, so the refiner may see it at as many points as it likes;
+    none of them is a reference shower."""
+    import torch
+
+    from refine.shower_refiner import draw_latent_showers
+
+    z, w, energies = [weights["z"]], [weights["w"]], [weights["energy"]]
+    rounds, gen = run.cfg.refiner_training.draws_per_energy - 1, run.generator("refiner_points")
+    for r in range(rounds):
+        run.say(f"refiner points: draw {r + 2}/{rounds + 1} at the {len(weights['energy'])} refinement energies")
+        for chunk in weights["energy"].split(int(run.cfg.batch_size)):
+            _, z_new, x_new, _ = draw_latent_showers(run.g, chunk, gen)
+            z.append(z_new.cpu())
+            w.append(shower_weights(weights["classifier"], x_new.cpu(), chunk, run.cfg.classifier_training.clip))
+            energies.append(chunk)
+    return torch.cat(z), torch.cat(w), torch.cat(energies)
 
 
 def train_refiner(run: ShowerRun, z, w, energies):
@@ -468,7 +497,7 @@ def run_showers(args: argparse.Namespace, cfg, progress: bool = True) -> dict[st
                      "w_max_quantile": cfg.rejection.w_max_quantile},
         "splits": {k: len(splits[k]) for k in ("refinement", "evaluation", "refinement_used", "evaluation_used")},
         "weights": weight_summary(refined["w"], cfg.classifier_training.clip),
-        "weight_classifier": refined["classifier_info"],
+        "weight_classifier": refined["classifier_info"], "refiner_points": refined["refiner_points"],
         "rejection": sampling["rejection"], "hmc": sampling["hmc"],
         "sampling": {k: sampling[k] for k in ("seconds_per_shower", "relative_to_unrefined", "n_showers")},
         "methods": methods, "timings_s": {k: round(v, 2) for k, v in run.timings.items()},

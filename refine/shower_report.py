@@ -109,6 +109,12 @@ def _steps(hmc: dict) -> str:
     return "n/a" if step is None else f"{step['median']:.3g} (chains {step['min']:.3g}-{step['max']:.3g})"
 
 
+def _refiner_points_line(points: dict) -> str:
+    """How many weighted latent points the LaSeR refiner was trained on."""
+    return (f"- LaSeR refiner: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
+            f"refinement energy; effective fraction {points['effective_fraction']:.3f}).")
+
+
 def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
@@ -141,6 +147,7 @@ def table_markdown(results: dict[str, Any]) -> str:
     lines += ["", f"- Rejection sampling: acceptance {results['rejection']['acceptance']:.3f} "
               f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
               "of the training weights).",
+              _refiner_points_line(results["refiner_points"]),
               f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
               f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}.",
               f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "

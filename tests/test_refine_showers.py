@@ -41,7 +41,7 @@ hmc: {n_hmc: 12, step_size: 0.01, n_leapfrog: 2, burn_in: 2}
 refiner:
   class_path: refine.gan.WeightedGANRefiner
   init_args: {hidden: 16, n_hidden: 1, lr: 1.0e-2, n_critic: 1}
-refiner_training: {epochs: 2, batch_size: 40}
+refiner_training: {draws_per_energy: 3, epochs: 2, batch_size: 40}
 evaluation: {runs: 1, epochs: 2, batch_size: 50}
 """
 
@@ -111,6 +111,10 @@ def test_end_to_end_writes_every_output(files, run_dir):
         assert entry["separation_power"]["mean"] >= 0
     assert results["methods"]["dctr"]["classifier"]["dnn-normalized"]["weighted"]
     assert 0 < results["rejection"]["acceptance"] <= 1 and 0 <= results["hmc"]["acceptance"] <= 1
+    # the refiner's points: the weight classifier's latents plus two prior draws per refinement energy
+    points = results["refiner_points"]
+    assert points["n"] == 3 * len(splits["refinement_used"]) and points["draws_per_energy"] == 3
+    assert 0 < points["effective_fraction"] <= 1
     assert set(results["sampling"]["seconds_per_shower"]) | {"unrefined-hmc"} == set(results["methods"])
     assert results["methods"]["unrefined-hmc"]["n_showers"] == results["methods"]["hmc"]["n_showers"] == 12
     # a like-for-like test for HMC: the same size and (smaller) batches as HMC's own
@@ -119,7 +123,7 @@ def test_end_to_end_writes_every_output(files, run_dir):
         assert small[0]["batch_size"] == small[1]["batch_size"] <= results["methods"]["unrefined"]["classifier"][key]["batch_size"]
     table = (out / "table.md").read_text()
     assert all(f"| {t} |" in table for t in ("Unrefined", "DCTR (weighted)", "HMC", "LaSeR refiner"))
-    for step in ("splits:", "weight classifier:", "wrote", "rejection", "HMC:", "evaluation split:"):
+    for step in ("splits:", "weight classifier:", "refiner points: draw 3/3", "wrote", "rejection", "HMC:", "evaluation split:"):
         assert step in proc.stderr, step
     assert not list(out.rglob(".*tmp*"))
 
@@ -365,3 +369,33 @@ def test_print_config_of_the_shower_run_is_the_resolved_yaml(tmp_path):
     assert cfg["classifier"]["init_args"]["backbone_args"] == {"hidden": 512, "n_hidden_layers": 3, "slope": 0.01}
     assert cfg["refiner"]["init_args"]["paired"] is True
     assert not list(tmp_path.iterdir())
+
+
+def test_refiner_points_are_prior_draws_weighted_by_the_classifier(files, tmp_path):
+    """The refiner's training points: the given weighted latents first, then draws_per_energy - 1 fresh prior
+    draws at every refinement energy, each weighted by the classifier at the shower it decodes to (checked
+    against an independent decode and weighting); the same seed gives the same points."""
+    from refine.config import build
+    from refine.shower_laser import (ShowerInputs, ShowerRun, _load_models, laser_generator, load_shower_config,
+                                     refiner_points, shower_weights)
+
+    cfg = load_shower_config(path=files["config"])
+    checkpoints = {"flow1": str(files["flow1"]), "flow2": str(files["flow2"])}
+    inputs = ShowerInputs("caloflow", checkpoints, _load_models(checkpoints), files["reference"], N_REFERENCE)
+    run = ShowerRun(cfg, tmp_path, SEED, inputs, progress=False, g=laser_generator(inputs))
+    torch.manual_seed(0)
+    classifier = build(cfg.classifier).eval().requires_grad_(False)
+    energies = torch.as_tensor(read_energies(files["reference"], list(range(60))), dtype=torch.float32)
+    z0 = torch.randn(60, 507)
+    given = {"z": z0, "w": torch.rand(60, dtype=torch.float64), "energy": energies, "classifier": classifier}
+    z, w, e = refiner_points(run, given)
+    draws = cfg.refiner_training.draws_per_energy
+    assert draws == 3 and z.shape == (3 * 60, 507) and w.shape == e.shape == (3 * 60,)
+    assert torch.equal(z[:60], z0) and torch.equal(w[:60], given["w"]) and torch.equal(e, energies.repeat(3))
+    new = z[60:]
+    assert abs(float(new.mean())) < 0.02 and abs(float(new.std()) - 1) < 0.02 and not torch.equal(new[:60], new[60:])
+    with torch.no_grad():
+        x = run.g.decode(new, e[60:])
+    expected = shower_weights(classifier, x, e[60:], cfg.classifier_training.clip)
+    torch.testing.assert_close(w[60:], expected, rtol=1e-5, atol=0)
+    assert torch.equal(refiner_points(run, given)[0], z)
