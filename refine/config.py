@@ -248,9 +248,9 @@ def parse_config(path: str | Path, quick: bool = False):
 def dump_config(cfg) -> str:
     """``cfg`` as YAML in the format it was read from (what ``--print_config`` prints)."""
     parser = shower_config_parser() if "split" in cfg else config_parser()
-    # skip_validation: a dict-typed init argument (backbone_args) is a Namespace after parsing and would
-    # fail the re-validation, although the parsed config was already validated
-    return parser.dump(cfg, skip_none=False, skip_validation=True)
+    # parsed again from plain values: the checks turn nested mappings (backbone_args) into Namespaces,
+    # which the dump's validation would refuse; this way the printed config is validated as it is printed
+    return parser.dump(parser.parse_object(cfg.as_dict()), skip_none=False)
 
 
 def build(spec, **data_args: Any):

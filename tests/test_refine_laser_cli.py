@@ -85,7 +85,7 @@ def test_laser_cli_refines_gaussians(tmp_path):
 )
 def test_laser_cli_bad_options(tmp_path, args, needle):
     args = [a.replace("X", str(tmp_path / "o")) for a in args]
-    proc = _run(*args, timeout=60)
+    proc = _run(*args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
@@ -117,7 +117,7 @@ def test_laser_cli_rejects_bad_config(tmp_path, capsys, old, new, needle):
     for extra in (["--out", str(tmp_path / "o")], ["--print_config"]):
         argv = ["--toy", "gaussians", "--config", str(cfg), *extra]
         if "learning_rate" in new and "--out" in extra:
-            proc = _run(*argv, timeout=60)
+            proc = _run(*argv)
             code, out, err = proc.returncode, proc.stdout, proc.stderr
         else:
             with pytest.raises(SystemExit) as exit_info:
@@ -132,7 +132,7 @@ def test_laser_cli_rejects_bad_config(tmp_path, capsys, old, new, needle):
 def test_laser_print_config_is_jsonargparse_class_path_style(tmp_path):
     """--print_config prints the resolved shipped config: class_path / init_args for the three
     LightningModules (refine's classifier is caloflow's ShowerClassifier), and it reads back unchanged."""
-    proc = _run("--toy", "gaussians", "--print_config", timeout=60)
+    proc = _run("--toy", "gaussians", "--print_config")
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["baseline"]["class_path"] == "refine.toys.RealNVPBaseline"
@@ -142,10 +142,10 @@ def test_laser_print_config_is_jsonargparse_class_path_style(tmp_path):
     assert cfg["n_eval"] == 2_000_000 and cfg["quick"]["n_eval"] == 100_000
     printed = tmp_path / "printed.yaml"
     printed.write_text(proc.stdout)
-    again = _run("--toy", "gaussians", "--config", str(printed), "--print_config", timeout=60)
+    again = _run("--toy", "gaussians", "--config", str(printed), "--print_config")
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr
     # --quick merges the quick section, init_args alone updating the chosen class
-    quick = yaml.safe_load(_run("--toy", "gaussians", "--quick", "--print_config", timeout=60).stdout)
+    quick = yaml.safe_load(_run("--toy", "gaussians", "--quick", "--print_config").stdout)
     assert quick["quick"] is None and quick["n_eval"] == 100_000 and quick["refiner_training"]["epochs"] == 300
     assert quick["refiner"]["init_args"] == {**cfg["refiner"]["init_args"], "lr_decay": 0.995}
 
