@@ -269,7 +269,7 @@ def shower_weights(classifier, x, energies, clip: float | None = None):
     return weights_from_logits(logits.double(), clip=clip, normalise=False)
 
 
-def refiner_points(run: ShowerRun, weights: dict[str, Any]):
+def refiner_points(run: ShowerRun, weights: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 3c's weighted latent points (z, w, E): the weight classifier's generated latents z_i with
     w_i, then ``refiner_training.draws_per_energy - 1`` rounds of prior draws z ~ N(0, I) at every
     refinement energy, weighted by the same classifier, w(g(z | E), E) (clipped likewise).
