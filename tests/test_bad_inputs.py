@@ -26,9 +26,9 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import HANG_GUARD_S  # a hung subprocess, not a performance limit
+
 MODULES = {"caloflow": "caloflow.cli", "lightning": "caloflow.lightning_cli", "refine": "refine.laser"}
-#: a guard against a hung subprocess, not a performance limit (a case takes ~0.3-6 s on a quiet core)
-HANG_GUARD_S = 300
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HAS_CUDA = torch.cuda.is_available()
 
