@@ -135,7 +135,7 @@ def _one_line_error(proc_or_err: str) -> str:
 
 def test_missing_file_subprocess(files, tmp_path):
     proc = _caloflow("evaluate", "--reference", tmp_path / "nope.hdf5", "--samples", f"x={files['good']}",
-                     "--out", tmp_path / "o", "--classifier", "none", timeout=120)
+                     "--out", tmp_path / "o", "--classifier", "none")
     assert proc.returncode == 2
     line = _one_line_error(proc.stderr)
     assert "nope.hdf5" in line and "no such file" in line

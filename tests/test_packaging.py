@@ -101,10 +101,10 @@ def test_config_command_writes_refuses_overwrite_and_lists(tmp_path, monkeypatch
 
 def test_lightning_config_fallback_and_unknown_config(tmp_path):
     """``-c`` takes a shipped config by name from any directory; an unknown one is one line, exit 2."""
-    proc = run_cli("lightning", "fit", "-c", "configs/smoke/flow1.yaml", "--print_config", cwd=tmp_path, timeout=120)
+    proc = run_cli("lightning", "fit", "-c", "configs/smoke/flow1.yaml", "--print_config", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "caloflow.models.FlowI" in proc.stdout
-    proc = run_cli("lightning", "fit", "-c", "configs/smoke/nope.yaml", cwd=tmp_path, timeout=120)
+    proc = run_cli("lightning", "fit", "-c", "configs/smoke/nope.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "--config configs/smoke/nope.yaml: no such file (shipped configs: " in line and "smoke/flow1" in line

@@ -292,7 +292,7 @@ def test_bad_weights_one_line_no_traceback_nothing_written(bad_files, tmp_path, 
     out = tmp_path / "o"
     proc = _caloflow("evaluate", "--reference", bad_files["reference"], "--samples", f"s={bad_files['sample']}",
                      "--weights", *[w.format(**bad_files) for w in weights], *extra, "--out", out,
-                     "--classifier", "none", timeout=120)
+                     "--classifier", "none")
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
