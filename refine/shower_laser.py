@@ -199,19 +199,27 @@ def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
     return weights
 
 
+def draw_unrefined(run: ShowerRun, energies: torch.Tensor,
+                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One unrefined shower per incident energy (GeV) in generation batches of ``batch_size``, latents kept:
+    (z (n, N), x (n, 504) MeV) on the CPU."""
+    import torch
+
+    from refine.shower_refiner import draw_latent_showers
+
+    parts = [draw_latent_showers(run.g, chunk, gen) for chunk in energies.split(int(run.cfg.batch_size))]
+    return torch.cat([p[1] for p in parts]).cpu(), torch.cat([p[2] for p in parts]).cpu()
+
+
 def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
     """Step 2: one unrefined shower per refinement shower at its energy (latents kept), the weight
     classifier, and w(x_i, E_i) = exp(logit) (clipped at ``classifier_training.clip``) for every z_i."""
     import torch
 
     from caloflow.data.io import Showers
-    from refine.shower_refiner import draw_latent_showers
 
     energies = torch.as_tensor(reference.energy, dtype=torch.float32)
-    gen = run.generator("weights")
-    parts = [draw_latent_showers(run.g, chunk, gen) for chunk in energies.split(int(run.cfg.batch_size))]
-    z = torch.cat([p[1] for p in parts]).cpu()
-    x = torch.cat([p[2] for p in parts]).cpu()
+    z, x = draw_unrefined(run, energies, run.generator("weights"))
     run.say(f"generated {len(x)} unrefined showers at the refinement energies; training the weight classifier")
     classifier, info = train_weight_classifier(run, reference, Showers(x.numpy(), reference.energy))
     w = shower_weights(classifier, x, energies, run.cfg.classifier_training.clip)
@@ -278,18 +286,15 @@ def refiner_points(run: ShowerRun, weights: dict[str, Any]) -> tuple[torch.Tenso
     none of them is a reference shower."""
     import torch
 
-    from refine.shower_refiner import draw_latent_showers
-
-    z, w, energies = [weights["z"]], [weights["w"]], [weights["energy"]]
+    energies = weights["energy"]
+    z, w = [weights["z"]], [weights["w"]]
     rounds, gen = run.cfg.refiner_training.draws_per_energy - 1, run.generator("refiner_points")
     for r in range(rounds):
-        run.say(f"refiner points: draw {r + 2}/{rounds + 1} at the {len(weights['energy'])} refinement energies")
-        for chunk in weights["energy"].split(int(run.cfg.batch_size)):
-            _, z_new, x_new, _ = draw_latent_showers(run.g, chunk, gen)
-            z.append(z_new.cpu())
-            w.append(shower_weights(weights["classifier"], x_new.cpu(), chunk, run.cfg.classifier_training.clip))
-            energies.append(chunk)
-    return torch.cat(z), torch.cat(w), torch.cat(energies)
+        run.say(f"refiner points: draw {r + 2}/{rounds + 1} at the {len(energies)} refinement energies")
+        z_new, x_new = draw_unrefined(run, energies, gen)
+        z.append(z_new)
+        w.append(shower_weights(weights["classifier"], x_new, energies, run.cfg.classifier_training.clip))
+    return torch.cat(z), torch.cat(w), energies.repeat(rounds + 1)
 
 
 def train_refiner(run: ShowerRun, z, w, energies):
