@@ -405,10 +405,11 @@ def run_rejection(run: ShowerRun, classifier, w_train, energies: np.ndarray) -> 
     return {"acceptance": accepted / proposed, "w_max": w_max, "seconds": time.perf_counter() - t0}
 
 
-def run_hmc(run: ShowerRun, classifier, energies: np.ndarray) -> dict[str, float]:
+def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_train) -> dict[str, float]:
     """Step 3b: HMC of log N(z) + log w(g(z | E), E), one chain per energy of the first ``hmc.n_hmc``
     evaluation energies (started from prior draws with finite showers), the state after ``burn_in``
-    trajectories kept; returns the acceptance after burn-in, the number of showers and seconds."""
+    trajectories kept; returns the acceptance after burn-in, the number of showers, seconds and
+    :func:`hmc_log_w` (does the chain reach its target?)."""
     import torch
 
     from refine.mcmc import hmc, laser_log_prob
@@ -432,10 +433,25 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray) -> dict[str, float
         x = run.g.decode(samples[-1], chains)
     if not torch.isfinite(x).all():
         raise CaloflowError("HMC: a chain ended at a non-finite shower: the model or the weights are broken")
+    seconds = time.perf_counter() - t0
     with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
         out.append(x.cpu().numpy(), chains.numpy())
-    return {"acceptance": acceptance, "n_showers": len(chains), "seconds": time.perf_counter() - t0,
-            "step_size": {"median": float(steps.median()), "min": float(steps.min()), "max": float(steps.max())}}
+    with torch.no_grad():
+        start = log_w(run.g.decode(init, chains), chains)
+    clip = opts.clip or run.cfg.classifier_training.clip
+    return {"acceptance": acceptance, "n_showers": len(chains), "seconds": seconds,
+            "step_size": {"median": float(steps.median()), "min": float(steps.min()), "max": float(steps.max())},
+            "mean_log_w": hmc_log_w(start, log_w(x, chains), w_train, clip)}
+
+
+def hmc_log_w(start, end, w_train, clip: float | None) -> dict[str, float]:
+    """Mean log w of the chains' start (prior draws) and kept states, and the target's,
+    E_q[log w] = sum w log w / sum w over the weight classifier's generated showers (prior draws too,
+    so weighting them by w samples q(z) = N(z) w / Z_0, eq. 3; w capped at HMC's ``clip``). A chain
+    that has reached q ends near the target, one that has not moved stays at the start."""
+    w = np.minimum(np.asarray(w_train, dtype=np.float64), np.inf if clip is None else clip)
+    return {"start": float(start.double().mean()), "end": float(end.double().mean()),
+            "target": float((w * np.log(w)).sum() / w.sum())}
 
 
 def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, Any]:
@@ -453,7 +469,7 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
     run.say("rejection sampling at the evaluation energies")
     rejection = run_rejection(run, refined["classifier"], refined["w"], energies)
     seconds["rejection"] = rejection.pop("seconds")
-    hmc = run_hmc(run, refined["classifier"], energies)
+    hmc = run_hmc(run, refined["classifier"], energies, refined["w"])
     seconds["hmc"] = hmc.pop("seconds")
     counts = {m: n for m in METHODS} | {"hmc": hmc["n_showers"]}
     per_shower = {m: seconds[m] / counts[m] for m in METHODS}

@@ -14,7 +14,8 @@ evaluation split of the reference file, which is read here for the first time:
 
 HMC gives ``hmc.n_hmc`` showers; its tests use as many evaluation showers (balanced classes). Small
 tests are weaker, so the row ``unrefined-hmc`` scores the unrefined showers at the same energies (the
-first ``n_hmc`` rows of ``unrefined.hdf5``, where the chains start from) with the same test size: HMC is
+first ``n_hmc`` rows of ``unrefined.hdf5``; the chains start from other prior draws at these energies, i.e. from
+this distribution) with the same test size: HMC is
 judged against that row. A test with few showers trains with smaller batches (at least 10 updates per
 epoch, :func:`classifier_batch_size`), so that its converging schedule stays short.
 """
@@ -109,6 +110,14 @@ def _steps(hmc: dict) -> str:
     return "n/a" if step is None else f"{step['median']:.3g} (chains {step['min']:.3g}-{step['max']:.3g})"
 
 
+def _hmc_log_w(hmc: dict) -> str:
+    """Where the chains went: mean log w at their start, their kept states, and the target's."""
+    lw = hmc.get("mean_log_w")
+    return "mean log w n/a" if lw is None else (
+        f"mean log w {lw['start']:.3f} at the start (prior draws), {lw['end']:.3f} at the kept states, "
+        f"{lw['target']:.3f} for the target q (weighted prior draws)")
+
+
 def _refiner_points_line(points: dict) -> str:
     """How many weighted latent points the LaSeR refiner was trained on."""
     return (f"- LaSeR refiner: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
@@ -149,7 +158,7 @@ def table_markdown(results: dict[str, Any]) -> str:
               "of the training weights).",
               _refiner_points_line(results["refiner_points"]),
               f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
-              f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}.",
+              f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}; {_hmc_log_w(results['hmc'])}.",
               f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
               f"max {w['max']:.3g}, effective fraction {w['effective_fraction']:.3f}.",
               training, ""]

@@ -40,7 +40,7 @@ rejection: {w_max_quantile: 0.9, max_rounds: 200}
 hmc: {n_hmc: 12, step_size: 0.01, n_leapfrog: 2, burn_in: 2}
 refiner:
   class_path: refine.gan.WeightedGANRefiner
-  init_args: {hidden: 16, n_hidden: 1, lr: 1.0e-2, n_critic: 1}
+  init_args: {hidden: 16, n_hidden: 1, lr: 1.0e-2, n_critic: 1, ema: 0.9}  # sampling from the averaged generator
 refiner_training: {draws_per_energy: 3, epochs: 2, batch_size: 40}
 evaluation: {runs: 1, epochs: 2, batch_size: 50}
 """
@@ -117,12 +117,15 @@ def test_end_to_end_writes_every_output(files, run_dir):
     assert 0 < points["effective_fraction"] <= 1
     assert set(results["sampling"]["seconds_per_shower"]) | {"unrefined-hmc"} == set(results["methods"])
     assert results["methods"]["unrefined-hmc"]["n_showers"] == results["methods"]["hmc"]["n_showers"] == 12
+    log_w = results["hmc"]["mean_log_w"]
+    assert set(log_w) == {"start", "end", "target"} and all(np.isfinite(v) for v in log_w.values())
     # a like-for-like test for HMC: the same size and (smaller) batches as HMC's own
     for key in ("dnn-unnormalized", "features"):
         small = [results["methods"][m]["classifier"][key] for m in ("unrefined-hmc", "hmc")]
         assert small[0]["batch_size"] == small[1]["batch_size"] <= results["methods"]["unrefined"]["classifier"][key]["batch_size"]
     table = (out / "table.md").read_text()
     assert all(f"| {t} |" in table for t in ("Unrefined", "DCTR (weighted)", "HMC", "LaSeR refiner"))
+    assert f"{log_w['target']:.3f} for the target q" in table
     for step in ("splits:", "weight classifier:", "refiner points: draw 3/3", "wrote", "rejection", "HMC:", "evaluation split:"):
         assert step in proc.stderr, step
     assert not list(out.rglob(".*tmp*"))
@@ -399,3 +402,19 @@ def test_refiner_points_are_prior_draws_weighted_by_the_classifier(files, tmp_pa
     expected = shower_weights(classifier, x, e[60:], cfg.classifier_training.clip)
     torch.testing.assert_close(w[60:], expected, rtol=1e-5, atol=0)
     assert torch.equal(refiner_points(run, given)[0], z)
+
+
+def test_hmc_log_w_target_is_the_reweighted_mean():
+    """E_q[log w] from weighted prior draws: exact on a small set (with the cap), and for
+    w(z) = exp(a.z - |a|^2 / 2), where q = N(a, I), it converges to |a|^2 / 2; start and end are plain means."""
+    from refine.shower_laser import hmc_log_w
+
+    e = float(np.e)
+    exact = hmc_log_w(torch.zeros(2), torch.ones(2), np.array([1.0, e, e]), None)
+    assert exact == pytest.approx({"start": 0.0, "end": 1.0, "target": 2 * e / (1 + 2 * e)}, rel=1e-12)
+    capped = hmc_log_w(torch.zeros(2), torch.ones(2), np.array([1.0, e, e]), 2.0)
+    assert capped["target"] == pytest.approx(4 * np.log(2.0) / 5, rel=1e-12)
+    a = np.array([0.5, 0.3])
+    z = np.random.default_rng(0).standard_normal((400_000, 2))
+    w = np.exp(z @ a - a @ a / 2)
+    assert hmc_log_w(torch.zeros(1), torch.zeros(1), w, None)["target"] == pytest.approx(a @ a / 2, abs=0.01)
