@@ -420,7 +420,7 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_train) -> dict[s
     log_w = shower_log_weight(classifier, opts.clip or run.cfg.classifier_training.clip)
     target = laser_log_prob(lambda z: run.g.decode(z, chains), lambda x: log_w(x, chains))
     t0 = time.perf_counter()
-    _, init, _, _ = draw_latent_showers(run.g, chains, gen)
+    _, init, x_init, _ = draw_latent_showers(run.g, chains, gen)
     adapt = "" if opts.target_acceptance is None else f", adapted towards acceptance {opts.target_acceptance:g}"
     run.say(f"HMC: {len(chains)} chains, {opts.burn_in} burn-in trajectories of {opts.n_leapfrog} steps of "
             f"{opts.step_size:g}{adapt}")
@@ -436,12 +436,12 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_train) -> dict[s
     seconds = time.perf_counter() - t0
     with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
         out.append(x.cpu().numpy(), chains.numpy())
-    with torch.no_grad():
-        start = log_w(run.g.decode(init, chains), chains)
     clip = opts.clip or run.cfg.classifier_training.clip
+    with torch.no_grad():
+        mean_log_w = hmc_log_w(log_w(x_init, chains), log_w(x, chains), w_train, clip)
     return {"acceptance": acceptance, "n_showers": len(chains), "seconds": seconds,
             "step_size": {"median": float(steps.median()), "min": float(steps.min()), "max": float(steps.max())},
-            "mean_log_w": hmc_log_w(start, log_w(x, chains), w_train, clip)}
+            "mean_log_w": mean_log_w}
 
 
 def hmc_log_w(start, end, w_train, clip: float | None) -> dict[str, float]:
