@@ -115,7 +115,7 @@ def _hmc_log_w(hmc: dict) -> str:
     lw = hmc.get("mean_log_w")
     return "mean log w n/a" if lw is None else (
         f"mean log w {lw['start']:.3f} at the start (prior draws), {lw['end']:.3f} at the kept states, "
-        f"{lw['target']:.3f} for the target q (weighted prior draws)")
+        f"{lw['target']:.3f} for the target q (the unrefined showers weighted by w)")
 
 
 def _refiner_points_line(points: dict) -> str:

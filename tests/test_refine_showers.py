@@ -119,6 +119,8 @@ def test_end_to_end_writes_every_output(files, run_dir):
     assert results["methods"]["unrefined-hmc"]["n_showers"] == results["methods"]["hmc"]["n_showers"] == 12
     log_w = results["hmc"]["mean_log_w"]
     assert set(log_w) == {"start", "end", "target"} and all(np.isfinite(v) for v in log_w.values())
+    # the target: E_q[log w] over the unrefined showers with their DCTR weights (fresh prior draws)
+    assert log_w["target"] == pytest.approx(float((w * np.log(w)).sum() / w.sum()), rel=1e-6)
     # a like-for-like test for HMC: the same size and (smaller) batches as HMC's own
     for key in ("dnn-unnormalized", "features"):
         small = [results["methods"][m]["classifier"][key] for m in ("unrefined-hmc", "hmc")]
