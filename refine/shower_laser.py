@@ -418,7 +418,8 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
 
     opts, gen = run.cfg.hmc, run.generator("hmc")
     chains = torch.as_tensor(energies[: opts.n_hmc], dtype=torch.float32)
-    log_w = shower_log_weight(classifier, opts.clip or run.cfg.classifier_training.clip)
+    clip = opts.clip or run.cfg.classifier_training.clip
+    log_w = shower_log_weight(classifier, clip)
     target = laser_log_prob(lambda z: run.g.decode(z, chains), lambda x: log_w(x, chains))
     t0 = time.perf_counter()
     _, init, x_init, _ = draw_latent_showers(run.g, chains, gen)
@@ -437,7 +438,6 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
     seconds = time.perf_counter() - t0
     with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
         out.append(x.cpu().numpy(), chains.numpy())
-    clip = opts.clip or run.cfg.classifier_training.clip
     with torch.no_grad():
         mean_log_w = hmc_log_w(log_w(x_init, chains), log_w(x, chains), w_unrefined, clip)
     return {"acceptance": acceptance, "n_showers": len(chains), "seconds": seconds,
