@@ -1,0 +1,82 @@
+"""HMC's gradient on showers: all chains at once (the baseline) vs blocks of chains (``hmc.chunk_size``).
+
+One HMC leapfrog step of ``python -m refine.laser --flow1 ...`` evaluates log N(z) + log w(g(z | E), E)
+and its gradient for every chain: CaloFlow's differentiable decode (Flow I, then Flow II through the
+fast inverse) and the weight classifier (the normalized voxel DNN of the shower config, freshly
+initialised: its cost does not depend on its weights). This script times that gradient for
+``--chains`` chains at random energies in 1-100 GeV (log-uniform), all at once and in blocks of each
+``--chunk-sizes``, interleaved ``--repeats`` times so that every cell sees the same machine load, and
+prints the median ms per chain and the largest difference of the gradient from the baseline's.
+
+    python benchmarks/hmc_chunks.py --flow1 F1.ckpt --flow2 F2.ckpt --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--flow1", required=True, help="Flow I checkpoint")
+    p.add_argument("--flow2", required=True, help="Flow II checkpoint")
+    p.add_argument("--chains", type=int, default=4000)
+    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2000, 1000, 500])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def make_target(flow1: str, flow2: str):
+    """log N(z) + log w(g(z | E), E) with CaloFlow's generator and an untrained weight classifier."""
+    from caloflow.models import ShowerClassifier
+    from caloflow.sampling import CaloFlow
+    from refine.mcmc import laser_log_prob
+    from refine.shower_laser import shower_log_weight
+    from refine.showers import CaloFlowGenerator
+
+    sampler = CaloFlow.load(flow1, flow2)
+    g = CaloFlowGenerator(sampler.flow1, sampler.flow2)
+    classifier = ShowerClassifier("dnn", "normalized").eval()
+    return g, laser_log_prob(g.decode, shower_log_weight(classifier, clip=50.0))
+
+
+def main(argv=None) -> list[dict]:
+    from refine.mcmc import log_prob_and_grad
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    g, target = make_target(args.flow1, args.flow2)
+    gen = torch.Generator().manual_seed(args.seed)
+    z = g.sample_latent(args.chains, gen)
+    energies = torch.exp(math.log(1.0) + math.log(100.0) * torch.rand(args.chains, generator=gen))
+    cells = [None, *args.chunk_sizes]
+    times: dict = {c: [] for c in cells}
+    grads: dict = {}
+    log_prob_and_grad(target, z[:100], (energies[:100],))  # warm-up
+    for _ in range(args.repeats):
+        for c in cells:
+            t0 = time.perf_counter()
+            grads[c] = log_prob_and_grad(target, z, (energies,), chunk_size=c)[1]
+            times[c].append(time.perf_counter() - t0)
+    rows = []
+    base = statistics.median(times[None])
+    print(f"{args.chains} chains, {torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print("| chains per block | ms / chain | speed-up | max abs grad difference |\n|---|---|---|---|")
+    for c in cells:
+        t = statistics.median(times[c])
+        diff = float((grads[c] - grads[None]).abs().max())
+        rows.append({"chunk_size": c, "ms_per_chain": 1e3 * t / args.chains, "speedup": base / t, "max_diff": diff})
+        label = f"all ({args.chains}, baseline)" if c is None else str(c)
+        print(f"| {label} | {1e3 * t / args.chains:.2f} | {base / t:.2f}x | {diff:.2g} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
