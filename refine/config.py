@@ -316,7 +316,8 @@ class ShowerHMCOptions:
     """HMC of log N(z) + log w(g(z | E), E): one chain per requested energy for the first ``n_hmc``
     evaluation energies, ``burn_in`` trajectories of ``n_leapfrog`` steps discarded, the next state
     kept; the step starts at ``step_size`` and, with ``target_acceptance``, adapts per chain during
-    burn-in (:func:`refine.mcmc.hmc`); ``clip``: cap on w inside HMC (default: the classifier's clip)."""
+    burn-in (:func:`refine.mcmc.hmc`); ``clip``: cap on w inside HMC (default: the classifier's clip);
+    ``chunk_size``: chains per gradient evaluation (None: all at once; same numbers up to rounding)."""
 
     n_hmc: PositiveInt = 500
     step_size: PositiveFloat = 0.02
@@ -324,6 +325,7 @@ class ShowerHMCOptions:
     burn_in: NonNegativeInt = 20
     target_acceptance: Optional[OpenUnitInterval] = 0.8
     clip: Optional[PositiveFloat] = None
+    chunk_size: Optional[PositiveInt] = None
 
 
 @dataclass

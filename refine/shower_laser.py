@@ -420,7 +420,7 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
     chains = torch.as_tensor(energies[: opts.n_hmc], dtype=torch.float32)
     clip = opts.clip or run.cfg.classifier_training.clip
     log_w = shower_log_weight(classifier, clip)
-    target = laser_log_prob(lambda z: run.g.decode(z, chains), lambda x: log_w(x, chains))
+    target = laser_log_prob(run.g.decode, log_w)  # target(z, E): chunks of chains carry their energies
     t0 = time.perf_counter()
     _, init, x_init, _ = draw_latent_showers(run.g, chains, gen)
     adapt = "" if opts.target_acceptance is None else f", adapted towards acceptance {opts.target_acceptance:g}"
@@ -429,7 +429,8 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
     info: dict = {}
     samples, acceptance = hmc(target, init, step_size=opts.step_size, n_leapfrog=opts.n_leapfrog, n_samples=1,
                               burn_in=opts.burn_in, generator=gen, progress=run.progress,
-                              target_acceptance=opts.target_acceptance, info=info)
+                              target_acceptance=opts.target_acceptance, info=info, context=(chains,),
+                              chunk_size=opts.chunk_size)
     steps = info["step_size"]
     with torch.no_grad():
         x = run.g.decode(samples[-1], chains)
