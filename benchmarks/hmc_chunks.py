@@ -7,6 +7,9 @@ initialised: its cost does not depend on its weights). This script times that gr
 ``--chains`` chains at random energies in 1-100 GeV (log-uniform), all at once and in blocks of each
 ``--chunk-sizes``, interleaved ``--repeats`` times so that every cell sees the same machine load, and
 prints the median ms per chain and the largest difference of the gradient from the baseline's.
+With ``--hmc``, each cell instead runs :func:`refine.mcmc.hmc` itself (2 trajectories of 3 leapfrog
+steps: 7 gradients) from the same start, as the shower HMC does, and reports ms per chain and gradient
+and the largest difference of the final states.
 
     python benchmarks/hmc_chunks.py --flow1 F1.ckpt --flow2 F2.ckpt --threads 2
 """
@@ -28,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2000, 1000, 500])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--hmc", action="store_true", help="time HMC trajectories instead of the bare gradient")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -44,6 +48,18 @@ def make_target(flow1: str, flow2: str):
     g = CaloFlowGenerator(sampler.flow1, sampler.flow2)
     classifier = ShowerClassifier("dnn", "normalized").eval()
     return g, laser_log_prob(g.decode, shower_log_weight(classifier, clip=50.0))
+
+
+def run_cell(target, z, energies, chunk_size, args):
+    """The gradient at z, or (``--hmc``) the state after 2 HMC trajectories of 3 leapfrog steps."""
+    from refine.mcmc import hmc, log_prob_and_grad
+
+    if not args.hmc:
+        return log_prob_and_grad(target, z, (energies,), chunk_size=chunk_size)[1]
+    samples, _ = hmc(target, z, step_size=0.15, n_leapfrog=3, n_samples=1, burn_in=1, target_acceptance=0.8,
+                     context=(energies,), chunk_size=chunk_size, progress=False,
+                     generator=torch.Generator().manual_seed(args.seed + 1))
+    return samples[-1]
 
 
 def main(argv=None) -> list[dict]:
@@ -63,12 +79,14 @@ def main(argv=None) -> list[dict]:
     for _ in range(args.repeats):
         for c in cells:
             t0 = time.perf_counter()
-            grads[c] = log_prob_and_grad(target, z, (energies,), chunk_size=c)[1]
-            times[c].append(time.perf_counter() - t0)
+            grads[c] = run_cell(target, z, energies, c, args)
+            times[c].append((time.perf_counter() - t0) / (7 if args.hmc else 1))
     rows = []
     base = statistics.median(times[None])
-    print(f"{args.chains} chains, {torch.get_num_threads()} threads, median of {args.repeats}\n")
-    print("| chains per block | ms / chain | speed-up | max abs grad difference |\n|---|---|---|---|")
+    what = "HMC, ms per chain and gradient" if args.hmc else "gradient"
+    print(f"{args.chains} chains, {torch.get_num_threads()} threads, median of {args.repeats}, {what}\n")
+    diff_of = "final state" if args.hmc else "grad"
+    print(f"| chains per block | ms / chain | speed-up | max abs {diff_of} difference |\n|---|---|---|---|")
     for c in cells:
         t = statistics.median(times[c])
         diff = float((grads[c] - grads[None]).abs().max())
