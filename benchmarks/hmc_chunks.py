@@ -22,6 +22,11 @@ import time
 
 import torch
 
+#: the ``--hmc`` cell: burn-in trajectories, kept trajectories, leapfrog steps per trajectory
+HMC_BURN_IN, HMC_KEPT, HMC_LEAPFROG = 1, 1, 3
+#: gradients one ``--hmc`` cell takes per chain: one at the start, one per leapfrog step
+HMC_GRADIENTS = 1 + (HMC_BURN_IN + HMC_KEPT) * HMC_LEAPFROG
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,8 +61,8 @@ def run_cell(target, z, energies, chunk_size, args):
 
     if not args.hmc:
         return log_prob_and_grad(target, z, (energies,), chunk_size=chunk_size)[1]
-    samples, _ = hmc(target, z, step_size=0.15, n_leapfrog=3, n_samples=1, burn_in=1, target_acceptance=0.8,
-                     context=(energies,), chunk_size=chunk_size, progress=False,
+    samples, _ = hmc(target, z, step_size=0.15, n_leapfrog=HMC_LEAPFROG, n_samples=HMC_KEPT, burn_in=HMC_BURN_IN,
+                     target_acceptance=0.8, context=(energies,), chunk_size=chunk_size, progress=False,
                      generator=torch.Generator().manual_seed(args.seed + 1))
     return samples[-1]
 
@@ -71,7 +76,7 @@ def main(argv=None) -> list[dict]:
     g, target = make_target(args.flow1, args.flow2)
     gen = torch.Generator().manual_seed(args.seed)
     z = g.sample_latent(args.chains, gen)
-    energies = torch.exp(math.log(1.0) + math.log(100.0) * torch.rand(args.chains, generator=gen))
+    energies = torch.exp(math.log(100.0) * torch.rand(args.chains, generator=gen))
     cells = [None, *args.chunk_sizes]
     times: dict = {c: [] for c in cells}
     grads: dict = {}
@@ -80,7 +85,7 @@ def main(argv=None) -> list[dict]:
         for c in cells:
             t0 = time.perf_counter()
             grads[c] = run_cell(target, z, energies, c, args)
-            times[c].append((time.perf_counter() - t0) / (7 if args.hmc else 1))
+            times[c].append((time.perf_counter() - t0) / (HMC_GRADIENTS if args.hmc else 1))
     rows = []
     base = statistics.median(times[None])
     what = "HMC, ms per chain and gradient" if args.hmc else "gradient"
