@@ -518,7 +518,7 @@ def run_showers(args: argparse.Namespace, cfg, progress: bool = True) -> dict[st
         "settings": {"seed": args.seed, "quick": bool(args.quick), "generator": inputs.kind,
                      "checkpoints": inputs.checkpoints, "reference": str(inputs.reference),
                      "batch_size": int(cfg.batch_size), "evaluation_runs": cfg.evaluation.runs,
-                     "evaluation_epochs": cfg.evaluation.epochs,
+                     "evaluation_epochs": cfg.evaluation.epochs, "evaluation_patience": cfg.evaluation.patience,
                      "w_max_quantile": cfg.rejection.w_max_quantile},
         "splits": {k: len(splits[k]) for k in ("refinement", "evaluation", "refinement_used", "evaluation_used")},
         "weights": weight_summary(refined["w"], cfg.classifier_training.clip),

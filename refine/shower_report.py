@@ -150,8 +150,11 @@ def table_markdown(results: dict[str, Any]) -> str:
                      + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |")
     unconverged = [f"{m} {k}" for m, e in methods.items() for k, c in e["classifier"].items() if not c["converged"]]
     epochs = results["settings"].get("evaluation_epochs")
+    patience = results["settings"].get("evaluation_patience")
+    stopping = f"{patience} epochs" if patience else "the classifier test's default (1,200 updates)"
     training = (f"- Classifier tests: a fixed {epochs} epochs each (evaluation.epochs), not trained to convergence."
-                if epochs else "- Not converged: " + (", ".join(unconverged) if unconverged else "none") + ".")
+                if epochs else f"- Classifier tests: early stopping after {stopping} without a lower validation loss; "
+                "not converged: " + (", ".join(unconverged) if unconverged else "none") + ".")
     w = results["weights"]
     lines += ["", f"- Rejection sampling: acceptance {results['rejection']['acceptance']:.3f} "
               f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
