@@ -151,7 +151,7 @@ def table_markdown(results: dict[str, Any]) -> str:
     unconverged = [f"{m} {k}" for m, e in methods.items() for k, c in e["classifier"].items() if not c["converged"]]
     epochs = results["settings"].get("evaluation_epochs")
     patience = results["settings"].get("evaluation_patience")
-    stopping = f"{patience} epochs" if patience else "the classifier test's default (1,200 updates)"
+    stopping = f"{patience} epochs" if patience else "the classifier test's default (at least 1,200 updates)"
     training = (f"- Classifier tests: a fixed {epochs} epochs each (evaluation.epochs), not trained to convergence."
                 if epochs else f"- Classifier tests: early stopping after {stopping} without a lower validation loss; "
                 "not converged: " + (", ".join(unconverged) if unconverged else "none") + ".")
