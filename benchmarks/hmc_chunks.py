@@ -41,8 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_target(flow1: str, flow2: str):
-    """log N(z) + log w(g(z | E), E) with CaloFlow's generator and an untrained weight classifier."""
+def make_target(flow1: str, flow2: str, clip: float):
+    """log N(z) + log w(g(z | E), E) with CaloFlow's generator and an untrained weight classifier, w <= clip."""
     from caloflow.models import ShowerClassifier
     from caloflow.sampling import CaloFlow
     from refine.mcmc import laser_log_prob
@@ -52,28 +52,31 @@ def make_target(flow1: str, flow2: str):
     sampler = CaloFlow.load(flow1, flow2)
     g = CaloFlowGenerator(sampler.flow1, sampler.flow2)
     classifier = ShowerClassifier("dnn", "normalized").eval()
-    return g, laser_log_prob(g.decode, shower_log_weight(classifier, clip=50.0))
+    return g, laser_log_prob(g.decode, shower_log_weight(classifier, clip=clip))
 
 
-def run_cell(target, z, energies, chunk_size, args):
-    """The gradient at z, or (``--hmc``) the state after 2 HMC trajectories of 3 leapfrog steps."""
+def run_cell(target, z, energies, chunk_size, args, hmc_cfg):
+    """The gradient at z, or (``--hmc``) the state after HMC_BURN_IN + HMC_KEPT trajectories of HMC_LEAPFROG
+    steps with the shipped config's initial step and target acceptance (``hmc_cfg``)."""
     from refine.mcmc import hmc, log_prob_and_grad
 
     if not args.hmc:
         return log_prob_and_grad(target, z, (energies,), chunk_size=chunk_size)[1]
-    samples, _ = hmc(target, z, step_size=0.15, n_leapfrog=HMC_LEAPFROG, n_samples=HMC_KEPT, burn_in=HMC_BURN_IN,
-                     target_acceptance=0.8, context=(energies,), chunk_size=chunk_size, progress=False,
+    samples, _ = hmc(target, z, step_size=hmc_cfg.step_size, n_leapfrog=HMC_LEAPFROG, n_samples=HMC_KEPT,
+                     burn_in=HMC_BURN_IN, target_acceptance=hmc_cfg.target_acceptance, context=(energies,), chunk_size=chunk_size, progress=False,
                      generator=torch.Generator().manual_seed(args.seed + 1))
     return samples[-1]
 
 
 def main(argv=None) -> list[dict]:
     from refine.mcmc import log_prob_and_grad
+    from refine.shower_laser import hmc_clip, load_shower_config
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    g, target = make_target(args.flow1, args.flow2)
+    cfg = load_shower_config()  # the shipped HMC settings and weight cap
+    g, target = make_target(args.flow1, args.flow2, hmc_clip(cfg))
     gen = torch.Generator().manual_seed(args.seed)
     z = g.sample_latent(args.chains, gen)
     energies = torch.exp(math.log(100.0) * torch.rand(args.chains, generator=gen))
@@ -84,7 +87,7 @@ def main(argv=None) -> list[dict]:
     for _ in range(args.repeats):
         for c in cells:
             t0 = time.perf_counter()
-            grads[c] = run_cell(target, z, energies, c, args)
+            grads[c] = run_cell(target, z, energies, c, args, cfg.hmc)
             times[c].append((time.perf_counter() - t0) / (HMC_GRADIENTS if args.hmc else 1))
     rows = []
     base = statistics.median(times[None])

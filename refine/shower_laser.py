@@ -405,6 +405,11 @@ def run_rejection(run: ShowerRun, classifier, w_train, energies: np.ndarray) -> 
     return {"acceptance": accepted / proposed, "w_max": w_max, "seconds": time.perf_counter() - t0}
 
 
+def hmc_clip(cfg) -> float | None:
+    """The cap on w inside HMC: ``hmc.clip``, else the weight classifier's ``classifier_training.clip``."""
+    return cfg.hmc.clip or cfg.classifier_training.clip
+
+
 def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> dict[str, float]:
     """Step 3b: HMC of log N(z) + log w(g(z | E), E), one chain per energy of the first ``hmc.n_hmc``
     evaluation energies (started from prior draws with finite showers), the state after ``burn_in``
@@ -418,7 +423,7 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
 
     opts, gen = run.cfg.hmc, run.generator("hmc")
     chains = torch.as_tensor(energies[: opts.n_hmc], dtype=torch.float32)
-    clip = opts.clip or run.cfg.classifier_training.clip
+    clip = hmc_clip(run.cfg)
     log_w = shower_log_weight(classifier, clip)
     target = laser_log_prob(run.g.decode, log_w)  # target(z, E): chunks of chains carry their energies
     t0 = time.perf_counter()

@@ -131,6 +131,8 @@ def _cell(stat: dict) -> str:
 def table_markdown(results: dict[str, Any]) -> str:
     """The report: one row per method (held-out AUC and JSD per classifier, mean separation power,
     sampling time per shower), then the acceptances and the weights."""
+    from caloflow.evaluate.classifier_test import MIN_PATIENCE_EPOCHS, PATIENCE_UPDATES
+
     methods = results["methods"]
     head = "| Method | showers | " + " | ".join(f"{k} AUC | {k} JSD" for _, _, k in CLASSIFIERS) \
            + " | mean sep. power | ms / shower |"
@@ -151,7 +153,8 @@ def table_markdown(results: dict[str, Any]) -> str:
     unconverged = [f"{m} {k}" for m, e in methods.items() for k, c in e["classifier"].items() if not c["converged"]]
     epochs = results["settings"].get("evaluation_epochs")
     patience = results["settings"].get("evaluation_patience")
-    stopping = f"{patience} epochs" if patience else "the classifier test's default (at least 1,200 updates)"
+    stopping = f"{patience} epochs" if patience else (
+        f"the classifier test's default, max({MIN_PATIENCE_EPOCHS} epochs, {PATIENCE_UPDATES} updates)")
     training = (f"- Classifier tests: a fixed {epochs} epochs each (evaluation.epochs), not trained to convergence."
                 if epochs else f"- Classifier tests: early stopping after {stopping} without a lower validation loss; "
                 "not converged: " + (", ".join(unconverged) if unconverged else "none") + ".")
