@@ -206,3 +206,51 @@ def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(referen
     with pytest.raises(ValueError, match="keep"):
         fit_classifier(ShowerClassifier("dnn"), dm, schedule_for(dm, "dnn", epochs=1), tmp_path, "x", "", None,
                        keep="val_auc")
+
+
+@pytest.mark.parametrize("architecture,preprocessing", [("dnn", "unnormalized"), ("features", "high-level")])
+def test_inputs_encoded_once_train_the_same_classifier(reference, independent, tmp_path, monkeypatch,
+                                                       architecture, preprocessing):
+    """The classifier test encodes its noise-free showers once (EncodedDataset); training on those
+    inputs gives bit for bit the classifier that encodes every batch anew."""
+    import caloflow.evaluate.classifier_test as ct
+
+    different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])
+
+    def train(encode_once: bool):
+        if not encode_once:
+            monkeypatch.setattr(ct, "encode_once", lambda datamodule, model: None)
+        dm = classifier_data(reference[:600], different, batch_size=100, seed=0)
+        torch.manual_seed(0)
+        fitted = ct.fit_classifier(ShowerClassifier(architecture, preprocessing), dm,
+                                   ct.schedule_for(dm, architecture, epochs=3), None, "", "", None)
+        monkeypatch.undo()
+        return fitted["model"], dm
+
+    (once, dm_once), (every, dm_every) = train(True), train(False)
+    assert isinstance(dm_once.datasets["train"], ct.EncodedDataset)
+    assert not isinstance(dm_every.datasets["train"], ct.EncodedDataset)
+    for (name, a), (_, b) in zip(once.state_dict().items(), every.state_dict().items()):
+        assert torch.equal(a, b), name
+    test = ct._split_batch(dm_once, "test")
+    assert once.input_key in test
+    plain = {k: v for k, v in test.items() if not k.startswith("inputs:")}
+    assert np.array_equal(once.predict_proba(test), once.predict_proba(plain))
+
+
+def test_encoded_batches_serve_only_their_own_backbone(reference):
+    """A batch encoded for one backbone is ignored by another, which encodes the showers itself;
+    a dataset with noise (new inputs every epoch) is refused."""
+    from caloflow.data.datamodule import ShowerDataset
+    from caloflow.evaluate.classifier_test import EncodedDataset
+
+    showers = reference[:50]
+    unnormalized, normalized = ShowerClassifier("dnn", "unnormalized"), ShowerClassifier("dnn", "normalized")
+    assert unnormalized.input_key == "inputs:dnn/unnormalized" != normalized.input_key
+    batch = EncodedDataset(ShowerDataset(showers), unnormalized).__getitems__(range(50))
+    assert torch.equal(batch[unnormalized.input_key], classifier_inputs(batch["voxels"], batch["energy"]))
+    assert normalized.input_key not in batch
+    assert torch.equal(normalized.logits(batch), normalized.logits({"voxels": batch["voxels"],
+                                                                    "energy": batch["energy"]}))
+    with pytest.raises(ValueError, match="noise-free"):
+        EncodedDataset(ShowerDataset(showers, noise_kev=1.0), unnormalized)

@@ -24,6 +24,13 @@ log10((E_i + 1 keV) / 100 GeV) + 2 for the three layer energies (eq. 4.5).
 
 All return a logit; the sigmoid of the appendix is applied in the loss (``BCEWithLogits``,
 numerically safer, same model) and in :meth:`ShowerClassifier.predict_proba`.
+
+Every backbone is ``classify(encode(batch))``: ``encode`` is its fixed, parameter-free input
+representation (the 508-vector, the 41 features, the standardised points) and ``classify`` the
+trained network. A batch may carry the encoding already, under the backbone's :attr:`input_key`
+(``"inputs:dnn/unnormalized"``, ``"inputs:features"``, ...): the classifier test encodes its
+noise-free showers once instead of in every epoch (:class:`caloflow.evaluate.classifier_test.EncodedDataset`),
+and a batch encoded for another backbone is ignored.
 """
 from __future__ import annotations
 
@@ -88,7 +95,30 @@ def _check_preprocessing(preprocessing: str) -> None:
         raise ValueError(f"unknown preprocessing '{preprocessing}', choose from {', '.join(PREPROCESSINGS)}")
 
 
-class DNN(nn.Module):
+class Backbone(nn.Module):
+    """A classifier backbone: ``forward(batch) = classify(encode(batch))`` (module docstring)."""
+
+    @property
+    def input_key(self) -> str:
+        """The batch key of this backbone's precomputed encoding."""
+        name = type(self).__name__.lower()
+        preprocessing = getattr(self, "preprocessing", None)
+        return f"inputs:{name}" + (f"/{preprocessing}" if preprocessing else "")
+
+    def encode(self, batch: Batch) -> Tensor:
+        """The fixed input representation of a batch, (N, n_inputs) float32."""
+        raise NotImplementedError
+
+    def classify(self, inputs: Tensor) -> Tensor:
+        """Logits (N,) of encoded inputs."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:
+        inputs = batch.get(self.input_key)
+        return self.classify(self.encode(batch) if inputs is None else inputs)
+
+
+class DNN(Backbone):
     """Fully connected classifier of appendix A: 508 -> 512 -> 512 -> 512 -> 1 (logit) on showers."""
 
     def __init__(self, preprocessing: str = "unnormalized", hidden: int = 512, n_hidden_layers: int = 3,
@@ -98,9 +128,11 @@ class DNN(nn.Module):
         self.preprocessing = preprocessing
         self.net = mlp(N_INPUTS, 1, hidden, n_hidden_layers, slope)
 
-    def forward(self, batch: Batch) -> Tensor:
-        x = classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
-        return self.net(x).squeeze(-1)
+    def encode(self, batch: Batch) -> Tensor:
+        return classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
+
+    def classify(self, inputs: Tensor) -> Tensor:
+        return self.net(inputs).squeeze(-1)
 
 
 def _conv_block(first: tuple[dict, dict], pool1, slope: float) -> nn.Sequential:
@@ -116,7 +148,7 @@ def _conv_block(first: tuple[dict, dict], pool1, slope: float) -> nn.Sequential:
     )
 
 
-class CNN(nn.Module):
+class CNN(Backbone):
     """Convolutional classifier of appendix A (one convolution stack per calorimeter layer)."""
 
     def __init__(self, preprocessing: str = "unnormalized", hidden: int = 512, slope: float = 0.01):
@@ -138,8 +170,10 @@ class CNN(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    def forward(self, batch: Batch) -> Tensor:
-        x = classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
+    def encode(self, batch: Batch) -> Tensor:
+        return classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
+
+    def classify(self, x: Tensor) -> Tensor:
         *layers, conditions = torch.split(x, list(LAYER_SIZES) + [N_CONDITIONS], dim=1)
         features = [
             stack(layer.reshape(len(x), 1, *shape)).flatten(1)
@@ -148,7 +182,7 @@ class CNN(nn.Module):
         return self.head(torch.cat(features + [conditions], dim=1)).squeeze(-1)
 
 
-class FeatureDNN(nn.Module):
+class FeatureDNN(Backbone):
     """The high-level-feature classifier of the published CaloFlow reference code: the 41 inputs of
     :func:`caloflow.evaluate.features.high_level_inputs` (energies, depth, brightest voxels, E_ratio,
     sparsity, centroids, widths, E_inc) -> 3 x 512 LeakyReLU(0.01) -> 1 (logit), on showers."""
@@ -159,13 +193,16 @@ class FeatureDNN(nn.Module):
 
         self.net = mlp(len(HIGH_LEVEL_INPUTS), 1, hidden, n_hidden_layers, slope)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def encode(self, batch: Batch) -> Tensor:
         from caloflow.evaluate.features import high_level_inputs
 
-        return self.net(high_level_inputs(batch["voxels"], batch["energy"])).squeeze(-1)
+        return high_level_inputs(batch["voxels"], batch["energy"])
+
+    def classify(self, inputs: Tensor) -> Tensor:
+        return self.net(inputs).squeeze(-1)
 
 
-class PointMLP(nn.Module):
+class PointMLP(Backbone):
     """MLP on points ``batch["x"]`` (N, n_features), standardised by a fixed ``shift`` and ``scale``.
 
     ``shift`` and ``scale`` are set from the training data before training (buffers, saved in the
@@ -181,12 +218,15 @@ class PointMLP(nn.Module):
         self.register_buffer("scale", torch.as_tensor(scale if scale is not None else [1.0] * n_features,
                                                       dtype=torch.float32))
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.net((batch["x"] - self.shift) / self.scale).squeeze(-1)
+    def encode(self, batch: Batch) -> Tensor:
+        return (batch["x"] - self.shift) / self.scale
+
+    def classify(self, inputs: Tensor) -> Tensor:
+        return self.net(inputs).squeeze(-1)
 
 
 #: backbone name -> class; ``ShowerClassifier(backbone=NAME, backbone_args={...})``.
-BACKBONES: dict[str, type[nn.Module]] = {"dnn": DNN, "cnn": CNN, "features": FeatureDNN, "mlp": PointMLP}
+BACKBONES: dict[str, type[Backbone]] = {"dnn": DNN, "cnn": CNN, "features": FeatureDNN, "mlp": PointMLP}
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -233,6 +273,16 @@ class ShowerClassifier(L.LightningModule):
     def forward(self, batch: Batch) -> Tensor:
         """Logit of P(reference | batch) = log w, shape (N,)."""
         return self.net(batch)
+
+    @property
+    def input_key(self) -> str:
+        """The batch key under which a batch may carry this classifier's encoded inputs."""
+        return self.net.input_key
+
+    @torch.no_grad()
+    def encode(self, batch: Batch) -> Tensor:
+        """The backbone's fixed input representation of ``batch`` (no trained parameters)."""
+        return self.net.encode(batch)
 
     def loss(self, batch: Batch, logits: Tensor | None = None) -> Tensor:
         """Weighted binary cross entropy, nats."""
