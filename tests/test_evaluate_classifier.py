@@ -209,22 +209,19 @@ def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(referen
 
 
 @pytest.mark.parametrize("architecture,preprocessing", [("dnn", "unnormalized"), ("features", "high-level")])
-def test_inputs_encoded_once_train_the_same_classifier(reference, independent, tmp_path, monkeypatch,
-                                                       architecture, preprocessing):
+def test_inputs_encoded_once_train_the_same_classifier(reference, independent, architecture, preprocessing):
     """The classifier test encodes its noise-free showers once (EncodedDataset); training on those
     inputs gives bit for bit the classifier that encodes every batch anew."""
     import caloflow.evaluate.classifier_test as ct
 
     different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])
 
-    def train(encode_once: bool):
-        if not encode_once:
-            monkeypatch.setattr(ct, "encode_once", lambda datamodule, model: None)
+    def train(encode_inputs: bool):
         dm = classifier_data(reference[:600], different, batch_size=100, seed=0)
         torch.manual_seed(0)
         fitted = ct.fit_classifier(ShowerClassifier(architecture, preprocessing), dm,
-                                   ct.schedule_for(dm, architecture, epochs=3), None, "", "", None)
-        monkeypatch.undo()
+                                   ct.schedule_for(dm, architecture, epochs=3), None, "", "", None,
+                                   encode_inputs=encode_inputs)
         return fitted["model"], dm
 
     (once, dm_once), (every, dm_every) = train(True), train(False)

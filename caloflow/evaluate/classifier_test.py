@@ -350,11 +350,12 @@ def schedule_for(datamodule: CaloDataModule, architecture: str, epochs: int | No
 
 
 def fit_classifier(model: ShowerClassifier, datamodule: CaloDataModule, schedule: Schedule, log_dir, name, version,
-                   progress, keep: str = "val_acc") -> dict:
+                   progress, keep: str = "val_acc", encode_inputs: bool = True) -> dict:
     """Fit ``model`` on the datamodule's train split with the ``schedule`` (early stopping on the validation
     loss when it has a patience) and keep its best epoch by ``keep``: ``"val_acc"`` (highest validation
     accuracy: the classifier test of CaloFlow appendix A) or ``"val_loss"`` (lowest validation BCE: the
-    best-calibrated f, for weights w = f / (1 - f)). Returns ``{"model": that model (reloaded),
+    best-calibrated f, for weights w = f / (1 - f)). ``encode_inputs``: encode the noise-free splits once
+    (:func:`encode_once`; the same classifier, faster) instead of in every batch. Returns ``{"model": that model (reloaded),
     "trainer", "info": best_epoch, best_val_acc or best_val_loss, epochs_run, updates, converged, ...}``."""
     if keep not in ("val_acc", "val_loss"):
         raise ValueError(f"keep must be 'val_acc' or 'val_loss', not {keep!r}")
@@ -368,7 +369,8 @@ def fit_classifier(model: ShowerClassifier, datamodule: CaloDataModule, schedule
                                            min_delta=MIN_DELTA))
         trainer = make_trainer(schedule.max_epochs, log_dir, name, version, callbacks=callbacks,
                                checkpointing=True, log_every_n_steps=1, accelerator="auto")
-        encode_once(datamodule, model)
+        if encode_inputs:
+            encode_once(datamodule, model)
         trainer.fit(model, datamodule=datamodule)
         best_epoch = int(Path(best.best_model_path).stem.split("=")[-1]) + 1
         epochs_run = int(trainer.current_epoch)
