@@ -3,7 +3,7 @@
 A classifier of the classifier test (CaloFlow appendix A: the voxel DNN on unnormalized or normalized
 showers; the reference code's high-level-feature DNN) trains on noise-free showers, so its input
 encoding (the 508 inputs of appendix A, the 41 high-level features) is the same in every epoch.
-``caloflow.evaluate.classifier_test.fit_classifier`` computes it once per split (``encode_inputs=True``);
+``caloflow.evaluate.classification.fit_classifier`` computes it once per split (``encode_inputs=True``);
 the baseline encodes every training and validation batch anew. For each classifier this script trains
 both on the same showers with the same seed for ``--epochs`` epochs, interleaved ``--repeats`` times so
 that both see the same machine load, checks that they end with bit-identical weights, and prints the
@@ -49,7 +49,7 @@ def showers(n: int, seed: int):
 
 def train(reference, generated, architecture: str, preprocessing: str, args, encode_inputs: bool):
     """Seconds of one fixed-epoch training, and the trained weights."""
-    from caloflow.evaluate.classifier_test import classifier_data, fit_classifier, schedule_for
+    from caloflow.evaluate.classification import classifier_data, fit_classifier, schedule_for
     from caloflow.models import ShowerClassifier
 
     dm = classifier_data(reference, generated, batch_size=args.batch_size, seed=args.seed)

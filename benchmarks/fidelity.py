@@ -8,7 +8,7 @@ simulate -> fit Flow I and Flow II with the given configs -> generate for an ind
 """
 import sys
 
-from caloflow.cli import main
+from caloflow.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["benchmark", "fidelity", *sys.argv[1:]]))

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from caloflow.timing import format_ms as fmt
 from caloflow.timing import timed
-from caloflow.flows.build import build_flow2, count_parameters
+from caloflow.flows.build import build_flow2
+from caloflow.nn import count_parameters
 from caloflow.flows.fast_inverse import fast_inverse
 
 

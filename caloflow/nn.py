@@ -17,3 +17,11 @@ def mlp(n_in: int, n_out: int, hidden: int, n_hidden: int, slope: float = 0.01) 
         width = hidden
     layers.append(nn.Linear(width, n_out))
     return nn.Sequential(*layers)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (the figure the papers' tables and Keras' ``count_params`` report)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["mlp", "count_parameters"]

@@ -1,17 +1,12 @@
-"""Generating showers: the CaloFlow pipeline (paper section 4.3) and ``caloflow generate``.
+"""Generating showers: the CaloFlow pipeline (paper section 4.3), the CaloGAN sampler, incident energies.
 
 E_inc -> Flow I -> inverse u-transform -> (E0, E1, E2) -> Flow II -> inverse logit -> renormalise
 each layer -> scale by E_i -> 10 keV threshold. Both inverse steps are the preprocessing objects
 the flows were trained with (:mod:`caloflow.transforms`). A shower that comes out non-finite is
 drawn again (and counted), so no NaN or inf reaches a file.
-
-``--refiner R.ckpt`` (a LaSeR refiner written by ``python -m refine.laser --flow1 ...``, for these
-very checkpoints, checked by sha256): the latent points y are drawn per batch exactly as without a
-refiner, mapped to Phi(y, E_inc) and decoded (:mod:`refine.shower_refiner`).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +17,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caloflow.data.geometry import N_VOXELS
-from caloflow.data.io import Showers, ShowerWriter, check_disk_space, count_showers, iter_showers
-from caloflow.domain import Domain, check_energies, check_particle, of_file
+from caloflow.data.io import Showers, ShowerWriter, count_showers, iter_showers
+from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
+from caloflow.domain import Domain
 from caloflow.errors import CaloflowError
 
 log = logging.getLogger("caloflow")
@@ -33,8 +29,6 @@ def _load_checkpoint(cls, path, option: str, map_location="cpu"):
     path = Path(path)
     if not path.is_file():
         raise CaloflowError(f"{option} {path}: no such checkpoint file")
-    from caloflow.lightning_cli import checkpoint_model_mismatch, read_checkpoint
-
     # a file that is not a checkpoint, or one of another model, is named as such before loading
     mismatch = checkpoint_model_mismatch(read_checkpoint(path, option), cls)
     if mismatch:
@@ -262,98 +256,3 @@ class IncidentEnergies:
 def requested_energies(n: int | None, energies_file: str | None, energy_range, seed: int) -> np.ndarray:
     """Incident energies (GeV): the first ``n`` of ``energies_file`` (all if n is None), or ``n`` uniform draws."""
     return np.asarray(IncidentEnergies(n, energies_file, energy_range, seed))
-
-
-# ------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from caloflow import cli_args
-
-    model = parser.add_argument_group("model (CaloFlow: --flow1 and --flow2; or --calogan)")
-    model.add_argument("--flow1", help="Flow I checkpoint (.ckpt)")
-    model.add_argument("--flow2", help="Flow II checkpoint (.ckpt)")
-    model.add_argument("--calogan", help="CaloGAN checkpoint (.ckpt)")
-    model.add_argument("--refiner", type=cli_args.existing_file,
-                       help="LaSeR refiner checkpoint (refiner.ckpt of python -m refine.laser) trained for these "
-                            "checkpoints: showers g(Phi(y, E_inc)) with y drawn as without it")
-    parser.add_argument("--n", type=cli_args.positive_int,
-                        help="number of showers (default: all energies of --energies)")
-    parser.add_argument("--energies", type=cli_args.existing_file, help="CaloGAN file whose incident energies are used")
-    parser.add_argument("--energy-range", nargs=2, type=cli_args.positive_float, default=(1.0, 100.0),
-                        metavar=("LOW", "HIGH"),
-                        help="uniform incident-energy range in GeV when --energies is not given (default 1 100)")
-    parser.add_argument("--batch-size", type=cli_args.positive_int, default=10_000,
-                        help="showers per batch (default 10000)")
-    parser.add_argument("--no-fast", dest="fast", action="store_false",
-                        help="sample Flow II with nflows' own inverse instead of the exact fast inverse")
-    parser.add_argument("--device", type=cli_args.device, default="cpu",
-                        help="torch device that this machine has: cpu, cuda, cuda:N (default cpu)")
-    parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, type=cli_args.output_file, help="output CaloGAN HDF5 file")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse (instead of warning) energies or a particle outside what the model was trained on")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.calogan and (args.flow1 or args.flow2):
-        raise CaloflowError("give either --calogan or --flow1/--flow2, not both")
-    if not args.calogan and not (args.flow1 and args.flow2):
-        raise CaloflowError("--flow1 and --flow2 are both required (or --calogan)")
-    lo, hi = args.energy_range
-    if not lo <= hi:
-        raise CaloflowError(f"--energy-range needs 0 < LOW <= HIGH, got {lo:g} {hi:g}")
-    torch.manual_seed(args.seed)
-    energies = IncidentEnergies(args.n, args.energies, (lo, hi), args.seed)  # counted, not read yet
-    check_output(args, len(energies))
-    refiner = _check_refiner(args)
-    if args.calogan:
-        sampler, name = CaloGANSampler.load(args.calogan, args.device), "calogan"
-    else:
-        sampler, name = CaloFlow.load(args.flow1, args.flow2, args.device), "caloflow"
-    attrs = {"generator": name, "seed": args.seed, "fast_sampling": bool(args.fast),
-             "training_domain": sampler.domain.to_json()}
-    if refiner is not None:
-        from refine.shower_refiner import RefinedSampler
-
-        sampler = RefinedSampler(sampler, refiner)
-        attrs.update(refiner=str(args.refiner), batch_size=args.batch_size)
-    check_domain(sampler.domain, energies, args)
-    generator = torch.Generator().manual_seed(args.seed)
-    # batch by batch into the file: memory does not grow with --n; the file appears only when complete
-    with ShowerWriter(args.out, attrs=attrs, expected_rows=len(energies)) as out:
-        sampler.sample(energies, generator, batch_size=args.batch_size, fast=args.fast, progress=args.progress,
-                       out=out)
-        redraws = getattr(sampler, "redraws", 0)
-        out.attrs["redrawn_nonfinite"] = redraws
-    print(f"caloflow generate: wrote {out.n} {name} showers to {out.path} ({redraws} non-finite showers redrawn)")
-    return 0
-
-
-def _check_refiner(args: argparse.Namespace):
-    """The ``--refiner`` (None without one), refused in one line unless it was trained for the given
-    checkpoints (sha256)."""
-    if not getattr(args, "refiner", None):
-        return None
-    from refine.shower_refiner import load_refiner
-
-    checkpoints = {"calogan": args.calogan} if args.calogan else {"flow1": args.flow1, "flow2": args.flow2}
-    return load_refiner(args.refiner, "--refiner", checkpoints)[0]
-
-
-def check_output(args: argparse.Namespace, n: int) -> None:
-    """Refuse, before any work, an --out that is one of the inputs or whose showers would not fit on its disk."""
-    from caloflow import cli_args
-
-    cli_args.check_not_an_input(args.out, {"--energies": args.energies, "--flow1": args.flow1,
-                                           "--flow2": args.flow2, "--calogan": args.calogan,
-                                           "--refiner": getattr(args, "refiner", None)})
-    check_disk_space(args.out, n, f"--n {args.n}" if args.n is not None else f"--energies {args.energies} ({n} showers)")
-
-
-def check_domain(domain: Domain, energies_gev, args: argparse.Namespace) -> None:
-    """Warn in one line (refuse with ``--strict``) before generating outside the model's training domain."""
-    what = f"--energies {args.energies}" if args.energies else f"--energy-range {args.energy_range[0]:g} " \
-                                                                f"{args.energy_range[1]:g}"
-    check_energies(domain, energies_gev, what, args.strict)
-    if args.energies:
-        check_particle(domain, of_file(args.energies), f"--energies {args.energies}", args.strict)

@@ -44,7 +44,11 @@ from typing import Any, Literal, Optional
 
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
+from caloflow.configs import CONFIG_DIR as SHIPPED_CONFIGS
+
 TOY_NAMES = ("gaussians", "donut", "rings")
+#: the shipped LaSeR configs (``caloflow/configs/laser``, installed with the package)
+CONFIG_DIR = SHIPPED_CONFIGS / "laser"
 #: init arguments the protocol sets from the data (skipped in the configs)
 DATA_ARGS = {
     "baseline": {"n_features", "shift", "scale"},
@@ -168,7 +172,7 @@ def _restriction(match: re.Match) -> str:
 def _check_values(cfg, where: str) -> None:
     """Values of the right type that no run can use (checked before any training), each refused in
     one line naming the key: the classes' hyperparameters by name (the rules of every caloflow model,
-    :func:`caloflow.cli_args.hyperparameter_problems`: learning rates > 0, decays in (0, 1], sizes
+    :func:`caloflow.checks.hyperparameter_problems`: learning rates > 0, decays in (0, 1], sizes
     >= 1, everything finite), a non-finite HMC step or weight clip, and histograms of fewer than 2
     bins per axis (every method would score 0)."""
     _check_trainable(cfg, where, ("baseline", "classifier", "refiner"))
@@ -401,10 +405,10 @@ def _check_shower_classifier(cfg, where: str) -> None:
 
 def _check_trainable(cfg, where: str, sections: tuple[str, ...]) -> None:
     """The checks toy and shower configs share: the ``sections``' class hyperparameters by name
-    (:func:`caloflow.cli_args.hyperparameter_problems`) and a finite HMC step and weight clips."""
+    (:func:`caloflow.checks.hyperparameter_problems`) and a finite HMC step and weight clips."""
     import math
 
-    from caloflow.cli_args import hyperparameter_problems
+    from caloflow.checks import hyperparameter_problems
 
     for section in sections:
         for name, problem in hyperparameter_problems(init_args(cfg[section])):

@@ -34,19 +34,22 @@ writes the same showers.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from caloflow import cli_args
+from caloflow.checks import check_not_an_input
 from caloflow.atomic import write_text_atomic
 from caloflow.errors import CaloflowError
+from caloflow.evaluate.weights import weight_summary
 from refine.stages import Stages
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("unrefined", "dctr", "rejection", "hmc", "laser")
 OUTPUT_FILES = ("splits.json", "refiner.ckpt", "results.json", "table.md",
@@ -71,30 +74,32 @@ class ShowerInputs:
     n_reference: int
 
 
-def check_inputs(args: argparse.Namespace, out: Path) -> ShowerInputs:
-    """Every input checked before any work, each problem one :class:`CaloflowError` line: the model
-    options, the outputs against the inputs, the reference file (keys, shapes), the checkpoints
+def check_inputs(checkpoints: dict[str, str | None], reference: str | None, out: Path,
+                 config: str | None = None) -> ShowerInputs:
+    """Every input checked before any work, each problem one :class:`CaloflowError` line naming its
+    option: the model (``checkpoints``: ``flow1``, ``flow2``, ``calogan`` -> path or None), the outputs
+    under ``out`` against the inputs, the ``reference`` file (keys, shapes), the checkpoints
     (readable, of the right model class, finite)."""
     from caloflow.data.io import count_showers
 
-    if args.calogan and (args.flow1 or args.flow2):
+    calogan, flow1, flow2 = (checkpoints.get(k) for k in ("calogan", "flow1", "flow2"))
+    if calogan and (flow1 or flow2):
         raise CaloflowError("give either --calogan or --flow1/--flow2, not both")
-    if not args.calogan and not (args.flow1 and args.flow2):
+    if not calogan and not (flow1 and flow2):
         raise CaloflowError("--flow1 and --flow2 are both required (or --calogan)")
-    if not args.reference:
+    if not reference:
         raise CaloflowError("--reference: required (the reference showers, CaloGAN HDF5)")
-    checkpoints = {"calogan": args.calogan} if args.calogan else {"flow1": args.flow1, "flow2": args.flow2}
-    inputs = {f"--{k}": v for k, v in checkpoints.items()} | {"--reference": args.reference}
-    if args.config is not None:
-        inputs["--config"] = args.config
+    used = {"calogan": calogan} if calogan else {"flow1": flow1, "flow2": flow2}
+    inputs = {f"--{k}": v for k, v in used.items()} | {"--reference": reference}
+    if config is not None:
+        inputs["--config"] = config
     for name in OUTPUT_FILES:
-        cli_args.check_not_an_input(out / name, inputs, option="--out")
+        check_not_an_input(out / name, inputs, option="--out")
     try:
-        n = count_showers(args.reference)
+        n = count_showers(reference)
     except CaloflowError as e:
         raise CaloflowError(f"--reference: {e}") from None
-    return ShowerInputs("calogan" if args.calogan else "caloflow", checkpoints,
-                        _load_models(checkpoints), Path(args.reference), n)
+    return ShowerInputs("calogan" if calogan else "caloflow", used, _load_models(used), Path(reference), n)
 
 
 def _load_models(checkpoints: dict[str, str]) -> tuple:
@@ -195,7 +200,7 @@ def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
     run.say(f"wrote {path}")
     weights["refiner"], _ = load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)
     weights["refiner_points"] = {"n": len(z), "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
-                                 "effective_fraction": weight_summary(w, None)["effective_fraction"]}
+                                 "ess_fraction": weight_summary(w)["ess_fraction"]}
     return weights
 
 
@@ -231,11 +236,11 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
     """The weight classifier (config ``classifier``), reference (1) vs generated (0) showers of the
     refinement split, with early stopping on its ``val_fraction``, kept at its lowest validation loss:
     w = f / (1 - f) needs a calibrated f, and the epoch of the best accuracy can be an overconfident
-    one. Returns it (frozen) and how the training went (:func:`caloflow.evaluate.classifier_test.fit_classifier`)."""
+    one. Returns it (frozen) and how the training went (:func:`caloflow.evaluate.classification.fit_classifier`)."""
     import lightning as L
 
     from caloflow.data.datamodule import CaloDataModule
-    from caloflow.evaluate.classifier_test import fit_classifier, schedule_for
+    from caloflow.evaluate.classification import fit_classifier, schedule_for
     from refine.config import build
 
     training = run.cfg.classifier_training
@@ -487,31 +492,23 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
             "rejection": rejection, "hmc": hmc, "dctr_weights": w_dctr}
 
 
-# --------------------------------------------------------------------------- the command
+# --------------------------------------------------------------------------- the whole protocol
 
 
-def weight_summary(w, clip: float | None) -> dict[str, float]:
-    """min, median, max, mean and effective fraction (sum w)^2 / (n sum w^2) of the training weights."""
-    w = np.asarray(w, dtype=np.float64)
-    return {"n": int(w.size), "min": float(w.min()), "median": float(np.median(w)), "max": float(w.max()),
-            "mean": float(w.mean()), "effective_fraction": float(w.sum() ** 2 / (w ** 2).sum() / w.size),
-            "clip": clip}
-
-
-def run_showers(args: argparse.Namespace, cfg, progress: bool = True) -> dict[str, Any]:
-    """The whole protocol (module docstring) on checked inputs; writes every output and returns results.json."""
+def run_showers(inputs: ShowerInputs, cfg, out: Path, seed: int, quick: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """The whole protocol (module docstring) on checked ``inputs`` with the shower config ``cfg``;
+    writes every output under ``out`` and returns what ``results.json`` holds."""
     import lightning as L
 
     from refine.shower_report import evaluate_methods, write_outputs
 
-    out = Path(args.out)
-    inputs = check_inputs(args, out)
-    splits = make_splits(inputs.n_reference, cfg.split, args.seed)
+    splits = make_splits(inputs.n_reference, cfg.split, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "showers").mkdir(exist_ok=True)
     write_text_atomic(out / "splits.json", json.dumps({"reference": str(inputs.reference), **splits}) + "\n")
-    L.seed_everything(args.seed, verbose=False)
-    run = ShowerRun(cfg, out, args.seed, inputs, progress, g=laser_generator(inputs))
+    L.seed_everything(seed, verbose=False)
+    run = ShowerRun(cfg, out, seed, inputs, progress, g=laser_generator(inputs))
     run.say(f"splits: {len(splits['refinement_used'])} refinement / {len(splits['evaluation_used'])} evaluation "
             f"showers of {inputs.n_reference} (written to {out / 'splits.json'})")
     refined = refinement_steps(run, splits)
@@ -520,7 +517,7 @@ def run_showers(args: argparse.Namespace, cfg, progress: bool = True) -> dict[st
     with run.stage("evaluation"):
         methods = evaluate_methods(run, splits, sampling.pop("dctr_weights"))
     results = {
-        "settings": {"seed": args.seed, "quick": bool(args.quick), "generator": inputs.kind,
+        "settings": {"seed": seed, "quick": bool(quick), "generator": inputs.kind,
                      "checkpoints": inputs.checkpoints, "reference": str(inputs.reference),
                      "batch_size": int(cfg.batch_size), "evaluation_runs": cfg.evaluation.runs,
                      "evaluation_epochs": cfg.evaluation.epochs, "evaluation_patience": cfg.evaluation.patience,
@@ -539,7 +536,7 @@ def run_showers(args: argparse.Namespace, cfg, progress: bool = True) -> dict[st
 def load_shower_config(quick: bool = False, path: str | Path | None = None):
     """The shower config: the shipped ``laser/showers.yaml`` (or ``path``), its quick section merged with ``quick``."""
     from refine.config import ConfigError, parse_shower_config
-    from refine.laser import CONFIG_DIR
+    from refine.config import CONFIG_DIR
 
     path = Path(path) if path is not None else CONFIG_DIR / "showers.yaml"
     if not path.is_file():
@@ -548,23 +545,3 @@ def load_shower_config(quick: bool = False, path: str | Path | None = None):
         return parse_shower_config(path, quick)
     except ConfigError as e:
         raise CaloflowError(str(e)) from None
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """``python -m refine.laser --flow1 ... --reference ... --out ...`` (or ``--print_config``)."""
-    cfg = load_shower_config(args.quick, args.config)
-    if args.print_config:
-        from refine.config import dump_config
-
-        print(dump_config(cfg), end="")
-        return 0
-    if args.out is None:
-        raise CaloflowError("--out: required (the output directory)")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    results = run_showers(args, cfg, progress=not args.no_progress)
-    from refine.shower_report import table_markdown
-
-    print(table_markdown(results))
-    return 0

@@ -126,7 +126,7 @@ def load_refiner(path: str | Path, option: str = "--refiner",
     With ``checkpoints`` (the generator's checkpoint files by name) the refiner must have been
     trained for exactly those files (sha256). Every problem is one :class:`CaloflowError` line.
     """
-    from caloflow.lightning_cli import checkpoint_model_mismatch, read_checkpoint
+    from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 
     where = f"{option} {path}"
     ckpt = read_checkpoint(path, option)

@@ -3,7 +3,7 @@
 Every method's showers at the evaluation energies (``DIR/showers/METHOD.hdf5``) against the
 evaluation split of the reference file, which is read here for the first time:
 
-* **classifier tests** (:func:`caloflow.evaluate.classifier_test.classifier_test`; CaloFlow section
+* **classifier tests** (:func:`caloflow.evaluate.classification.classifier_test`; CaloFlow section
   5.4, appendix A): the voxel DNN on unnormalized and on normalized showers and the high-level
   feature classifier, trained to convergence (early stopping) unless the config fixes the epochs,
   ``evaluation.runs`` seeds each: held-out AUC and JSD = (ln 2 - BCE) / ln 2 after isotonic
@@ -67,7 +67,7 @@ MIN_UPDATES_PER_EPOCH = 10
 def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
     """The batch size of a classifier test with ``n_per_class`` showers per class: the configured one,
     smaller if the training split (60 % of both classes) would give fewer than 10 updates per epoch."""
-    from caloflow.evaluate.classifier_test import SPLIT_FRACTIONS
+    from caloflow.evaluate.classification import SPLIT_FRACTIONS
 
     n_train = 2 * int(round(SPLIT_FRACTIONS[0] * n_per_class))
     return max(1, min(int(batch_size), n_train // MIN_UPDATES_PER_EPOCH))
@@ -76,8 +76,8 @@ def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
 def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, dict]:
     """Held-out classifier tests and separation powers of every method against the evaluation split."""
     from caloflow.data.io import read_rows, read_showers
-    from caloflow.evaluate.classifier_test import classifier_test
-    from caloflow.evaluate.features import compute_features
+    from caloflow.evaluate.classification import classifier_test
+    from caloflow.features import compute_features
 
     reference = read_rows(run.inputs.reference, splits["evaluation_used"])
     run.say(f"evaluation split: {len(reference)} showers (read now, for the first time)")
@@ -121,7 +121,7 @@ def _hmc_log_w(hmc: dict) -> str:
 def _refiner_points_line(points: dict) -> str:
     """How many weighted latent points the LaSeR refiner was trained on."""
     return (f"- LaSeR refiner: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
-            f"refinement energy; effective fraction {points['effective_fraction']:.3f}).")
+            f"refinement energy; effective sample size {points['ess_fraction']:.3f} of them).")
 
 
 def _cell(stat: dict) -> str:
@@ -131,7 +131,7 @@ def _cell(stat: dict) -> str:
 def table_markdown(results: dict[str, Any]) -> str:
     """The report: one row per method (held-out AUC and JSD per classifier, mean separation power,
     sampling time per shower), then the acceptances and the weights."""
-    from caloflow.evaluate.classifier_test import MIN_PATIENCE_EPOCHS, PATIENCE_UPDATES
+    from caloflow.evaluate.classification import MIN_PATIENCE_EPOCHS, PATIENCE_UPDATES
 
     methods = results["methods"]
     head = "| Method | showers | " + " | ".join(f"{k} AUC | {k} JSD" for _, _, k in CLASSIFIERS) \
@@ -166,7 +166,7 @@ def table_markdown(results: dict[str, Any]) -> str:
               f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
               f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}; {_hmc_log_w(results['hmc'])}.",
               f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
-              f"max {w['max']:.3g}, effective fraction {w['effective_fraction']:.3f}.",
+              f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
               training, ""]
     return "\n".join(lines)
 

@@ -2,21 +2,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 # the test models are tiny: one intra-op thread is as fast, and does not thrash when cores are shared
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-#: the time limit of every test subprocess: a guard against a hung process, not a performance check,
-#: so a busy machine (two cores shared, the suite twice as slow) never fails a test. At least 5x the
-#: quiet run time of the slowest subprocess (``refine.laser --quick``: ~230-300 s on one core).
-HANG_GUARD_S = 1800
 
 
 def pytest_collection_modifyitems(items):
@@ -42,12 +35,12 @@ def eplus_file(tmp_path_factory) -> Path:
     return simulate_to_file(tmp_path_factory.mktemp("data") / "eplus.hdf5", "eplus", 600, seed=11, progress=False)
 
 
-def run_cli(*args: str, cwd=None, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
-    """Run a console entry (``caloflow`` or ``lightning``) as a real subprocess of this Python."""
-    entry, *rest = args
-    module = {"caloflow": "caloflow.cli", "lightning": "caloflow.lightning_cli"}[entry]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, "-m", module, *rest],
-        cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+@pytest.fixture
+def one_thread():
+    """Small models train fastest on one thread; more threads thrash on a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

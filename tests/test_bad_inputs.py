@@ -1,7 +1,7 @@
-"""Bad inputs to every command (issue 15, item 1): each is refused with ONE line on stderr naming the
+"""Bad inputs to every command: each is refused with ONE line on stderr naming the
 option, file or key, a non-zero exit (2), no traceback, and nothing written.
 
-Every case runs as a real subprocess (``python -m caloflow.cli``, ``-m caloflow.lightning_cli``,
+Every case runs as a real subprocess (``python -m caloflow.commands.cli``, ``-m caloflow.commands.lightning_cli``,
 ``-m refine.laser``) in its own working folder, which is compared file by file before and after the
 run: no output file, no run folder (``default_root_dir``, ``lightning_logs``), no temporary file left.
 The inputs are tiny and real: a 60-shower simulated file, a file with zero showers, and Flow I /
@@ -26,9 +26,9 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import HANG_GUARD_S  # a hung subprocess, not a performance limit
+from tests.helpers import HANG_GUARD_S  # a hung subprocess, not a performance limit
 
-MODULES = {"caloflow": "caloflow.cli", "lightning": "caloflow.lightning_cli", "refine": "refine.laser"}
+MODULES = {"caloflow": "caloflow.commands.cli", "lightning": "caloflow.commands.lightning_cli", "refine": "refine.laser"}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HAS_CUDA = torch.cuda.is_available()
 
@@ -277,7 +277,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 def _train(config: str, data: Path, root: Path, env: dict) -> Path:
     proc = subprocess.run(
-        [sys.executable, "-m", "caloflow.lightning_cli", "fit", "-c", f"smoke/{config}", "--data.path", str(data),
+        [sys.executable, "-m", "caloflow.commands.lightning_cli", "fit", "-c", f"smoke/{config}", "--data.path", str(data),
          "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root)],
         cwd=root.parent, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -404,14 +404,14 @@ def test_the_battery_covers_every_command():
 ])
 def test_hyperparameter_rules(values, name, what):
     """The rules every model's hyperparameters get, by name (in-process: the wiring is tested above)."""
-    from caloflow.cli_args import hyperparameter_problems
+    from caloflow.checks import hyperparameter_problems
 
     [(key, problem)] = hyperparameter_problems(values)
     assert key == name and what in problem
 
 
 def test_good_hyperparameters_pass():
-    from caloflow.cli_args import hyperparameter_problems
+    from caloflow.checks import hyperparameter_problems
     from caloflow.configs import CONFIG_DIR
 
     for path in CONFIG_DIR.rglob("*.yaml"):

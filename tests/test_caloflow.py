@@ -13,11 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from caloflow import CaloFlow
 from caloflow.data import CaloDataModule, read_showers
-from caloflow.flows import count_parameters
-from caloflow.lightning_cli import cli_main
+from caloflow.nn import count_parameters
+from caloflow.commands.lightning_cli import cli_main
 from caloflow.models import FlowI
 from callbacks import NonFiniteGuard
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 
 def paper_model(config: str):
@@ -246,7 +246,6 @@ def test_models_remember_their_training_domain(trained, eplus_file, tmp_path):
     from caloflow.domain import Domain, of_file
     from caloflow.models import FlowII
 
-    data = read_showers(eplus_file)
     flow2 = FlowII.load_from_checkpoint(checkpoint(trained["flow2"]))
     assert flow2.domain.particle == "eplus"
     lo, hi = flow2.domain.energy_gev

@@ -24,12 +24,12 @@ from caloflow.data.simulate import simulate_to_file
 from caloflow.models.calogan import (
     CaloGAN,
     CaloGANDiscriminator,
-    count_parameters,
     resize_layer0_to_layer1,
     resize_layer1_to_layer2,
 )
+from caloflow.nn import count_parameters
 from caloflow.models.layers import InpaintingAttention, LocallyConnected2d, MinibatchDiscrimination
-from tests.conftest import HANG_GUARD_S
+from tests.helpers import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
@@ -337,7 +337,7 @@ def test_smoke_config_fits_through_lightning_cli(shower_file, tmp_path):
     outputs = []
     for name in ("a.hdf5", "b.hdf5"):
         result = subprocess.run(
-            [sys.executable, "-m", "caloflow.cli", "generate", "--calogan", ckpt, "--n", "64", "--seed", "4",
+            [sys.executable, "-m", "caloflow.commands.cli", "generate", "--calogan", ckpt, "--n", "64", "--seed", "4",
              "--batch-size", "32", "--out", str(tmp_path / name)],
             capture_output=True, text=True, timeout=HANG_GUARD_S, env=env, cwd=tmp_path,
         )

@@ -8,12 +8,12 @@ import lightning
 import pytest
 import torch
 
-from caloflow.cli import main as cli_main
-from caloflow.benchmark import Generator, estimate_seconds, time_generator
+from caloflow.commands.cli import main as cli_main
+from caloflow.commands.benchmark import Generator, estimate_seconds, time_generator
 from caloflow.models.calogan import CaloGAN
 from caloflow.models.flows import FlowI, FlowII
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 TINY_GAN = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
                 disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)

@@ -10,8 +10,9 @@ import torch
 from caloflow.data.geometry import join_layers, split_layers
 from caloflow.data.io import Showers
 from caloflow.data.simulate import simulate
-from caloflow.evaluate.classifier_test import calibrated_metrics, classifier_data, classifier_test, jsd_from_bce
-from caloflow.models.classifiers import CNN, DNN, ShowerClassifier, classifier_inputs, count_parameters
+from caloflow.evaluate.classification import calibrated_metrics, classifier_data, classifier_test, jsd_from_bce
+from caloflow.models.classifiers import CNN, DNN, ShowerClassifier, classifier_inputs
+from caloflow.nn import count_parameters
 
 N_SHOWERS = 3000
 
@@ -169,7 +170,7 @@ def test_early_stopping_trains_longer_than_a_fixed_ten_epochs_and_sees_more(refe
 
 
 def test_schedule_keeps_the_papers_updates_on_small_data():
-    from caloflow.evaluate.classifier_test import PAPER_UPDATES, Schedule
+    from caloflow.evaluate.classification import PAPER_UPDATES, Schedule
 
     paper = Schedule.converging(120_000, 1000)  # 120 batches per epoch
     small = Schedule.converging(6_000, 1000)  # 6 batches per epoch
@@ -190,7 +191,7 @@ def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(referen
     BCE is lowest; the classifier test keeps the best accuracy. Read back from the real TensorBoard file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from caloflow.evaluate.classifier_test import fit_classifier, schedule_for
+    from caloflow.evaluate.classification import fit_classifier, schedule_for
 
     different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])
     dm = classifier_data(reference[:600], different, batch_size=100, seed=0)
@@ -212,7 +213,7 @@ def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(referen
 def test_inputs_encoded_once_train_the_same_classifier(reference, independent, architecture, preprocessing):
     """The classifier test encodes its noise-free showers once (EncodedDataset); training on those
     inputs gives bit for bit the classifier that encodes every batch anew."""
-    import caloflow.evaluate.classifier_test as ct
+    import caloflow.evaluate.classification as ct
 
     different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])
 
@@ -239,7 +240,7 @@ def test_encoded_batches_serve_only_their_own_backbone(reference):
     """A batch encoded for one backbone is ignored by another, which encodes the showers itself;
     a dataset with noise (new inputs every epoch) is refused."""
     from caloflow.data.datamodule import ShowerDataset
-    from caloflow.evaluate.classifier_test import EncodedDataset
+    from caloflow.evaluate.classification import EncodedDataset
 
     showers = reference[:50]
     unnormalized, normalized = ShowerClassifier("dnn", "unnormalized"), ShowerClassifier("dnn", "normalized")

@@ -11,12 +11,12 @@ import h5py
 import numpy as np
 import pytest
 
-from caloflow.cli import main
+from caloflow.commands.cli import main
 from caloflow.data.geometry import join_layers, split_layers
 from caloflow.data.io import Showers, write_showers
 from caloflow.data.simulate import simulate
-from caloflow.evaluate.features import FEATURE_NAMES
-from tests.conftest import HANG_GUARD_S
+from caloflow.features import FEATURE_NAMES
+from tests.helpers import HANG_GUARD_S
 
 N = 1200
 
@@ -43,7 +43,7 @@ def files(tmp_path_factory):
 
 def _caloflow(*args, timeout=HANG_GUARD_S):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "caloflow.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "caloflow.commands.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -115,7 +115,7 @@ def test_evaluate_features_classifier_protocol_and_threshold(files, tmp_path):
 
 def test_threshold_reference_cuts_the_reference_like_the_sampler(files):
     from caloflow.data.io import read_showers
-    from caloflow.evaluate.cli import _read_inputs
+    from caloflow.commands.evaluate import _read_inputs
 
     raw = read_showers(files["reference"])
     small = (raw.voxels > 0) & (raw.voxels < 0.01)  # below 10 keV

@@ -12,7 +12,7 @@ from caloflow.data.geometry import N_VOXELS, join_layers, split_layers, voxel_ce
 from caloflow.data.io import Showers, read_showers, write_showers
 from caloflow.data.simulate import simulate
 from caloflow.evaluate import figures
-from caloflow.evaluate.features import (FEATURE_NAMES, FEATURES, HIGH_LEVEL_INPUTS, compute_features,
+from caloflow.features import (FEATURE_NAMES, FEATURES, HIGH_LEVEL_INPUTS, compute_features,
                                         high_level_inputs, shower_features)
 from caloflow.evaluate.report import feature_metrics, render_report
 from caloflow.evaluate.separation import histogram_separation, separation_power

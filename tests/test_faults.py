@@ -23,7 +23,7 @@ import pytest
 from caloflow.atomic import Interrupted, atomic_output, check_interrupted, write_text_atomic
 from caloflow.data.io import ShowerWriter, read_showers, write_showers
 from caloflow.data.simulate import CHUNK_SIZE, simulate, simulate_to_file
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 #: big enough that a run is still simulating when the signal comes (minutes on one core)
@@ -31,7 +31,7 @@ LONG_N = "200000"
 
 
 def caloflow(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "caloflow.cli", *args], env=ENV, text=True, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "caloflow.commands.cli", *args], env=ENV, text=True, **kwargs)
 
 
 def temporaries(folder: Path, stem: str = "x") -> list[Path]:
@@ -143,7 +143,7 @@ def test_interrupt_swallowed_by_a_destructor_is_not_lost(tmp_path, capfd):
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_files_get_the_umask(tmp_path, umask, mode):
     out = tmp_path / "x.hdf5"
-    result = subprocess.run([sys.executable, "-m", "caloflow.cli", "simulate", "--particle", "eplus", "--n", "5",
+    result = subprocess.run([sys.executable, "-m", "caloflow.commands.cli", "simulate", "--particle", "eplus", "--n", "5",
                              "--out", str(out), "--no-progress"], env=ENV, capture_output=True, text=True,
                             umask=umask)
     assert result.returncode == 0, result.stderr

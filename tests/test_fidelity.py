@@ -10,8 +10,8 @@ import yaml
 
 from caloflow.configs import CONFIG_DIR
 from caloflow.data.simulate import simulate_to_file
-from caloflow.lightning_cli import cli_main
-from tests.conftest import REPO, run_cli
+from caloflow.commands.lightning_cli import cli_main
+from tests.helpers import REPO, run_cli
 
 PARTICLES = ("eplus", "gamma", "piplus")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from caloflow.cli import main
+from caloflow.commands.cli import main
 from caloflow.configs import CONFIG_DIR, list_configs, shipped_config
 from caloflow.errors import CaloflowError
 
-from tests.conftest import HANG_GUARD_S, REPO, run_cli
+from tests.helpers import HANG_GUARD_S, REPO, run_cli
 
 #: what the wheel is built from: everything else in the checkout must not be needed
 SOURCES = ("pyproject.toml", "README.md", "caloflow", "refine", "callbacks")

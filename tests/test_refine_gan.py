@@ -2,13 +2,16 @@
 import math
 
 import lightning as L
+import pytest
 import torch
 
 from caloflow.training import make_trainer
 from refine import RefinedGenerator, WeightedGANRefiner
 from refine.data import TensorLoader
 from refine.metrics import emd2d
-from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
+
+#: small models train fastest on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 M, S = torch.tensor([1.0, -0.5]), 0.6  # weighted target N(M, S^2 I)
 RANGE = [[-2.0, 3.0], [-3.0, 2.0]]

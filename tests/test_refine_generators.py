@@ -1,11 +1,14 @@
 """Generator adapters and the OmniFold pull-back for a generator with hidden randomness."""
 import lightning as L
+import pytest
 import torch
 
 from caloflow.training import make_trainer
 from refine import BlackBoxGenerator, FlowGenerator, generate, omnifold_pullback
 from refine.toys import real_nvp, sample_toy
-from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
+
+#: small models train fastest on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flow_generator_decode_inverts_the_flow():

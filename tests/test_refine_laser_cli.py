@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import HANG_GUARD_S
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,8 @@ def test_shipped_configs_resolve():
     from caloflow.models import ShowerClassifier
     from refine.config import build, class_of
     from refine.gan import WeightedGANRefiner
-    from refine.laser import TOY_NAMES, load_config
+    from refine.config import TOY_NAMES
+    from refine.toy_laser import load_config
     from refine.toys import RealNVPBaseline
 
     for toy in TOY_NAMES:

@@ -2,6 +2,7 @@
 import math
 
 import lightning as L
+import pytest
 import torch
 
 from caloflow.models import ShowerClassifier
@@ -9,7 +10,9 @@ from caloflow.training import make_trainer
 from refine import hmc, laser_log_prob, rejection_sample, resample, weights_from_logits
 from refine.classifier import labelled_points, log_weight, point_logits, train_classifier
 from refine.data import TensorLoader
-from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
+
+#: small models train fastest on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hmc_reproduces_gaussian_mean_and_variance():

@@ -6,7 +6,6 @@ checkpoints, a small simulated CaloGAN file as the reference, a tiny config; the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -22,9 +21,10 @@ import torch
 
 from caloflow.data.io import read_energies, read_showers
 from caloflow.data.simulate import simulate_to_file
-from refine_helpers import one_thread  # noqa: F401  (autouse fixture)
-from test_shower_generators import save_checkpoint, tiny_flows
-from tests.conftest import HANG_GUARD_S
+from tests.helpers import HANG_GUARD_S, TINY_GAN, perturb, save_checkpoint, tiny_flows
+
+#: small models train fastest on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 3
@@ -114,7 +114,7 @@ def test_end_to_end_writes_every_output(files, run_dir):
     # the refiner's points: the weight classifier's latents plus two prior draws per refinement energy
     points = results["refiner_points"]
     assert points["n"] == 3 * len(splits["refinement_used"]) and points["draws_per_energy"] == 3
-    assert 0 < points["effective_fraction"] <= 1
+    assert 0 < points["ess_fraction"] <= 1
     assert set(results["sampling"]["seconds_per_shower"]) | {"unrefined-hmc"} == set(results["methods"])
     assert results["methods"]["unrefined-hmc"]["n_showers"] == results["methods"]["hmc"]["n_showers"] == 12
     log_w = results["hmc"]["mean_log_w"]
@@ -142,7 +142,7 @@ def test_caloflow_generate_reproduces_the_run(files, run_dir, tmp_path):
     energies = out / "showers" / "unrefined.hdf5"
     for refiner, target in ((["--refiner", out / "refiner.ckpt"], "laser"), ([], "unrefined")):
         gen = tmp_path / f"{target}.hdf5"
-        proc = _run("caloflow.cli", "generate", "--flow1", files["flow1"], "--flow2", files["flow2"], *refiner,
+        proc = _run("caloflow.commands.cli", "generate", "--flow1", files["flow1"], "--flow2", files["flow2"], *refiner,
                     "--energies", energies, "--seed", SEED, "--batch-size", 50, "--out", gen, "--no-progress")
         assert proc.returncode == 0, proc.stderr[-2000:]
         mine, theirs = _datasets(gen), _datasets(out / "showers" / f"{target}.hdf5")
@@ -226,9 +226,8 @@ def _refine_only(files: dict, reference: Path, out: Path, calogan: str | None = 
     from refine.shower_laser import refinement_steps
 
     flows = {"flow1": None, "flow2": None} if calogan else {"flow1": str(files["flow1"]), "flow2": str(files["flow2"])}
-    args = argparse.Namespace(**flows, calogan=calogan, reference=str(reference), config=str(files["config"]))
     cfg = load_shower_config(False, files["config"])
-    inputs = check_inputs(args, out)
+    inputs = check_inputs({**flows, "calogan": calogan}, str(reference), out, str(files["config"]))
     splits = make_splits(inputs.n_reference, cfg.split, SEED)
     (out / "showers").mkdir(parents=True)
     run = ShowerRun(cfg, out, SEED, inputs, progress=False, g=laser_generator(inputs))
@@ -262,11 +261,9 @@ def test_calogan_refiner_round_trip(files, run_dir, tmp_path, capsys):
     """--calogan: the refinement steps on a tiny CaloGAN (latent dimension 8; 1024 for the published one),
     its unrefined and LaSeR showers written as the command writes them, the LaSeR ones reproduced bit for
     bit by ``caloflow generate --calogan --refiner``; a refiner of CaloFlow is refused for it in one line."""
-    from caloflow.cli import main
+    from caloflow.commands.cli import main
     from caloflow.models.calogan import CaloGAN
     from refine.shower_laser import generate_laser, generate_unrefined
-    from test_shower_generators import TINY_GAN, perturb
-
     torch.manual_seed(0)
     gan = save_checkpoint(perturb(CaloGAN(**TINY_GAN), 0.1, 0).eval(), tmp_path / "gan.ckpt")
     refined = _refine_only(files, files["reference"], tmp_path / "out", calogan=gan)
@@ -336,7 +333,7 @@ def test_bad_inputs_are_one_line(files, tmp_path, capsys, case, needle):
 def test_generate_refuses_a_refiner_of_other_checkpoints(files, run_dir, tmp_path, capsys):
     """``caloflow generate --refiner`` with a Flow II other than the one the refiner was trained for: one
     line naming the sha256 mismatch; ``caloflow refine`` is the same entry as ``python -m refine.laser``."""
-    from caloflow.cli import main
+    from caloflow.commands.cli import main
 
     out, _ = run_dir
     other = save_checkpoint(tiny_flows(seed=7)[1], tmp_path / "other_f2.ckpt")

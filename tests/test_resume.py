@@ -1,4 +1,4 @@
-"""Exact resume (issue 15, item 5): a fit killed with SIGKILL and resumed with ``--ckpt_path last``
+"""Exact resume: a fit killed with SIGKILL and resumed with ``--ckpt_path last``
 ends with the same weights and optimiser state, bit for bit, as an uninterrupted fit with the same
 seed; and data that no fit can use are refused before the run's folder is created.
 
@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from caloflow.data import CaloDataModule
-from caloflow.lightning_cli import find_last_checkpoint
+from caloflow.checkpoints import find_last_checkpoint
 from callbacks.resume import AtomicCheckpointIO, collect_random_states, set_random_states
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 EPOCHS = 4
 #: a guard against a hung subprocess, not a performance limit: the slowest fit here (Flow II, four
@@ -33,7 +33,7 @@ HANG_GUARD_S = 1800
 
 
 def fit_argv(config: str, root: Path, data: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "caloflow.lightning_cli", "fit", "-c", str(REPO / "configs" / "smoke" / config),
+    return [sys.executable, "-m", "caloflow.commands.lightning_cli", "fit", "-c", str(REPO / "configs" / "smoke" / config),
             "--trainer.default_root_dir", str(root), "--data.path", str(data),
             "--trainer.max_epochs", str(EPOCHS), *extra]
 
@@ -174,7 +174,7 @@ def test_random_states_round_trip_and_load_without_pickles(tmp_path):
     assert [random.random() for _ in range(5)] == expected[2]
 
 
-# --- data refused before the run's folder exists (issue 15: no empty lightning_logs/version_N) -----------
+# --- data refused before the run's folder exists (no empty lightning_logs/version_N) -----------
 @pytest.fixture
 def empty_file(tmp_path, eplus_file) -> Path:
     path = tmp_path / "empty.hdf5"

@@ -7,11 +7,10 @@ central finite differences and with autograd through nflows' own inverse.
 """
 from __future__ import annotations
 
-import lightning
 import pytest
 import torch
 
-from caloflow.cli import main as cli_main
+from caloflow.commands.cli import main as cli_main
 from caloflow.data.geometry import layer_energies as layer_sums
 from caloflow.data.io import read_showers
 from caloflow.flows.fast_inverse import fast_inverse
@@ -20,32 +19,7 @@ from caloflow.models.flows import FlowI, FlowII
 from caloflow.sampling import CaloGANSampler
 from refine import CaloFlowGenerator, CaloGANGenerator, Generator, generate
 from refine.mcmc import laser_log_prob
-
-TINY_GAN = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
-                disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)
-
-
-def perturb(module: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
-    return module
-
-
-def tiny_flows(dtype=torch.float32, seed: int = 0) -> tuple[FlowI, FlowII]:
-    torch.manual_seed(seed)
-    flow1 = perturb(FlowI(n_blocks=2, hidden_features=8, num_bins=4), 0.2, seed).to(dtype).eval()
-    flow2 = perturb(FlowII(n_blocks=2, hidden_features=8, num_bins=4, dropout=0.0), 0.2, seed + 1).to(dtype).eval()
-    return flow1, flow2
-
-
-def save_checkpoint(module: lightning.LightningModule, path) -> str:
-    """A checkpoint that ``load_from_checkpoint`` (and so ``caloflow generate``) reads."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": lightning.__version__}, path)
-    return str(path)
-
+from tests.helpers import TINY_GAN, save_checkpoint, tiny_flows
 
 @pytest.fixture(scope="module")
 def flows() -> tuple[FlowI, FlowII]:

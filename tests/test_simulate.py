@@ -21,7 +21,7 @@ from caloflow.data.simulate import (
     simulate_to_file,
 )
 from caloflow.errors import CaloflowError
-from tests.conftest import HANG_GUARD_S
+from tests.helpers import HANG_GUARD_S
 
 N = 2560
 
@@ -244,7 +244,7 @@ def test_bad_arguments_raise(kwargs, option):
 
 # --- the command line ----------------------------------------------------------------------
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "caloflow.cli", "simulate", *args],
+    return subprocess.run([sys.executable, "-m", "caloflow.commands.cli", "simulate", *args],
                           capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 

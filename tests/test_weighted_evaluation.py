@@ -16,11 +16,11 @@ import torch
 from caloflow.data.datamodule import CaloDataModule
 from caloflow.data.io import Showers, write_showers
 from caloflow.data.simulate import simulate
-from caloflow.evaluate.classifier_test import (binary_cross_entropy, calibrated_metrics, classifier_data,
+from caloflow.evaluate.classification import (binary_cross_entropy, calibrated_metrics, classifier_data,
                                                jsd_from_bce)
-from caloflow.evaluate.features import compute_features, summarize
+from caloflow.features import compute_features, summarize
 from caloflow.evaluate.weights import effective_sample_size
-from tests.conftest import HANG_GUARD_S
+from tests.helpers import HANG_GUARD_S
 
 #: the known answer: the sample's incident energies are drawn with a fraction A below the middle
 #: E_MID of the reference's uniform 1-100 GeV, 1 - A above it, so p_sample / p_ref = 2 A resp. 2 (1 - A)
@@ -30,7 +30,7 @@ N_KNOWN, A, E_MID = 3000, 0.8, 50.5
 
 def _caloflow(*args, timeout=HANG_GUARD_S):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "caloflow.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "caloflow.commands.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -305,7 +305,7 @@ def test_max_showers_cuts_the_weights_like_the_showers(bad_files, tmp_path):
     checked, and weight the features of the 20 showers read (the command's own steps, in process)."""
     import argparse
 
-    from caloflow.evaluate import cli
+    from caloflow.commands import evaluate as cli
 
     w = np.r_[np.linspace(0.5, 1.5, 20), np.full(10, 100.0)]
     path = _write_weights(tmp_path / "w.h5", w)

@@ -41,7 +41,6 @@ its own generator seeded from ``(seed, k)`` and always simulates a full chunk, s
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -56,7 +55,7 @@ from caloflow.data.geometry import (
     N_VOXELS,
     PERIOD_MM,
 )
-from caloflow.data.io import Showers, ShowerWriter, check_disk_space
+from caloflow.data.io import Showers, ShowerWriter
 from caloflow.errors import CaloflowError
 
 #: Identifies the physics of this module in the files it writes; bump when the numbers change.
@@ -442,7 +441,7 @@ def _simulate_chunk(particle: str, seed: int, chunk: int, energy_range: tuple[fl
     return Showers(voxels, energy_gev, overflow)
 
 
-def _check_options(particle: str, n: int, seed: int, energy_range) -> tuple[float, float]:
+def check_options(particle: str, n: int, seed: int, energy_range) -> tuple[float, float]:
     if particle not in PARTICLES:
         raise CaloflowError(f"--particle: unknown particle '{particle}' (choose from {', '.join(PARTICLES)})")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
@@ -477,7 +476,7 @@ def simulate(
     Raises:
         CaloflowError: unknown particle, ``n <= 0``, negative seed or a bad energy range.
     """
-    lo, hi = _check_options(particle, n, seed, energy_range)
+    lo, hi = check_options(particle, n, seed, energy_range)
     n = int(n)
     voxels = np.empty((n, N_VOXELS))
     energy = np.empty(n)
@@ -520,36 +519,10 @@ def simulate_to_file(
     The showers are written chunk by chunk (:class:`caloflow.data.io.ShowerWriter`): memory does not
     grow with ``n``, and the file holds exactly the numbers of :func:`simulate` (in float32).
     """
-    lo, hi = _check_options(particle, n, seed, energy_range)
+    lo, hi = check_options(particle, n, seed, energy_range)
     attrs = {"particle": particle, "seed": int(seed), "energy_range": np.array([lo, hi]),
              "simulator": SIMULATOR_VERSION}
     with ShowerWriter(path, attrs=attrs, expected_rows=int(n)) as out:
         for _, part in _parts(particle, int(n), int(seed), (lo, hi), progress):
             out.append(part)
     return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: caloflow simulate
-# ---------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from caloflow import cli_args
-
-    # the particle and the energy range (LOW < HIGH) are checked in run() by simulate_to_file
-    parser.add_argument("--particle", required=True, help=f"one of {', '.join(PARTICLES)}")
-    parser.add_argument("--n", required=True, type=cli_args.positive_int, help="number of showers")
-    parser.add_argument("--seed", default=0, type=cli_args.seed, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, type=cli_args.output_file, help="output HDF5 file (CaloGAN format)")
-    parser.add_argument("--energy-range", nargs=2, default=[1.0, 100.0], type=cli_args.positive_float,
-                        metavar=("LOW", "HIGH"), help="incident energy range in GeV, uniform (default 1 100)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    n, seed, out = args.n, args.seed, Path(args.out)
-    # everything that can be refused is refused before the first shower
-    lo, hi = _check_options(args.particle, n, seed, tuple(args.energy_range))
-    check_disk_space(out, n)
-    path = simulate_to_file(out, args.particle, n, seed, (lo, hi), progress=not args.no_progress)
-    print(f"wrote {n} {args.particle} showers to {path}")
-    return 0

@@ -19,7 +19,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from caloflow.atomic import atomic_output  # noqa: E402
 from caloflow.data.geometry import HALF_WIDTH_MM, N_LAYERS, split_layers  # noqa: E402
-from caloflow.evaluate.features import FEATURES, apply_threshold, energy_response  # noqa: E402
+from caloflow.features import FEATURES, apply_threshold, energy_response  # noqa: E402
 
 REFERENCE_STYLE = {"color": "0.6", "alpha": 0.6}
 SAMPLE_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
@@ -260,7 +260,7 @@ def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, 
     reference (grey band: mean ± std) against each sample, with the ratio sample / reference below.
 
     Args:
-        reference, samples: feature dicts of :func:`caloflow.evaluate.features.compute_features` (their
+        reference, samples: feature dicts of :func:`caloflow.features.compute_features` (their
             ``E_hat``, MeV, is used; the incident energy need not have been passed to it).
         reference_incident_gev, sample_incident_gev: incident energies (GeV) of the reference and of
             each sample (same names as ``samples``).

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from caloflow.atomic import write_text_atomic
-from caloflow.evaluate.features import FEATURE_NAMES, summarize
+from caloflow.features import FEATURE_NAMES, summarize
 from caloflow.evaluate.figures import clipped_histogram, histogram_edges
 from caloflow.evaluate.separation import histogram_separation
 

@@ -6,7 +6,7 @@ are read and checked before any work starts; every problem is one line that name
 file and what is wrong (:class:`~caloflow.errors.CaloflowError`).
 
 With weights, the evaluation compares the *weighted* sample with the reference: the classifier
-test (:mod:`caloflow.evaluate.classifier_test`), the feature histograms and separation powers and
+test (:mod:`caloflow.evaluate.classification`), the feature histograms and separation powers and
 the feature means are weighted. The quality of a weighting is summarised by the effective sample
 size ESS = (sum w)^2 / sum w^2 (N for equal weights, smaller the more the weights vary).
 """
@@ -29,11 +29,19 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(np.sum(w) ** 2 / sum_sq) if sum_sq > 0 else 0.0
 
 
-def weight_summary(weights: np.ndarray) -> dict:
-    """What metrics.json records about the weights a sample was evaluated with."""
-    w = np.asarray(weights, dtype=np.float64)
-    return {"n": int(w.size), "sum": float(w.sum()), "mean": float(w.mean()), "min": float(w.min()),
-            "max": float(w.max()), "n_zero": int(np.sum(w == 0)), "ess": effective_sample_size(w)}
+def weight_summary(weights: np.ndarray, clip: float | None = None) -> dict:
+    """The one summary of a set of per-event weights, wherever weights are reported (``metrics.json``
+    of a weighted evaluation, the LaSeR runs' classifier weights): count, sum, mean, min, median, max,
+    the number of zero weights, Kish's effective sample size ``ess`` = (sum w)^2 / sum w^2, its
+    fraction of the count ``ess_fraction`` (1 for equal weights), and the ``clip`` applied, if any."""
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    ess = effective_sample_size(w)
+    summary = {"n": int(w.size), "sum": float(w.sum()), "mean": float(w.mean()), "min": float(w.min()),
+               "median": float(np.median(w)), "max": float(w.max()), "n_zero": int(np.sum(w == 0)),
+               "ess": ess, "ess_fraction": ess / w.size if w.size else 0.0}
+    if clip is not None:
+        summary["clip"] = clip
+    return summary
 
 
 def parse_weight_options(values: list[str] | None, sample_names) -> dict[str, Path]:

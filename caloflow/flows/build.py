@@ -136,8 +136,3 @@ def build_flow2(
         sum(layer_sizes), context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout, permutation,
         min_bin_width, min_bin_height, min_derivative,
     )
-
-
-def count_parameters(module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -35,7 +35,6 @@ latent space, :mod:`refine.showers`); it writes no buffer in place and costs a l
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 import weakref
 from dataclasses import dataclass, field

@@ -185,11 +185,6 @@ class CaloGANDiscriminator(nn.Module):
         return self.head(head_in).squeeze(1), total.squeeze(1)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters (the figure Keras' ``count_params`` reports)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 class CaloGAN(RemembersDomain, L.LightningModule):
     """The CaloGAN baseline (arXiv:1712.10321) trained the published way; see the module docstring.
 

@@ -29,7 +29,7 @@ Every backbone is ``classify(encode(batch))``: ``encode`` is its fixed, paramete
 representation (the 508-vector, the 41 features, the standardised points) and ``classify`` the
 trained network. A batch may carry the encoding already, under the backbone's :attr:`input_key`
 (``"inputs:dnn/unnormalized"``, ``"inputs:features"``, ...): the classifier test encodes its
-noise-free showers once instead of in every epoch (:class:`caloflow.evaluate.classifier_test.EncodedDataset`),
+noise-free showers once instead of in every epoch (:class:`caloflow.evaluate.classification.EncodedDataset`),
 and a batch encoded for another backbone is ignored.
 """
 from __future__ import annotations
@@ -184,17 +184,17 @@ class CNN(Backbone):
 
 class FeatureDNN(Backbone):
     """The high-level-feature classifier of the published CaloFlow reference code: the 41 inputs of
-    :func:`caloflow.evaluate.features.high_level_inputs` (energies, depth, brightest voxels, E_ratio,
+    :func:`caloflow.features.high_level_inputs` (energies, depth, brightest voxels, E_ratio,
     sparsity, centroids, widths, E_inc) -> 3 x 512 LeakyReLU(0.01) -> 1 (logit), on showers."""
 
     def __init__(self, hidden: int = 512, n_hidden_layers: int = 3, slope: float = 0.01):
         super().__init__()
-        from caloflow.evaluate.features import HIGH_LEVEL_INPUTS
+        from caloflow.features import HIGH_LEVEL_INPUTS
 
         self.net = mlp(len(HIGH_LEVEL_INPUTS), 1, hidden, n_hidden_layers, slope)
 
     def encode(self, batch: Batch) -> Tensor:
-        from caloflow.evaluate.features import high_level_inputs
+        from caloflow.features import high_level_inputs
 
         return high_level_inputs(batch["voxels"], batch["energy"])
 
@@ -227,11 +227,6 @@ class PointMLP(Backbone):
 
 #: backbone name -> class; ``ShowerClassifier(backbone=NAME, backbone_args={...})``.
 BACKBONES: dict[str, type[Backbone]] = {"dnn": DNN, "cnn": CNN, "features": FeatureDNN, "mlp": PointMLP}
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 class ShowerClassifier(L.LightningModule):

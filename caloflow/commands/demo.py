@@ -10,25 +10,25 @@ import shlex
 import time
 from pathlib import Path
 
-from caloflow import cli_args
+from caloflow.commands import argtypes
 from caloflow.configs import shipped_config
 from caloflow.errors import CaloflowError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=cli_args.output_dir, default="runs/demo",
+    parser.add_argument("--out", type=argtypes.output_dir, default="runs/demo",
                         help="output folder (default runs/demo)")
     parser.add_argument("--particle", default="eplus", choices=("eplus", "gamma", "piplus"))
-    parser.add_argument("--n", type=cli_args.positive_int, default=10_000,
+    parser.add_argument("--n", type=argtypes.positive_int, default=10_000,
                         help="training showers to simulate (default 10000)")
-    parser.add_argument("--n-reference", type=cli_args.positive_int, default=5_000,
+    parser.add_argument("--n-reference", type=argtypes.positive_int, default=5_000,
                         help="independent reference showers for the evaluation (default 5000)")
     parser.add_argument("--configs", default=None,
                         help="folder with flow1.yaml and flow2.yaml (default: the shipped configs/demo)")
-    parser.add_argument("--threads", type=cli_args.positive_int, default=1,
+    parser.add_argument("--threads", type=argtypes.positive_int, default=1,
                         help="torch intra-op threads (default 1: the demo-size models gain little from more, and "
                              "lose much when the cores are shared)")
-    parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
 
 def check_config(path: Path) -> None:
@@ -36,7 +36,7 @@ def check_config(path: Path) -> None:
     hyperparameters (the checks of ``lightning fit``; the rest is checked when each fit starts)."""
     import yaml
 
-    from caloflow.cli_args import check_yaml_file, hyperparameter_problems
+    from caloflow.checks import check_yaml_file, hyperparameter_problems
 
     check_yaml_file(path, "--configs")
     config = yaml.safe_load(path.read_text()) or {}
@@ -51,7 +51,7 @@ def say(argv: list[str]) -> None:
 
 
 def run_caloflow(argv: list[str]) -> None:
-    from caloflow.cli import main
+    from caloflow.commands.cli import main
 
     say(["caloflow", *argv])
     if main(argv) != 0:
@@ -59,7 +59,7 @@ def run_caloflow(argv: list[str]) -> None:
 
 
 def fit_config(config: Path, root: Path, data: Path, seed: int) -> Path:
-    from caloflow.lightning_cli import cli_main
+    from caloflow.commands.lightning_cli import cli_main
 
     argv = ["fit", "-c", str(config), "--data.path", str(data), "--trainer.default_root_dir", str(root),
             "--seed_everything", str(seed)]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from caloflow import cli_args
+from caloflow.commands import argtypes
 from caloflow.data.io import count_showers, read_showers
 from caloflow.errors import CaloflowError, DataFormatError
 
@@ -34,11 +34,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reference", required=True, type=cli_args.existing_file,
+    parser.add_argument("--reference", required=True, type=argtypes.existing_file,
                         help="reference (e.g. GEANT4) showers, CaloGAN HDF5 file")
     parser.add_argument("--samples", required=True, nargs="+", metavar="NAME=PATH",
                         help="generated showers to judge, each as NAME=PATH (CaloGAN HDF5)")
-    parser.add_argument("--out", required=True, type=cli_args.output_dir,
+    parser.add_argument("--out", required=True, type=argtypes.output_dir,
                         help="output folder (figures/, metrics.json, report.md)")
     parser.add_argument("--classifier", default=DEFAULT_CLASSIFIERS,
                         help="comma-separated classifiers: dnn, cnn (voxels, appendix A), features (41 high-level "
@@ -46,34 +46,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preprocessing", default=DEFAULT_PREPROCESSINGS,
                         help="comma-separated classifier input preprocessings: unnormalized, normalized, logit, "
                              f"logit-normalized (default: {DEFAULT_PREPROCESSINGS})")
-    parser.add_argument("--runs", type=cli_args.positive_int, default=10,
+    parser.add_argument("--runs", type=argtypes.positive_int, default=10,
                         help="classifier runs (seeds) per setting (default: 10)")
-    parser.add_argument("--epochs", type=cli_args.positive_int, default=None,
+    parser.add_argument("--epochs", type=argtypes.positive_int, default=None,
                         help="train every classifier for exactly this many epochs, without early stopping "
                              "(default: train to convergence: early stopping on the validation loss)")
-    parser.add_argument("--max-epochs", type=cli_args.positive_int, default=None,
+    parser.add_argument("--max-epochs", type=argtypes.positive_int, default=None,
                         help="upper bound of the converging training (default: at least twice the paper's "
                              "7,200 optimizer updates, whatever the data size)")
-    parser.add_argument("--patience", type=cli_args.positive_int, default=None,
+    parser.add_argument("--patience", type=argtypes.positive_int, default=None,
                         help="early-stopping patience in epochs (default: 1,200 optimizer updates, >= 10 epochs)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse (instead of warning) samples of another particle than the reference")
     parser.add_argument("--threshold-reference", action="store_true",
                         help="apply the sampler's 10 keV voxel cut to the reference showers too")
-    parser.add_argument("--max-showers", type=cli_args.positive_int, default=None,
+    parser.add_argument("--max-showers", type=argtypes.positive_int, default=None,
                         help="use at most this many showers of each file (default: all)")
     parser.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
                         help="per-shower weights (e.g. DCTR) of the sample NAME (one of --samples): an HDF5 file "
                              "with a 1-D dataset 'weight', or a .npy file, one finite weight >= 0 per shower; "
                              "that sample's classifier test and feature histograms are then weighted")
-    parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: 0)")
 
 
 def _parse_list(value: str, allowed: tuple[str, ...], option: str, allow_none: bool = False) -> list[str]:
     if allow_none and value.strip().lower() == "none":
         return []
     try:
-        return cli_args.comma_list(allowed)(value.lower())
+        return argtypes.comma_list(allowed)(value.lower())
     except argparse.ArgumentTypeError as e:
         raise CaloflowError(f"{option}: {e}" + (" or 'none'" if allow_none else "")) from None
 
@@ -192,7 +192,7 @@ def _read_inputs(reference_path, samples_paths: dict[str, Path], max_showers: in
     reference = read_showers(reference_path, stop=max_showers)
     if threshold:
         from caloflow.data.io import Showers
-        from caloflow.evaluate.features import apply_threshold
+        from caloflow.features import apply_threshold
 
         reference = Showers(apply_threshold(reference.voxels).astype(reference.voxels.dtype), reference.energy,
                             reference.overflow)
@@ -206,7 +206,7 @@ def _read_inputs(reference_path, samples_paths: dict[str, Path], max_showers: in
 def _compute_features(reference, samples: dict) -> tuple[dict, dict]:
     """The paper's high-level features (sections 5.2-5.3; MeV, mm) of the reference and of each sample,
     with E_hat / E_inc from the incident energies."""
-    from caloflow.evaluate.features import compute_features
+    from caloflow.features import compute_features
 
     _log("computing features")
     ref_features = compute_features(reference.voxels, incident_gev=reference.energy)
@@ -217,7 +217,7 @@ def _compute_features(reference, samples: dict) -> tuple[dict, dict]:
 
 def _settings(args, classifiers: list[str], preprocessings: list[str]) -> dict:
     """metrics.json's "settings": what was run, the 10 keV voxel cut, and the units of the numbers."""
-    from caloflow.evaluate import classifier_test as ct
+    from caloflow.evaluate import classification as ct
 
     training = ({"schedule": "fixed", "epochs": args.epochs} if args.epochs is not None else
                 {"schedule": "early stopping on val_loss, best val_acc epoch kept", "max_epochs": args.max_epochs
@@ -241,7 +241,7 @@ def _feature_metrics(reference_path, reference, samples_paths: dict[str, Path], 
     weighted sample's histograms and summaries are weighted, and its entry records ``"weighted": true``
     and its ``"weights"`` (file, count, sum, range, effective sample size).
     """
-    from caloflow.evaluate.features import summarize
+    from caloflow.features import summarize
     from caloflow.evaluate.report import feature_metrics
     from caloflow.evaluate.weights import weight_summary
 
@@ -295,9 +295,9 @@ def _classifier_tests(args, reference, samples: dict, classifiers: list[str], pr
     preprocessing: ``{sample: {classifier: {preprocessing: AUC and JSD, mean and std over runs}}}``.
 
     The feature classifier has no voxel preprocessing: its one entry is keyed ``high-level``. A sample
-    with ``weights`` gets the weighted test (:mod:`caloflow.evaluate.classifier_test`).
+    with ``weights`` gets the weighted test (:mod:`caloflow.evaluate.classification`).
     """
-    from caloflow.evaluate.classifier_test import classifier_test
+    from caloflow.evaluate.classification import classifier_test
 
     weights = weights or {}
     results: dict[str, dict] = {}

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caloflow import cli_args
+from caloflow.commands import argtypes
 from caloflow.atomic import write_text_atomic
 from caloflow.errors import CaloflowError
 from caloflow.timing import format_ms, machine_info, timed
@@ -283,22 +283,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="untrained paper-size models with random weights (also the default without checkpoints)")
     parser.add_argument("--simulator", default="eplus", metavar="PARTICLE",
                         help="particle for the embedded simulator row (default eplus)")
-    parser.add_argument("--generators", type=cli_args.comma_list(GENERATORS, what="generator"),
+    parser.add_argument("--generators", type=argtypes.comma_list(GENERATORS, what="generator"),
                         default=",".join(GENERATORS),
                         help=f"comma-separated subset of {','.join(GENERATORS)} (default: all)")
-    parser.add_argument("--batch-sizes", nargs="+", type=cli_args.positive_int, default=list(DEFAULT_BATCH_SIZES),
+    parser.add_argument("--batch-sizes", nargs="+", type=argtypes.positive_int, default=list(DEFAULT_BATCH_SIZES),
                         help="batch sizes (default 10 100 1000 10000)")
-    parser.add_argument("--device", type=cli_args.device, default="cpu",
+    parser.add_argument("--device", type=argtypes.device, default="cpu",
                         help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU")
-    parser.add_argument("--threads", type=cli_args.positive_int, default=None,
+    parser.add_argument("--threads", type=argtypes.positive_int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--max-seconds", type=cli_args.positive_float, default=600.0,
+    parser.add_argument("--max-seconds", type=argtypes.positive_float, default=600.0,
                         help="a cell whose estimated time per call exceeds this is estimated, not run (default 600)")
-    parser.add_argument("--repeats", type=cli_args.positive_int, default=3,
+    parser.add_argument("--repeats", type=argtypes.positive_int, default=3,
                         help="timed calls per cell, the best is reported (default 3)")
-    parser.add_argument("--seed", type=cli_args.seed, default=0,
+    parser.add_argument("--seed", type=argtypes.seed, default=0,
                         help="seed of the energies, latent draws and random weights (default 0)")
-    parser.add_argument("--out", required=True, type=cli_args.output_dir,
+    parser.add_argument("--out", required=True, type=argtypes.output_dir,
                         help="output folder for benchmark.json and benchmark.md")
 
 
@@ -317,7 +317,7 @@ def _check(args: argparse.Namespace) -> dict:
         if path and not Path(path).is_file():
             raise CaloflowError(f"{option} {path}: no such checkpoint file")
         if path:  # readable, and of the right model, before anything is built or timed
-            from caloflow.lightning_cli import checkpoint_model_mismatch, read_checkpoint
+            from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 
             mismatch = checkpoint_model_mismatch(read_checkpoint(path, option), model)
             if mismatch:

@@ -10,7 +10,7 @@ the working directory).
 
 Every option that no run can use is refused in one line before anything is built or written
 (:class:`CaloflowCLI`): model hyperparameters out of range (by name, for every model:
-:func:`caloflow.cli_args.hyperparameter_problems`), Trainer limits, a run folder that cannot be
+:func:`caloflow.checks.hyperparameter_problems`), Trainer limits, a run folder that cannot be
 written, and a ``--ckpt_path`` that is not a readable checkpoint of the config's model class
 (LightningCLI would otherwise switch to the checkpoint's class).
 
@@ -24,6 +24,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -31,88 +32,13 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from caloflow.cli_args import NEGATIVE_NUMBER, check_yaml_file, hyperparameter_problems, output_dir
+from caloflow.checks import check_yaml_file, hyperparameter_problems
+from caloflow.commands.argtypes import NEGATIVE_NUMBER, output_dir, report_error
 from caloflow.configs import is_shipped, list_configs, shipped_config
+from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.errors import CaloflowError
 
 CONFIG_OPTIONS = ("-c", "--config")
-
-
-def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The most recently written ``last*.ckpt`` below ``root`` (Lightning's default layout), or None."""
-    candidates = [p for p in Path(root).glob("**/checkpoints/last*.ckpt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dict:
-    """The checkpoint at ``path`` (tensors memory-mapped, plain data only), or a one-line
-    :class:`CaloflowError` naming ``option`` and what is wrong with the file."""
-    import torch
-
-    path = Path(path)
-    if path.is_dir():
-        raise CaloflowError(f"{option} {path}: is a directory, expected a checkpoint file")
-    if not path.is_file():
-        raise CaloflowError(f"{option} {path}: no such checkpoint file")
-    if path.stat().st_size == 0:
-        raise CaloflowError(f"{option} {path}: the file is empty, not a checkpoint")
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap can only be used" not in str(e):
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (not zip) torch file
-    except Exception as e:  # a text file, a truncated zip, ...
-        if "Weights only load failed" in str(e):
-            reason = "it holds objects that torch.load(weights_only=True) refuses"
-        elif isinstance(e, OSError) or "central directory" in str(e) or "failed reading" in str(e):
-            reason = "truncated"
-        else:
-            reason = "not a torch checkpoint"
-        raise CaloflowError(f"{option} {path}: cannot read it as a checkpoint ({reason}: "
-                            f"{type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CaloflowError(f"{option} {path}: not a Lightning checkpoint (no state_dict)")
-    return ckpt
-
-
-def _class_of(class_path: str) -> type | None:
-    import importlib
-
-    module, _, name = str(class_path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
-def checkpoint_model_mismatch(ckpt: dict, class_path: str | type) -> str | None:
-    """Why the checkpoint ``ckpt`` is not one of the LightningModule ``class_path`` (None if it is).
-
-    LightningCLI records the model's class in the checkpoint's hyperparameters (``_class_path``);
-    without it, hyperparameters that the class does not take give the mismatch away.
-    """
-    import inspect
-
-    if isinstance(class_path, type):
-        class_path = f"{class_path.__module__}.{class_path.__qualname__}"
-    hparams = ckpt.get("hyper_parameters") or {}
-    wanted = _class_of(class_path)
-    saved = hparams.get("_class_path")
-    if saved is not None:
-        if saved == class_path or (wanted is not None and _class_of(saved) is wanted):
-            return None
-        return f"is a checkpoint of {saved}, not of {class_path}"
-    if wanted is None:
-        return None
-    params = inspect.signature(wanted.__init__).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return None
-    unknown = sorted(k for k in hparams if not k.startswith("_") and k not in params)
-    if unknown:
-        return f"has hyperparameters that {class_path} does not take ({', '.join(unknown)}): not a checkpoint of it"
-    return None
 
 
 def _int_at_least(low: int):
@@ -348,14 +274,97 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CaloflowCLI:
         save_config_kwargs={"overwrite": True},
         # every fit saves and restores its random states, so that --ckpt_path last resumes exactly
         trainer_defaults={"callbacks": [ExactResume()]},
-        # errors are raised (and reported as one line by caloflow.cli) instead of printing the usage
+        # errors are raised (and reported as one line by caloflow.commands.cli) instead of printing the usage
         parser_kwargs={"exit_on_error": False},
         args=args,
         run=run,
     )
 
 
-if __name__ == "__main__":
-    from caloflow.cli import lightning_main
+def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> int:
+    """``lightning fit|validate|test|predict -c CONFIG ...`` over the project's modules."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    try:
+        cli_main(argv)
+    except argparse.ArgumentError as e:  # a bad option or config value, found by jsonargparse
+        return report_error(prog, one_line(str(e)))
+    except KeyboardInterrupt:
+        return report_error(prog, "interrupted", 130)
+    except Exception as e:
+        # jsonargparse wraps errors raised while building the classes; report the caloflow one
+        cause = _caloflow_cause(e)
+        if cause is not None:
+            return report_error(prog, str(cause))
+        if isinstance(e, MisconfigurationException):  # Lightning refusing a Trainer setting
+            return report_error(prog, " ".join(str(e).split()))
+        raise
+    return 0
+
+
+#: lines of jsonargparse's nested messages that say nothing about what is wrong
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
+          "Problem with given class_path", "Parser key")
+
+
+def _literal(match: re.Match) -> str:
+    """``typing.Literal['a', 'b']`` -> ``one of a, b``."""
+    values = [v.strip().strip("'\"") for v in match.group(1).split(",")]
+    return "one of " + ", ".join(values)
+
+
+def _wording(line: str) -> str:
+    """One of jsonargparse's messages in caloflow's wording: ``expected an int, got abc``."""
+    line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
+    line = re.sub(r"typing\.Literal\[([^\]]*)\]", _literal, line)
+    line = re.sub(r"^Option '([^']+)' is not accepted$", r"unknown key '\1'", line)
+    line = re.sub(r"Expected a (int|float|bool|str)\b", lambda m: f"expected {'an' if m[1] == 'int' else 'a'} {m[1]}",
+                  line)
+    line = re.sub(r"Expected an? ", "expected ", line)
+    line = re.sub(r"\.? Got value: (.*)$", r", got \1", line)
+    line = re.sub(r"^Not of type \w+: (\S+) does not conform to restriction v>0$", r"must be > 0, got \1", line)
+    line = re.sub(r"^Not of type \w+: (\S+) does not conform to restriction v>=0$", r"must be >= 0, got \1", line)
+    return line
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested, multi-line error as one line: ``--KEY: what is wrong, got VALUE``."""
+    lines = [line.strip().lstrip("- ").strip() for line in message.splitlines() if line.strip()]
+    keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', message)))
+    first = lines[0] if lines else "invalid arguments"
+    unknown = re.fullmatch(r"Subcommand '\w+' does not accept options? '([^']+)'\.?", first)
+    if unknown and not keys:  # an unknown key in a config file
+        return f"--{unknown.group(1)}: unknown key"
+    required = re.fullmatch(r"the following arguments are required: (.+)", first)
+    if required and not keys:
+        names = [re.sub(r"^(fit|validate|test|predict)\.", "", n.strip()) for n in required.group(1).split(",")]
+        return f"missing {', '.join('--' + n for n in names)} (give it in a config, -c, or on the command line)"
+    details = [_wording(line) for line in lines if not line.startswith(_NOISE)]
+    given = [line.split(":", 1)[1].strip() for line in lines
+             if line.startswith("Given value:") and "NestedArg(" not in line]
+    path = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
+    if path:  # a class_path that does not import: say so, and why
+        details = [f"unknown class '{path.group(1)}'"] + [d for d in details if not d.startswith("expected path")]
+        details = [details[0] + (f" ({'; '.join(details[1:])})" if details[1:] else "")]
+        given = []
+    text = " or ".join(dict.fromkeys(details)) or _wording(first)
+    # "expected a bool or expected an int (got abc)" -> "expected a bool or an int, got abc"
+    text = re.sub(r" or expected ", " or ", text)
+    if given and ", got " not in text:
+        text += f", got {given[0]}"
+    return f"--{'.'.join(keys)}: {text}" if keys else text
+
+
+def _caloflow_cause(error: BaseException | None) -> CaloflowError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, CaloflowError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+
+if __name__ == "__main__":
     sys.exit(lightning_main())

@@ -1,4 +1,4 @@
-"""One way to parse numbers and paths: the argparse types of ``caloflow.cli_args`` and the one-line parser."""
+"""One way to parse numbers and paths: the argparse types of ``caloflow.commands.argtypes`` and the one-line parser."""
 from __future__ import annotations
 
 import argparse
@@ -6,34 +6,34 @@ import math
 
 import pytest
 
-from caloflow import cli_args
-from caloflow.cli import main
+from caloflow.commands import argtypes
+from caloflow.commands.cli import main
 
 
 @pytest.mark.parametrize("parse, value, expected", [
-    (cli_args.positive_int, "10000", 10000),
-    (cli_args.positive_int, " 7 ", 7),
-    (cli_args.nonnegative_int, "0", 0),
-    (cli_args.seed, "0", 0),
-    (cli_args.seed, str(2**32 - 1), 2**32 - 1),
-    (cli_args.positive_float, "1e-3", 1e-3),
-    (cli_args.finite_float, "-2.5", -2.5),
+    (argtypes.positive_int, "10000", 10000),
+    (argtypes.positive_int, " 7 ", 7),
+    (argtypes.nonnegative_int, "0", 0),
+    (argtypes.seed, "0", 0),
+    (argtypes.seed, str(2**32 - 1), 2**32 - 1),
+    (argtypes.positive_float, "1e-3", 1e-3),
+    (argtypes.finite_float, "-2.5", -2.5),
 ])
 def test_good_values(parse, value, expected):
     assert parse(value) == expected
 
 
 @pytest.mark.parametrize("parse, value, message", [
-    (cli_args.positive_int, "0", "must be positive, got '0'"),
-    (cli_args.positive_int, "1e4", "expected an integer, got '1e4'"),
-    (cli_args.positive_int, "2.0", "expected an integer"),
-    (cli_args.nonnegative_int, "-1", "must be non-negative"),
-    (cli_args.seed, "-1", "[0, 2**32)"),
-    (cli_args.seed, str(2**32), "[0, 2**32)"),
-    (cli_args.positive_float, "0", "must be positive"),
-    (cli_args.positive_float, "nan", "finite"),
-    (cli_args.finite_float, "inf", "finite"),
-    (cli_args.finite_float, "x", "expected a number, got 'x'"),
+    (argtypes.positive_int, "0", "must be positive, got '0'"),
+    (argtypes.positive_int, "1e4", "expected an integer, got '1e4'"),
+    (argtypes.positive_int, "2.0", "expected an integer"),
+    (argtypes.nonnegative_int, "-1", "must be non-negative"),
+    (argtypes.seed, "-1", "[0, 2**32)"),
+    (argtypes.seed, str(2**32), "[0, 2**32)"),
+    (argtypes.positive_float, "0", "must be positive"),
+    (argtypes.positive_float, "nan", "finite"),
+    (argtypes.finite_float, "inf", "finite"),
+    (argtypes.finite_float, "x", "expected a number, got 'x'"),
 ])
 def test_bad_values(parse, value, message):
     with pytest.raises(argparse.ArgumentTypeError) as e:
@@ -44,34 +44,34 @@ def test_bad_values(parse, value, message):
 def test_paths(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("x")
-    assert cli_args.existing_file(str(f)) == str(f)
+    assert argtypes.existing_file(str(f)) == str(f)
     for bad, message in [(str(tmp_path / "nope"), "no such file"), (str(tmp_path), "is a directory")]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
-            cli_args.existing_file(bad)
-    assert cli_args.output_file(str(tmp_path / "new" / "deeper" / "out.h5"))  # folders can be created
+            argtypes.existing_file(bad)
+    assert argtypes.output_file(str(tmp_path / "new" / "deeper" / "out.h5"))  # folders can be created
     with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
-        cli_args.output_file(str(tmp_path))
+        argtypes.output_file(str(tmp_path))
     with pytest.raises(argparse.ArgumentTypeError, match="not a directory"):
-        cli_args.output_file(str(f / "out.h5"))  # its folder would have to be a file
-    assert cli_args.output_dir(str(tmp_path / "new")) and cli_args.output_dir(str(tmp_path))
+        argtypes.output_file(str(f / "out.h5"))  # its folder would have to be a file
+    assert argtypes.output_dir(str(tmp_path / "new")) and argtypes.output_dir(str(tmp_path))
     with pytest.raises(argparse.ArgumentTypeError, match="not a folder"):
-        cli_args.output_dir(str(f))
+        argtypes.output_dir(str(f))
 
 
 def test_comma_list():
-    parse = cli_args.comma_list(("a", "b", "c"), what="letter")
+    parse = argtypes.comma_list(("a", "b", "c"), what="letter")
     assert parse("c, a,c") == ["c", "a"]
     with pytest.raises(argparse.ArgumentTypeError, match="unknown letter 'x', choose from a, b, c"):
         parse("a,x")
     with pytest.raises(argparse.ArgumentTypeError, match="empty list"):
         parse(" , ")
-    assert cli_args.comma_list(item=float)("1,2.5") == [1.0, 2.5]
-    assert math.isnan(cli_args.comma_list(item=float)("nan")[0])
+    assert argtypes.comma_list(item=float)("1,2.5") == [1.0, 2.5]
+    assert math.isnan(argtypes.comma_list(item=float)("nan")[0])
 
 
 def test_parser_errors_are_one_line(capsys):
-    parser = cli_args.ArgumentParser(prog="caloflow thing")
-    parser.add_argument("--n", type=cli_args.positive_int, required=True)
+    parser = argtypes.ArgumentParser(prog="caloflow thing")
+    parser.add_argument("--n", type=argtypes.positive_int, required=True)
     with pytest.raises(SystemExit) as e:
         parser.parse_args(["--n", "0"])
     assert e.value.code == 2

@@ -30,9 +30,9 @@ import json
 import time
 from pathlib import Path
 
-from caloflow import cli_args
+from caloflow.commands import argtypes
 from caloflow.atomic import write_text_atomic
-from caloflow.demo import check_config, fit_config, run_caloflow
+from caloflow.commands.demo import check_config, fit_config, run_caloflow
 from caloflow.errors import CaloflowError
 
 #: the rows' AUC columns: (classifier, preprocessing key in metrics.json, column title)
@@ -44,24 +44,24 @@ STEPS_FILE = "steps.json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", required=True,
                         help="folder with flow1.yaml and flow2.yaml, or a shipped one (cpu/eplus, demo)")
-    parser.add_argument("--out", required=True, type=cli_args.output_dir,
+    parser.add_argument("--out", required=True, type=argtypes.output_dir,
                         help="output folder (data, checkpoints, generated showers, evaluation, fidelity.json/md)")
-    parser.add_argument("--budgets", type=cli_args.comma_list(item=cli_args.positive_int, what="budget"),
+    parser.add_argument("--budgets", type=argtypes.comma_list(item=argtypes.positive_int, what="budget"),
                         default=None, help="Flow II epochs to score, comma-separated, each a snapshot epoch of "
                                            "the Flow II config (default: its max_epochs)")
-    parser.add_argument("--n-reference", type=cli_args.positive_int, default=10_000,
+    parser.add_argument("--n-reference", type=argtypes.positive_int, default=10_000,
                         help="independent reference showers (default 10000)")
-    parser.add_argument("--runs", type=cli_args.positive_int, default=3,
+    parser.add_argument("--runs", type=argtypes.positive_int, default=3,
                         help="classifier runs per budget and classifier (default 3)")
-    parser.add_argument("--classifiers", type=cli_args.comma_list(("dnn", "features"), what="classifier"),
+    parser.add_argument("--classifiers", type=argtypes.comma_list(("dnn", "features"), what="classifier"),
                         default="dnn,features", help="dnn and/or features (default both)")
-    parser.add_argument("--max-epochs", type=cli_args.positive_int, default=None,
+    parser.add_argument("--max-epochs", type=argtypes.positive_int, default=None,
                         help="classifier epoch cap (default: caloflow evaluate's, >= 2 x 7200 updates)")
-    parser.add_argument("--patience", type=cli_args.positive_int, default=None,
+    parser.add_argument("--patience", type=argtypes.positive_int, default=None,
                         help="classifier early-stopping patience in epochs (default: caloflow evaluate's)")
-    parser.add_argument("--threads", type=cli_args.positive_int, default=1,
+    parser.add_argument("--threads", type=argtypes.positive_int, default=1,
                         help="torch intra-op threads (default 1)")
-    parser.add_argument("--seed", type=cli_args.seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
 
 # ----------------------------------------------------------------------------------------- checks
