@@ -1,4 +1,4 @@
-"""Bad inputs to every command (issue 15, item 1): each is refused with ONE line on stderr naming the
+"""Bad inputs to every command: each is refused with ONE line on stderr naming the
 option, file or key, a non-zero exit (2), no traceback, and nothing written.
 
 Every case runs as a real subprocess (``python -m caloflow.cli``, ``-m caloflow.lightning_cli``,

@@ -1,4 +1,4 @@
-"""Exact resume (issue 15, item 5): a fit killed with SIGKILL and resumed with ``--ckpt_path last``
+"""Exact resume: a fit killed with SIGKILL and resumed with ``--ckpt_path last``
 ends with the same weights and optimiser state, bit for bit, as an uninterrupted fit with the same
 seed; and data that no fit can use are refused before the run's folder is created.
 
