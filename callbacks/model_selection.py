@@ -3,7 +3,7 @@
 The CaloFlow paper (section 5) picked the CaloGAN epoch by looking at histograms of generated and
 GEANT4 showers. :class:`HistogramSelection` makes that choice reproducible: after every
 validation epoch it generates one shower per validation shower (same incident energies), scores
-the agreement as the mean separation power (DESIGN section 6) of the histograms of the layer
+the agreement as the mean separation power (docs/physics.md section 7) of the histograms of the layer
 energies E_k and the layer fractions E_k / E_hat, logs the score, the average images per layer
 and keeps the best epoch as ``best_histogram.ckpt``.
 """

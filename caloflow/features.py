@@ -292,8 +292,8 @@ def high_level_inputs(voxels: Tensor, incident_gev: Tensor, threshold_kev: float
         (N, 41) float32, columns named by :data:`HIGH_LEVEL_INPUTS`, in this order:
 
         * 0-10: log10(x + 1e-8) of E0, E1, E2, E_hat (energies in units of 100 GeV, so the
-          offset is 1 keV), E0/E_hat, E1/E_hat, E2/E_hat, l_d = E1 + 2 E2 (100 GeV) and the phi
-          width of layers 0, 1, 2 (in units of 100 mm);
+            offset is 1 keV), E0/E_hat, E1/E_hat, E2/E_hat, l_d = E1 + 2 E2 (100 GeV) and the phi
+            width of layers 0, 1, 2 (in units of 100 mm);
         * 11-12: s_d = l_d / E_hat and sigma_sd = sqrt((E1 + 4 E2)/E_hat - s_d^2);
         * 13-27: 10 x the 1st..5th brightest voxel / E_k: layer 0 (1st..5th), layer 1, layer 2;
         * 28-30: E_ratio_k = (I1 - I2)/(I1 + I2) of the two brightest voxels, k = 0, 1, 2;

@@ -462,7 +462,7 @@ def hmc_log_w(start, end, w_prior, clip: float | None) -> dict[str, float]:
     (weighting prior draws by w samples q(z) = N(z) w / Z_0, eq. 3; w capped at HMC's ``clip``). A chain
     that has reached q ends near the target, one that has not moved stays at the start. The draws
     must be new to the weight classifier: on its own training showers w is biased low (measured on
-    the e+ preset: 0.254 there, 0.350 on the unrefined showers at the evaluation energies)."""
+    the e+ preset, docs/results.md)."""
     w = np.minimum(np.asarray(w_prior, dtype=np.float64), np.inf if clip is None else clip)
     return {"start": float(start.double().mean()), "end": float(end.double().mean()),
             "target": float((w * np.log(w)).sum() / w.sum())}

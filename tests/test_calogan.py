@@ -44,7 +44,7 @@ def shower_file(tmp_path_factory) -> Path:
 
 # --- paper-size networks (instantiation and one small forward pass) --------------------------------
 def published_generator_count(latent: int = 1024) -> int:
-    """Trainable parameters of the Keras generator, layer by layer (DESIGN section 8)."""
+    """Trainable parameters of the Keras generator, layer by layer (docs/physics.md section 8)."""
     total = 0
     for r, c in LAYER_SHAPES:
         total += (latent + 1) * (r + 2) * (c + 2) * 36  # Dense
@@ -57,7 +57,7 @@ def published_generator_count(latent: int = 1024) -> int:
 
 
 def published_discriminator_count() -> int:
-    """Trainable parameters of the Keras discriminator, layer by layer (DESIGN section 8)."""
+    """Trainable parameters of the Keras discriminator, layer by layer (docs/physics.md section 8)."""
     total, n_head = 0, 3 + 1 + 1 + 1 + 10  # head: E_k/10, E_hat/100, |E_hat - E_inc|, 10 x 1[>5 GeV], energy MBD
     for r, c in LAYER_SHAPES:
         total += 1 * 4 * 64 + 64  # Conv2D 64 2x2 'same'

@@ -1,6 +1,6 @@
 """CaloGAN (Paganini, de Oliveira, Nachman, arXiv:1712.10321): the GAN baseline of the CaloFlow paper.
 
-A PyTorch port of the published Keras model (DESIGN section 8). Everything inside this module is
+A PyTorch port of the published Keras model (docs/physics.md section 8). Everything inside this module is
 in GeV (voxels MeV/1000, incident energy GeV), as in the published training; :meth:`CaloGAN.sample`
 returns MeV like the rest of caloflow.
 

@@ -130,7 +130,7 @@ class MinibatchDiscrimination(nn.Module):
 
 
 class InpaintingAttention(nn.Module):
-    """CaloGAN's layer-to-layer attention (DESIGN section 8, "in-painting").
+    """CaloGAN's layer-to-layer attention (docs/physics.md section 8, "in-painting").
 
     A locally connected 3x3 layer (zero-padded by 1) reads ``[own, carry]`` and gives two logits
     per pixel; their softmax ``(a, 1 - a)`` mixes the images: ``out = a * own + (1 - a) * carry``.
