@@ -204,3 +204,6 @@ class HistogramSelection(Callback):
         self.best_score = state_dict.get("best_score", math.inf)
         self.best_epoch = state_dict.get("best_epoch", -1)
         self.best_path = state_dict.get("best_path")
+
+
+__all__ = ["ENERGY_FLOOR_MEV", "histogram_features", "histogram_score", "average_images_figure", "figure_to_array", "HistogramSelection"]

@@ -58,3 +58,6 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped = state_dict.get("skipped", 0)
+
+
+__all__ = ["NonFiniteGuard"]

@@ -119,3 +119,6 @@ class ExactResume(L.Callback):
         if self._restored is not None:
             set_random_states(self._restored)
             self._restored = None
+
+
+__all__ = ["STATE_VERSION", "collect_random_states", "set_random_states", "AtomicCheckpointIO", "ExactResume"]

@@ -110,3 +110,6 @@ class SampleMonitor(L.Callback):
             for k in range(e.shape[1]):
                 writer.add_histogram(f"E{k}_over_Ehat/{name}", fractions[:, k], step)
         self._data, self._generated = [], []
+
+
+__all__ = ["average_images_figure", "layer_fractions_figure", "SampleMonitor"]

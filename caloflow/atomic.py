@@ -212,3 +212,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+__all__ = ["SIGNALS", "Interrupted", "check_interrupted", "deferred_signals", "stale_temporaries", "remove_stale_temporaries", "atomic_output", "write_text_atomic"]

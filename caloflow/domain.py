@@ -135,3 +135,6 @@ def _data_domain(datamodule, energies_gev) -> Domain:
         except OSError:
             declared = Domain()
     return Domain(declared.energy_gev or seen.energy_gev, declared.particle)
+
+
+__all__ = ["GEOMETRY", "KEY", "ENERGY_SLACK", "Domain", "of_showers", "of_file", "report", "check_energies", "check_particle", "RemembersDomain"]

@@ -8,3 +8,6 @@ class CaloflowError(Exception):
 
 class DataFormatError(CaloflowError, ValueError):
     """A file that is not a valid CaloGAN-format HDF5 file; the message names file, key and row."""
+
+
+__all__ = ["CaloflowError", "DataFormatError"]

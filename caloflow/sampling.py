@@ -256,3 +256,6 @@ class IncidentEnergies:
 def requested_energies(n: int | None, energies_file: str | None, energy_range, seed: int) -> np.ndarray:
     """Incident energies (GeV): the first ``n`` of ``energies_file`` (all if n is None), or ``n`` uniform draws."""
     return np.asarray(IncidentEnergies(n, energies_file, energy_range, seed))
+
+
+__all__ = ["redraw_nonfinite", "sample_in_batches", "CaloFlow", "CaloGANSampler", "IncidentEnergies", "requested_energies"]

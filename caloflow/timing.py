@@ -65,3 +65,6 @@ def format_ms(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+__all__ = ["T", "synchronize", "timed", "cpu_model", "machine_info", "format_ms"]

@@ -33,6 +33,21 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising lines ("Tip: ... try installing litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in str(record.getMessage())
+
+
+def drop_lightning_tips() -> None:
+    """Keep Lightning's tips for its cloud products off the console; its warnings and progress stay."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
 def make_trainer(
     max_epochs: int,
     log_dir: str | Path | None = None,
@@ -71,3 +86,6 @@ def adam_with_decay(
     optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+__all__ = ["QUIET_WARNINGS", "quiet_lightning", "drop_lightning_tips", "make_trainer", "adam_with_decay"]

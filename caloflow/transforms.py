@@ -201,3 +201,6 @@ class FlowIIPreprocessing(nn.Module):
         if threshold:
             voxels = torch.where(voxels >= self.threshold, voxels, torch.zeros_like(voxels))
         return voxels
+
+
+__all__ = ["ALPHA", "LogitTransform", "EnergyToU", "LayerNormalization", "encode_incident_energy", "decode_incident_energy", "encode_layer_energies", "decode_layer_energies", "FlowIPreprocessing", "FlowIIPreprocessing"]

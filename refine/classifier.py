@@ -112,3 +112,6 @@ def log_weight(classifier: nn.Module, clip: float | None = None) -> "callable":
         return lw
 
     return fn
+
+
+__all__ = ["PAPER_HPARAMS", "BACKBONE_HPARAMS", "labelled_points", "train_classifier", "point_logits", "weights_from_logits", "log_weight"]

@@ -458,3 +458,6 @@ def _plain_namespace(cfg):
     from jsonargparse import dict_to_namespace
 
     return dict_to_namespace(_plain(cfg.as_dict()))
+
+
+__all__ = ["TOY_NAMES", "CONFIG_DIR", "DATA_ARGS", "BACKBONE_DATA_ARGS", "ConfigError", "Training", "ClassifierTraining", "HMCOptions", "config_parser", "one_line", "parse_config", "dump_config", "build", "class_of", "init_args", "SHOWER_REFINER_ARGS", "SHOWER_BACKBONES", "ShowerSplit", "WeightTraining", "RejectionOptions", "ShowerHMCOptions", "ShowerRefinerTraining", "EvaluationOptions", "shower_config_parser", "parse_shower_config"]

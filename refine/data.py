@@ -43,3 +43,6 @@ class TensorLoader:
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             batch = tuple(t[idx] for t in self.tensors)
             yield dict(zip(self.names, batch)) if self.names else batch
+
+
+__all__ = ["TensorLoader"]

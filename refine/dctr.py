@@ -33,3 +33,6 @@ def dctr_sample(
     """``(z, x, w)``: ``n`` fresh generated points with their DCTR weights."""
     z, x = generate(g, n, generator)
     return z, x, dctr_weights(classifier, x, clip=clip)
+
+
+__all__ = ["dctr_weights", "dctr_sample"]

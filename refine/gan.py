@@ -177,3 +177,6 @@ class WeightedGANRefiner(L.LightningModule):
             adam_with_decay(self.generator.parameters(), hp.lr, hp.lr_decay, betas=hp.betas),
             adam_with_decay(self.discriminator.parameters(), hp.lr, hp.lr_decay, betas=hp.betas),
         ]
+
+
+__all__ = ["WeightedGANRefiner"]

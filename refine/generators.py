@@ -135,3 +135,6 @@ def generate(g: Generator, n: int, generator: torch.Generator | None = None, bat
     """Draw ``n`` latent points and decode them in batches; returns ``(z, x)``."""
     z = g.sample_latent(n, generator=generator)
     return z, decode_batched(g, z, batch_size)
+
+
+__all__ = ["Generator", "is_deterministic", "FlowGenerator", "BlackBoxGenerator", "RefinedGenerator", "decode_batched", "generate"]

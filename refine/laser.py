@@ -133,5 +133,8 @@ def _run_showers(args: argparse.Namespace) -> int:
     return 0
 
 
+__all__ = ["add_arguments", "build_parser", "main", "SHOWER_OPTIONS", "run"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

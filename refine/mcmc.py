@@ -121,3 +121,6 @@ def laser_log_prob(decode: Callable[..., Tensor], log_weight: Callable[..., Tens
         return -0.5 * (z * z).sum(-1) + log_weight(decode(z, *context), *context)
 
     return fn
+
+
+__all__ = ["log_prob_and_grad", "hmc", "laser_log_prob"]

@@ -122,3 +122,6 @@ def scores(
     """``{"emd", "jsd"}`` of ``sample`` (optionally weighted) against ``truth``, histogrammed once."""
     p, q, xe, ye = _paired_histograms(truth, sample, bins, range, None, weights)
     return {"emd": emd_hist(p, q, xe, ye), "jsd": jsd_hist(p, q)}
+
+
+__all__ = ["histogram2d", "emd_hist", "jsd_hist", "emd2d", "jsd2d", "scores"]

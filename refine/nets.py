@@ -15,3 +15,6 @@ class CouplingSubnet(nn.Module):
 
     def forward(self, x, context=None):
         return self.net(x)
+
+
+__all__ = ["CouplingSubnet"]

@@ -76,3 +76,6 @@ def omnifold_pullback(
         result.weights.append(nu)
         result.latent_classifier = clf2
     return result
+
+
+__all__ = ["PullbackResult", "omnifold_pullback"]

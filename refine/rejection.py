@@ -88,3 +88,6 @@ def rejection_sample_conditional(
                            f"rejected (acceptance {(n - len(pending)) / max(proposals, 1):.2g}); raise max_rounds "
                            "or lower w_max")
     return z_out, x_out, n / max(proposals, 1)
+
+
+__all__ = ["rejection_sample", "resample", "rejection_sample_conditional"]

@@ -545,3 +545,6 @@ def load_shower_config(quick: bool = False, path: str | Path | None = None):
         return parse_shower_config(path, quick)
     except ConfigError as e:
         raise CaloflowError(str(e)) from None
+
+
+__all__ = ["METHODS", "OUTPUT_FILES", "MIN_SPLIT", "STREAMS", "ShowerInputs", "check_inputs", "make_splits", "ShowerRun", "laser_generator", "refinement_steps", "draw_unrefined", "train_weights", "train_weight_classifier", "shower_log_weight", "shower_weights", "refiner_points", "train_refiner", "generate_unrefined", "generate_laser", "write_dctr", "run_rejection", "hmc_clip", "run_hmc", "hmc_log_w", "generation_steps", "run_showers", "load_shower_config"]

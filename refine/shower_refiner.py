@@ -201,3 +201,6 @@ class RefinedSampler:
 
         showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress, out=out)
         return showers
+
+
+__all__ = ["CHECKPOINT_KEY", "CONTEXT", "CHECKPOINT_NAMES", "incident_context", "file_sha256", "draw_latent_showers", "save_refiner", "load_refiner", "RefinedSampler"]

@@ -178,3 +178,6 @@ def write_outputs(out: Path, results: dict) -> None:
 
     write_metrics(out / "results.json", results)
     write_text_atomic(out / "table.md", table_markdown(results))
+
+
+__all__ = ["CLASSIFIERS", "TITLES", "separation_powers", "MIN_UPDATES_PER_EPOCH", "classifier_batch_size", "evaluate_methods", "table_markdown", "write_outputs"]

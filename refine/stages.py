@@ -26,3 +26,6 @@ class Stages:
         yield
         self.timings[name] = time.perf_counter() - t0
         self.say(f"{name}: {self.timings[name]:.1f} s")
+
+
+__all__ = ["Stages"]

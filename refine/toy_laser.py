@@ -338,3 +338,5 @@ def run_toys(toys: list[str], configs: dict[str, Any], out: Path, seed: int, qui
         write_text_atomic(out / "table.md", table_markdown(results))
     return results
 
+
+__all__ = ["TOY_TITLES", "METHODS", "METHOD_TITLES", "LaserError", "load_config", "ToyRun", "truth_samples", "train_baseline", "train_weights", "run_hmc", "train_refiner", "score_methods", "run_toy", "plot_toy", "table_markdown", "run_toys"]

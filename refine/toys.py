@@ -131,3 +131,6 @@ class RealNVPBaseline(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)
+
+
+__all__ = ["N_POINTS", "four_gaussians", "double_donut", "three_rings", "TOYS", "sample_toy", "real_nvp", "RealNVPBaseline"]

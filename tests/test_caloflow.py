@@ -17,7 +17,7 @@ from caloflow.nn import count_parameters
 from caloflow.commands.lightning_cli import cli_main
 from caloflow.models import FlowI
 from callbacks import NonFiniteGuard
-from tests.helpers import REPO, run_cli
+from tests.helpers import HANG_GUARD_S, REPO, run_cli
 
 
 def paper_model(config: str):
@@ -53,8 +53,9 @@ def events(root: Path, version: int = 0) -> EventAccumulator:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, eplus_file):
     roots = {name: tmp_path_factory.mktemp(name) for name in ("flow1", "flow2")}
-    fit("flow1.yaml", roots["flow1"], eplus_file)
-    fit("flow2.yaml", roots["flow2"], eplus_file)
+    for name, root in roots.items():
+        result = fit(f"{name}.yaml", root, eplus_file)
+        (root / "fit_output.txt").write_text(result.stdout + result.stderr)
     return roots
 
 
@@ -65,6 +66,9 @@ def checkpoint(root: Path, name: str = "last.ckpt", version: int = 0) -> Path:
 @pytest.mark.parametrize("name", ["flow1", "flow2"])
 def test_smoke_fit_writes_checkpoints_config_and_tensorboard(trained, name):
     root = trained[name]
+    # Lightning's progress and summary, not its advertising for its cloud products
+    output = (root / "fit_output.txt").read_text()
+    assert "Trainable params" in output and "Tip:" not in output and "litlogger" not in output
     version = root / "lightning_logs" / "version_0"
     assert checkpoint(root).is_file() and list((version / "checkpoints").glob("best-*.ckpt"))
     assert (version / "config.yaml").is_file()
@@ -147,12 +151,46 @@ def test_ddp_on_two_cpu_processes(tmp_path, eplus_file):
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == int(np.ceil(210 / 64))
 
 
-def test_bad_data_path_is_one_line_without_traceback(tmp_path):
+def test_fit_from_python_inside_another_command_is_quiet(tmp_path, eplus_file):
+    """``caloflow demo`` runs ``lightning fit`` in-process while its own command line is different:
+    no LightningCLI warning about both, no tips; the fit is the one asked for."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from caloflow.commands.demo import fit_config; "
+            "sys.argv = ['caloflow', 'demo', '--out', 'elsewhere']; "
+            f"print(fit_config(Path({str(REPO / 'configs' / 'smoke' / 'flow1.yaml')!r}), Path({str(tmp_path)!r}), "
+            f"Path({str(eplus_file)!r}), 0))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=HANG_GUARD_S)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "args parameter" not in output and "Tip:" not in output and "litlogger" not in output, output[-3000:]
+    assert Path(proc.stdout.strip().splitlines()[-1]).is_file() and not (tmp_path / "elsewhere").exists()
+
+
+def test_bad_data_path_is_one_line_without_traceback(tmp_path, eplus_file):
     result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow1.yaml"),
                      "--trainer.default_root_dir", str(tmp_path), "--data.path", str(tmp_path / "nope.hdf5"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "nope.hdf5" in lines[0] and "no such file" in lines[0]
+    # a file whose contents are bad is refused before the Trainer is built (no banner, no run folder)
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "nan.hdf5"
+    shutil.copy(eplus_file, bad)
+    with h5py.File(bad, "r+") as f:
+        f["layer_1"][7, 3, 4] = np.nan
+    root = tmp_path / "run"
+    result = run_cli("lightning", "fit", "-c", "smoke/flow1", "--trainer.default_root_dir", str(root),
+                     "--data.path", str(bad))
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr.splitlines() == [f"lightning: error: --data.path: {bad}: key 'layer_1': non-finite "
+                                          "value (NaN or inf) in row 7"], result.stderr
+    assert not root.exists()
     result = run_cli("caloflow", "generate", "--flow1", "missing.ckpt", "--flow2", "missing.ckpt", "--n", "3",
                      "--out", str(tmp_path / "x.hdf5"))
     assert result.returncode == 2 and "Traceback" not in result.stderr

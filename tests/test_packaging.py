@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -110,13 +111,28 @@ def test_lightning_config_fallback_and_unknown_config(tmp_path):
     assert "--config configs/smoke/nope.yaml: no such file (shipped configs: " in line and "smoke/flow1" in line
 
 
+def _venv_with_our_packages(venv: Path, cwd: Path) -> Path:
+    """A fresh venv that sees the packages of the interpreter running the tests (torch, lightning, ...)
+    through a ``.pth`` file naming its site-packages; returns the venv's ``bin``.
+
+    ``--system-site-packages`` is not enough: run from inside a virtual environment, it shows the base
+    interpreter's packages, not the environment's. A path named in a ``.pth`` file is not scanned for
+    ``.pth`` files itself, so the checkout's editable install stays out of the new venv."""
+    _run([sys.executable, "-m", "venv", venv], cwd=cwd)
+    bin_dir = venv / "bin"
+    site = _run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                cwd=cwd).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (Path(site) / "outer_environment.pth").write_text("".join(f"{p}\n" for p in ours))
+    return bin_dir
+
+
 @pytest.mark.slow
 def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     """A fresh venv (torch etc. from the system site) with the wheel, used from a directory outside
     the checkout: ``caloflow config`` and a smoke fit with a shipped config write what they should."""
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=tmp_path)
-    bin_dir = venv / "bin"
+    bin_dir = _venv_with_our_packages(venv, tmp_path)
     _run([bin_dir / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel],
          cwd=tmp_path)
     work = tmp_path / "work"

@@ -393,3 +393,6 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"caloflow benchmark: wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}")
     return 0
+
+
+__all__ = ["GENERATORS", "DEFAULT_BATCH_SIZES", "ENERGY_RANGE_GEV", "WARMUP_BATCH", "PAPER_SIZE", "Generator", "Cell", "estimate_seconds", "time_generator", "build_generators", "cell_text", "markdown", "add_arguments", "command_line", "run"]

@@ -109,3 +109,6 @@ def run(args: argparse.Namespace) -> int:
     ]:
         print(f"  {label:30s} {path}")
     return 0
+
+
+__all__ = ["add_arguments", "check_config", "say", "run_caloflow", "fit_config", "run"]

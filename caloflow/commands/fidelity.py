@@ -272,3 +272,6 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(out / "fidelity.md", table + "\n" + note + "\n")
     print("\n" + table + "\n" + note)
     return 0
+
+
+__all__ = ["COLUMNS", "STEPS_FILE", "add_arguments", "plan", "Steps", "render", "run"]

@@ -37,6 +37,7 @@ from caloflow.commands.argtypes import NEGATIVE_NUMBER, output_dir, report_error
 from caloflow.configs import is_shipped, list_configs, shipped_config
 from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.errors import CaloflowError
+from caloflow.training import drop_lightning_tips
 
 CONFIG_OPTIONS = ("-c", "--config")
 
@@ -255,8 +256,11 @@ def resolve_configs(args: list[str]) -> list[str]:
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> CaloflowCLI:
-    """Run LightningCLI in subclass mode over the project's LightningModules and DataModules."""
-    if args is None:  # the command line itself (LightningCLI warns when given args that differ from it)
+    """Run LightningCLI in subclass mode over the project's LightningModules and DataModules.
+
+    ``args`` (a list like the command line's) run it from Python, e.g. inside ``caloflow demo``;
+    the process's own command line is then not LightningCLI's (it would warn about both)."""
+    if args is None:
         sys.argv[1:] = resolve_configs(sys.argv[1:])
     else:
         args = resolve_configs(args)
@@ -265,20 +269,26 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CaloflowCLI:
     import caloflow.models  # noqa: F401
     from callbacks.resume import ExactResume
 
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    return CaloflowCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        # every fit saves and restores its random states, so that --ckpt_path last resumes exactly
-        trainer_defaults={"callbacks": [ExactResume()]},
-        # errors are raised (and reported as one line by caloflow.commands.cli) instead of printing the usage
-        parser_kwargs={"exit_on_error": False},
-        args=args,
-        run=run,
-    )
+    for message in (".*does not have many workers.*", ".*LeafSpec.*"):  # nothing a user can act on
+        warnings.filterwarnings("ignore", message=message)
+    drop_lightning_tips()
+    argv, sys.argv = sys.argv, sys.argv if args is None else sys.argv[:1]
+    try:
+        return CaloflowCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            # every fit saves and restores its random states, so that --ckpt_path last resumes exactly
+            trainer_defaults={"callbacks": [ExactResume()]},
+            # errors are raised (and reported as one line by lightning_main) instead of printing the usage
+            parser_kwargs={"exit_on_error": False},
+            args=args,
+            run=run,
+        )
+    finally:
+        sys.argv = argv
 
 
 def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> int:
@@ -364,6 +374,8 @@ def _caloflow_cause(error: BaseException | None) -> CaloflowError | None:
         error = error.__cause__ or error.__context__
     return None
 
+
+__all__ = ["CONFIG_OPTIONS", "CaloflowCLI", "join_negative_numbers", "resolve_configs", "cli_main", "lightning_main", "one_line"]
 
 
 if __name__ == "__main__":

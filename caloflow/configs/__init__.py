@@ -55,3 +55,6 @@ def shipped_config(name: str) -> Path:
     if key not in list_configs():
         raise CaloflowError(f"unknown config '{name}' (shipped configs: {', '.join(list_configs())})")
     return CONFIG_DIR / f"{key}.yaml"
+
+
+__all__ = ["CONFIG_DIR", "list_configs", "config_name", "is_shipped", "shipped_config"]

@@ -46,7 +46,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from caloflow.data.geometry import KEV, layer_energies
-from caloflow.data.io import Showers, count_showers, read_showers
+from caloflow.data.io import Showers, check_showers, read_showers
 from caloflow.errors import CaloflowError, DataFormatError
 
 Particle = Literal["eplus", "gamma", "piplus"]
@@ -201,11 +201,12 @@ class CaloDataModule(L.LightningDataModule):
         super().__init__()
         _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_showers)
         counts = {}
-        # fail at start-up, not after the trainer is built, when a given file is unusable
+        # fail at start-up, before the Trainer is built, when a given file is unusable (every row
+        # that will be read is checked: keys, shapes, NaN/inf, negative energies)
         for option, p in (("data.path", path), ("data.generated", generated), ("data.val_path", val_path)):
             if p is not None:
                 try:
-                    counts[option] = (p, count_showers(p))
+                    counts[option] = (p, check_showers(p, stop=max_showers))
                 except DataFormatError as e:
                     raise DataFormatError(f"--{option}: {e}") from None
         if path is None:
@@ -376,3 +377,6 @@ def _check_sizes(counts: dict[str, tuple[object, int]], max_showers, val_fractio
         n_val = int(round(val_fraction * n))
         if n_val == 0 or n_val == n:
             raise CaloflowError(f"{source} are too few to split with --data.val_fraction {val_fraction:g}")
+
+
+__all__ = ["REFERENCE_LABEL", "GENERATED_LABEL", "default_cache_dir", "embedded_dataset", "ShowerDataset", "balanced_split", "CaloDataModule"]

@@ -73,3 +73,6 @@ def layer_energies(voxels):
     import torch
 
     return torch.cat(parts, dim=1)
+
+
+__all__ = ["MEV", "KEV", "GEV", "LAYER_SHAPES", "LAYER_SIZES", "N_LAYERS", "N_VOXELS", "LAYER_SLICES", "HALF_WIDTH_MM", "LAYER_DEPTHS_MM", "PERIOD_MM", "NOISE_KEV", "THRESHOLD_KEV", "LAYER_KEYS", "ENERGY_KEY", "OVERFLOW_KEY", "voxel_edges", "voxel_centres", "split_layers", "join_layers", "layer_energies"]

@@ -284,6 +284,21 @@ def iter_showers(path, block_rows: int = 8192, start: int | None = None, stop: i
         yield read_showers(path, begin, min(begin + block_rows, hi), dtype=dtype)
 
 
+def check_showers(path, stop: int | None = None) -> int:
+    """Validate the showers ``[:stop]`` of a CaloGAN file (all of them by default) block by block,
+    with the checks of :func:`read_showers`, in bounded memory; returns the file's number of showers.
+
+    For commands that must refuse a bad file before any expensive work (building a Trainer, training).
+
+    Raises:
+        DataFormatError: as :func:`read_showers`, naming the file, the key and the first bad row.
+    """
+    n = count_showers(path)
+    for _ in iter_showers(path, stop=stop):
+        pass
+    return n
+
+
 # ------------------------------------------------------------------------------ streaming output
 #: values per shower in a file: 504 voxels, the incident energy and 3 overflow values
 VALUES_PER_SHOWER = N_VOXELS + 1 + N_LAYERS
@@ -464,3 +479,6 @@ class ShowerWriter:
         except Exception:
             pass  # the first error is the one to report
         return bool(self._atomic.__exit__(exc_type, exc, tb))
+
+
+__all__ = ["REQUIRED_KEYS", "Showers", "validate_shapes", "validate_arrays", "count_showers", "read_showers", "read_rows", "read_energies", "write_showers", "iter_showers", "check_showers", "VALUES_PER_SHOWER", "estimated_file_size", "check_disk_space", "ShowerWriter"]

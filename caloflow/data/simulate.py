@@ -526,3 +526,6 @@ def simulate_to_file(
         for _, part in _parts(particle, int(n), int(seed), (lo, hi), progress):
             out.append(part)
     return Path(path)
+
+
+__all__ = ["SIMULATOR_VERSION", "PARTICLES", "CHUNK_SIZE", "X0_MM", "RM_MM", "LAMBDA_MM", "Z_EFF", "EC_MEV", "FS", "E_HAT", "DEPTH_MM", "N_PERIODS", "DEPTH_SCALE", "ALPHA_MIN", "SPOTS_MIN", "SPOTS_PER_GEV", "HALO_FRACTION", "HALO_SPOTS_MIN", "HALO_SPOTS_PER_GEV", "HALO_PATH_MM", "HALO_PROPOSAL_MM", "HALO_WIDE_MM", "HALO_LAYER_ODDS", "MAX_ENERGY_GEV", "ALBEDO_MIN", "ALBEDO_MEAN", "MIP_MPV_MEV", "MIP_WIDTH_MEV", "HAD_SPOTS_MIN", "HAD_SPOTS_PER_GEV", "HAD_R0_MM", "HAD_R_SLOPE", "INVISIBLE_MEAN", "INVISIBLE_CONCENTRATION", "EM_FRACTION_CONCENTRATION", "PION_HALO_SCALE", "PI0_SPREAD_MM", "check_options", "simulate", "simulate_to_file"]

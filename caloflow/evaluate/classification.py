@@ -470,3 +470,6 @@ def classifier_test(reference: Showers | str | Path, generated: Showers | str | 
     summary["data"] = data
     summary["runs"] = results
     return summary
+
+
+__all__ = ["DEFAULT_EPOCHS", "PAPER_UPDATES", "PATIENCE_UPDATES", "MIN_PATIENCE_EPOCHS", "MIN_DELTA", "SPLIT_FRACTIONS", "EPS", "classifier_data", "weighted_balanced_split", "WeightedShowerDataset", "WeightedCaloDataModule", "EncodedDataset", "encode_once", "binary_cross_entropy", "jsd_from_bce", "calibrated_metrics", "Schedule", "schedule_for", "fit_classifier", "run_classifier", "classifier_test"]

@@ -421,3 +421,6 @@ def nearest_neighbour_figure(reference_voxels: np.ndarray, reference_energy: np.
                  fontsize=10)
     fig.tight_layout()
     return save_figure(fig, Path(out_dir) / "nearest_neighbours")
+
+
+__all__ = ["REFERENCE_STYLE", "SAMPLE_COLORS", "N_BINS", "FIGURE_LAYOUTS", "save_figure", "histogram_edges", "clipped_histogram", "feature_figures", "N_RESPONSE_BINS", "response_edges", "response_profile", "energy_response_figure", "average_images", "pick_reference_showers", "nearest_neighbours", "nearest_neighbour_figure"]

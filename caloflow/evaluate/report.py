@@ -221,3 +221,6 @@ def render_report(metrics: dict, figures: dict[str, list[str]]) -> str:
                      + _nearest_neighbour_section(metrics, names)
                      + _figures_section(figures)
                      + _conventions_section())
+
+
+__all__ = ["feature_metrics", "write_metrics", "FIGURE_CAPTIONS", "render_report"]

@@ -39,3 +39,6 @@ def separation_power(a: np.ndarray, b: np.ndarray, bins: int | np.ndarray = 50, 
         range = (lo, hi if hi > lo else lo + 1.0)
     edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=bins, range=range)
     return histogram_separation(np.histogram(a, edges)[0], np.histogram(b, edges)[0])
+
+
+__all__ = ["histogram_separation", "separation_power"]

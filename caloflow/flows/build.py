@@ -136,3 +136,6 @@ def build_flow2(
         sum(layer_sizes), context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout, permutation,
         min_bin_width, min_bin_height, min_derivative,
     )
+
+
+__all__ = ["TAIL_BOUND", "REFERENCE_SPLINE", "made_rqs_block", "made_stack", "build_flow1", "build_flow2"]

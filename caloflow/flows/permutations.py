@@ -45,3 +45,6 @@ class SeededRandomPermutation(Permutation):
 
     def __init__(self, features: int, seed: int = 0):
         super().__init__(torch.randperm(features, generator=torch.Generator().manual_seed(seed)))
+
+
+__all__ = ["LayerwiseReversal", "LayerwiseRandomPermutation", "SeededRandomPermutation"]

@@ -351,3 +351,6 @@ class CaloGAN(RemembersDomain, L.LightningModule):
             self.generator.train(was_training)
         voxels = torch.cat(out) if out else torch.zeros(0, N_VOXELS)
         return voxels
+
+
+__all__ = ["LEAKY_SLOPE", "ENERGY_SCALE_GEV", "GeneratorStream", "resize_layer0_to_layer1", "resize_layer1_to_layer2", "CaloGANGenerator", "DiscriminatorStream", "CaloGANDiscriminator", "CaloGAN"]

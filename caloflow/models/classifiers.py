@@ -330,3 +330,6 @@ class ShowerClassifier(L.LightningModule):
     def predict_proba(self, batch: Batch, batch_size: int = 10_000) -> np.ndarray:
         """P(reference) for every row of ``batch``, as float64 numpy."""
         return torch.sigmoid(self.logits(batch, batch_size).double()).numpy()
+
+
+__all__ = ["PREPROCESSINGS", "ARCHITECTURES", "N_CONDITIONS", "N_INPUTS", "VOXEL_UNIT_MEV", "classifier_inputs", "Backbone", "DNN", "CNN", "FeatureDNN", "PointMLP", "BACKBONES", "ShowerClassifier"]

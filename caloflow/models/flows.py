@@ -356,3 +356,6 @@ class FlowII(ConditionalFlowModule):
             {"voxels": batch["voxels"], "layer_energies": layer_energies},
             {"voxels": generated, "layer_energies": layer_energies},
         )
+
+
+__all__ = ["standard_normal", "ConditionalFlowModule", "FlowI", "FlowII"]

@@ -151,3 +151,6 @@ class InpaintingAttention(nn.Module):
     def forward(self, own: Tensor, carry: Tensor) -> Tensor:
         """own, carry: (B, 1, rows, cols) -> (B, 1, rows, cols)."""
         return (torch.cat([own, carry], dim=1) * self.weights(own, carry)).sum(1, keepdim=True)
+
+
+__all__ = ["glorot_uniform_", "he_uniform_", "glorot_normal_", "INITIALISERS", "LocallyConnected2d", "MinibatchDiscrimination", "InpaintingAttention"]
