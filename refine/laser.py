@@ -51,9 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output directory (results.json, table.md, figures, logs); required unless --print_config")
     p.add_argument("--config", type=argtypes.existing_file, default=None,
                    help="YAML config to use instead of the shipped laser/TOY.yaml (one toy only) or laser/showers.yaml")
-    p.add_argument("--threads", type=argtypes.positive_int, default=1,
-                   help="torch CPU threads (default 1: fastest for these small models)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    argtypes.add_threads_option(p, 1, "fastest for these small models")
+    argtypes.add_progress_option(p)
     p.add_argument("--print_config", action="store_true",
                    help="print the resolved config (with --quick and --config applied) as YAML and exit")
 
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    results = run_toys(toys, configs, Path(args.out), args.seed, quick=args.quick, progress=not args.no_progress)
+    results = run_toys(toys, configs, Path(args.out), args.seed, quick=args.quick, progress=args.progress)
     print(table_markdown(results))
     return 0
 
@@ -128,7 +127,7 @@ def _run_showers(args: argparse.Namespace) -> int:
     out = Path(args.out)
     checkpoints = {"flow1": args.flow1, "flow2": args.flow2, "calogan": args.calogan}
     inputs = check_inputs(checkpoints, args.reference, out, args.config)
-    results = run_showers(inputs, cfg, out, args.seed, args.quick, progress=not args.no_progress)
+    results = run_showers(inputs, cfg, out, args.seed, args.quick, progress=args.progress)
     print(shower_table(results))
     return 0
 

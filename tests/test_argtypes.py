@@ -92,3 +92,28 @@ def test_every_command_reports_bad_numbers_in_one_line(argv, line, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(line), err
+
+
+ALL = {"--seed", "--out", "--no-progress", "--threads"}
+#: the common options of each command: each means the same everywhere (the benchmark draws no bars)
+COMMON = {"simulate": ALL - {"--threads"}, "generate": ALL, "evaluate": ALL, "demo": ALL, "refine": ALL,
+          "benchmark": ALL - {"--no-progress"}}
+
+
+@pytest.mark.parametrize("command", sorted(COMMON))
+def test_common_options_mean_the_same_everywhere(command, capsys):
+    import importlib
+
+    from caloflow.commands.cli import COMMANDS
+
+    assert main([command, "--help"]) == 0
+    shown = set(capsys.readouterr().out.replace("[", " ").replace("]", " ").split())
+    assert COMMON[command] <= shown
+    parser = argtypes.ArgumentParser(prog=command)
+    importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+    actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings}
+    if "--no-progress" in COMMON[command]:
+        assert actions["--no-progress"].dest == "progress" and actions["--no-progress"].default is not False
+    if "--threads" in COMMON[command]:
+        assert actions["--threads"].type is argtypes.positive_int
+    assert actions["--seed"].type is argtypes.seed

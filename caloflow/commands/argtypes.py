@@ -24,6 +24,19 @@ from caloflow.checks import SEED_LIMIT
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (``args.progress`` False): no progress bars; the one-line status messages stay."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (status lines are still printed)")
+
+
+def add_threads_option(parser: argparse.ArgumentParser, default: int | None = 1, why: str = "") -> None:
+    """``--threads N``: torch's CPU threads (``torch.set_num_threads``) for the whole command."""
+    shown = "torch's choice" if default is None else str(default)
+    parser.add_argument("--threads", type=positive_int, default=default,
+                        help=f"torch CPU threads (default {shown}{': ' + why if why else ''})")
+
+
 def report_error(prog: str, message: str, code: int = 2) -> int:
     """Print ``PROG: error: MESSAGE`` on stderr (one line) and return the exit status ``code``."""
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -204,6 +217,6 @@ def comma_list(choices: Iterable[str] | None = None, item: Callable[[str], Any] 
 
 
 __all__ = [
-    "ArgumentParser", "NEGATIVE_NUMBER", "report_error", "positive_int", "nonnegative_int", "seed", "finite_float",
+    "ArgumentParser", "NEGATIVE_NUMBER", "add_progress_option", "add_threads_option", "report_error", "positive_int", "nonnegative_int", "seed", "finite_float",
     "positive_float", "existing_file", "output_file", "output_dir", "comma_list", "device",
 ]

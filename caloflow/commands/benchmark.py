@@ -290,8 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch sizes (default 10 100 1000 10000)")
     parser.add_argument("--device", type=argtypes.device, default="cpu",
                         help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU")
-    parser.add_argument("--threads", type=argtypes.positive_int, default=None,
-                        help="torch intra-op threads (default: torch's choice)")
+    argtypes.add_threads_option(parser, None)
     parser.add_argument("--max-seconds", type=argtypes.positive_float, default=600.0,
                         help="a cell whose estimated time per call exceeds this is estimated, not run (default 600)")
     parser.add_argument("--repeats", type=argtypes.positive_int, default=3,

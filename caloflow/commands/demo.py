@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="independent reference showers for the evaluation (default 5000)")
     parser.add_argument("--configs", default=None,
                         help="folder with flow1.yaml and flow2.yaml (default: the shipped configs/demo)")
-    parser.add_argument("--threads", type=argtypes.positive_int, default=1,
-                        help="torch intra-op threads (default 1: the demo-size models gain little from more, and "
-                             "lose much when the cores are shared)")
+    argtypes.add_threads_option(parser, 1, "the demo-size models gain little from more, and lose much when "
+                                           "the cores are shared")
+    argtypes.add_progress_option(parser)
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
 
@@ -50,19 +50,22 @@ def say(argv: list[str]) -> None:
     print("\n$ " + " ".join(shlex.quote(a) for a in argv), flush=True)
 
 
-def run_caloflow(argv: list[str]) -> None:
+def run_caloflow(argv: list[str], progress: bool = True) -> None:
     from caloflow.commands.cli import main
 
+    argv = argv if progress else [*argv, "--no-progress"]
     say(["caloflow", *argv])
     if main(argv) != 0:
         raise CaloflowError(f"step 'caloflow {argv[0]}' failed")
 
 
-def fit_config(config: Path, root: Path, data: Path, seed: int) -> Path:
+def fit_config(config: Path, root: Path, data: Path, seed: int, progress: bool = True) -> Path:
     from caloflow.commands.lightning_cli import cli_main
 
     argv = ["fit", "-c", str(config), "--data.path", str(data), "--trainer.default_root_dir", str(root),
             "--seed_everything", str(seed)]
+    if not progress:
+        argv += ["--trainer.enable_progress_bar", "false"]
     say(["lightning", *argv])
     cli = cli_main(argv)
     best = cli.trainer.checkpoint_callback.best_model_path
@@ -85,17 +88,17 @@ def run(args: argparse.Namespace) -> int:
     train = out / "data" / f"{args.particle}_train.hdf5"
     reference = out / "data" / f"{args.particle}_reference.hdf5"
     run_caloflow(["simulate", "--particle", args.particle, "--n", str(args.n), "--seed", str(args.seed),
-               "--out", str(train)])
+               "--out", str(train)], args.progress)
     run_caloflow(["simulate", "--particle", args.particle, "--n", str(args.n_reference), "--seed",
-               str(args.seed + 1), "--out", str(reference)])
-    flow1 = fit_config(configs / "flow1.yaml", out / "flow1", train, args.seed)
-    flow2 = fit_config(configs / "flow2.yaml", out / "flow2", train, args.seed)
+               str(args.seed + 1), "--out", str(reference)], args.progress)
+    flow1 = fit_config(configs / "flow1.yaml", out / "flow1", train, args.seed, args.progress)
+    flow2 = fit_config(configs / "flow2.yaml", out / "flow2", train, args.seed, args.progress)
     generated = out / f"caloflow_{args.particle}.hdf5"
     run_caloflow(["generate", "--flow1", str(flow1), "--flow2", str(flow2), "--energies", str(reference),
-               "--seed", str(args.seed), "--out", str(generated)])
+               "--seed", str(args.seed), "--out", str(generated)], args.progress)
     run_caloflow(["evaluate", "--reference", str(reference), "--samples", f"CaloFlow={generated}",
                "--out", str(out / "evaluation"), "--classifier", "dnn,features", "--preprocessing", "normalized",
-               "--runs", "1", "--seed", str(args.seed)])  # classifiers trained to convergence (early stopping)
+               "--runs", "1", "--seed", str(args.seed)], args.progress)  # classifiers trained to convergence (early stopping)
     print(f"\ncaloflow demo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
     for label, path in [
         ("training showers (simulated)", train),

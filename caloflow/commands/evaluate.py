@@ -67,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with a 1-D dataset 'weight', or a .npy file, one finite weight >= 0 per shower; "
                              "that sample's classifier test and feature histograms are then weighted")
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: 0)")
+    argtypes.add_threads_option(parser, None)
+    argtypes.add_progress_option(parser)
 
 
 def _parse_list(value: str, allowed: tuple[str, ...], option: str, allow_none: bool = False) -> list[str]:
@@ -145,9 +147,13 @@ def run(args) -> int:
     from caloflow.training import quiet_lightning
 
     quiet_lightning()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     reference, samples = _read_inputs(args.reference, samples_paths, args.max_showers, args.threshold_reference)
-    ref_features, sample_features = _compute_features(reference, samples)
+    ref_features, sample_features = _compute_features(reference, samples, args.progress)
     weight_paths = _parse_weights(args, samples_paths)
     ref_entry, sample_entries = _feature_metrics(args.reference, reference, samples_paths, samples,
                                                  ref_features, sample_features, weights, weight_paths)
@@ -203,7 +209,7 @@ def _read_inputs(reference_path, samples_paths: dict[str, Path], max_showers: in
     return reference, samples
 
 
-def _compute_features(reference, samples: dict) -> tuple[dict, dict]:
+def _compute_features(reference, samples: dict, progress: bool = True) -> tuple[dict, dict]:
     """The paper's high-level features (sections 5.2-5.3; MeV, mm) of the reference and of each sample,
     with E_hat / E_inc from the incident energies."""
     from caloflow.features import compute_features
@@ -211,7 +217,7 @@ def _compute_features(reference, samples: dict) -> tuple[dict, dict]:
     _log("computing features")
     ref_features = compute_features(reference.voxels, incident_gev=reference.energy)
     sample_features = {n: compute_features(s.voxels, incident_gev=s.energy)
-                       for n, s in tqdm(samples.items(), desc="features", leave=False)}
+                       for n, s in tqdm(samples.items(), desc="features", leave=False, disable=not progress)}
     return ref_features, sample_features
 
 
@@ -301,7 +307,7 @@ def _classifier_tests(args, reference, samples: dict, classifiers: list[str], pr
 
     weights = weights or {}
     results: dict[str, dict] = {}
-    with tqdm(desc="classifier epochs", unit="epoch") as bar:
+    with tqdm(desc="classifier epochs", unit="epoch", disable=not args.progress) as bar:
         for name, s in samples.items():
             per_model = results.setdefault(name, {})
             for model in classifiers:

@@ -59,8 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier epoch cap (default: caloflow evaluate's, >= 2 x 7200 updates)")
     parser.add_argument("--patience", type=argtypes.positive_int, default=None,
                         help="classifier early-stopping patience in epochs (default: caloflow evaluate's)")
-    parser.add_argument("--threads", type=argtypes.positive_int, default=1,
-                        help="torch intra-op threads (default 1)")
+    argtypes.add_threads_option(parser, 1)
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
 

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch device that this machine has: cpu, cuda, cuda:N (default cpu)")
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
     parser.add_argument("--out", required=True, type=argtypes.output_file, help="output CaloGAN HDF5 file")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    argtypes.add_progress_option(parser)
+    argtypes.add_threads_option(parser, None)
     parser.add_argument("--strict", action="store_true",
                         help="refuse (instead of warning) energies or a particle outside what the model was trained on")
 
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = args.energy_range
     if not lo <= hi:
         raise CaloflowError(f"--energy-range needs 0 < LOW <= HIGH, got {lo:g} {hi:g}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     energies = IncidentEnergies(args.n, args.energies, (lo, hi), args.seed)  # counted, not read yet
     check_output(args, len(energies))

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=argtypes.output_file, help="output HDF5 file (CaloGAN format)")
     parser.add_argument("--energy-range", nargs=2, default=[1.0, 100.0], type=argtypes.positive_float,
                         metavar=("LOW", "HIGH"), help="incident energy range in GeV, uniform (default 1 100)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    argtypes.add_progress_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     # everything that can be refused is refused before the first shower
     lo, hi = check_options(args.particle, n, seed, tuple(args.energy_range))
     check_disk_space(out, n)
-    path = simulate_to_file(out, args.particle, n, seed, (lo, hi), progress=not args.no_progress)
+    path = simulate_to_file(out, args.particle, n, seed, (lo, hi), progress=args.progress)
     print(f"wrote {n} {args.particle} showers to {path}")
     return 0
 
