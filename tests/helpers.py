@@ -15,8 +15,8 @@ from caloflow.models.flows import FlowI, FlowII
 REPO = Path(__file__).resolve().parents[1]
 
 #: the time limit of every test subprocess: a guard against a hung process, not a performance check,
-#: so a busy machine (two cores shared, the suite twice as slow) never fails a test. At least 5x the
-#: quiet run time of the slowest subprocess (``refine.laser --quick``: ~230-300 s on one core).
+#: so a busy machine (two cores shared, the suite twice as slow) never fails a test. Several times the
+#: quiet run time of the slowest subprocess (``refine.laser --quick``; docs/results.md).
 HANG_GUARD_S = 1800
 
 

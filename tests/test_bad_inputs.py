@@ -7,8 +7,8 @@ run: no output file, no run folder (``default_root_dir``, ``lightning_logs``), n
 The inputs are tiny and real: a 60-shower simulated file, a file with zero showers, and Flow I /
 Flow II checkpoints trained once for one epoch on it (module fixture).
 
-The cases run two at a time (most of the time is the import of torch and Lightning, ~5 s per
-LightningCLI case); no wall-clock limit is asserted, the subprocess timeout only guards against a hang.
+The cases run two at a time (most of their time is the import of torch and Lightning); no wall-clock
+limit is asserted, the subprocess timeout only guards against a hang.
 """
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from tests.helpers import run_cli
 
 TINY_GAN = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
                 disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)
-#: the two measured batch sizes: Flow II always has the detector's 504 voxels, and nflows' inverse
-#: (one MADE pass per voxel) of a tiny Flow II costs ~0.3 s per shower on one core
+#: the two measured batch sizes, small: Flow II always has the detector's voxels, and nflows' inverse
+#: makes one MADE pass per voxel even for a tiny Flow II
 SMALL, LARGE = 3, 10
 HUGE = 10_000_000  # a batch no test may ever run: it must come out estimated
 

@@ -27,8 +27,8 @@ from callbacks.resume import AtomicCheckpointIO, collect_random_states, set_rand
 from tests.helpers import REPO, run_cli
 
 EPOCHS = 4
-#: a guard against a hung subprocess, not a performance limit: the slowest fit here (Flow II, four
-#: smoke epochs) takes ~15 s on one quiet core
+#: a guard against a hung subprocess, not a performance limit (the slowest fit here: Flow II, four
+#: smoke epochs)
 HANG_GUARD_S = 1800
 
 

@@ -137,7 +137,7 @@ def _rqs_inverse(z: Tensor, params: Tensor, spec: _RQSSpec, const: _RQSConstants
         if bool(((z < lo) | (z > hi)).any()):
             raise InputOutsideDomain()
         derivs, y = params[..., 2 * nb:], z
-    # softmax written out: torch.softmax over a last axis of K = 8 is ~3x slower on CPU (same values up to rounding)
+    # softmax written out: torch.softmax over a short last axis (K = 8) is slower on CPU (same values up to rounding)
     e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
     sizes = torch.addcmul(const.min_size, e / e.sum(dim=-1, keepdim=True), const.free_size)
     knots = torch.cumsum(sizes, dim=-1).mul_(hi - lo).add_(lo)  # knots 1..K of widths and heights
