@@ -1,20 +1,10 @@
 """``python -m refine.laser``: the LaSeR protocol on the 2D toys (paper section 4, Table 3).
 
-For each toy: train the Real-NVP baseline g on truth, train the post-hoc classifier between truth
-and g's samples, attach w = exp(logit) to the latent points, then refine three ways:
-
-- DCTR:  the generated data weighted by w (the weighted reference);
-- HMC:   Hamiltonian Monte Carlo of log N(z) + log w(g(z)), decoded by g;
-- LaSeR: the weighted-GAN refiner Phi trained on (z, w), samples g(Phi(y)).
-
-Each method generates ``n_eval`` points (2M in the shipped configs, as in the paper's section
-4.2), scored against an independent truth sample of the same size with EMD and JSD on a 2D
-histogram; the error floor is the score of a second independent truth sample. The floor falls
-roughly as 1/n_eval, so the ratios to the baseline depend on n_eval: ``--quick`` (100k points)
-reads higher. Writes ``results.json``, ``table.md``, figures and TensorBoard logs under ``--out``.
-
-Hyperparameters come from the shipped ``laser/TOY.yaml`` or ``--config`` (jsonargparse, class_path /
-init_args; format in :mod:`refine.config`); ``--print_config`` prints the resolved config.
+The command: ``--toy gaussians|donut|rings|all`` runs the toy protocol of :mod:`refine.toy_laser`
+(baseline, post-hoc classifier, DCTR, HMC and the LaSeR refiner, scored by EMD and JSD) with the
+shipped ``laser/TOY.yaml`` or ``--config`` (jsonargparse, class_path / init_args; format in
+:mod:`refine.config`); ``--print_config`` prints the resolved config. It writes ``results.json``,
+``table.md``, figures and TensorBoard logs under ``--out``.
 
 With ``--flow1 F1 --flow2 F2`` (or ``--calogan G``) ``--reference REF.hdf5`` instead of ``--toy``, the
 protocol refines a shower model conditional on E_inc and measures it on a held-out split of the
