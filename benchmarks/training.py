@@ -76,11 +76,18 @@ def showers(n: int, seed: int) -> dict:
     return {"voxels": voxels, "energy": torch.as_tensor(s.energy, dtype=torch.float32)}
 
 
+def flow2(init_args: dict, fast_training: bool) -> FlowII:
+    """Flow II of a config's ``init_args`` with ``fast_training`` set by the caller, whatever the config says
+    (the paper config sets ``fast_training: true``; the stock model of the comparison must not have it)."""
+    return FlowII(**{**init_args, "fast_training": fast_training})
+
+
 def models(init_args: dict, seed: int):
+    """(stock model, ``torch.optim.Adam``) and (caloflow's model, its fused Adam), from the same weights."""
     torch.manual_seed(seed)
-    stock = FlowII(**init_args, fast_training=False)
+    stock = flow2(init_args, fast_training=False)
     torch.manual_seed(seed)
-    fast = FlowII(**init_args, fast_training=True)
+    fast = flow2(init_args, fast_training=True)
     assert installed(stock) == 0 and installed(fast) == init_args["n_blocks"]
     fast.load_state_dict(stock.state_dict())
     lr = init_args["lr"]
@@ -129,7 +136,7 @@ def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int
     against float64 say whether caloflow's step is as close to the exact step as the stock one.
     """
     (stock, _), (fast, _) = models(init_args, seed)
-    ref = FlowII(**init_args, fast_training=False).double().train()
+    ref = flow2(init_args, fast_training=False).double().train()
     initial = {k: v.clone() for k, v in stock.state_dict().items()}
     start = [p.detach().double().clone() for p in stock.parameters()]
     lr = init_args["lr"]
