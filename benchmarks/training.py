@@ -45,7 +45,12 @@ from caloflow.flows.build import count_parameters
 from caloflow.flows.fast_training import installed
 from caloflow.models import FlowII
 
+from _tiny import SMOKE_BLOCKS, SMOKE_HIDDEN_DIVISOR, add_smoke_option, apply_smoke, tiny_model_args
+
 CONFIGS = {"paper": "flow2.yaml", "demo": "demo/flow2.yaml"}
+#: ``--smoke``: batch size, and the options it shrinks
+SMOKE_BATCH = 32
+SMOKE = {"repeats": 2, "warmup": 1, "check_steps": 2, "check_runs": 2}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,17 +63,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check-runs", type=int, default=3, help="runs of the agreement check (own showers, dropout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    return p.parse_args(argv)
+    add_smoke_option(p, f"each size's Flow II with {SMOKE_BLOCKS} blocks and 1/{SMOKE_HIDDEN_DIVISOR} of its "
+                        f"hidden units, batch {SMOKE_BATCH}, {SMOKE['repeats']} timed steps after "
+                        f"{SMOKE['warmup']} warm-up, check of {SMOKE['check_runs']} runs x {SMOKE['check_steps']} steps")
+    return apply_smoke(p, p.parse_args(argv), SMOKE)
 
 
-def config(size: str) -> tuple[dict, int]:
-    """Model init_args and batch size of a shipped Flow II config."""
+def config(size: str, smoke: bool = False) -> tuple[dict, int]:
+    """Model init_args and batch size of a shipped Flow II config (``smoke``: at smoke size, batch SMOKE_BATCH)."""
     text = resources.files("caloflow.configs").joinpath(CONFIGS[size]).read_text()
     cfg = yaml.safe_load(text)
-    return dict(cfg["model"]["init_args"]), int(cfg["data"]["init_args"]["batch_size"])
+    init_args = dict(cfg["model"]["init_args"])
+    if smoke:
+        return tiny_model_args(init_args), SMOKE_BATCH
+    return init_args, int(cfg["data"]["init_args"]["batch_size"])
 
 
 def showers(n: int, seed: int) -> dict:
+    """``n`` simulated e+ showers: voxels (n, 504) in MeV with uniform [0, 1 keV) noise, energy (n,) in GeV."""
     s = simulate("eplus", n, seed=seed, progress=False)
     g = torch.Generator().manual_seed(seed)
     voxels = torch.as_tensor(s.voxels, dtype=torch.float32)
@@ -82,7 +94,7 @@ def flow2(init_args: dict, fast_training: bool) -> FlowII:
     return FlowII(**{**init_args, "fast_training": fast_training})
 
 
-def models(init_args: dict, seed: int):
+def models(init_args: dict, seed: int) -> tuple[tuple[FlowII, torch.optim.Optimizer], ...]:
     """(stock model, ``torch.optim.Adam``) and (caloflow's model, its fused Adam), from the same weights."""
     torch.manual_seed(seed)
     stock = flow2(init_args, fast_training=False)
@@ -95,7 +107,8 @@ def models(init_args: dict, seed: int):
         (fast.train(), fast.configure_optimizers()["optimizer"])
 
 
-def step(model, optimizer, batch) -> float:
+def step(model: FlowII, optimizer: torch.optim.Optimizer, batch: dict) -> float:
+    """One training step (zero_grad, mean NLL, backward, optimiser step); the loss in nats per shower."""
     optimizer.zero_grad()
     loss = model.nll(batch)
     loss.backward()
@@ -103,7 +116,7 @@ def step(model, optimizer, batch) -> float:
     return loss.item()
 
 
-def time_steps(pairs, batches, warmup: int, repeats: int) -> list[dict]:
+def time_steps(pairs, batches: list[dict], warmup: int, repeats: int) -> list[dict]:
     """Interleaved steps of each (model, optimiser); median wall and CPU (process) ms per step."""
     wall = [[] for _ in pairs]
     cpu = [[] for _ in pairs]
@@ -187,49 +200,41 @@ def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int
     return out
 
 
-def _med_max(values) -> str:
+def _med_max(values: list[float]) -> str:
     return f"{statistics.median(values):.1e} ({max(values):.1e})" if values else "-"
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "cpu_count": os.cpu_count(), "rows": []}
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; "
-          f"median of {args.repeats} steps after {args.warmup} warm-up")
-    data = {}
-    for size in args.sizes:
-        init_args, batch_size = config(size)
-        if batch_size not in data:
-            all_showers = showers(2 * batch_size, args.seed)
-            data[batch_size] = [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in all_showers.items()}
-                                for i in range(2)]
-        batches = data[batch_size]
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            pairs = models(init_args, args.seed)
-            stock, fast = time_steps(pairs, batches, args.warmup, args.repeats)
-            n_params = count_parameters(pairs[0][0])
-            del pairs
-            if threads == args.threads[0]:  # the check does not depend on the thread count: once per size
-                check = (agreement(init_args, batch_size, args.check_steps, args.check_runs, args.seed)
-                         if args.check_steps else None)
-            else:
-                check = None
-            row = {"size": size, "hidden": init_args["hidden_features"], "parameters": n_params,
-                   "batch": batch_size, "threads": threads, "stock": stock, "caloflow": fast,
-                   "speedup_wall": stock["wall_ms"] / fast["wall_ms"], "speedup_cpu": stock["cpu_ms"] / fast["cpu_ms"],
-                   "check": check}
-            results["rows"].append(row)
-            print(f"  {size}, {threads} thread(s): stock {stock['wall_ms']:.0f} ms, caloflow {fast['wall_ms']:.0f} ms",
-                  flush=True)
+def measure(size: str, batches: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The table rows of one model size: per thread count, both steps timed (ms) side by side; the
+    agreement check once, with the first thread count (it does not depend on the thread count)."""
+    init_args, batch_size = config(size, args.smoke)
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        pairs = models(init_args, args.seed)
+        stock, fast = time_steps(pairs, batches, args.warmup, args.repeats)
+        n_params = count_parameters(pairs[0][0])
+        del pairs
+        check = None
+        if threads == args.threads[0] and args.check_steps:
+            check = agreement(init_args, batch_size, args.check_steps, args.check_runs, args.seed)
+        rows.append({"size": size, "hidden": init_args["hidden_features"], "parameters": n_params,
+                     "batch": batch_size, "threads": threads, "stock": stock, "caloflow": fast,
+                     "speedup_wall": stock["wall_ms"] / fast["wall_ms"],
+                     "speedup_cpu": stock["cpu_ms"] / fast["cpu_ms"], "check": check})
+        print(f"  {size}, {threads} thread(s): stock {stock['wall_ms']:.0f} ms, caloflow {fast['wall_ms']:.0f} ms",
+              flush=True)
+    return rows
 
+
+def render(rows: list[dict]) -> str:
+    """The markdown table of :func:`measure`'s rows (times in ms per step) and its note."""
     lines = ["| size | parameters | batch | threads | stock ms/step (wall / CPU) | caloflow ms/step (wall / CPU) "
              "| speed-up (wall / CPU) | first loss, caloflow vs stock | first-step gradient error vs float64: "
              "stock / caloflow | update error after the steps: stock vs float64 / caloflow vs float64 / "
              "caloflow vs stock |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results["rows"]:
+    for r in rows:
         c = r["check"]
         cells = "| - | - | - |"
         if c:
@@ -245,7 +250,24 @@ def main(argv=None) -> dict:
     lines.append("")
     lines.append("Errors: median (max) over the check's runs; relative L2 norms over all parameters (see the "
                  "docstring of benchmarks/training.py). First loss: the largest relative difference over the runs.")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "smoke": args.smoke, "rows": []}
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; "
+          f"median of {args.repeats} steps after {args.warmup} warm-up")
+    data = {}
+    for size in args.sizes:
+        batch_size = config(size, args.smoke)[1]
+        if batch_size not in data:  # two batches of showers per batch size, shared by the sizes
+            all_showers = showers(2 * batch_size, args.seed)
+            data[batch_size] = [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in all_showers.items()}
+                                for i in range(2)]
+        results["rows"] += measure(size, data[batch_size], args)
+    table = render(results["rows"])
     print()
     print(table)
     results["table"] = table
