@@ -132,13 +132,58 @@ def time_steps(pairs, batches: list[dict], warmup: int, repeats: int) -> list[di
             for w, c in zip(wall, cpu)]
 
 
+#: the agreement check's comparisons
+PAIRS = ("stock_vs_float64", "caloflow_vs_float64", "caloflow_vs_stock")
+
+
+def squared_differences(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Entry-by-entry squared differences of two lists of parameters (or gradients), flat, in float64."""
+    return torch.cat([(x.double() - y.double()).flatten() ** 2 for x, y in zip(a, b)])
+
+
+def carriers(d2: torch.Tensor, share: float = 0.9) -> int:
+    """How many entries (the largest first) carry ``share`` of the sum of the squared differences ``d2``."""
+    total = torch.sort(d2, descending=True).values.cumsum(0)
+    if total[-1] == 0:
+        return 0
+    return int(torch.searchsorted(total, share * total[-1])) + 1
+
+
+def agreement_run(trio: dict[str, FlowII], batches: list[dict], lr: float, dropout_seed: int) -> dict:
+    """One run of the check: a step on each batch of every model of ``trio`` (``stock``, ``caloflow``,
+    ``float64``; the same start), each with its optimiser, the same float32 inputs and dropout masks.
+
+    Returns the losses (nats per shower), the first step's gradients and the final parameters (float64).
+    """
+    opts = {"stock": torch.optim.Adam(trio["stock"].parameters(), lr=lr),
+            "caloflow": trio["caloflow"].configure_optimizers()["optimizer"],
+            "float64": torch.optim.Adam(trio["float64"].parameters(), lr=lr)}
+    losses: dict[str, list[float]] = {name: [] for name in trio}
+    grads = {}
+    for i, batch in enumerate(batches):
+        for name, model in trio.items():
+            opts[name].zero_grad()
+            torch.manual_seed(dropout_seed + i)  # the same dropout masks in all three
+            x, c = trio["stock"].encode(batch)  # the same float32 inputs
+            dtype = next(model.parameters()).dtype
+            loss = -model.flow.log_prob(x.to(dtype), context=c.to(dtype)).mean()
+            loss.backward()
+            if i == 0:
+                grads[name] = [p.grad.double() for p in model.parameters()]
+            opts[name].step()
+            losses[name].append(loss.item())
+    return {"losses": losses, "grads": grads,
+            "params": {name: [p.detach().double() for p in model.parameters()] for name, model in trio.items()}}
+
+
 def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int) -> dict:
     """``runs`` short trainings of ``steps`` steps each (their own showers and dropout draws) of the
     stock step, caloflow's step and a float64 run of the stock step, all from the same weights.
 
     Per run: the relative difference of the first losses; the relative L2 error (all parameters) of
     the first-step gradients against float64; and after the steps the distance between the runs'
-    parameters relative to the float64 run's update, ``|theta_a - theta_b| / |theta_64 - theta_0|``.
+    parameters relative to the float64 run's update, ``|theta_a - theta_b| / |theta_64 - theta_0|``,
+    and how many parameters carry 90% of that squared distance (:func:`carriers`).
 
     Two float32 computations that round differently cannot agree parameter by parameter after Adam
     steps: Adam divides each gradient by its own magnitude, so a parameter whose gradient is at the
@@ -149,58 +194,33 @@ def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int
     against float64 say whether caloflow's step is as close to the exact step as the stock one.
     """
     (stock, _), (fast, _) = models(init_args, seed)
-    ref = flow2(init_args, fast_training=False).double().train()
+    trio = {"stock": stock, "caloflow": fast, "float64": flow2(init_args, fast_training=False).double().train()}
     initial = {k: v.clone() for k, v in stock.state_dict().items()}
     start = [p.detach().double().clone() for p in stock.parameters()]
-    lr = init_args["lr"]
     out = {"steps": steps, "runs": runs, "first_loss_rel_diff": [], "losses": [],
-           "grad_rel_error": {"stock_vs_float64": [], "caloflow_vs_float64": [], "caloflow_vs_stock": []},
-           "update_rel_error": {"stock_vs_float64": [], "caloflow_vs_float64": [], "caloflow_vs_stock": []}}
-
-    def rel_error(a, b, den):
-        return float(sum(((g - h) ** 2).sum() for g, h in zip(a, b)).sqrt() / den)
-
+           **{key: {pair: [] for pair in PAIRS} for key in ("grad_rel_error", "update_rel_error", "update_carriers")}}
     for run in range(runs):
-        for model in (stock, fast, ref):
+        for model in trio.values():
             model.load_state_dict(initial)
-        opts = {"stock": torch.optim.Adam(stock.parameters(), lr=lr),
-                "caloflow": fast.configure_optimizers()["optimizer"],
-                "float64": torch.optim.Adam(ref.parameters(), lr=lr)}
         batches = [showers(batch_size, seed + 100 * (run + 1) + i) for i in range(steps)]
-        losses = {"stock": [], "caloflow": [], "float64": []}
-        for i, batch in enumerate(batches):
-            grads = {}
-            for name, model in (("stock", stock), ("caloflow", fast), ("float64", ref)):
-                opts[name].zero_grad()
-                torch.manual_seed(seed + 1000 * (run + 1) + i)  # the same dropout masks in all three
-                if name == "float64":
-                    x, c = stock.encode(batch)  # the same float32 inputs
-                    loss = -ref.flow.log_prob(x.double(), context=c.double()).mean()
-                else:
-                    loss = model.nll(batch)
-                loss.backward()
-                if i == 0:
-                    grads[name] = [p.grad.double() for p in model.parameters()]
-                opts[name].step()
-                losses[name].append(loss.item())
-            if i == 0:
-                den = sum((h ** 2).sum() for h in grads["float64"]).sqrt()
-                for key in out["grad_rel_error"]:
-                    a, b = key.split("_vs_")
-                    out["grad_rel_error"][key].append(rel_error(grads[a], grads[b], den))
-        params = {"stock": [p.detach().double() for p in stock.parameters()],
-                  "caloflow": [p.detach().double() for p in fast.parameters()],
-                  "float64": [p.detach() for p in ref.parameters()]}
-        update = sum(((q - s0) ** 2).sum() for q, s0 in zip(params["float64"], start)).sqrt()
-        for key in out["update_rel_error"]:
-            a, b = key.split("_vs_")
-            out["update_rel_error"][key].append(rel_error(params[a], params[b], update))
+        result = agreement_run(trio, batches, init_args["lr"], seed + 1000 * (run + 1))
+        grads, params = result["grads"], result["params"]
+        grad_norm = sum((h ** 2).sum() for h in grads["float64"]).sqrt()
+        update = squared_differences(params["float64"], start).sum().sqrt()
+        for pair in PAIRS:
+            a, b = pair.split("_vs_")
+            out["grad_rel_error"][pair].append(float(squared_differences(grads[a], grads[b]).sum().sqrt() / grad_norm))
+            d2 = squared_differences(params[a], params[b])
+            out["update_rel_error"][pair].append(float(d2.sum().sqrt() / update))
+            out["update_carriers"][pair].append(carriers(d2))
+        losses = result["losses"]
         out["first_loss_rel_diff"].append(abs(losses["caloflow"][0] - losses["stock"][0]) / abs(losses["stock"][0]))
         out["losses"].append(losses)
     return out
 
 
-def _med_max(values: list[float]) -> str:
+def med_max(values: list[float]) -> str:
+    """``median (max)`` of ``values`` in the table's format; '-' when there are none."""
     return f"{statistics.median(values):.1e} ({max(values):.1e})" if values else "-"
 
 
@@ -239,9 +259,9 @@ def render(rows: list[dict]) -> str:
         cells = "| - | - | - |"
         if c:
             g, u = c["grad_rel_error"], c["update_rel_error"]
-            cells = (f"| {max(c['first_loss_rel_diff']):.1e} | {_med_max(g['stock_vs_float64'])} / "
-                     f"{_med_max(g['caloflow_vs_float64'])} | {_med_max(u['stock_vs_float64'])} / "
-                     f"{_med_max(u['caloflow_vs_float64'])} / {_med_max(u['caloflow_vs_stock'])} |")
+            cells = (f"| {max(c['first_loss_rel_diff']):.1e} | {med_max(g['stock_vs_float64'])} / "
+                     f"{med_max(g['caloflow_vs_float64'])} | {med_max(u['stock_vs_float64'])} / "
+                     f"{med_max(u['caloflow_vs_float64'])} / {med_max(u['caloflow_vs_stock'])} |")
         lines.append(
             f"| {r['size']} (hidden {r['hidden']}) | {r['parameters']:,} | {r['batch']} | {r['threads']} "
             f"| {r['stock']['wall_ms']:,.0f} / {r['stock']['cpu_ms']:,.0f} "
