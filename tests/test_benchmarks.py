@@ -67,6 +67,28 @@ def check_training(stdout: str) -> None:
         assert re.fullmatch(rf"{med_max} / {med_max} / {med_max}", r[errors[1]])
 
 
+def check_training_float32(stdout: str) -> None:
+    med_max = rf"({NUMBER}) \(({NUMBER})\)"
+    pieces = parse_table(stdout, ["size", "piece", "quantity", "stock: error vs float64",
+                                  "caloflow: error vs float64"])
+    quantities = [("masked products", "output"), ("masked products", "input gradient"),
+                  ("masked products", "weight gradient"), ("spline", "output"), ("spline", "log det"),
+                  ("spline", "input gradient"), ("spline", "MADE-output gradient"), ("Adam step", "update")]
+    assert [(re.sub(r"\d+", "N", r["size"]), r["piece"], r["quantity"]) for r in pieces] == [
+        (size, *q) for size in ("paper (hidden N)", "demo (hidden N)") for q in quantities]
+    for r in pieces:  # every piece of both steps compared with float64: float32 rounding
+        for cell in (r["stock: error vs float64"], r["caloflow: error vs float64"]):
+            assert re.fullmatch(med_max, cell) and number(cell) < 1e-3, cell
+    steps = parse_table(stdout, ["size", "parameters", "batches", "gradient error vs float64: stock / caloflow",
+                                 "update error vs float64: stock / caloflow", "update error mean: stock / caloflow",
+                                 "caloflow's update closer",
+                                 "parameters carrying 90% of the squared update error: stock / caloflow"])
+    assert [re.sub(r"\d+", "N", r["size"]) for r in steps] == ["paper (hidden N)", "demo (hidden N)"]
+    for r in steps:
+        assert r["batches"] == "2" and re.fullmatch(r"[012] of 2", r["caloflow's update closer"])
+        assert re.fullmatch(rf"{med_max} / {med_max}", r["update error vs float64: stock / caloflow"])
+
+
 def check_sampling(stdout: str) -> None:
     rows = parse_table(stdout, ["batch", "nflows inverse", "fast_inverse", "log_prob", "speed-up vs nflows",
                                 "fast / log_prob", "max abs diff (rows)"])
@@ -108,6 +130,7 @@ def check_fidelity(stdout: str) -> None:
 CHECKS: dict[str, Callable[[str], None]] = {
     "simulate.py": check_simulate,
     "training.py": check_training,
+    "training_float32.py": check_training_float32,
     "sampling.py": check_sampling,
     "encode_once.py": check_encode_once,
     "hmc_chunks.py": check_hmc_chunks,
