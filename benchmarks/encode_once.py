@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from _tiny import add_smoke_option, apply_smoke
+
+if TYPE_CHECKING:
+    from caloflow.data.io import Showers
 
 #: (architecture, preprocessing) of the classifier test's classifiers
 CLASSIFIERS = (("dnn", "unnormalized"), ("dnn", "normalized"), ("features", "high-level"))
@@ -30,7 +34,8 @@ CLASSIFIERS = (("dnn", "unnormalized"), ("dnn", "normalized"), ("features", "hig
 SMOKE = {"n": 300, "epochs": 2, "repeats": 1, "batch_size": 100}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10_000, help="showers per class")
     p.add_argument("--epochs", type=int, default=10)
@@ -53,7 +58,7 @@ def showers(n: int, seed: int):
     return reference, Showers(other.voxels * 1.03, other.energy)
 
 
-def train(reference, generated, architecture: str, preprocessing: str, args: argparse.Namespace,
+def train(reference: Showers, generated: Showers, architecture: str, preprocessing: str, args: argparse.Namespace,
           encode_inputs: bool) -> tuple[float, dict]:
     """Wall seconds of one fixed-epoch training (``--epochs``), and the trained weights (state_dict)."""
     from caloflow.evaluate.classifier_test import classifier_data, fit_classifier, schedule_for
@@ -68,7 +73,8 @@ def train(reference, generated, architecture: str, preprocessing: str, args: arg
     return time.perf_counter() - start, fitted["model"].state_dict()
 
 
-def main(argv=None) -> list[dict]:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Time both trainings of every classifier; print the table (seconds per epoch) and return its rows."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

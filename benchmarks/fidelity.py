@@ -12,6 +12,7 @@ at smoke size (``benchmarks/_tiny.py``) in a temporary folder; options given on 
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ SMOKE_EPOCHS = 2
 SMOKE = {"--n-reference": "300", "--runs": "2", "--max-epochs": "2", "--patience": "1"}
 
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     """``caloflow benchmark fidelity``'s parser with ``--smoke``."""
     from caloflow import fidelity
     from caloflow.cli_args import ArgumentParser
@@ -64,6 +65,7 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark's exit status (``--smoke``: in a temporary folder, removed afterwards)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--smoke" not in argv:
         return run(argv)

@@ -20,6 +20,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,7 +35,8 @@ HMC_GRADIENTS = 1 + (HMC_BURN_IN + HMC_KEPT) * HMC_LEAPFROG
 SMOKE = {"chains": 40, "chunk_sizes": [20, 10, 5], "repeats": 1}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given; checkpoints optional)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--flow1", default=None, help="Flow I checkpoint (required unless --smoke)")
     p.add_argument("--flow2", default=None, help="Flow II checkpoint (required unless --smoke)")
@@ -68,7 +70,7 @@ def make_target(flow1: str, flow2: str, clip: float):
     return g, laser_log_prob(g.decode, shower_log_weight(classifier, clip=clip))
 
 
-def run_cell(target, z: torch.Tensor, energies: torch.Tensor, chunk_size: int | None, args: argparse.Namespace,
+def run_cell(target: Callable, z: torch.Tensor, energies: torch.Tensor, chunk_size: int | None, args: argparse.Namespace,
              hmc_cfg) -> torch.Tensor:
     """The gradient at z, or (``--hmc``) the state after HMC_BURN_IN + HMC_KEPT trajectories of HMC_LEAPFROG
     steps with the shipped config's initial step and target acceptance (``hmc_cfg``)."""
@@ -82,7 +84,8 @@ def run_cell(target, z: torch.Tensor, energies: torch.Tensor, chunk_size: int | 
     return samples[-1]
 
 
-def main(argv=None) -> list[dict]:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark (``--smoke`` without checkpoints: on flows fitted at smoke size first)."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

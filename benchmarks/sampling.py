@@ -25,6 +25,7 @@ import platform
 import tempfile
 
 import torch
+from nflows.flows import Flow
 from tqdm import tqdm
 
 from caloflow.timing import format_ms as fmt
@@ -42,7 +43,8 @@ PAPER = {"n_blocks": 8, "hidden_features": 378}
 SMOKE = {**tiny_model_args(PAPER), "batch_sizes": [4, 32], "nflows_max_batch": 4, "check_rows": 2}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     p.add_argument("--device", default="cpu")
@@ -63,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return apply_smoke(p, p.parse_args(argv), SMOKE)
 
 
-def make_flow(args: argparse.Namespace, device: torch.device):
+def make_flow(args: argparse.Namespace, device: torch.device) -> Flow:
     """``build_flow2`` of the requested size in eval mode, every weight + N(0, ``--noise``^2)."""
     torch.manual_seed(args.seed)
     flow = build_flow2(n_blocks=args.n_blocks, hidden_features=args.hidden_features).eval()
@@ -74,7 +76,7 @@ def make_flow(args: argparse.Namespace, device: torch.device):
     return flow.to(device)
 
 
-def measure(flow, batch: int, g: torch.Generator, args: argparse.Namespace, device: torch.device) -> dict:
+def measure(flow: Flow, batch: int, g: torch.Generator, args: argparse.Namespace, device: torch.device) -> dict:
     """One row: ms per shower of fast_inverse, log_prob and nflows' inverse (measured, or estimated as
     504 forward passes when skipped), and the max abs difference of the samplers on the rows compared."""
     transform = flow._transform
@@ -127,7 +129,8 @@ def write_json(result: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    """Time every batch size; print the table (ms per shower), write ``--out``, return the result."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -20,6 +20,7 @@ SMOKE = {"n": 64, "repeats": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="showers per particle and repeat")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (numpy, torch)")
@@ -52,6 +53,7 @@ def measure(particle: str, args: argparse.Namespace) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time the simulator per particle and print the table (showers per second)."""
     args = parse_args(argv)
     # thread pools are sized when numpy is first imported: set the limits before that
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

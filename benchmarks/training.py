@@ -53,7 +53,8 @@ SMOKE_BATCH = 32
 SMOKE = {"repeats": 2, "warmup": 1, "check_steps": 2, "check_runs": 2}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given; the sizes shrunk by :func:`config`)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", choices=sorted(CONFIGS), default=["paper", "demo"])
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op thread counts, e.g. 1 2")
@@ -116,7 +117,7 @@ def step(model: FlowII, optimizer: torch.optim.Optimizer, batch: dict) -> float:
     return loss.item()
 
 
-def time_steps(pairs, batches: list[dict], warmup: int, repeats: int) -> list[dict]:
+def time_steps(pairs: tuple[tuple[FlowII, torch.optim.Optimizer], ...], batches: list[dict], warmup: int, repeats: int) -> list[dict]:
     """Interleaved steps of each (model, optimiser); median wall and CPU (process) ms per step."""
     wall = [[] for _ in pairs]
     cpu = [[] for _ in pairs]
@@ -273,7 +274,8 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    """Time both steps per size and thread count, run the check; print the table, write ``--out``."""
     args = parse_args(argv)
     results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                "cpu_count": os.cpu_count(), "smoke": args.smoke, "rows": []}

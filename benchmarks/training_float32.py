@@ -30,6 +30,7 @@ from nflows.transforms.made import MaskedLinear
 
 from caloflow.flows import fast_training as ft
 from caloflow.flows.build import count_parameters
+from caloflow.models import FlowII
 
 from _tiny import add_smoke_option, apply_smoke
 from training import CONFIGS, agreement, config, flow2, med_max, showers
@@ -43,6 +44,7 @@ PIECES = {"masked products": ("output", "input gradient", "weight gradient"),
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given; the sizes shrunk by training.config)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", choices=sorted(CONFIGS), default=["paper", "demo"])
     p.add_argument("--batches", type=int, default=12, help="batches (own showers and dropout draws) per size")
@@ -56,12 +58,12 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b).norm() / b.norm())
 
 
-def stock_inputs(model, batch: dict, dropout_seed: int) -> dict[int, tuple]:
+def stock_inputs(model: FlowII, batch: dict, dropout_seed: int) -> dict[int, tuple]:
     """The float32 inputs of the stock forward on ``batch``: ``{id(masked layer): (x,), id(block): (x, params)}``."""
     seen: dict[int, tuple] = {}
     spline = RQS._elementwise_forward
 
-    def recording(block, inputs, params):
+    def recording(block: RQS, inputs: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen[id(block)] = (inputs.detach(), params.detach())
         return spline(block, inputs, params)
 
@@ -106,7 +108,7 @@ def spline_errors(block: RQS, x: torch.Tensor, params: torch.Tensor, g: torch.Ge
     return {v: [relative(a, b) for a, b in zip(got[v], got["float64"])] for v in ("stock", "caloflow")}
 
 
-def adam_errors(model, grad64: list[torch.Tensor], lr: float) -> dict[str, list[float]]:
+def adam_errors(model: FlowII, grad64: list[torch.Tensor], lr: float) -> dict[str, list[float]]:
     """One Adam step from ``model``'s float32 weights on ``grad64`` rounded to float32, stock (``torch.optim.Adam``)
     and caloflow (fused, :func:`~caloflow.flows.fast_training.adam`), error relative to the float64 update."""
     start = [p.detach() for p in model.parameters()]
@@ -122,7 +124,7 @@ def adam_errors(model, grad64: list[torch.Tensor], lr: float) -> dict[str, list[
     return {v: [float((after[v] - after["float64"]).norm() / update)] for v in ("stock", "caloflow")}
 
 
-def float64_gradient(model, batch: dict, dropout_seed: int) -> list[torch.Tensor]:
+def float64_gradient(model: FlowII, batch: dict, dropout_seed: int) -> list[torch.Tensor]:
     """The gradient of the mean NLL of a float64 copy of ``model`` on its float32 inputs of ``batch``."""
     ref = copy.deepcopy(model).double()
     ft.uninstall(ref)
@@ -195,6 +197,7 @@ def med_max_int(values: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Measure every size; print the pieces table and the whole-step table."""
     args = parse_args(argv)
     results = []
     for size in args.sizes:
