@@ -18,27 +18,42 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from _tiny import SMOKE_SHOWERS, add_smoke_option, apply_smoke, tiny_checkpoints
 
 #: the ``--hmc`` cell: burn-in trajectories, kept trajectories, leapfrog steps per trajectory
 HMC_BURN_IN, HMC_KEPT, HMC_LEAPFROG = 1, 1, 3
 #: gradients one ``--hmc`` cell takes per chain: one at the start, one per leapfrog step
 HMC_GRADIENTS = 1 + (HMC_BURN_IN + HMC_KEPT) * HMC_LEAPFROG
+#: ``--smoke``: the options it shrinks (blocks of 1/2, 1/4 and 1/8 of the chains, as the default's)
+SMOKE = {"chains": 40, "chunk_sizes": [20, 10, 5], "repeats": 1}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given; checkpoints optional)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--flow1", required=True, help="Flow I checkpoint")
-    p.add_argument("--flow2", required=True, help="Flow II checkpoint")
+    p.add_argument("--flow1", default=None, help="Flow I checkpoint (required unless --smoke)")
+    p.add_argument("--flow2", default=None, help="Flow II checkpoint (required unless --smoke)")
     p.add_argument("--chains", type=int, default=4000)
     p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2000, 1000, 500])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--hmc", action="store_true", help="time HMC trajectories instead of the bare gradient")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    add_smoke_option(p, f"{SMOKE['chains']} chains in blocks of {', '.join(map(str, SMOKE['chunk_sizes']))}, "
+                        f"{SMOKE['repeats']} repeat; without --flow1/--flow2, both flows of the smoke-size CPU "
+                        f"preset fitted for one epoch on {SMOKE_SHOWERS} showers first (benchmarks/_tiny.py)")
+    args = apply_smoke(p, p.parse_args(argv), SMOKE)
+    given = (args.flow1 is not None) + (args.flow2 is not None)
+    if given == 1 or (given == 0 and not args.smoke):
+        p.error("give --flow1 and --flow2 (only --smoke fits smoke-size flows when neither is given)")
+    return args
 
 
 def make_target(flow1: str, flow2: str, clip: float):
@@ -55,7 +70,8 @@ def make_target(flow1: str, flow2: str, clip: float):
     return g, laser_log_prob(g.decode, shower_log_weight(classifier, clip=clip))
 
 
-def run_cell(target, z, energies, chunk_size, args, hmc_cfg):
+def run_cell(target: Callable, z: torch.Tensor, energies: torch.Tensor, chunk_size: int | None, args: argparse.Namespace,
+             hmc_cfg) -> torch.Tensor:
     """The gradient at z, or (``--hmc``) the state after HMC_BURN_IN + HMC_KEPT trajectories of HMC_LEAPFROG
     steps with the shipped config's initial step and target acceptance (``hmc_cfg``)."""
     from refine.mcmc import hmc, log_prob_and_grad
@@ -68,15 +84,25 @@ def run_cell(target, z, energies, chunk_size, args, hmc_cfg):
     return samples[-1]
 
 
-def main(argv=None) -> list[dict]:
-    from refine.mcmc import log_prob_and_grad
-    from refine.shower_laser import hmc_clip, load_shower_config
-
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark (``--smoke`` without checkpoints: on flows fitted at smoke size first)."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flow1 is not None:
+        return measure(args, args.flow1, args.flow2)
+    with tempfile.TemporaryDirectory(prefix="hmc_chunks_smoke_") as folder:  # --smoke without checkpoints
+        return measure(args, *tiny_checkpoints(Path(folder), args.seed))
+
+
+def measure(args: argparse.Namespace, flow1: str | Path, flow2: str | Path) -> list[dict]:
+    """Every cell (all chains at once, then each block size) timed ``--repeats`` times, interleaved;
+    prints the table (ms per chain, or per chain and gradient with ``--hmc``) and returns its rows."""
+    from refine.mcmc import log_prob_and_grad
+    from refine.shower_laser import hmc_clip, load_shower_config
+
     cfg = load_shower_config()  # the shipped HMC settings and weight cap
-    g, target = make_target(args.flow1, args.flow2, hmc_clip(cfg))
+    g, target = make_target(str(flow1), str(flow2), hmc_clip(cfg))
     gen = torch.Generator().manual_seed(args.seed)
     z = g.sample_latent(args.chains, gen)
     energies = torch.exp(math.log(100.0) * torch.rand(args.chains, generator=gen))

@@ -41,14 +41,20 @@ import torch
 import yaml
 
 from caloflow.data.simulate import simulate
-from caloflow.flows.build import count_parameters
+from caloflow.nn import count_parameters
 from caloflow.flows.fast_training import installed
 from caloflow.models import FlowII
 
+from _tiny import SMOKE_BLOCKS, SMOKE_HIDDEN_DIVISOR, add_smoke_option, apply_smoke, tiny_model_args
+
 CONFIGS = {"paper": "flow2.yaml", "demo": "demo/flow2.yaml"}
+#: ``--smoke``: batch size, and the options it shrinks
+SMOKE_BATCH = 32
+SMOKE = {"repeats": 2, "warmup": 1, "check_steps": 2, "check_runs": 2}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--smoke``: the options in SMOKE, where not given; the sizes shrunk by :func:`config`)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", choices=sorted(CONFIGS), default=["paper", "demo"])
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op thread counts, e.g. 1 2")
@@ -58,17 +64,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check-runs", type=int, default=3, help="runs of the agreement check (own showers, dropout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    return p.parse_args(argv)
+    add_smoke_option(p, f"each size's Flow II with {SMOKE_BLOCKS} blocks and 1/{SMOKE_HIDDEN_DIVISOR} of its "
+                        f"hidden units, batch {SMOKE_BATCH}, {SMOKE['repeats']} timed steps after "
+                        f"{SMOKE['warmup']} warm-up, check of {SMOKE['check_runs']} runs x {SMOKE['check_steps']} steps")
+    return apply_smoke(p, p.parse_args(argv), SMOKE)
 
 
-def config(size: str) -> tuple[dict, int]:
-    """Model init_args and batch size of a shipped Flow II config."""
+def config(size: str, smoke: bool = False) -> tuple[dict, int]:
+    """Model init_args and batch size of a shipped Flow II config (``smoke``: at smoke size, batch SMOKE_BATCH)."""
     text = resources.files("caloflow.configs").joinpath(CONFIGS[size]).read_text()
     cfg = yaml.safe_load(text)
-    return dict(cfg["model"]["init_args"]), int(cfg["data"]["init_args"]["batch_size"])
+    init_args = dict(cfg["model"]["init_args"])
+    if smoke:
+        return tiny_model_args(init_args), SMOKE_BATCH
+    return init_args, int(cfg["data"]["init_args"]["batch_size"])
 
 
 def showers(n: int, seed: int) -> dict:
+    """``n`` simulated e+ showers: voxels (n, 504) in MeV with uniform [0, 1 keV) noise, energy (n,) in GeV."""
     s = simulate("eplus", n, seed=seed, progress=False)
     g = torch.Generator().manual_seed(seed)
     voxels = torch.as_tensor(s.voxels, dtype=torch.float32)
@@ -76,11 +89,18 @@ def showers(n: int, seed: int) -> dict:
     return {"voxels": voxels, "energy": torch.as_tensor(s.energy, dtype=torch.float32)}
 
 
-def models(init_args: dict, seed: int):
+def flow2(init_args: dict, fast_training: bool) -> FlowII:
+    """Flow II of a config's ``init_args`` with ``fast_training`` set by the caller, whatever the config says
+    (the paper config sets ``fast_training: true``; the stock model of the comparison must not have it)."""
+    return FlowII(**{**init_args, "fast_training": fast_training})
+
+
+def models(init_args: dict, seed: int) -> tuple[tuple[FlowII, torch.optim.Optimizer], ...]:
+    """(stock model, ``torch.optim.Adam``) and (caloflow's model, its fused Adam), from the same weights."""
     torch.manual_seed(seed)
-    stock = FlowII(**init_args, fast_training=False)
+    stock = flow2(init_args, fast_training=False)
     torch.manual_seed(seed)
-    fast = FlowII(**init_args, fast_training=True)
+    fast = flow2(init_args, fast_training=True)
     assert installed(stock) == 0 and installed(fast) == init_args["n_blocks"]
     fast.load_state_dict(stock.state_dict())
     lr = init_args["lr"]
@@ -88,7 +108,8 @@ def models(init_args: dict, seed: int):
         (fast.train(), fast.configure_optimizers()["optimizer"])
 
 
-def step(model, optimizer, batch) -> float:
+def step(model: FlowII, optimizer: torch.optim.Optimizer, batch: dict) -> float:
+    """One training step (zero_grad, mean NLL, backward, optimiser step); the loss in nats per shower."""
     optimizer.zero_grad()
     loss = model.nll(batch)
     loss.backward()
@@ -96,7 +117,7 @@ def step(model, optimizer, batch) -> float:
     return loss.item()
 
 
-def time_steps(pairs, batches, warmup: int, repeats: int) -> list[dict]:
+def time_steps(pairs: tuple[tuple[FlowII, torch.optim.Optimizer], ...], batches: list[dict], warmup: int, repeats: int) -> list[dict]:
     """Interleaved steps of each (model, optimiser); median wall and CPU (process) ms per step."""
     wall = [[] for _ in pairs]
     cpu = [[] for _ in pairs]
@@ -112,13 +133,58 @@ def time_steps(pairs, batches, warmup: int, repeats: int) -> list[dict]:
             for w, c in zip(wall, cpu)]
 
 
+#: the agreement check's comparisons
+PAIRS = ("stock_vs_float64", "caloflow_vs_float64", "caloflow_vs_stock")
+
+
+def squared_differences(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Entry-by-entry squared differences of two lists of parameters (or gradients), flat, in float64."""
+    return torch.cat([(x.double() - y.double()).flatten() ** 2 for x, y in zip(a, b)])
+
+
+def carriers(d2: torch.Tensor, share: float = 0.9) -> int:
+    """How many entries (the largest first) carry ``share`` of the sum of the squared differences ``d2``."""
+    total = torch.sort(d2, descending=True).values.cumsum(0)
+    if total[-1] == 0:
+        return 0
+    return int(torch.searchsorted(total, share * total[-1])) + 1
+
+
+def agreement_run(trio: dict[str, FlowII], batches: list[dict], lr: float, dropout_seed: int) -> dict:
+    """One run of the check: a step on each batch of every model of ``trio`` (``stock``, ``caloflow``,
+    ``float64``; the same start), each with its optimiser, the same float32 inputs and dropout masks.
+
+    Returns the losses (nats per shower), the first step's gradients and the final parameters (float64).
+    """
+    opts = {"stock": torch.optim.Adam(trio["stock"].parameters(), lr=lr),
+            "caloflow": trio["caloflow"].configure_optimizers()["optimizer"],
+            "float64": torch.optim.Adam(trio["float64"].parameters(), lr=lr)}
+    losses: dict[str, list[float]] = {name: [] for name in trio}
+    grads = {}
+    for i, batch in enumerate(batches):
+        for name, model in trio.items():
+            opts[name].zero_grad()
+            torch.manual_seed(dropout_seed + i)  # the same dropout masks in all three
+            x, c = trio["stock"].encode(batch)  # the same float32 inputs
+            dtype = next(model.parameters()).dtype
+            loss = -model.flow.log_prob(x.to(dtype), context=c.to(dtype)).mean()
+            loss.backward()
+            if i == 0:
+                grads[name] = [p.grad.double() for p in model.parameters()]
+            opts[name].step()
+            losses[name].append(loss.item())
+    return {"losses": losses, "grads": grads,
+            "params": {name: [p.detach().double() for p in model.parameters()] for name, model in trio.items()}}
+
+
 def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int) -> dict:
     """``runs`` short trainings of ``steps`` steps each (their own showers and dropout draws) of the
     stock step, caloflow's step and a float64 run of the stock step, all from the same weights.
 
     Per run: the relative difference of the first losses; the relative L2 error (all parameters) of
     the first-step gradients against float64; and after the steps the distance between the runs'
-    parameters relative to the float64 run's update, ``|theta_a - theta_b| / |theta_64 - theta_0|``.
+    parameters relative to the float64 run's update, ``|theta_a - theta_b| / |theta_64 - theta_0|``,
+    and how many parameters carry 90% of that squared distance (:func:`carriers`).
 
     Two float32 computations that round differently cannot agree parameter by parameter after Adam
     steps: Adam divides each gradient by its own magnitude, so a parameter whose gradient is at the
@@ -129,107 +195,74 @@ def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int
     against float64 say whether caloflow's step is as close to the exact step as the stock one.
     """
     (stock, _), (fast, _) = models(init_args, seed)
-    ref = FlowII(**init_args, fast_training=False).double().train()
+    trio = {"stock": stock, "caloflow": fast, "float64": flow2(init_args, fast_training=False).double().train()}
     initial = {k: v.clone() for k, v in stock.state_dict().items()}
     start = [p.detach().double().clone() for p in stock.parameters()]
-    lr = init_args["lr"]
     out = {"steps": steps, "runs": runs, "first_loss_rel_diff": [], "losses": [],
-           "grad_rel_error": {"stock_vs_float64": [], "caloflow_vs_float64": [], "caloflow_vs_stock": []},
-           "update_rel_error": {"stock_vs_float64": [], "caloflow_vs_float64": [], "caloflow_vs_stock": []}}
-
-    def rel_error(a, b, den):
-        return float(sum(((g - h) ** 2).sum() for g, h in zip(a, b)).sqrt() / den)
-
+           **{key: {pair: [] for pair in PAIRS} for key in ("grad_rel_error", "update_rel_error", "update_carriers")}}
     for run in range(runs):
-        for model in (stock, fast, ref):
+        for model in trio.values():
             model.load_state_dict(initial)
-        opts = {"stock": torch.optim.Adam(stock.parameters(), lr=lr),
-                "caloflow": fast.configure_optimizers()["optimizer"],
-                "float64": torch.optim.Adam(ref.parameters(), lr=lr)}
         batches = [showers(batch_size, seed + 100 * (run + 1) + i) for i in range(steps)]
-        losses = {"stock": [], "caloflow": [], "float64": []}
-        for i, batch in enumerate(batches):
-            grads = {}
-            for name, model in (("stock", stock), ("caloflow", fast), ("float64", ref)):
-                opts[name].zero_grad()
-                torch.manual_seed(seed + 1000 * (run + 1) + i)  # the same dropout masks in all three
-                if name == "float64":
-                    x, c = stock.encode(batch)  # the same float32 inputs
-                    loss = -ref.flow.log_prob(x.double(), context=c.double()).mean()
-                else:
-                    loss = model.nll(batch)
-                loss.backward()
-                if i == 0:
-                    grads[name] = [p.grad.double() for p in model.parameters()]
-                opts[name].step()
-                losses[name].append(loss.item())
-            if i == 0:
-                den = sum((h ** 2).sum() for h in grads["float64"]).sqrt()
-                for key in out["grad_rel_error"]:
-                    a, b = key.split("_vs_")
-                    out["grad_rel_error"][key].append(rel_error(grads[a], grads[b], den))
-        params = {"stock": [p.detach().double() for p in stock.parameters()],
-                  "caloflow": [p.detach().double() for p in fast.parameters()],
-                  "float64": [p.detach() for p in ref.parameters()]}
-        update = sum(((q - s0) ** 2).sum() for q, s0 in zip(params["float64"], start)).sqrt()
-        for key in out["update_rel_error"]:
-            a, b = key.split("_vs_")
-            out["update_rel_error"][key].append(rel_error(params[a], params[b], update))
+        result = agreement_run(trio, batches, init_args["lr"], seed + 1000 * (run + 1))
+        grads, params = result["grads"], result["params"]
+        grad_norm = sum((h ** 2).sum() for h in grads["float64"]).sqrt()
+        update = squared_differences(params["float64"], start).sum().sqrt()
+        for pair in PAIRS:
+            a, b = pair.split("_vs_")
+            out["grad_rel_error"][pair].append(float(squared_differences(grads[a], grads[b]).sum().sqrt() / grad_norm))
+            d2 = squared_differences(params[a], params[b])
+            out["update_rel_error"][pair].append(float(d2.sum().sqrt() / update))
+            out["update_carriers"][pair].append(carriers(d2))
+        losses = result["losses"]
         out["first_loss_rel_diff"].append(abs(losses["caloflow"][0] - losses["stock"][0]) / abs(losses["stock"][0]))
         out["losses"].append(losses)
     return out
 
 
-def _med_max(values) -> str:
+def med_max(values: list[float]) -> str:
+    """``median (max)`` of ``values`` in the table's format; '-' when there are none."""
     return f"{statistics.median(values):.1e} ({max(values):.1e})" if values else "-"
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "cpu_count": os.cpu_count(), "rows": []}
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; "
-          f"median of {args.repeats} steps after {args.warmup} warm-up")
-    data = {}
-    for size in args.sizes:
-        init_args, batch_size = config(size)
-        if batch_size not in data:
-            all_showers = showers(2 * batch_size, args.seed)
-            data[batch_size] = [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in all_showers.items()}
-                                for i in range(2)]
-        batches = data[batch_size]
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            pairs = models(init_args, args.seed)
-            stock, fast = time_steps(pairs, batches, args.warmup, args.repeats)
-            n_params = count_parameters(pairs[0][0])
-            del pairs
-            if threads == args.threads[0]:  # the check does not depend on the thread count: once per size
-                check = (agreement(init_args, batch_size, args.check_steps, args.check_runs, args.seed)
-                         if args.check_steps else None)
-            else:
-                check = None
-            row = {"size": size, "hidden": init_args["hidden_features"], "parameters": n_params,
-                   "batch": batch_size, "threads": threads, "stock": stock, "caloflow": fast,
-                   "speedup_wall": stock["wall_ms"] / fast["wall_ms"], "speedup_cpu": stock["cpu_ms"] / fast["cpu_ms"],
-                   "check": check}
-            results["rows"].append(row)
-            print(f"  {size}, {threads} thread(s): stock {stock['wall_ms']:.0f} ms, caloflow {fast['wall_ms']:.0f} ms",
-                  flush=True)
+def measure(size: str, batches: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The table rows of one model size: per thread count, both steps timed (ms) side by side; the
+    agreement check once, with the first thread count (it does not depend on the thread count)."""
+    init_args, batch_size = config(size, args.smoke)
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        pairs = models(init_args, args.seed)
+        stock, fast = time_steps(pairs, batches, args.warmup, args.repeats)
+        n_params = count_parameters(pairs[0][0])
+        del pairs
+        check = None
+        if threads == args.threads[0] and args.check_steps:
+            check = agreement(init_args, batch_size, args.check_steps, args.check_runs, args.seed)
+        rows.append({"size": size, "hidden": init_args["hidden_features"], "parameters": n_params,
+                     "batch": batch_size, "threads": threads, "stock": stock, "caloflow": fast,
+                     "speedup_wall": stock["wall_ms"] / fast["wall_ms"],
+                     "speedup_cpu": stock["cpu_ms"] / fast["cpu_ms"], "check": check})
+        print(f"  {size}, {threads} thread(s): stock {stock['wall_ms']:.0f} ms, caloflow {fast['wall_ms']:.0f} ms",
+              flush=True)
+    return rows
 
+
+def render(rows: list[dict]) -> str:
+    """The markdown table of :func:`measure`'s rows (times in ms per step) and its note."""
     lines = ["| size | parameters | batch | threads | stock ms/step (wall / CPU) | caloflow ms/step (wall / CPU) "
              "| speed-up (wall / CPU) | first loss, caloflow vs stock | first-step gradient error vs float64: "
              "stock / caloflow | update error after the steps: stock vs float64 / caloflow vs float64 / "
              "caloflow vs stock |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results["rows"]:
+    for r in rows:
         c = r["check"]
         cells = "| - | - | - |"
         if c:
             g, u = c["grad_rel_error"], c["update_rel_error"]
-            cells = (f"| {max(c['first_loss_rel_diff']):.1e} | {_med_max(g['stock_vs_float64'])} / "
-                     f"{_med_max(g['caloflow_vs_float64'])} | {_med_max(u['stock_vs_float64'])} / "
-                     f"{_med_max(u['caloflow_vs_float64'])} / {_med_max(u['caloflow_vs_stock'])} |")
+            cells = (f"| {max(c['first_loss_rel_diff']):.1e} | {med_max(g['stock_vs_float64'])} / "
+                     f"{med_max(g['caloflow_vs_float64'])} | {med_max(u['stock_vs_float64'])} / "
+                     f"{med_max(u['caloflow_vs_float64'])} / {med_max(u['caloflow_vs_stock'])} |")
         lines.append(
             f"| {r['size']} (hidden {r['hidden']}) | {r['parameters']:,} | {r['batch']} | {r['threads']} "
             f"| {r['stock']['wall_ms']:,.0f} / {r['stock']['cpu_ms']:,.0f} "
@@ -238,7 +271,25 @@ def main(argv=None) -> dict:
     lines.append("")
     lines.append("Errors: median (max) over the check's runs; relative L2 norms over all parameters (see the "
                  "docstring of benchmarks/training.py). First loss: the largest relative difference over the runs.")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Time both steps per size and thread count, run the check; print the table, write ``--out``."""
+    args = parse_args(argv)
+    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "smoke": args.smoke, "rows": []}
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; "
+          f"median of {args.repeats} steps after {args.warmup} warm-up")
+    data = {}
+    for size in args.sizes:
+        batch_size = config(size, args.smoke)[1]
+        if batch_size not in data:  # two batches of showers per batch size, shared by the sizes
+            all_showers = showers(2 * batch_size, args.seed)
+            data[batch_size] = [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in all_showers.items()}
+                                for i in range(2)]
+        results["rows"] += measure(size, data[batch_size], args)
+    table = render(results["rows"])
     print()
     print(table)
     results["table"] = table

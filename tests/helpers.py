@@ -31,6 +31,19 @@ def run_cli(*args: str, cwd=None, timeout: float = HANG_GUARD_S) -> subprocess.C
     )
 
 
+
+def run_script(script: str | Path, *args: str, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
+    """Run a script of the repository (``benchmarks/X.py``) as a real subprocess of this Python, cwd the
+    repository, importing this checkout's packages (its folder goes first on PYTHONPATH: Python puts the
+    script's own folder, not the working directory, on ``sys.path``)."""
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=path)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 TINY_GAN = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
                 disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)
 

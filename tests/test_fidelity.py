@@ -11,7 +11,7 @@ import yaml
 from caloflow.configs import CONFIG_DIR
 from caloflow.data.simulate import simulate_to_file
 from caloflow.commands.lightning_cli import cli_main
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli, run_script
 
 PARTICLES = ("eplus", "gamma", "piplus")
 
@@ -148,9 +148,9 @@ def test_fidelity_refuses_an_out_folder_of_another_setup(tiny_configs, tmp_path)
 
 def test_benchmarks_script_is_the_same_command():
     proc = run_cli("caloflow", "benchmark", "fidelity", "--help")
-    import subprocess
-    import sys
-    script = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fidelity.py"), "--help"],
-                            capture_output=True, text=True, cwd=REPO)
+    script = run_script("benchmarks/fidelity.py", "--help")
     assert proc.returncode == script.returncode == 0
-    assert "--budgets" in script.stdout and script.stdout.split("options:")[1] == proc.stdout.split("options:")[1]
+    command_options, script_options = proc.stdout.split("options:")[1], script.stdout.split("options:")[1]
+    # the command's options, then the script's own --smoke (tests/test_benchmarks.py)
+    assert "--budgets" in script.stdout and script_options.startswith(command_options)
+    assert script_options[len(command_options):].lstrip().startswith("--smoke")
