@@ -8,6 +8,7 @@ runs, not how fast anything is.
 
 The scripts import it as ``_tiny`` (``python benchmarks/X.py`` puts ``benchmarks/`` on ``sys.path``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def tiny_model_args(init_args: dict) -> dict:
 
     Everything else (bins, dropout, spline minima, learning rate, ``fast_training``) is kept.
     """
-    hidden = max(SMOKE_MIN_HIDDEN, int(init_args.get("hidden_features", 64)) // SMOKE_HIDDEN_DIVISOR)
+    hidden = max(
+        SMOKE_MIN_HIDDEN, int(init_args.get("hidden_features", 64)) // SMOKE_HIDDEN_DIVISOR
+    )
     return {**init_args, "n_blocks": SMOKE_BLOCKS, "hidden_features": hidden}
 
 
@@ -70,13 +73,15 @@ def tiny_configs(folder: Path, epochs: int, preset: str = SMOKE_PRESET) -> Path:
 def tiny_checkpoints(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """Flow I and Flow II checkpoints of the smoke-size preset, one epoch each on :data:`SMOKE_SHOWERS`
     simulated showers (``lightning fit`` semantics); the best checkpoint of each fit."""
-    from caloflow.data.simulate import simulate_to_file
     from caloflow.commands.demo import fit_config
+    from caloflow.data.simulate import simulate_to_file
 
     folder = Path(folder)
     configs = tiny_configs(folder / "configs", epochs=1)
     particle = yaml.safe_load((configs / "flow2.yaml").read_text())["data"]["init_args"]["particle"]
-    data = simulate_to_file(folder / f"{particle}_train.hdf5", particle, SMOKE_SHOWERS, seed=seed, progress=False)
+    data = simulate_to_file(
+        folder / f"{particle}_train.hdf5", particle, SMOKE_SHOWERS, seed=seed, progress=False
+    )
     flow1 = fit_config(configs / "flow1.yaml", folder / "flow1", data, seed)
     flow2 = fit_config(configs / "flow2.yaml", folder / "flow2", data, seed)
     return flow1, flow2
@@ -84,11 +89,16 @@ def tiny_checkpoints(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 def add_smoke_option(parser: argparse.ArgumentParser, what: str) -> None:
     """``--smoke``: the default run at smoke size; ``what`` says what shrinks (the option's help)."""
-    parser.add_argument("--smoke", action="store_true",
-                        help=f"smoke size, the default run's comparisons and table, for testing the script: {what}")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"smoke size, the default run's comparisons and table, for testing the script: {what}",
+    )
 
 
-def apply_smoke(parser: argparse.ArgumentParser, args: argparse.Namespace, sizes: dict) -> argparse.Namespace:
+def apply_smoke(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, sizes: dict
+) -> argparse.Namespace:
     """With ``args.smoke``, every option in ``sizes`` left at its default takes the smoke value; returns ``args``."""
     if args.smoke:
         for name, value in sizes.items():

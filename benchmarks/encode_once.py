@@ -14,6 +14,7 @@ with every voxel scaled by 1.03 (a separable pair, as a real test is).
 
     python benchmarks/encode_once.py --n 10000 --epochs 10 --repeats 3 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import time
 from typing import TYPE_CHECKING
 
 import torch
-
 from _tiny import add_smoke_option, apply_smoke
 
 if TYPE_CHECKING:
@@ -41,10 +41,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    add_smoke_option(p, f"{SMOKE['n']} showers per class, {SMOKE['epochs']} epochs of batch {SMOKE['batch_size']}, "
-                        f"{SMOKE['repeats']} repeat")
+    add_smoke_option(
+        p,
+        f"{SMOKE['n']} showers per class, {SMOKE['epochs']} epochs of batch {SMOKE['batch_size']}, "
+        f"{SMOKE['repeats']} repeat",
+    )
     return apply_smoke(p, p.parse_args(argv), SMOKE)
 
 
@@ -58,8 +63,14 @@ def showers(n: int, seed: int):
     return reference, Showers(other.voxels * 1.03, other.energy)
 
 
-def train(reference: Showers, generated: Showers, architecture: str, preprocessing: str, args: argparse.Namespace,
-          encode_inputs: bool) -> tuple[float, dict]:
+def train(
+    reference: Showers,
+    generated: Showers,
+    architecture: str,
+    preprocessing: str,
+    args: argparse.Namespace,
+    encode_inputs: bool,
+) -> tuple[float, dict]:
     """Wall seconds of one fixed-epoch training (``--epochs``), and the trained weights (state_dict)."""
     from caloflow.evaluate.classification import classifier_data, fit_classifier, schedule_for
     from caloflow.models import ShowerClassifier
@@ -86,20 +97,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for _ in range(args.repeats):
             weights = {}
             for encode_inputs in (False, True):
-                seconds, weights[encode_inputs] = train(reference, generated, architecture, preprocessing, args,
-                                                        encode_inputs)
+                seconds, weights[encode_inputs] = train(
+                    reference, generated, architecture, preprocessing, args, encode_inputs
+                )
                 times[encode_inputs].append(seconds / args.epochs)
             same &= all(torch.equal(weights[False][k], weights[True][k]) for k in weights[False])
         every, once = statistics.median(times[False]), statistics.median(times[True])
-        rows.append({"classifier": f"{architecture} {preprocessing}", "every_batch_s": every, "once_s": once,
-                     "speedup": every / once, "identical": same})
-    print(f"{args.n} showers per class, {args.epochs} epochs of batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}\n")
-    print("| classifier | s / epoch, encoded every batch | s / epoch, encoded once | speedup | same weights |")
+        rows.append(
+            {
+                "classifier": f"{architecture} {preprocessing}",
+                "every_batch_s": every,
+                "once_s": once,
+                "speedup": every / once,
+                "identical": same,
+            }
+        )
+    print(
+        f"{args.n} showers per class, {args.epochs} epochs of batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}\n"
+    )
+    print(
+        "| classifier | s / epoch, encoded every batch | s / epoch, encoded once | speedup | same weights |"
+    )
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['classifier']} | {r['every_batch_s']:.3f} | {r['once_s']:.3f} | {r['speedup']:.2f}x | "
-              f"{'yes' if r['identical'] else 'NO'} |")
+        print(
+            f"| {r['classifier']} | {r['every_batch_s']:.3f} | {r['once_s']:.3f} | {r['speedup']:.2f}x | "
+            f"{'yes' if r['identical'] else 'NO'} |"
+        )
     return rows
 
 

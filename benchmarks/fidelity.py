@@ -10,6 +10,7 @@ The options are the command's. ``--smoke`` runs the same pipeline on the ``confi
 at smoke size (``benchmarks/_tiny.py``) in a temporary folder; options given on the command line
 (``--configs``, ``--out``, ...) take the place of the smoke ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(prog=PROG, description=fidelity.__doc__.split("\n\n")[0])
     fidelity.add_arguments(p)
-    add_smoke_option(p, f"the {SMOKE_PRESET} preset with {SMOKE_BLOCKS} MADE blocks per flow, {SMOKE_EPOCHS} "
-                        f"epochs on {SMOKE_SHOWERS} showers, "
-                        + ", ".join(f"{k} {v}" for k, v in SMOKE.items()) + ", in a temporary --out")
+    add_smoke_option(
+        p,
+        f"the {SMOKE_PRESET} preset with {SMOKE_BLOCKS} MADE blocks per flow, {SMOKE_EPOCHS} "
+        f"epochs on {SMOKE_SHOWERS} showers, "
+        + ", ".join(f"{k} {v}" for k, v in SMOKE.items())
+        + ", in a temporary --out",
+    )
     return p
 
 

@@ -13,6 +13,7 @@ and the largest difference of the final states.
 
     python benchmarks/hmc_chunks.py --flow1 F1.ckpt --flow2 F2.ckpt --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from _tiny import SMOKE_SHOWERS, add_smoke_option, apply_smoke, tiny_checkpoints
 
 #: the ``--hmc`` cell: burn-in trajectories, kept trajectories, leapfrog steps per trajectory
@@ -43,16 +43,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chains", type=int, default=4000)
     p.add_argument("--chunk-sizes", type=int, nargs="+", default=[2000, 1000, 500])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--hmc", action="store_true", help="time HMC trajectories instead of the bare gradient")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    p.add_argument(
+        "--hmc", action="store_true", help="time HMC trajectories instead of the bare gradient"
+    )
     p.add_argument("--seed", type=int, default=0)
-    add_smoke_option(p, f"{SMOKE['chains']} chains in blocks of {', '.join(map(str, SMOKE['chunk_sizes']))}, "
-                        f"{SMOKE['repeats']} repeat; without --flow1/--flow2, both flows of the smoke-size CPU "
-                        f"preset fitted for one epoch on {SMOKE_SHOWERS} showers first (benchmarks/_tiny.py)")
+    add_smoke_option(
+        p,
+        f"{SMOKE['chains']} chains in blocks of {', '.join(map(str, SMOKE['chunk_sizes']))}, "
+        f"{SMOKE['repeats']} repeat; without --flow1/--flow2, both flows of the smoke-size CPU "
+        f"preset fitted for one epoch on {SMOKE_SHOWERS} showers first (benchmarks/_tiny.py)",
+    )
     args = apply_smoke(p, p.parse_args(argv), SMOKE)
     given = (args.flow1 is not None) + (args.flow2 is not None)
     if given == 1 or (given == 0 and not args.smoke):
-        p.error("give --flow1 and --flow2 (only --smoke fits smoke-size flows when neither is given)")
+        p.error(
+            "give --flow1 and --flow2 (only --smoke fits smoke-size flows when neither is given)"
+        )
     return args
 
 
@@ -70,17 +79,33 @@ def make_target(flow1: str, flow2: str, clip: float):
     return g, laser_log_prob(g.decode, shower_log_weight(classifier, clip=clip))
 
 
-def run_cell(target: Callable, z: torch.Tensor, energies: torch.Tensor, chunk_size: int | None, args: argparse.Namespace,
-             hmc_cfg) -> torch.Tensor:
+def run_cell(
+    target: Callable,
+    z: torch.Tensor,
+    energies: torch.Tensor,
+    chunk_size: int | None,
+    args: argparse.Namespace,
+    hmc_cfg,
+) -> torch.Tensor:
     """The gradient at z, or (``--hmc``) the state after HMC_BURN_IN + HMC_KEPT trajectories of HMC_LEAPFROG
     steps with the shipped config's initial step and target acceptance (``hmc_cfg``)."""
     from refine.mcmc import hmc, log_prob_and_grad
 
     if not args.hmc:
         return log_prob_and_grad(target, z, (energies,), chunk_size=chunk_size)[1]
-    samples, _ = hmc(target, z, step_size=hmc_cfg.step_size, n_leapfrog=HMC_LEAPFROG, n_samples=HMC_KEPT,
-                     burn_in=HMC_BURN_IN, target_acceptance=hmc_cfg.target_acceptance, context=(energies,), chunk_size=chunk_size, progress=False,
-                     generator=torch.Generator().manual_seed(args.seed + 1))
+    samples, _ = hmc(
+        target,
+        z,
+        step_size=hmc_cfg.step_size,
+        n_leapfrog=HMC_LEAPFROG,
+        n_samples=HMC_KEPT,
+        burn_in=HMC_BURN_IN,
+        target_acceptance=hmc_cfg.target_acceptance,
+        context=(energies,),
+        chunk_size=chunk_size,
+        progress=False,
+        generator=torch.Generator().manual_seed(args.seed + 1),
+    )
     return samples[-1]
 
 
@@ -91,7 +116,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     if args.flow1 is not None:
         return measure(args, args.flow1, args.flow2)
-    with tempfile.TemporaryDirectory(prefix="hmc_chunks_smoke_") as folder:  # --smoke without checkpoints
+    with tempfile.TemporaryDirectory(
+        prefix="hmc_chunks_smoke_"
+    ) as folder:  # --smoke without checkpoints
         return measure(args, *tiny_checkpoints(Path(folder), args.seed))
 
 
@@ -118,13 +145,24 @@ def measure(args: argparse.Namespace, flow1: str | Path, flow2: str | Path) -> l
     rows = []
     base = statistics.median(times[None])
     what = "HMC, ms per chain and gradient" if args.hmc else "gradient"
-    print(f"{args.chains} chains, {torch.get_num_threads()} threads, median of {args.repeats}, {what}\n")
+    print(
+        f"{args.chains} chains, {torch.get_num_threads()} threads, median of {args.repeats}, {what}\n"
+    )
     diff_of = "final state" if args.hmc else "grad"
-    print(f"| chains per block | ms / chain | speed-up | max abs {diff_of} difference |\n|---|---|---|---|")
+    print(
+        f"| chains per block | ms / chain | speed-up | max abs {diff_of} difference |\n|---|---|---|---|"
+    )
     for c in cells:
         t = statistics.median(times[c])
         diff = float((grads[c] - grads[None]).abs().max())
-        rows.append({"chunk_size": c, "ms_per_chain": 1e3 * t / args.chains, "speedup": base / t, "max_diff": diff})
+        rows.append(
+            {
+                "chunk_size": c,
+                "ms_per_chain": 1e3 * t / args.chains,
+                "speedup": base / t,
+                "max_diff": diff,
+            }
+        )
         label = f"all ({args.chains}, baseline)" if c is None else str(c)
         print(f"| {label} | {1e3 * t / args.chains:.2f} | {base / t:.2f}x | {diff:.2g} |")
     return rows

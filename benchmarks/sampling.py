@@ -16,6 +16,7 @@ independent). ``--n-blocks`` and ``--hidden-features`` change the flow's size (d
 
     python benchmarks/sampling.py --threads 1 --out /tmp/sampling.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,15 @@ import platform
 import tempfile
 
 import torch
+from _tiny import add_smoke_option, apply_smoke, tiny_model_args
 from nflows.flows import Flow
 from tqdm import tqdm
 
+from caloflow.flows.build import build_flow2
+from caloflow.flows.fast_inverse import fast_inverse
+from caloflow.nn import count_parameters
 from caloflow.timing import format_ms as fmt
 from caloflow.timing import timed
-from caloflow.flows.build import build_flow2
-from caloflow.nn import count_parameters
-from caloflow.flows.fast_inverse import fast_inverse
-
-from _tiny import add_smoke_option, apply_smoke, tiny_model_args
 
 #: Flow II's features (voxels) and context features
 FEATURES, CONTEXT = 504, 4
@@ -49,20 +49,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise", type=float, default=0.02, help="std of the Gaussian noise added to every weight")
-    p.add_argument("--n-blocks", type=int, default=PAPER["n_blocks"], help="MADE blocks (default: the paper's 8)")
-    p.add_argument("--hidden-features", type=int, default=PAPER["hidden_features"],
-                   help="hidden units per MADE (default: the paper's 378)")
-    p.add_argument("--nflows-limit-s", type=float, default=600.0, help="skip nflows cells estimated above this")
-    p.add_argument("--nflows-max-batch", type=int, default=None,
-                   help="skip nflows cells of larger batches (default: no limit but --nflows-limit-s)")
-    p.add_argument("--check-rows", type=int, default=10, help="rows compared with nflows where its cell is skipped")
+    p.add_argument(
+        "--noise", type=float, default=0.02, help="std of the Gaussian noise added to every weight"
+    )
+    p.add_argument(
+        "--n-blocks",
+        type=int,
+        default=PAPER["n_blocks"],
+        help="MADE blocks (default: the paper's 8)",
+    )
+    p.add_argument(
+        "--hidden-features",
+        type=int,
+        default=PAPER["hidden_features"],
+        help="hidden units per MADE (default: the paper's 378)",
+    )
+    p.add_argument(
+        "--nflows-limit-s", type=float, default=600.0, help="skip nflows cells estimated above this"
+    )
+    p.add_argument(
+        "--nflows-max-batch",
+        type=int,
+        default=None,
+        help="skip nflows cells of larger batches (default: no limit but --nflows-limit-s)",
+    )
+    p.add_argument(
+        "--check-rows",
+        type=int,
+        default=10,
+        help="rows compared with nflows where its cell is skipped",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    add_smoke_option(p, f"Flow II with {SMOKE['n_blocks']} blocks of {SMOKE['hidden_features']} hidden units, "
-                        f"batches {' and '.join(map(str, SMOKE['batch_sizes']))}, nflows' inverse measured at the "
-                        f"first and estimated (with {SMOKE['check_rows']} rows compared) at the second")
+    add_smoke_option(
+        p,
+        f"Flow II with {SMOKE['n_blocks']} blocks of {SMOKE['hidden_features']} hidden units, "
+        f"batches {' and '.join(map(str, SMOKE['batch_sizes']))}, nflows' inverse measured at the "
+        f"first and estimated (with {SMOKE['check_rows']} rows compared) at the second",
+    )
     return apply_smoke(p, p.parse_args(argv), SMOKE)
 
 
@@ -77,7 +104,9 @@ def make_flow(args: argparse.Namespace, device: torch.device) -> Flow:
     return flow.to(device)
 
 
-def measure(flow: Flow, batch: int, g: torch.Generator, args: argparse.Namespace, device: torch.device) -> dict:
+def measure(
+    flow: Flow, batch: int, g: torch.Generator, args: argparse.Namespace, device: torch.device
+) -> dict:
     """One row: ms per shower of fast_inverse, log_prob and nflows' inverse (measured, or estimated as
     504 forward passes when skipped), and the max abs difference of the samplers on the rows compared."""
     transform = flow._transform
@@ -88,13 +117,25 @@ def measure(flow: Flow, batch: int, g: torch.Generator, args: argparse.Namespace
         _, logp_s = timed(lambda: flow.log_prob(x, c), device)
         _, fwd_s = timed(lambda: transform(x, c), device)
     estimate_s = FEATURES * fwd_s  # nflows' inverse: one forward-sized pass per feature
-    row = {"batch": batch, "fast_inverse_ms": 1e3 * fast_s / batch, "log_prob_ms": 1e3 * logp_s / batch,
-           "nflows_estimate_ms": 1e3 * estimate_s / batch, "nflows_ms": None, "nflows_measured": False}
-    if estimate_s <= args.nflows_limit_s and (args.nflows_max_batch is None or batch <= args.nflows_max_batch):
+    row = {
+        "batch": batch,
+        "fast_inverse_ms": 1e3 * fast_s / batch,
+        "log_prob_ms": 1e3 * logp_s / batch,
+        "nflows_estimate_ms": 1e3 * estimate_s / batch,
+        "nflows_ms": None,
+        "nflows_measured": False,
+    }
+    if estimate_s <= args.nflows_limit_s and (
+        args.nflows_max_batch is None or batch <= args.nflows_max_batch
+    ):
         with torch.no_grad():
             ref, nflows_s = timed(lambda: transform.inverse(z, c)[0], device)
-        row.update(nflows_ms=1e3 * nflows_s / batch, nflows_measured=True, compared_rows=batch,
-                   max_abs_diff=(ref - x).abs().max().item())
+        row.update(
+            nflows_ms=1e3 * nflows_s / batch,
+            nflows_measured=True,
+            compared_rows=batch,
+            max_abs_diff=(ref - x).abs().max().item(),
+        )
     else:
         k = min(args.check_rows, batch)
         with torch.no_grad():
@@ -108,16 +149,25 @@ def measure(flow: Flow, batch: int, g: torch.Generator, args: argparse.Namespace
 
 def render(result: dict) -> str:
     """The markdown table (ms per shower) of :func:`main`'s result, with its title line."""
-    lines = [f"Flow II ({result['parameters']:,} parameters), {result['device']}, {result['threads']} thread(s); "
-             f"ms per shower (plan build once: {result['plan_build_s']:.2f} s)", "",
-             "| batch | nflows inverse | fast_inverse | log_prob | speed-up vs nflows | fast / log_prob "
-             "| max abs diff (rows) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Flow II ({result['parameters']:,} parameters), {result['device']}, {result['threads']} thread(s); "
+        f"ms per shower (plan build once: {result['plan_build_s']:.2f} s)",
+        "",
+        "| batch | nflows inverse | fast_inverse | log_prob | speed-up vs nflows | fast / log_prob "
+        "| max abs diff (rows) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["rows"]:
-        nflows = fmt(r["nflows_ms"]) if r["nflows_measured"] else f"~{fmt(r['nflows_estimate_ms'])} (est., skipped)"
+        nflows = (
+            fmt(r["nflows_ms"])
+            if r["nflows_measured"]
+            else f"~{fmt(r['nflows_estimate_ms'])} (est., skipped)"
+        )
         speed = ("" if r["nflows_measured"] else "~") + f"{r['speedup_vs_nflows']:.0f}x"
-        lines.append(f"| {r['batch']:,} | {nflows} | {fmt(r['fast_inverse_ms'])} | {fmt(r['log_prob_ms'])} | {speed} "
-                     f"| {r['fast_over_log_prob']:.2f} | {r['max_abs_diff']:.1e} ({r['compared_rows']}) |")
+        lines.append(
+            f"| {r['batch']:,} | {nflows} | {fmt(r['fast_inverse_ms'])} | {fmt(r['log_prob_ms'])} | {speed} "
+            f"| {r['fast_over_log_prob']:.2f} | {r['max_abs_diff']:.1e} ({r['compared_rows']}) |"
+        )
     return "\n".join(lines)
 
 
@@ -140,18 +190,25 @@ def main(argv: list[str] | None = None) -> dict:
     g = torch.Generator().manual_seed(args.seed + 2)
     warm_z = torch.randn(2, FEATURES, generator=g).to(device)
     warm_c = torch.randn(2, CONTEXT, generator=g).to(device)
-    _, plan_s = timed(lambda: fast_inverse(flow._transform, warm_z, warm_c), device)  # builds and caches the plan
+    _, plan_s = timed(
+        lambda: fast_inverse(flow._transform, warm_z, warm_c), device
+    )  # builds and caches the plan
     rows = []
     for batch in tqdm(args.batch_sizes, desc="batch sizes"):
         rows.append(measure(flow, batch, g, args, device))
         tqdm.write(json.dumps(rows[-1]))
     result = {
         "model": f"build_flow2(n_blocks={args.n_blocks}, hidden_features={args.hidden_features}) eval, "
-                 "weights + N(0, noise^2), random 4-dim context",
-        "parameters": count_parameters(flow), "noise": args.noise, "seed": args.seed,
-        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "weights + N(0, noise^2), random 4-dim context",
+        "parameters": count_parameters(flow),
+        "noise": args.noise,
+        "seed": args.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs)".strip(),
-        "plan_build_s": plan_s, "rows": rows,
+        "plan_build_s": plan_s,
+        "rows": rows,
     }
     print("\n" + render(result))
     if args.out:

@@ -6,6 +6,7 @@ rate (process time of this single-threaded run) is the cost on one core. The tar
 
     python benchmarks/simulate.py --n 20000 --threads 1 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="showers per particle and repeat")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (numpy, torch)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per particle; the best is reported")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per particle; the best is reported"
+    )
     parser.add_argument("--particles", nargs="+", default=["eplus", "gamma", "piplus"])
     parser.add_argument("--seed", type=int, default=0)
     add_smoke_option(parser, f"{SMOKE['n']} showers per particle, {SMOKE['repeats']} repeats")
@@ -48,8 +51,15 @@ def measure(particle: str, args: argparse.Namespace) -> tuple:
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     occupancy = float(np.mean(showers.voxels > 0))
-    return (particle, args.n, min(wall), args.n / min(wall), args.n / float(np.median(wall)),
-            args.n / min(cpu), occupancy)
+    return (
+        particle,
+        args.n,
+        min(wall),
+        args.n / min(wall),
+        args.n / float(np.median(wall)),
+        args.n / min(cpu),
+        occupancy,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,17 +81,26 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [measure(particle, args) for particle in args.particles]
 
-    print(f"Simulator {SIMULATOR_VERSION}, {args.threads} thread(s), best of {args.repeats}, "
-          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-          f"numpy {np.__version__}, load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"Simulator {SIMULATOR_VERSION}, {args.threads} thread(s), best of {args.repeats}, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, load average before: {os.getloadavg()[0]:.2f}"
+    )
     print()
-    print("| particle | n | best wall [s] | showers/s (best wall) | showers/s (median wall) | showers/s (CPU time) | voxels > 0 |")
+    print(
+        "| particle | n | best wall [s] | showers/s (best wall) | showers/s (median wall) "
+        "| showers/s (CPU time) | voxels > 0 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for particle, n, best, rate, median_rate, cpu_rate, occ in rows:
-        print(f"| {particle} | {n} | {best:.2f} | {rate:,.0f} | {median_rate:,.0f} | {cpu_rate:,.0f} | {occ:.3f} |")
+        print(
+            f"| {particle} | {n} | {best:.2f} | {rate:,.0f} | {median_rate:,.0f} | {cpu_rate:,.0f} | {occ:.3f} |"
+        )
     print()
     print("Target: >= 1,000 e+ showers/s on one core.")
-    print(f"Rerun: python benchmarks/simulate.py --n {args.n} --threads {args.threads} --repeats {args.repeats}")
+    print(
+        f"Rerun: python benchmarks/simulate.py --n {args.n} --threads {args.threads} --repeats {args.repeats}"
+    )
     return 0
 
 

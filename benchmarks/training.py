@@ -27,6 +27,7 @@ step as the stock one.
 
     python benchmarks/training.py --threads 1 2 --repeats 5 --out /tmp/training.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,12 @@ from importlib import resources
 
 import torch
 import yaml
+from _tiny import SMOKE_BLOCKS, SMOKE_HIDDEN_DIVISOR, add_smoke_option, apply_smoke, tiny_model_args
 
 from caloflow.data.simulate import simulate
-from caloflow.nn import count_parameters
 from caloflow.flows.fast_training import installed
 from caloflow.models import FlowII
-
-from _tiny import SMOKE_BLOCKS, SMOKE_HIDDEN_DIVISOR, add_smoke_option, apply_smoke, tiny_model_args
+from caloflow.nn import count_parameters
 
 CONFIGS = {"paper": "flow2.yaml", "demo": "demo/flow2.yaml"}
 #: ``--smoke``: batch size, and the options it shrinks
@@ -57,16 +57,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (``--smoke``: the options in SMOKE, where not given; the sizes shrunk by :func:`config`)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", choices=sorted(CONFIGS), default=["paper", "demo"])
-    p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch intra-op thread counts, e.g. 1 2")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per model; the median is reported")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, thread pools)")
-    p.add_argument("--check-steps", type=int, default=3, help="steps per run of the agreement check (0: no check)")
-    p.add_argument("--check-runs", type=int, default=3, help="runs of the agreement check (own showers, dropout)")
+    p.add_argument(
+        "--threads", type=int, nargs="+", default=[1], help="torch intra-op thread counts, e.g. 1 2"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed steps per model; the median is reported"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps first (allocator, thread pools)"
+    )
+    p.add_argument(
+        "--check-steps",
+        type=int,
+        default=3,
+        help="steps per run of the agreement check (0: no check)",
+    )
+    p.add_argument(
+        "--check-runs",
+        type=int,
+        default=3,
+        help="runs of the agreement check (own showers, dropout)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    add_smoke_option(p, f"each size's Flow II with {SMOKE_BLOCKS} blocks and 1/{SMOKE_HIDDEN_DIVISOR} of its "
-                        f"hidden units, batch {SMOKE_BATCH}, {SMOKE['repeats']} timed steps after "
-                        f"{SMOKE['warmup']} warm-up, check of {SMOKE['check_runs']} runs x {SMOKE['check_steps']} steps")
+    add_smoke_option(
+        p,
+        f"each size's Flow II with {SMOKE_BLOCKS} blocks and 1/{SMOKE_HIDDEN_DIVISOR} of its "
+        f"hidden units, batch {SMOKE_BATCH}, {SMOKE['repeats']} timed steps after "
+        f"{SMOKE['warmup']} warm-up, check of {SMOKE['check_runs']} runs x {SMOKE['check_steps']} steps",
+    )
     return apply_smoke(p, p.parse_args(argv), SMOKE)
 
 
@@ -104,8 +123,10 @@ def models(init_args: dict, seed: int) -> tuple[tuple[FlowII, torch.optim.Optimi
     assert installed(stock) == 0 and installed(fast) == init_args["n_blocks"]
     fast.load_state_dict(stock.state_dict())
     lr = init_args["lr"]
-    return (stock.train(), torch.optim.Adam(stock.parameters(), lr=lr)), \
-        (fast.train(), fast.configure_optimizers()["optimizer"])
+    return (stock.train(), torch.optim.Adam(stock.parameters(), lr=lr)), (
+        fast.train(),
+        fast.configure_optimizers()["optimizer"],
+    )
 
 
 def step(model: FlowII, optimizer: torch.optim.Optimizer, batch: dict) -> float:
@@ -117,7 +138,12 @@ def step(model: FlowII, optimizer: torch.optim.Optimizer, batch: dict) -> float:
     return loss.item()
 
 
-def time_steps(pairs: tuple[tuple[FlowII, torch.optim.Optimizer], ...], batches: list[dict], warmup: int, repeats: int) -> list[dict]:
+def time_steps(
+    pairs: tuple[tuple[FlowII, torch.optim.Optimizer], ...],
+    batches: list[dict],
+    warmup: int,
+    repeats: int,
+) -> list[dict]:
     """Interleaved steps of each (model, optimiser); median wall and CPU (process) ms per step."""
     wall = [[] for _ in pairs]
     cpu = [[] for _ in pairs]
@@ -129,8 +155,15 @@ def time_steps(pairs: tuple[tuple[FlowII, torch.optim.Optimizer], ...], batches:
             if i >= warmup:
                 wall[j].append(1e3 * (time.perf_counter() - w0))
                 cpu[j].append(1e3 * (time.process_time() - c0))
-    return [{"wall_ms": statistics.median(w), "cpu_ms": statistics.median(c), "wall_all": w, "cpu_all": c}
-            for w, c in zip(wall, cpu)]
+    return [
+        {
+            "wall_ms": statistics.median(w),
+            "cpu_ms": statistics.median(c),
+            "wall_all": w,
+            "cpu_all": c,
+        }
+        for w, c in zip(wall, cpu)
+    ]
 
 
 #: the agreement check's comparisons
@@ -150,15 +183,19 @@ def carriers(d2: torch.Tensor, share: float = 0.9) -> int:
     return int(torch.searchsorted(total, share * total[-1])) + 1
 
 
-def agreement_run(trio: dict[str, FlowII], batches: list[dict], lr: float, dropout_seed: int) -> dict:
+def agreement_run(
+    trio: dict[str, FlowII], batches: list[dict], lr: float, dropout_seed: int
+) -> dict:
     """One run of the check: a step on each batch of every model of ``trio`` (``stock``, ``caloflow``,
     ``float64``; the same start), each with its optimiser, the same float32 inputs and dropout masks.
 
     Returns the losses (nats per shower), the first step's gradients and the final parameters (float64).
     """
-    opts = {"stock": torch.optim.Adam(trio["stock"].parameters(), lr=lr),
-            "caloflow": trio["caloflow"].configure_optimizers()["optimizer"],
-            "float64": torch.optim.Adam(trio["float64"].parameters(), lr=lr)}
+    opts = {
+        "stock": torch.optim.Adam(trio["stock"].parameters(), lr=lr),
+        "caloflow": trio["caloflow"].configure_optimizers()["optimizer"],
+        "float64": torch.optim.Adam(trio["float64"].parameters(), lr=lr),
+    }
     losses: dict[str, list[float]] = {name: [] for name in trio}
     grads = {}
     for i, batch in enumerate(batches):
@@ -173,8 +210,13 @@ def agreement_run(trio: dict[str, FlowII], batches: list[dict], lr: float, dropo
                 grads[name] = [p.grad.double() for p in model.parameters()]
             opts[name].step()
             losses[name].append(loss.item())
-    return {"losses": losses, "grads": grads,
-            "params": {name: [p.detach().double() for p in model.parameters()] for name, model in trio.items()}}
+    return {
+        "losses": losses,
+        "grads": grads,
+        "params": {
+            name: [p.detach().double() for p in model.parameters()] for name, model in trio.items()
+        },
+    }
 
 
 def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int) -> dict:
@@ -195,27 +237,43 @@ def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int
     against float64 say whether caloflow's step is as close to the exact step as the stock one.
     """
     (stock, _), (fast, _) = models(init_args, seed)
-    trio = {"stock": stock, "caloflow": fast, "float64": flow2(init_args, fast_training=False).double().train()}
+    trio = {
+        "stock": stock,
+        "caloflow": fast,
+        "float64": flow2(init_args, fast_training=False).double().train(),
+    }
     initial = {k: v.clone() for k, v in stock.state_dict().items()}
     start = [p.detach().double().clone() for p in stock.parameters()]
-    out = {"steps": steps, "runs": runs, "first_loss_rel_diff": [], "losses": [],
-           **{key: {pair: [] for pair in PAIRS} for key in ("grad_rel_error", "update_rel_error", "update_carriers")}}
+    out = {
+        "steps": steps,
+        "runs": runs,
+        "first_loss_rel_diff": [],
+        "losses": [],
+        **{
+            key: {pair: [] for pair in PAIRS}
+            for key in ("grad_rel_error", "update_rel_error", "update_carriers")
+        },
+    }
     for run in range(runs):
         for model in trio.values():
             model.load_state_dict(initial)
         batches = [showers(batch_size, seed + 100 * (run + 1) + i) for i in range(steps)]
         result = agreement_run(trio, batches, init_args["lr"], seed + 1000 * (run + 1))
         grads, params = result["grads"], result["params"]
-        grad_norm = sum((h ** 2).sum() for h in grads["float64"]).sqrt()
+        grad_norm = sum((h**2).sum() for h in grads["float64"]).sqrt()
         update = squared_differences(params["float64"], start).sum().sqrt()
         for pair in PAIRS:
             a, b = pair.split("_vs_")
-            out["grad_rel_error"][pair].append(float(squared_differences(grads[a], grads[b]).sum().sqrt() / grad_norm))
+            out["grad_rel_error"][pair].append(
+                float(squared_differences(grads[a], grads[b]).sum().sqrt() / grad_norm)
+            )
             d2 = squared_differences(params[a], params[b])
             out["update_rel_error"][pair].append(float(d2.sum().sqrt() / update))
             out["update_carriers"][pair].append(carriers(d2))
         losses = result["losses"]
-        out["first_loss_rel_diff"].append(abs(losses["caloflow"][0] - losses["stock"][0]) / abs(losses["stock"][0]))
+        out["first_loss_rel_diff"].append(
+            abs(losses["caloflow"][0] - losses["stock"][0]) / abs(losses["stock"][0])
+        )
         out["losses"].append(losses)
     return out
 
@@ -239,55 +297,83 @@ def measure(size: str, batches: list[dict], args: argparse.Namespace) -> list[di
         check = None
         if threads == args.threads[0] and args.check_steps:
             check = agreement(init_args, batch_size, args.check_steps, args.check_runs, args.seed)
-        rows.append({"size": size, "hidden": init_args["hidden_features"], "parameters": n_params,
-                     "batch": batch_size, "threads": threads, "stock": stock, "caloflow": fast,
-                     "speedup_wall": stock["wall_ms"] / fast["wall_ms"],
-                     "speedup_cpu": stock["cpu_ms"] / fast["cpu_ms"], "check": check})
-        print(f"  {size}, {threads} thread(s): stock {stock['wall_ms']:.0f} ms, caloflow {fast['wall_ms']:.0f} ms",
-              flush=True)
+        rows.append(
+            {
+                "size": size,
+                "hidden": init_args["hidden_features"],
+                "parameters": n_params,
+                "batch": batch_size,
+                "threads": threads,
+                "stock": stock,
+                "caloflow": fast,
+                "speedup_wall": stock["wall_ms"] / fast["wall_ms"],
+                "speedup_cpu": stock["cpu_ms"] / fast["cpu_ms"],
+                "check": check,
+            }
+        )
+        print(
+            f"  {size}, {threads} thread(s): stock {stock['wall_ms']:.0f} ms, caloflow {fast['wall_ms']:.0f} ms",
+            flush=True,
+        )
     return rows
 
 
 def render(rows: list[dict]) -> str:
     """The markdown table of :func:`measure`'s rows (times in ms per step) and its note."""
-    lines = ["| size | parameters | batch | threads | stock ms/step (wall / CPU) | caloflow ms/step (wall / CPU) "
-             "| speed-up (wall / CPU) | first loss, caloflow vs stock | first-step gradient error vs float64: "
-             "stock / caloflow | update error after the steps: stock vs float64 / caloflow vs float64 / "
-             "caloflow vs stock |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| size | parameters | batch | threads | stock ms/step (wall / CPU) | caloflow ms/step (wall / CPU) "
+        "| speed-up (wall / CPU) | first loss, caloflow vs stock | first-step gradient error vs float64: "
+        "stock / caloflow | update error after the steps: stock vs float64 / caloflow vs float64 / "
+        "caloflow vs stock |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         c = r["check"]
         cells = "| - | - | - |"
         if c:
             g, u = c["grad_rel_error"], c["update_rel_error"]
-            cells = (f"| {max(c['first_loss_rel_diff']):.1e} | {med_max(g['stock_vs_float64'])} / "
-                     f"{med_max(g['caloflow_vs_float64'])} | {med_max(u['stock_vs_float64'])} / "
-                     f"{med_max(u['caloflow_vs_float64'])} / {med_max(u['caloflow_vs_stock'])} |")
+            cells = (
+                f"| {max(c['first_loss_rel_diff']):.1e} | {med_max(g['stock_vs_float64'])} / "
+                f"{med_max(g['caloflow_vs_float64'])} | {med_max(u['stock_vs_float64'])} / "
+                f"{med_max(u['caloflow_vs_float64'])} / {med_max(u['caloflow_vs_stock'])} |"
+            )
         lines.append(
             f"| {r['size']} (hidden {r['hidden']}) | {r['parameters']:,} | {r['batch']} | {r['threads']} "
             f"| {r['stock']['wall_ms']:,.0f} / {r['stock']['cpu_ms']:,.0f} "
             f"| {r['caloflow']['wall_ms']:,.0f} / {r['caloflow']['cpu_ms']:,.0f} "
-            f"| {r['speedup_wall']:.2f}x / {r['speedup_cpu']:.2f}x " + cells)
+            f"| {r['speedup_wall']:.2f}x / {r['speedup_cpu']:.2f}x " + cells
+        )
     lines.append("")
-    lines.append("Errors: median (max) over the check's runs; relative L2 norms over all parameters (see the "
-                 "docstring of benchmarks/training.py). First loss: the largest relative difference over the runs.")
+    lines.append(
+        "Errors: median (max) over the check's runs; relative L2 norms over all parameters (see the "
+        "docstring of benchmarks/training.py). First loss: the largest relative difference over the runs."
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Time both steps per size and thread count, run the check; print the table, write ``--out``."""
     args = parse_args(argv)
-    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "cpu_count": os.cpu_count(), "smoke": args.smoke, "rows": []}
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; "
-          f"median of {args.repeats} steps after {args.warmup} warm-up")
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "smoke": args.smoke,
+        "rows": [],
+    }
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs; "
+        f"median of {args.repeats} steps after {args.warmup} warm-up"
+    )
     data = {}
     for size in args.sizes:
         batch_size = config(size, args.smoke)[1]
         if batch_size not in data:  # two batches of showers per batch size, shared by the sizes
             all_showers = showers(2 * batch_size, args.seed)
-            data[batch_size] = [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in all_showers.items()}
-                                for i in range(2)]
+            data[batch_size] = [
+                {k: v[i * batch_size : (i + 1) * batch_size] for k, v in all_showers.items()}
+                for i in range(2)
+            ]
         results["rows"] += measure(size, data[batch_size], args)
     table = render(results["rows"])
     print()

@@ -18,6 +18,7 @@ script says where that distance comes from. For each model size and each of ``--
 
     python benchmarks/training_float32.py --sizes paper demo --batches 12
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,31 +26,36 @@ import copy
 import statistics
 
 import torch
+from _tiny import add_smoke_option, apply_smoke
 from nflows.transforms import MaskedPiecewiseRationalQuadraticAutoregressiveTransform as RQS
 from nflows.transforms.made import MaskedLinear
+from training import CONFIGS, agreement, config, flow2, med_max, showers
 
 from caloflow.flows import fast_training as ft
-from caloflow.nn import count_parameters
 from caloflow.models import FlowII
-
-from _tiny import add_smoke_option, apply_smoke
-from training import CONFIGS, agreement, config, flow2, med_max, showers
+from caloflow.nn import count_parameters
 
 #: ``--smoke``: the options it shrinks (the sizes themselves are shrunk by training.config)
 SMOKE = {"batches": 2}
 #: the rows of the pieces table: piece -> the quantities compared
-PIECES = {"masked products": ("output", "input gradient", "weight gradient"),
-          "spline": ("output", "log det", "input gradient", "MADE-output gradient"),
-          "Adam step": ("update",)}
+PIECES = {
+    "masked products": ("output", "input gradient", "weight gradient"),
+    "spline": ("output", "log det", "input gradient", "MADE-output gradient"),
+    "Adam step": ("update",),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (``--smoke``: the options in SMOKE, where not given; the sizes shrunk by training.config)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", choices=sorted(CONFIGS), default=["paper", "demo"])
-    p.add_argument("--batches", type=int, default=12, help="batches (own showers and dropout draws) per size")
+    p.add_argument(
+        "--batches", type=int, default=12, help="batches (own showers and dropout draws) per size"
+    )
     p.add_argument("--seed", type=int, default=0)
-    add_smoke_option(p, f"both sizes as in benchmarks/training.py --smoke, {SMOKE['batches']} batches")
+    add_smoke_option(
+        p, f"both sizes as in benchmarks/training.py --smoke, {SMOKE['batches']} batches"
+    )
     return apply_smoke(p, p.parse_args(argv), SMOKE)
 
 
@@ -63,12 +69,19 @@ def stock_inputs(model: FlowII, batch: dict, dropout_seed: int) -> dict[int, tup
     seen: dict[int, tuple] = {}
     spline = RQS._elementwise_forward
 
-    def recording(block: RQS, inputs: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def recording(
+        block: RQS, inputs: torch.Tensor, params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         seen[id(block)] = (inputs.detach(), params.detach())
         return spline(block, inputs, params)
 
-    hooks = [m.register_forward_hook(lambda mod, args, out: seen.__setitem__(id(mod), (args[0].detach(),)))
-             for m in model.modules() if isinstance(m, MaskedLinear)]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, args, out: seen.__setitem__(id(mod), (args[0].detach(),))
+        )
+        for m in model.modules()
+        if isinstance(m, MaskedLinear)
+    ]
     RQS._elementwise_forward = recording
     try:
         with torch.no_grad():
@@ -81,31 +94,50 @@ def stock_inputs(model: FlowII, batch: dict, dropout_seed: int) -> dict[int, tup
     return seen
 
 
-def layer_errors(layer: MaskedLinear, x: torch.Tensor, g: torch.Generator) -> dict[str, list[float]]:
+def layer_errors(
+    layer: MaskedLinear, x: torch.Tensor, g: torch.Generator
+) -> dict[str, list[float]]:
     """Per variant (stock, caloflow), the errors of one masked layer's quantities (PIECES order) vs float64."""
     upstream = torch.randn(x.shape[0], layer.out_features, generator=g, dtype=torch.float64)
     got = {}
-    for variant, dtype in (("float64", torch.float64), ("stock", torch.float32), ("caloflow", torch.float32)):
+    for variant, dtype in (
+        ("float64", torch.float64),
+        ("stock", torch.float32),
+        ("caloflow", torch.float32),
+    ):
         lin = copy.deepcopy(layer).to(dtype)
         xi = x.to(dtype, copy=True).requires_grad_()
         y = ft.masked_linear(lin, xi, {}) if variant == "caloflow" else lin(xi)
         y.backward(upstream.to(dtype))
         got[variant] = (y.detach(), xi.grad, lin.weight.grad)
-    return {v: [relative(a, b) for a, b in zip(got[v], got["float64"])] for v in ("stock", "caloflow")}
+    return {
+        v: [relative(a, b) for a, b in zip(got[v], got["float64"])] for v in ("stock", "caloflow")
+    }
 
 
-def spline_errors(block: RQS, x: torch.Tensor, params: torch.Tensor, g: torch.Generator) -> dict[str, list[float]]:
+def spline_errors(
+    block: RQS, x: torch.Tensor, params: torch.Tensor, g: torch.Generator
+) -> dict[str, list[float]]:
     """Per variant (stock, caloflow), the errors of one block's spline quantities (PIECES order) vs float64."""
     up_y = torch.randn(x.shape, generator=g, dtype=torch.float64)
     up_logdet = torch.randn(x.shape[0], generator=g, dtype=torch.float64)
     got = {}
-    for variant, dtype in (("float64", torch.float64), ("stock", torch.float32), ("caloflow", torch.float32)):
-        xi, pi = x.to(dtype, copy=True).requires_grad_(), params.to(dtype, copy=True).requires_grad_()
+    for variant, dtype in (
+        ("float64", torch.float64),
+        ("stock", torch.float32),
+        ("caloflow", torch.float32),
+    ):
+        xi, pi = (
+            x.to(dtype, copy=True).requires_grad_(),
+            params.to(dtype, copy=True).requires_grad_(),
+        )
         spline = ft.rqs_forward if variant == "caloflow" else RQS._elementwise_forward
         y, logdet = spline(block, xi, pi)
         ((y * up_y.to(dtype)).sum() + (logdet * up_logdet.to(dtype)).sum()).backward()
         got[variant] = (y.detach(), logdet.detach(), xi.grad, pi.grad)
-    return {v: [relative(a, b) for a, b in zip(got[v], got["float64"])] for v in ("stock", "caloflow")}
+    return {
+        v: [relative(a, b) for a, b in zip(got[v], got["float64"])] for v in ("stock", "caloflow")
+    }
 
 
 def adam_errors(model: FlowII, grad64: list[torch.Tensor], lr: float) -> dict[str, list[float]]:
@@ -113,7 +145,11 @@ def adam_errors(model: FlowII, grad64: list[torch.Tensor], lr: float) -> dict[st
     and caloflow (fused, :func:`~caloflow.flows.fast_training.adam`), error relative to the float64 update."""
     start = [p.detach() for p in model.parameters()]
     after = {}
-    for variant, dtype in (("float64", torch.float64), ("stock", torch.float32), ("caloflow", torch.float32)):
+    for variant, dtype in (
+        ("float64", torch.float64),
+        ("stock", torch.float32),
+        ("caloflow", torch.float32),
+    ):
         params = [torch.nn.Parameter(p.to(dtype).clone()) for p in start]
         for p, grad in zip(params, grad64):
             p.grad = grad.to(dtype)
@@ -121,7 +157,9 @@ def adam_errors(model: FlowII, grad64: list[torch.Tensor], lr: float) -> dict[st
         opt.step()
         after[variant] = torch.cat([p.detach().double().flatten() for p in params])
     update = (after["float64"] - torch.cat([p.double().flatten() for p in start])).norm()
-    return {v: [float((after[v] - after["float64"]).norm() / update)] for v in ("stock", "caloflow")}
+    return {
+        v: [float((after[v] - after["float64"]).norm() / update)] for v in ("stock", "caloflow")
+    }
 
 
 def float64_gradient(model: FlowII, batch: dict, dropout_seed: int) -> list[torch.Tensor]:
@@ -140,7 +178,9 @@ def piece_errors(size: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = flow2(init_args, fast_training=False).train()
     g = torch.Generator().manual_seed(args.seed)
-    errors: dict = {(piece, q): {"stock": [], "caloflow": []} for piece, qs in PIECES.items() for q in qs}
+    errors: dict = {
+        (piece, q): {"stock": [], "caloflow": []} for piece, qs in PIECES.items() for q in qs
+    }
 
     def add(piece: str, found: dict[str, list[float]]) -> None:
         for variant, values in found.items():
@@ -156,28 +196,41 @@ def piece_errors(size: str, args: argparse.Namespace) -> dict:
                 add("masked products", layer_errors(module, *seen[id(module)], g))
             elif isinstance(module, RQS):
                 add("spline", spline_errors(module, *seen[id(module)], g))
-        add("Adam step", adam_errors(model, float64_gradient(model, batch, dropout_seed), init_args["lr"]))
-    return {"size": size, "hidden": init_args["hidden_features"], "parameters": count_parameters(model),
-            "errors": errors}
+        add(
+            "Adam step",
+            adam_errors(model, float64_gradient(model, batch, dropout_seed), init_args["lr"]),
+        )
+    return {
+        "size": size,
+        "hidden": init_args["hidden_features"],
+        "parameters": count_parameters(model),
+        "errors": errors,
+    }
 
 
 def render_pieces(results: list[dict]) -> str:
     """The pieces table: relative errors vs float64, median (max) over batches (and blocks, layers)."""
-    lines = ["| size | piece | quantity | stock: error vs float64 | caloflow: error vs float64 |",
-             "|---|---|---|---:|---:|"]
+    lines = [
+        "| size | piece | quantity | stock: error vs float64 | caloflow: error vs float64 |",
+        "|---|---|---|---:|---:|",
+    ]
     for r in results:
         for (piece, quantity), by_variant in r["errors"].items():
-            lines.append(f"| {r['size']} (hidden {r['hidden']}) | {piece} | {quantity} "
-                         f"| {med_max(by_variant['stock'])} | {med_max(by_variant['caloflow'])} |")
+            lines.append(
+                f"| {r['size']} (hidden {r['hidden']}) | {piece} | {quantity} "
+                f"| {med_max(by_variant['stock'])} | {med_max(by_variant['caloflow'])} |"
+            )
     return "\n".join(lines)
 
 
 def render_steps(results: list[dict]) -> str:
     """The whole-step table: one row per size from :func:`training.agreement` with one step per batch."""
-    lines = ["| size | parameters | batches | gradient error vs float64: stock / caloflow | update error vs float64: "
-             "stock / caloflow | update error mean: stock / caloflow | caloflow's update closer | parameters "
-             "carrying 90% of the squared update error: stock / caloflow |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| size | parameters | batches | gradient error vs float64: stock / caloflow | update error vs float64: "
+        "stock / caloflow | update error mean: stock / caloflow | caloflow's update closer | parameters "
+        "carrying 90% of the squared update error: stock / caloflow |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         c = r["check"]
         grad, upd, n = c["grad_rel_error"], c["update_rel_error"], c["update_carriers"]
@@ -187,7 +240,8 @@ def render_steps(results: list[dict]) -> str:
             f"| {r['size']} (hidden {r['hidden']}) | {r['parameters']:,} | {c['runs']} "
             f"| {med_max(grad[pairs[0]])} / {med_max(grad[pairs[1]])} | {med_max(upd[pairs[0]])} / "
             f"{med_max(upd[pairs[1]])} | {statistics.mean(upd[pairs[0]]):.1e} / {statistics.mean(upd[pairs[1]]):.1e} "
-            f"| {closer} of {c['runs']} | {med_max_int(n[pairs[0]])} / {med_max_int(n[pairs[1]])} |")
+            f"| {closer} of {c['runs']} | {med_max_int(n[pairs[0]])} / {med_max_int(n[pairs[1]])} |"
+        )
     return "\n".join(lines)
 
 
@@ -206,10 +260,14 @@ def main(argv: list[str] | None = None) -> dict:
         result["check"] = agreement(init_args, batch_size, 1, args.batches, args.seed)
         results.append(result)
         print(f"  {size}: done", flush=True)
-    print(f"\nPieces on the same float32 inputs, relative L2 error vs float64, median (max) over {args.batches} "
-          "batches (and blocks, layers):\n")
+    print(
+        f"\nPieces on the same float32 inputs, relative L2 error vs float64, median (max) over {args.batches} "
+        "batches (and blocks, layers):\n"
+    )
     print(render_pieces(results))
-    print(f"\nThe whole step (one step from the same weights per batch), median (max) over {args.batches} batches:\n")
+    print(
+        f"\nThe whole step (one step from the same weights per batch), median (max) over {args.batches} batches:\n"
+    )
     print(render_steps(results))
     return {"results": results}
 

@@ -7,6 +7,7 @@ the agreement as the mean separation power (docs/physics.md section 7) of the hi
 energies E_k and the layer fractions E_k / E_hat, logs the score, the average images per layer
 and keeps the best epoch as ``best_histogram.ckpt``.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,12 +40,16 @@ def histogram_features(voxels_mev: np.ndarray) -> dict[str, np.ndarray]:
     e = layer_energies(np.asarray(voxels_mev, dtype=np.float64))
     total = e.sum(1, keepdims=True)
     frac = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
-    features = {f"log10E_{k}": np.log10(np.maximum(e[:, k], ENERGY_FLOOR_MEV)) for k in range(N_LAYERS)}
+    features = {
+        f"log10E_{k}": np.log10(np.maximum(e[:, k], ENERGY_FLOOR_MEV)) for k in range(N_LAYERS)
+    }
     features.update({f"frac_{k}": frac[:, k] for k in range(N_LAYERS)})
     return features
 
 
-def histogram_score(real_mev: np.ndarray, fake_mev: np.ndarray, bins: int = 50) -> tuple[float, dict[str, float]]:
+def histogram_score(
+    real_mev: np.ndarray, fake_mev: np.ndarray, bins: int = 50
+) -> tuple[float, dict[str, float]]:
     """Mean separation power of the layer-energy and layer-fraction histograms (0 best, 1 worst).
 
     The bins span the range of the reference (``real_mev``) sample, so scores of different epochs
@@ -79,13 +84,21 @@ def average_images_figure(real_mev: np.ndarray, fake_mev: np.ndarray):
     fig = Figure(figsize=(10, 4.5), dpi=80)
     axes = fig.subplots(2, N_LAYERS, gridspec_kw={"width_ratios": [2, 1, 1]})
     # one colour scale per layer, set by the reference, so that generated averages read against it
-    vmax = [max(float(image.mean(0).max()), 1e-3) for image in split_layers(np.asarray(real_mev, dtype=np.float64))]
+    vmax = [
+        max(float(image.mean(0).max()), 1e-3)
+        for image in split_layers(np.asarray(real_mev, dtype=np.float64))
+    ]
     for row, (label, voxels) in enumerate((("reference", real_mev), ("generated", fake_mev))):
         for k, image in enumerate(split_layers(np.asarray(voxels, dtype=np.float64))):
             mean, top = image.mean(0), vmax[k]
             ax = axes[row, k]
-            im = ax.imshow(np.maximum(mean, top * 1e-5), norm=LogNorm(vmin=top * 1e-5, vmax=top),
-                           aspect="auto", interpolation="nearest", origin="lower")
+            im = ax.imshow(
+                np.maximum(mean, top * 1e-5),
+                norm=LogNorm(vmin=top * 1e-5, vmax=top),
+                aspect="auto",
+                interpolation="nearest",
+                origin="lower",
+            )
             ax.set_title(f"{label}, layer {k} {LAYER_SHAPES[k]}", fontsize=8)
             ax.set_xlabel("eta bin", fontsize=7)
             ax.set_ylabel("phi bin", fontsize=7)
@@ -132,7 +145,12 @@ class HistogramSelection(Callback):
     ) -> None:
         super().__init__()
         self.monitor, self.filename, self.dirpath = monitor, filename, dirpath
-        self.bins, self.max_showers, self.seed, self.log_images = int(bins), int(max_showers), int(seed), log_images
+        self.bins, self.max_showers, self.seed, self.log_images = (
+            int(bins),
+            int(max_showers),
+            int(seed),
+            log_images,
+        )
         self.best_score = math.inf
         self.best_epoch = -1
         self.best_path: str | None = None
@@ -144,7 +162,9 @@ class HistogramSelection(Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._voxels, self._energy, self._improved = [], [], False
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if trainer.sanity_checking or dataloader_idx != 0:
             return
         have = sum(len(e) for e in self._energy)
@@ -160,7 +180,11 @@ class HistogramSelection(Callback):
             return
         real = torch.cat(self._voxels).numpy()
         energy = torch.cat(self._energy)
-        fake = pl_module.sample(energy, generator=torch.Generator().manual_seed(self.seed)).cpu().numpy()
+        fake = (
+            pl_module.sample(energy, generator=torch.Generator().manual_seed(self.seed))
+            .cpu()
+            .numpy()
+        )
         score, per_feature = histogram_score(real, fake, self.bins)
         pl_module.log(self.monitor, score, on_epoch=True, prog_bar=True)
         for name, value in per_feature.items():
@@ -176,7 +200,9 @@ class HistogramSelection(Callback):
             return
         image = figure_to_array(average_images_figure(real, fake))
         for lg in loggers:
-            lg.experiment.add_image("val/average_images", image, trainer.global_step, dataformats="HWC")
+            lg.experiment.add_image(
+                "val/average_images", image, trainer.global_step, dataformats="HWC"
+            )
 
     # -- keeping the best epoch --------------------------------------------------------------------
     def checkpoint_dir(self, trainer: L.Trainer) -> str:
@@ -194,11 +220,17 @@ class HistogramSelection(Callback):
         self._improved = False
         self.best_path = os.path.join(self.checkpoint_dir(trainer), f"{self.filename}.ckpt")
         trainer.save_checkpoint(self.best_path)
-        rank_zero_info(f"HistogramSelection: epoch {self.best_epoch} is the best so far "
-                       f"({self.monitor} = {self.best_score:.4f}), saved {self.best_path}")
+        rank_zero_info(
+            f"HistogramSelection: epoch {self.best_epoch} is the best so far "
+            f"({self.monitor} = {self.best_score:.4f}), saved {self.best_path}"
+        )
 
     def state_dict(self) -> dict:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "best_path": self.best_path}
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_path": self.best_path,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_score = state_dict.get("best_score", math.inf)
@@ -206,4 +238,11 @@ class HistogramSelection(Callback):
         self.best_path = state_dict.get("best_path")
 
 
-__all__ = ["ENERGY_FLOOR_MEV", "histogram_features", "histogram_score", "average_images_figure", "figure_to_array", "HistogramSelection"]
+__all__ = [
+    "ENERGY_FLOOR_MEV",
+    "histogram_features",
+    "histogram_score",
+    "average_images_figure",
+    "figure_to_array",
+    "HistogramSelection",
+]

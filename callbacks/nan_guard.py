@@ -1,6 +1,6 @@
 """Skip batches whose loss is not finite; stop training if it keeps happening."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import lightning as L
 import torch
@@ -25,10 +25,14 @@ class NonFiniteGuard(L.Callback):
         self.skipped = 0
         self._bad = False
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
         self._bad = not bool(torch.isfinite(loss.detach()).all())
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer
+    ) -> None:
         if not self._bad:
             grads_finite = all(
                 torch.isfinite(p.grad).all() for p in pl_module.parameters() if p.grad is not None

@@ -30,6 +30,7 @@ ranks share the seed and draw alike, so they hold the same states); with ``num_w
 training noise is drawn by the worker processes from their own generators, which a resume
 re-seeds, so only ``num_workers: 0`` (the configs' setting) resumes bit for bit.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,13 @@ def collect_random_states() -> dict[str, Any]:
     state: dict[str, Any] = {
         "version": STATE_VERSION,
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -67,8 +73,15 @@ def set_random_states(state: dict[str, Any]) -> None:
     """Give the global generators the states of :func:`collect_random_states`."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     cuda = state.get("torch.cuda")
@@ -85,7 +98,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     folder and a rename, so a checkpoint on disk is always complete (the previous one until the
     rename, the new one after it)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         # caloflow's one temp-and-rename writer: stale temporaries of a killed write removed, signals trapped
@@ -121,4 +136,10 @@ class ExactResume(L.Callback):
             self._restored = None
 
 
-__all__ = ["STATE_VERSION", "collect_random_states", "set_random_states", "AtomicCheckpointIO", "ExactResume"]
+__all__ = [
+    "STATE_VERSION",
+    "collect_random_states",
+    "set_random_states",
+    "AtomicCheckpointIO",
+    "ExactResume",
+]

@@ -1,4 +1,5 @@
 """TensorBoard monitoring of what a generator produces: average images and feature histograms."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -15,7 +16,9 @@ from caloflow.data.geometry import LAYER_SHAPES, LAYER_SLICES  # noqa: E402
 
 def average_images_figure(data: np.ndarray, generated: np.ndarray) -> plt.Figure:
     """Average data and generated shower per calorimeter layer (MeV per voxel, log colour scale)."""
-    fig, axes = plt.subplots(2, len(LAYER_SHAPES), figsize=(12, 5), gridspec_kw={"width_ratios": [4, 1.5, 1]})
+    fig, axes = plt.subplots(
+        2, len(LAYER_SHAPES), figsize=(12, 5), gridspec_kw={"width_ratios": [4, 1.5, 1]}
+    )
     for k, (s, shape) in enumerate(zip(LAYER_SLICES, LAYER_SHAPES)):
         images = [v[:, s].mean(0).reshape(shape) for v in (data, generated)]
         positive = np.concatenate([im[im > 0] for im in images])
@@ -23,7 +26,9 @@ def average_images_figure(data: np.ndarray, generated: np.ndarray) -> plt.Figure
         for row, (image, name) in enumerate(zip(images, ("data", "generated"))):
             ax = axes[row, k]
             shown = ax.imshow(
-                np.where(image > 0, image, np.nan), aspect="auto", interpolation="nearest",
+                np.where(image > 0, image, np.nan),
+                aspect="auto",
+                interpolation="nearest",
                 norm=matplotlib.colors.LogNorm(vmin=vmin, vmax=max(vmax, vmin * 1.0001)),
             )
             ax.set_title(f"{name}, layer {k}")
@@ -86,7 +91,9 @@ class SampleMonitor(L.Callback):
         self._data, self._generated = [], []
         self._generator = torch.Generator().manual_seed(self.seed)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if batch_idx >= self.n_batches or not self._active(trainer):
             return
         data, generated = pl_module.compare_batch(batch, self._generator)
@@ -105,7 +112,10 @@ class SampleMonitor(L.Callback):
             writer.add_figure("samples/average_images", fig, step)
         fig = layer_fractions_figure(data["layer_energies"], generated["layer_energies"])
         writer.add_figure("samples/layer_fractions", fig, step)
-        for name, e in (("data", data["layer_energies"]), ("generated", generated["layer_energies"])):
+        for name, e in (
+            ("data", data["layer_energies"]),
+            ("generated", generated["layer_energies"]),
+        ):
             fractions = e / np.maximum(e.sum(1, keepdims=True), 1e-12)
             for k in range(e.shape[1]):
                 writer.add_histogram(f"E{k}_over_Ehat/{name}", fractions[:, k], step)

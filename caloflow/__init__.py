@@ -3,6 +3,7 @@
 CaloFlow (Krause & Shih, arXiv:2106.05285): Flow I learns the layer energies given the incident
 energy, Flow II the 504-voxel shower shape given the energies; :class:`CaloFlow` chains them.
 """
+
 __version__ = "0.1.0"
 
 __all__ = ["CaloFlow", "fast_inverse", "fast_sample", "__version__"]

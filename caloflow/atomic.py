@@ -12,6 +12,7 @@ same target left by a process that no longer exists (kill -9, power loss) are re
 write to that target starts. The final file gets the permissions of a plain ``open()``:
 ``0o666 & ~umask``.
 """
+
 from __future__ import annotations
 
 import os
@@ -122,7 +123,9 @@ def _umask() -> int:
 
 def _temporary_pattern(path: Path) -> re.Pattern:
     # .STEM.PID.XXXXXXXX.tmpSUFFIX (this version) or .STEM.XXXXXXXX.tmpSUFFIX (older versions)
-    return re.compile(rf"^\.{re.escape(path.stem)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}$")
+    return re.compile(
+        rf"^\.{re.escape(path.stem)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}$"
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -186,8 +189,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp = None
         try:
             with deferred_signals():  # the name must be registered before a signal can cut in
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}",
-                                           dir=path.parent)
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{path.stem}.{os.getpid()}.",
+                    suffix=f".tmp{path.suffix}",
+                    dir=path.parent,
+                )
                 _State.active.add(tmp)
                 os.close(fd)
             yield Path(tmp)
@@ -214,4 +220,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-__all__ = ["SIGNALS", "Interrupted", "check_interrupted", "deferred_signals", "stale_temporaries", "remove_stale_temporaries", "atomic_output", "write_text_atomic"]
+__all__ = [
+    "SIGNALS",
+    "Interrupted",
+    "check_interrupted",
+    "deferred_signals",
+    "stale_temporaries",
+    "remove_stale_temporaries",
+    "atomic_output",
+    "write_text_atomic",
+]

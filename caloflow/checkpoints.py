@@ -3,6 +3,7 @@
 Used by every command that takes a checkpoint (``--ckpt_path``, ``--flow1``, ``--refiner``, ...) and by
 the model loaders; nothing here parses arguments.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,9 @@ def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dic
         except RuntimeError as e:
             if "mmap can only be used" not in str(e):
                 raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (not zip) torch file
+            ckpt = torch.load(
+                path, map_location="cpu", weights_only=True
+            )  # a legacy (not zip) torch file
     except Exception as e:  # a text file, a truncated zip, ...
         if "Weights only load failed" in str(e):
             reason = "it holds objects that torch.load(weights_only=True) refuses"
@@ -43,8 +46,9 @@ def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dic
             reason = "truncated"
         else:
             reason = "not a torch checkpoint"
-        raise CaloflowError(f"{option} {path}: cannot read it as a checkpoint ({reason}: "
-                            f"{type(e).__name__})") from None
+        raise CaloflowError(
+            f"{option} {path}: cannot read it as a checkpoint ({reason}: {type(e).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CaloflowError(f"{option} {path}: not a Lightning checkpoint (no state_dict)")
     return ckpt

@@ -4,6 +4,7 @@ The command modules and the config readers of :mod:`refine` share them; each pro
 :class:`caloflow.errors.CaloflowError` line (or a list of ``(name, problem)`` pairs) that names the
 option, file or key.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,9 @@ def check_not_an_input(out, inputs: dict[str, Any], option: str = "--out") -> No
     """
     for name, path in inputs.items():
         if path is not None and same_file(out, path):
-            raise CaloflowError(f"{option} {out}: is the same file as {name} {path}; refusing to overwrite an input")
+            raise CaloflowError(
+                f"{option} {out}: is the same file as {name} {path}; refusing to overwrite an input"
+            )
 
 
 def check_yaml_file(path, option: str) -> None:
@@ -83,10 +86,16 @@ def _rule(name: str) -> tuple[Callable[[float], bool], str] | None:
     if name == "seed" or name.endswith("_seed"):
         return (lambda x: x == int(x) and 0 <= x < SEED_LIMIT), "an integer in [0, 2**32)"
     if name == "milestones" or name in _MAY_BE_ZERO:
-        return (lambda x: x == int(x) and x >= 0), "integers >= 0" if name == "milestones" else "an integer >= 0"
-    if (name in ("hidden", "features", "epochs", "batch_size")
-            or name.startswith(("n_", "num_"))
-            or name.endswith(("_features", "_channels", "_dim", "_kernels", "_steps", "_size", "_blocks", "_bins"))):
+        return (
+            lambda x: x == int(x) and x >= 0
+        ), "integers >= 0" if name == "milestones" else "an integer >= 0"
+    if (
+        name in ("hidden", "features", "epochs", "batch_size")
+        or name.startswith(("n_", "num_"))
+        or name.endswith(
+            ("_features", "_channels", "_dim", "_kernels", "_steps", "_size", "_blocks", "_bins")
+        )
+    ):
         return (lambda x: x == int(x) and x >= 1), "an integer >= 1"
     return None
 
@@ -131,4 +140,10 @@ def hyperparameter_problems(values, prefix: str = "") -> list[tuple[str, str]]:
     return problems
 
 
-__all__ = ["SEED_LIMIT", "same_file", "check_not_an_input", "check_yaml_file", "hyperparameter_problems"]
+__all__ = [
+    "SEED_LIMIT",
+    "same_file",
+    "check_not_an_input",
+    "check_yaml_file",
+    "hyperparameter_problems",
+]

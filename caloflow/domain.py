@@ -7,6 +7,7 @@ its checkpoint, and the files it generates carry it as the HDF5 attribute ``trai
 (JSON). ``caloflow generate`` and ``caloflow evaluate`` compare what they are asked to do with it
 and warn in one line, or refuse with ``--strict``.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,18 +43,27 @@ class Domain:
     def from_dict(cls, d: dict | None) -> "Domain":
         d = d or {}
         energy = d.get("energy_gev")
-        return cls(tuple(float(e) for e in energy) if energy is not None else None, d.get("particle"),
-                   d.get("geometry", GEOMETRY))
+        return cls(
+            tuple(float(e) for e in energy) if energy is not None else None,
+            d.get("particle"),
+            d.get("geometry", GEOMETRY),
+        )
 
     def describe(self) -> str:
-        energy = f"{self.energy_gev[0]:g}-{self.energy_gev[1]:g} GeV" if self.energy_gev else "unknown energies"
+        energy = (
+            f"{self.energy_gev[0]:g}-{self.energy_gev[1]:g} GeV"
+            if self.energy_gev
+            else "unknown energies"
+        )
         return f"{self.particle or 'unknown particle'}, {energy}"
 
 
 def of_showers(energies_gev, particle: str | None) -> Domain:
     """The domain of a set of showers: the range of their incident energies (GeV) and the particle."""
     energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
-    return Domain((float(energies.min()), float(energies.max())) if energies.size else None, particle)
+    return Domain(
+        (float(energies.min()), float(energies.max())) if energies.size else None, particle
+    )
 
 
 def of_file(path: str | Path) -> Domain:
@@ -67,8 +77,10 @@ def of_file(path: str | Path) -> Domain:
         return Domain.from_dict(json.loads(str(attrs[KEY])))
     particle = attrs.get("particle")
     energy = attrs.get("energy_range")
-    return Domain(tuple(float(e) for e in energy) if energy is not None else None,
-                  str(particle) if particle is not None else None)
+    return Domain(
+        tuple(float(e) for e in energy) if energy is not None else None,
+        str(particle) if particle is not None else None,
+    )
 
 
 def report(message: str, strict: bool) -> None:
@@ -86,14 +98,19 @@ def check_energies(domain: Domain, energies_gev, what: str, strict: bool = False
     lo, hi = domain.energy_gev
     outside = (energies < lo * (1 - ENERGY_SLACK)) | (energies > hi * (1 + ENERGY_SLACK))
     if energies.size and outside.any():
-        report(f"{what}: {int(outside.sum())} of {energies.size} incident energies ({energies.min():g}-"
-               f"{energies.max():g} GeV) lie outside the {lo:g}-{hi:g} GeV the model was trained on", strict)
+        report(
+            f"{what}: {int(outside.sum())} of {energies.size} incident energies ({energies.min():g}-"
+            f"{energies.max():g} GeV) lie outside the {lo:g}-{hi:g} GeV the model was trained on",
+            strict,
+        )
 
 
 def check_particle(expected: Domain, other: Domain, what: str, strict: bool = False) -> None:
     """Warn (or refuse) when two sides are known to be different particles (or geometries)."""
     if expected.particle and other.particle and expected.particle != other.particle:
-        report(f"{what}: {other.particle} showers, but the other side is {expected.particle}", strict)
+        report(
+            f"{what}: {other.particle} showers, but the other side is {expected.particle}", strict
+        )
     if expected.geometry != other.geometry:
         report(f"{what}: geometry {other.geometry}, expected {expected.geometry}", strict)
 
@@ -137,4 +154,15 @@ def _data_domain(datamodule, energies_gev) -> Domain:
     return Domain(declared.energy_gev or seen.energy_gev, declared.particle)
 
 
-__all__ = ["GEOMETRY", "KEY", "ENERGY_SLACK", "Domain", "of_showers", "of_file", "report", "check_energies", "check_particle", "RemembersDomain"]
+__all__ = [
+    "GEOMETRY",
+    "KEY",
+    "ENERGY_SLACK",
+    "Domain",
+    "of_showers",
+    "of_file",
+    "report",
+    "check_energies",
+    "check_particle",
+    "RemembersDomain",
+]

@@ -1,4 +1,5 @@
 """Errors that the command line reports as one line, without a traceback."""
+
 from __future__ import annotations
 
 

@@ -22,6 +22,7 @@ whole shower is empty. NaNs are left out of histograms, means and separation pow
 ``sparsity{k}`` of an empty layer is 0 and the layer energies are 0. (The classifier inputs of
 :func:`high_level_inputs` use 0 instead of NaN, see there.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from caloflow.data.geometry import (GEV, KEV, N_LAYERS, N_VOXELS, THRESHOLD_KEV, split_layers,
-                                    voxel_centres)
+from caloflow.data.geometry import (
+    GEV,
+    KEV,
+    N_LAYERS,
+    N_VOXELS,
+    THRESHOLD_KEV,
+    split_layers,
+    voxel_centres,
+)
 from caloflow.data.io import Showers, read_showers
 from caloflow.errors import DataFormatError
 from caloflow.transforms import encode_incident_energy
@@ -66,12 +74,19 @@ def _layer_infos() -> dict[str, FeatureInfo]:
     infos = {}
     for k in range(N_LAYERS):
         for rank in range(1, N_BRIGHTEST + 1):
-            infos[_brightest_name(rank, k)] = FeatureInfo(f"{_ORDINAL[rank]}brightest voxel / $E_{k}$ (layer {k})",
-                                                          group="voxels")
-        infos[f"E_ratio{k}"] = FeatureInfo(f"$E_{{\\mathrm{{ratio}},{k}}}$ (layer {k})", group="voxels")
+            infos[_brightest_name(rank, k)] = FeatureInfo(
+                f"{_ORDINAL[rank]}brightest voxel / $E_{k}$ (layer {k})", group="voxels"
+            )
+        infos[f"E_ratio{k}"] = FeatureInfo(
+            f"$E_{{\\mathrm{{ratio}},{k}}}$ (layer {k})", group="voxels"
+        )
         infos[f"sparsity{k}"] = FeatureInfo(f"sparsity (layer {k})", group="voxels")
-        infos[f"eta_centroid{k}"] = FeatureInfo(f"$\\langle\\eta_{k}\\rangle$ [mm]", group="centroids")
-        infos[f"phi_centroid{k}"] = FeatureInfo(f"$\\langle\\phi_{k}\\rangle$ [mm]", group="centroids")
+        infos[f"eta_centroid{k}"] = FeatureInfo(
+            f"$\\langle\\eta_{k}\\rangle$ [mm]", group="centroids"
+        )
+        infos[f"phi_centroid{k}"] = FeatureInfo(
+            f"$\\langle\\phi_{k}\\rangle$ [mm]", group="centroids"
+        )
         infos[f"eta_width{k}"] = FeatureInfo(f"$\\sigma_{{\\eta,{k}}}$ [mm]", group="widths")
         infos[f"phi_width{k}"] = FeatureInfo(f"$\\sigma_{{\\phi,{k}}}$ [mm]", group="widths")
     return infos
@@ -82,17 +97,26 @@ CENTROID_DIFF_PAIRS: tuple[tuple[int, int], ...] = ((1, 0), (2, 1))
 
 
 def _centroid_diff_infos() -> dict[str, FeatureInfo]:
-    return {f"{axis}_centroid_diff_{j}{i}": FeatureInfo(
-        f"$\\langle\\{axis}_{j}\\rangle - \\langle\\{axis}_{i}\\rangle$ [mm]", group="centroids")
-        for axis in ("eta", "phi") for j, i in CENTROID_DIFF_PAIRS}
+    return {
+        f"{axis}_centroid_diff_{j}{i}": FeatureInfo(
+            f"$\\langle\\{axis}_{j}\\rangle - \\langle\\{axis}_{i}\\rangle$ [mm]", group="centroids"
+        )
+        for axis in ("eta", "phi")
+        for j, i in CENTROID_DIFF_PAIRS
+    }
 
 
 #: Every feature, in the order of the paper's figures, with its plotting conventions.
 #: ``E_hat_over_E_inc`` is only computed when the incident energy is known.
 FEATURES: dict[str, FeatureInfo] = {
-    **{f"E{k}": FeatureInfo(f"$E_{k}$ [GeV]", log_x=True, plot_scale=1e-3) for k in range(N_LAYERS)},
+    **{
+        f"E{k}": FeatureInfo(f"$E_{k}$ [GeV]", log_x=True, plot_scale=1e-3) for k in range(N_LAYERS)
+    },
     "E_hat": FeatureInfo("$\\hat{E}_{\\mathrm{tot}}$ [GeV]", log_x=True, plot_scale=1e-3),
-    **{f"E{k}_frac": FeatureInfo(f"$E_{k}/\\hat{{E}}_{{\\mathrm{{tot}}}}$", log_x=True) for k in range(N_LAYERS)},
+    **{
+        f"E{k}_frac": FeatureInfo(f"$E_{k}/\\hat{{E}}_{{\\mathrm{{tot}}}}$", log_x=True)
+        for k in range(N_LAYERS)
+    },
     "l_d": FeatureInfo("$l_d$ [GeV]", log_x=True, plot_scale=1e-3),
     "s_d": FeatureInfo("shower depth $s_d$"),
     "sigma_sd": FeatureInfo("shower depth width $\\sigma_{s_d}$"),
@@ -113,11 +137,18 @@ HIGH_LEVEL_LOG_OFFSET = 1e-8
 
 #: Names of the 41 inputs of :func:`high_level_inputs`, in order.
 HIGH_LEVEL_INPUTS: tuple[str, ...] = (
-    *(f"log10_E{k}" for k in range(N_LAYERS)), "log10_E_hat",
-    *(f"log10_E{k}_frac" for k in range(N_LAYERS)), "log10_l_d",
+    *(f"log10_E{k}" for k in range(N_LAYERS)),
+    "log10_E_hat",
+    *(f"log10_E{k}_frac" for k in range(N_LAYERS)),
+    "log10_l_d",
     *(f"log10_phi_width{k}" for k in range(N_LAYERS)),
-    "s_d", "sigma_sd",
-    *(f"{_brightest_name(rank, k)}_x10" for k in range(N_LAYERS) for rank in range(1, N_BRIGHTEST + 1)),
+    "s_d",
+    "sigma_sd",
+    *(
+        f"{_brightest_name(rank, k)}_x10"
+        for k in range(N_LAYERS)
+        for rank in range(1, N_BRIGHTEST + 1)
+    ),
     *(f"E_ratio{k}" for k in range(N_LAYERS)),
     *(f"sparsity{k}" for k in range(N_LAYERS)),
     *(f"{axis}_centroid{k}_100mm" for k in range(N_LAYERS) for axis in ("phi", "eta")),
@@ -130,10 +161,14 @@ assert len(HIGH_LEVEL_INPUTS) == 41
 # The feature math, once (torch, float64, differentiable where it makes sense)
 # ----------------------------------------------------------------------------------------------
 
+
 def threshold_voxels(voxels: Tensor, threshold_kev: float = THRESHOLD_KEV) -> Tensor:
     """``voxels`` (MeV) with every voxel below ``threshold_kev`` set to zero (same dtype; gradient 1 where kept)."""
-    return torch.where(voxels < threshold_kev * KEV, torch.zeros((), dtype=voxels.dtype, device=voxels.device),
-                       voxels)
+    return torch.where(
+        voxels < threshold_kev * KEV,
+        torch.zeros((), dtype=voxels.dtype, device=voxels.device),
+        voxels,
+    )
 
 
 def _divide(num: Tensor, den: Tensor) -> Tensor:
@@ -144,7 +179,9 @@ def _divide(num: Tensor, den: Tensor) -> Tensor:
 def _sqrt_clipped(x: Tensor) -> Tensor:
     """sqrt(max(x, 0)) with a finite gradient everywhere (0 where x <= 0)."""
     positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+    return torch.where(
+        positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x)
+    )
 
 
 def _shower_quantities(v: Tensor, fill: float) -> dict[str, Tensor]:
@@ -181,7 +218,9 @@ def _shower_quantities(v: Tensor, fill: float) -> dict[str, Tensor]:
 
     has_energy = [e > 0 for e in energies]
     # index of the deepest layer with energy: -1 for none, then undefined (fill)
-    index = torch.stack([torch.where(h, float(k), -1.0) for k, h in enumerate(has_energy)], dim=1).to(v.dtype)
+    index = torch.stack(
+        [torch.where(h, float(k), -1.0) for k, h in enumerate(has_energy)], dim=1
+    ).to(v.dtype)
     out["deepest_layer"] = masked(index.max(dim=1).values, shower)
 
     raw_centroids: dict[str, Tensor] = {}
@@ -212,8 +251,15 @@ def _shower_quantities(v: Tensor, fill: float) -> dict[str, Tensor]:
 def energy_response(e_hat_mev, incident_gev):
     """E_hat / E_inc (dimensionless; E_hat in MeV, E_inc in GeV), NaN where E_inc <= 0. numpy or torch."""
     if isinstance(e_hat_mev, Tensor):
-        inc = torch.as_tensor(incident_gev, dtype=e_hat_mev.dtype, device=e_hat_mev.device).reshape(-1) * GEV
-        return torch.where(inc > 0, _divide(e_hat_mev, inc), torch.full_like(e_hat_mev, float("nan")))
+        inc = (
+            torch.as_tensor(incident_gev, dtype=e_hat_mev.dtype, device=e_hat_mev.device).reshape(
+                -1
+            )
+            * GEV
+        )
+        return torch.where(
+            inc > 0, _divide(e_hat_mev, inc), torch.full_like(e_hat_mev, float("nan"))
+        )
     inc = np.asarray(incident_gev, dtype=np.float64).reshape(-1) * GEV
     out = np.full(np.broadcast(np.asarray(e_hat_mev), inc).shape, np.nan)
     np.divide(e_hat_mev, inc, out=out, where=inc > 0)
@@ -227,20 +273,26 @@ def _check_voxels(shape, exc=ValueError) -> None:
 
 def _check_incident(incident: Tensor | np.ndarray, n: int) -> None:
     if incident.shape[0] != n or incident.ndim != 1:
-        raise ValueError(f"incident energies must have shape ({n},) or ({n}, 1), got {tuple(incident.shape)}")
+        raise ValueError(
+            f"incident energies must have shape ({n},) or ({n}, 1), got {tuple(incident.shape)}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Histogram features (numpy) and classifier inputs (torch)
 # ----------------------------------------------------------------------------------------------
 
+
 def apply_threshold(voxels: np.ndarray, threshold_kev: float = THRESHOLD_KEV) -> np.ndarray:
     """Copy of ``voxels`` (MeV) with every voxel below ``threshold_kev`` set to zero (float64)."""
-    return threshold_voxels(torch.from_numpy(np.array(voxels, dtype=np.float64)), threshold_kev).numpy()
+    return threshold_voxels(
+        torch.from_numpy(np.array(voxels, dtype=np.float64)), threshold_kev
+    ).numpy()
 
 
-def compute_features(voxels: np.ndarray, threshold_kev: float = THRESHOLD_KEV,
-                     incident_gev: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def compute_features(
+    voxels: np.ndarray, threshold_kev: float = THRESHOLD_KEV, incident_gev: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """All features of section 5.2-5.3 (and a few more the reference plots) for each shower.
 
     Args:
@@ -269,13 +321,17 @@ def compute_features(voxels: np.ndarray, threshold_kev: float = THRESHOLD_KEV,
     out = {name: t.numpy() for name, t in quantities.items()}
     if incident_gev is not None:
         incident = np.asarray(incident_gev, dtype=np.float64)
-        incident = incident.reshape(-1) if incident.ndim == 2 and incident.shape[1] == 1 else incident
+        incident = (
+            incident.reshape(-1) if incident.ndim == 2 and incident.shape[1] == 1 else incident
+        )
         _check_incident(incident, len(voxels))
         out["E_hat_over_E_inc"] = energy_response(out["E_hat"], incident)
     return {name: out[name] for name in FEATURE_NAMES if name in out}
 
 
-def high_level_inputs(voxels: Tensor, incident_gev: Tensor, threshold_kev: float = THRESHOLD_KEV) -> Tensor:
+def high_level_inputs(
+    voxels: Tensor, incident_gev: Tensor, threshold_kev: float = THRESHOLD_KEV
+) -> Tensor:
     """The 41 inputs of the high-level-feature classifier, as the published CaloFlow code builds them.
 
     Computed in float64 after the 10 keV cut (voxels below ``threshold_kev`` set to 0), on the
@@ -319,17 +375,26 @@ def high_level_inputs(voxels: Tensor, incident_gev: Tensor, threshold_kev: float
     logged += [q[f"phi_width{k}"] / l_unit for k in range(N_LAYERS)]
     columns = [torch.log10(x + HIGH_LEVEL_LOG_OFFSET) for x in logged]
     columns += [q["s_d"], q["sigma_sd"]]
-    columns += [10.0 * q[_brightest_name(rank, k)] for k in range(N_LAYERS) for rank in range(1, N_BRIGHTEST + 1)]
+    columns += [
+        10.0 * q[_brightest_name(rank, k)]
+        for k in range(N_LAYERS)
+        for rank in range(1, N_BRIGHTEST + 1)
+    ]
     columns += [q[f"E_ratio{k}"] for k in range(N_LAYERS)]
     columns += [q[f"sparsity{k}"] for k in range(N_LAYERS)]
-    columns += [q[f"{axis}_centroid{k}"] / l_unit for k in range(N_LAYERS) for axis in ("phi", "eta")]
+    columns += [
+        q[f"{axis}_centroid{k}"] / l_unit for k in range(N_LAYERS) for axis in ("phi", "eta")
+    ]
     x = torch.stack(columns, dim=1)
     x = torch.cat([x, encode_incident_energy(incident)], dim=1)
     return x.to(torch.float32)
 
 
-def shower_features(source: Showers | np.ndarray | str | Path, threshold_kev: float = THRESHOLD_KEV,
-                    max_showers: int | None = None) -> dict[str, np.ndarray]:
+def shower_features(
+    source: Showers | np.ndarray | str | Path,
+    threshold_kev: float = THRESHOLD_KEV,
+    max_showers: int | None = None,
+) -> dict[str, np.ndarray]:
     """:func:`compute_features` of a :class:`Showers`, an (N, 504) array in MeV or a CaloGAN file.
 
     Showers and files carry the incident energies, so their features include ``E_hat_over_E_inc``.

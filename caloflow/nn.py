@@ -1,4 +1,5 @@
 """Network building blocks shared by every model of the project."""
+
 from __future__ import annotations
 
 from torch import nn

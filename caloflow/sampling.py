@@ -5,6 +5,7 @@ each layer -> scale by E_i -> 10 keV threshold. Both inverse steps are the prepr
 the flows were trained with (:mod:`caloflow.transforms`). A shower that comes out non-finite is
 drawn again (and counted), so no NaN or inf reaches a file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,9 +17,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.data.geometry import N_VOXELS
 from caloflow.data.io import Showers, ShowerWriter, count_showers, iter_showers
-from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.domain import Domain
 from caloflow.errors import CaloflowError
 
@@ -36,13 +37,19 @@ def _load_checkpoint(cls, path, option: str, map_location="cpu"):
     try:
         model = cls.load_from_checkpoint(str(path), map_location=map_location).eval()
     except Exception as e:  # torch.load and Lightning raise many types for a wrong file
-        raise CaloflowError(f"{option} {path}: cannot load a {cls.__name__} checkpoint from it ({type(e).__name__})") from None
+        raise CaloflowError(
+            f"{option} {path}: cannot load a {cls.__name__} checkpoint from it ({type(e).__name__})"
+        ) from None
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise CaloflowError(f"{option} {path}: the weights are not finite (NaN or inf): the model is broken")
+        raise CaloflowError(
+            f"{option} {path}: the weights are not finite (NaN or inf): the model is broken"
+        )
     return model
 
 
-def redraw_nonfinite(draw: Callable[[Tensor], Tensor], energies: Tensor, max_rounds: int = 10) -> tuple[Tensor, int]:
+def redraw_nonfinite(
+    draw: Callable[[Tensor], Tensor], energies: Tensor, max_rounds: int = 10
+) -> tuple[Tensor, int]:
     """Call ``draw(energies)`` and draw again the rows that are not finite; returns (samples, redraws)."""
     out = draw(energies)
     redraws = 0
@@ -53,8 +60,10 @@ def redraw_nonfinite(draw: Callable[[Tensor], Tensor], energies: Tensor, max_rou
         redraws += int(bad.sum())
         out[bad] = draw(energies[bad])
     if not torch.isfinite(out).all():
-        raise CaloflowError(f"{int((~torch.isfinite(out).all(1)).sum())} showers stayed non-finite after "
-                            f"{max_rounds} redraws: the model is broken")
+        raise CaloflowError(
+            f"{int((~torch.isfinite(out).all(1)).sum())} showers stayed non-finite after "
+            f"{max_rounds} redraws: the model is broken"
+        )
     return out, redraws
 
 
@@ -68,7 +77,10 @@ def _energy_batches(energies_gev, batch_size: int):
 
 
 def sample_in_batches(
-    draw: Callable[[Tensor], tuple[Tensor, int]], energies_gev, batch_size: int, progress: bool = False,
+    draw: Callable[[Tensor], tuple[Tensor, int]],
+    energies_gev,
+    batch_size: int,
+    progress: bool = False,
     out: ShowerWriter | None = None,
 ) -> tuple[Showers | None, int]:
     """Run ``draw(chunk) -> (voxels (n, 504) MeV, redraws)`` over the incident energies (GeV) in batches.
@@ -97,7 +109,9 @@ def sample_in_batches(
     if out is not None:
         return None, redraws
     voxels = np.concatenate(parts) if parts else np.zeros((0, N_VOXELS), np.float32)
-    return Showers(voxels, np.concatenate(energies) if energies else np.zeros(0, np.float32)), redraws
+    return Showers(
+        voxels, np.concatenate(energies) if energies else np.zeros(0, np.float32)
+    ), redraws
 
 
 class CaloFlow:
@@ -129,15 +143,23 @@ class CaloFlow:
 
     @torch.no_grad()
     def sample_batch(
-        self, energies_gev: Tensor, generator: torch.Generator | None = None, fast: bool = True, threshold: bool = True
+        self,
+        energies_gev: Tensor,
+        generator: torch.Generator | None = None,
+        fast: bool = True,
+        threshold: bool = True,
     ) -> tuple[Tensor, Tensor, int]:
         """One shower per incident energy (GeV): (voxels (N, 504) MeV, layer energies (N, 3) MeV, redraws)."""
         energies_gev = torch.as_tensor(energies_gev, dtype=torch.float32).reshape(-1)
-        layer_energies, n1 = redraw_nonfinite(lambda e: self.flow1.sample(e, generator), energies_gev)
+        layer_energies, n1 = redraw_nonfinite(
+            lambda e: self.flow1.sample(e, generator), energies_gev
+        )
         joint = torch.cat([energies_gev.to(layer_energies.device)[:, None], layer_energies], dim=1)
 
         def draw(rows: Tensor) -> Tensor:
-            return self.flow2.sample(rows[:, 0], rows[:, 1:], generator, fast=fast, threshold=threshold)
+            return self.flow2.sample(
+                rows[:, 0], rows[:, 1:], generator, fast=fast, threshold=threshold
+            )
 
         voxels, n2 = redraw_nonfinite(draw, joint)
         return voxels, layer_energies, n1 + n2
@@ -182,8 +204,15 @@ class CaloGANSampler:
         return cls(_load_checkpoint(CaloGAN, ckpt, "--calogan").to(device))
 
     @torch.no_grad()
-    def sample(self, energies_gev, generator=None, batch_size: int = 10_000, fast: bool = True, progress=False,
-               out: ShowerWriter | None = None) -> Showers | None:
+    def sample(
+        self,
+        energies_gev,
+        generator=None,
+        batch_size: int = 10_000,
+        fast: bool = True,
+        progress=False,
+        out: ShowerWriter | None = None,
+    ) -> Showers | None:
         def draw(chunk: Tensor) -> tuple[Tensor, int]:
             return redraw_nonfinite(lambda e: self.model.sample(e, generator), chunk)
 
@@ -215,7 +244,9 @@ class IncidentEnergies:
             if available == 0:
                 raise CaloflowError(f"--energies {energies_file}: holds no showers")
             if n is not None and available < n:
-                raise CaloflowError(f"--energies {energies_file}: has {available} showers, fewer than --n {n}")
+                raise CaloflowError(
+                    f"--energies {energies_file}: has {available} showers, fewer than --n {n}"
+                )
             self.n = available if n is None else int(n)
         elif n is None:
             raise CaloflowError("--n is required unless --energies is given")
@@ -253,9 +284,18 @@ class IncidentEnergies:
         return energies if dtype is None else energies.astype(dtype)
 
 
-def requested_energies(n: int | None, energies_file: str | None, energy_range, seed: int) -> np.ndarray:
+def requested_energies(
+    n: int | None, energies_file: str | None, energy_range, seed: int
+) -> np.ndarray:
     """Incident energies (GeV): the first ``n`` of ``energies_file`` (all if n is None), or ``n`` uniform draws."""
     return np.asarray(IncidentEnergies(n, energies_file, energy_range, seed))
 
 
-__all__ = ["redraw_nonfinite", "sample_in_batches", "CaloFlow", "CaloGANSampler", "IncidentEnergies", "requested_energies"]
+__all__ = [
+    "redraw_nonfinite",
+    "sample_in_batches",
+    "CaloFlow",
+    "CaloGANSampler",
+    "IncidentEnergies",
+    "requested_energies",
+]

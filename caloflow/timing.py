@@ -3,6 +3,7 @@
 CUDA kernels run asynchronously, so a timed call is bracketed by ``torch.cuda.synchronize``:
 the time then covers the work, not just its launch.
 """
+
 from __future__ import annotations
 
 import os

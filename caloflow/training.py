@@ -5,6 +5,7 @@ Training runs of the command-line tools (``caloflow evaluate``, ``caloflow refin
 CPU-sized and nested inside a larger job: they log to TensorBoard when given a folder, keep no
 checkpoints unless asked, and print no progress bar of their own unless asked.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,12 @@ QUIET_WARNINGS = (
 
 def quiet_lightning() -> None:
     """Silence Lightning's start-up chatter and the warnings listed in :data:`QUIET_WARNINGS`."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning",
+        "lightning.pytorch.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
@@ -63,8 +69,14 @@ def make_trainer(
     ``kwargs`` go to :class:`lightning.Trainer` (e.g. ``accelerator``, ``log_every_n_steps``).
     """
     quiet_lightning()
-    logger = TensorBoardLogger(str(log_dir), name=name, version=version) if log_dir is not None else False
-    options = dict(accelerator="cpu", log_every_n_steps=10, num_sanity_val_steps=0, deterministic=True)
+    logger = (
+        TensorBoardLogger(str(log_dir), name=name, version=version)
+        if log_dir is not None
+        else False
+    )
+    options = dict(
+        accelerator="cpu", log_every_n_steps=10, num_sanity_val_steps=0, deterministic=True
+    )
     options.update(kwargs)
     return L.Trainer(
         max_epochs=max_epochs,
@@ -79,7 +91,12 @@ def make_trainer(
 
 
 def adam_with_decay(
-    params, lr: float, lr_decay: float = 1.0, *, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0
+    params,
+    lr: float,
+    lr_decay: float = 1.0,
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
 ) -> dict:
     """Adam whose learning rate is multiplied by ``lr_decay`` after every epoch (lr_n = lr * lr_decay^n),
     as a ``configure_optimizers`` entry (LaSeR paper: 0.999; 1 keeps it constant)."""
@@ -88,4 +105,10 @@ def adam_with_decay(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-__all__ = ["QUIET_WARNINGS", "quiet_lightning", "drop_lightning_tips", "make_trainer", "adam_with_decay"]
+__all__ = [
+    "QUIET_WARNINGS",
+    "quiet_lightning",
+    "drop_lightning_tips",
+    "make_trainer",
+    "adam_with_decay",
+]

@@ -16,6 +16,7 @@ Units: voxels and layer energies in MeV, incident energy in GeV. Arithmetic is c
 float64 and returned in the dtype of the input, so that round trips hold to 1e-6 relative and
 generated layer sums equal the requested energies to float32 precision.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,7 +36,9 @@ def _f64(x) -> Tensor:
 
 def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """num / den, with 0 where den == 0 (an empty layer has no fractions to speak of)."""
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    return torch.where(
+        den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num)
+    )
 
 
 class LogitTransform(nn.Module):
@@ -71,7 +74,8 @@ class EnergyToU(nn.Module):
         e_inc = _f64(incident_gev).reshape(-1) * GEV
         e_hat = e.sum(1)
         u = torch.stack(
-            [e_hat / e_inc, _safe_divide(e[:, 0], e_hat), _safe_divide(e[:, 1], e[:, 1] + e[:, 2])], dim=1
+            [e_hat / e_inc, _safe_divide(e[:, 0], e_hat), _safe_divide(e[:, 1], e[:, 1] + e[:, 2])],
+            dim=1,
         )
         return u.clamp(0, 1).to(torch.as_tensor(layer_energies).dtype)
 
@@ -103,7 +107,9 @@ class LayerNormalization(nn.Module):
 
     def layer_sums(self, voxels: Tensor) -> Tensor:
         """(N, 504) -> (N, 3) sum of each layer."""
-        return torch.stack([part.sum(1) for part in self._split(_f64(voxels))], dim=1).to(torch.as_tensor(voxels).dtype)
+        return torch.stack([part.sum(1) for part in self._split(_f64(voxels))], dim=1).to(
+            torch.as_tensor(voxels).dtype
+        )
 
     def forward(self, voxels: Tensor) -> Tensor:
         parts = self._split(_f64(voxels))
@@ -114,7 +120,11 @@ class LayerNormalization(nn.Module):
         parts = self._split(_f64(fractions))
         e = _f64(layer_energies)
         out = torch.cat(
-            [_safe_divide(p, p.sum(1, keepdim=True)) * e[:, k : k + 1] for k, p in enumerate(parts)], dim=1
+            [
+                _safe_divide(p, p.sum(1, keepdim=True)) * e[:, k : k + 1]
+                for k, p in enumerate(parts)
+            ],
+            dim=1,
         )
         return out.to(torch.as_tensor(fractions).dtype)
 
@@ -138,7 +148,9 @@ def encode_layer_energies(layer_energies: Tensor) -> Tensor:
 
 def decode_layer_energies(encoded: Tensor) -> Tensor:
     """Inverse of eq. (4.5): layer energies in MeV."""
-    return (torch.pow(10.0, _f64(encoded) - 2) * (100 * GEV) - KEV).to(torch.as_tensor(encoded).dtype)
+    return (torch.pow(10.0, _f64(encoded) - 2) * (100 * GEV) - KEV).to(
+        torch.as_tensor(encoded).dtype
+    )
 
 
 class FlowIPreprocessing(nn.Module):
@@ -157,7 +169,9 @@ class FlowIPreprocessing(nn.Module):
 
     def forward(self, layer_energies: Tensor, incident_gev: Tensor) -> tuple[Tensor, Tensor]:
         """(N, 3) MeV, (N,) GeV -> (x (N, 3), context (N, 1))."""
-        return self.logit.forward(self.to_u.forward(layer_energies, incident_gev)), self.context(incident_gev)
+        return self.logit.forward(self.to_u.forward(layer_energies, incident_gev)), self.context(
+            incident_gev
+        )
 
     def inverse(self, x: Tensor, incident_gev: Tensor) -> Tensor:
         """Flow I output -> layer energies (N, 3) in MeV with E0 + E1 + E2 <= E_inc."""
@@ -187,7 +201,9 @@ class FlowIIPreprocessing(nn.Module):
         self.features = sum(self.normalization.layer_sizes)
 
     def context(self, incident_gev: Tensor, layer_energies: Tensor) -> Tensor:
-        return torch.cat([encode_incident_energy(incident_gev), encode_layer_energies(layer_energies)], dim=1)
+        return torch.cat(
+            [encode_incident_energy(incident_gev), encode_layer_energies(layer_energies)], dim=1
+        )
 
     def forward(self, voxels: Tensor, incident_gev: Tensor) -> tuple[Tensor, Tensor]:
         """(N, 504) MeV, (N,) GeV -> (x (N, 504), context (N, 4)); E_i are the layer sums of ``voxels``."""
@@ -203,4 +219,15 @@ class FlowIIPreprocessing(nn.Module):
         return voxels
 
 
-__all__ = ["ALPHA", "LogitTransform", "EnergyToU", "LayerNormalization", "encode_incident_energy", "decode_incident_energy", "encode_layer_energies", "decode_layer_energies", "FlowIPreprocessing", "FlowIIPreprocessing"]
+__all__ = [
+    "ALPHA",
+    "LogitTransform",
+    "EnergyToU",
+    "LayerNormalization",
+    "encode_incident_energy",
+    "decode_incident_energy",
+    "encode_layer_energies",
+    "decode_layer_energies",
+    "FlowIPreprocessing",
+    "FlowIIPreprocessing",
+]

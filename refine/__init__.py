@@ -9,6 +9,7 @@ paper's 2D toy study, or (``--flow1 --flow2 --reference``) refines a shower mode
 E_inc on a held-out split (:mod:`refine.shower_laser`); :mod:`refine.showers` puts CaloFlow and
 CaloGAN behind the generator protocol, :mod:`refine.shower_refiner` generates with a trained refiner.
 """
+
 from importlib import import_module
 
 # public name -> defining module; imported on first use so that ``python -m refine.laser --help``

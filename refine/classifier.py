@@ -10,6 +10,7 @@ The classifier is caloflow's one :class:`~caloflow.models.ShowerClassifier` with
 backbone on points (batches ``{"x", "label", "weight"}``, label 1 = real), the same class and label
 convention as the classifier test of ``caloflow evaluate``.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -66,8 +67,12 @@ def train_classifier(
     both = torch.cat([real, fake]).float()
     model = classifier_class(
         "mlp",
-        backbone_args=dict(n_features=real.shape[1], **backbone_args, shift=both.mean(0).tolist(),
-                           scale=both.std(0).clamp_min(1e-6).tolist()),
+        backbone_args=dict(
+            n_features=real.shape[1],
+            **backbone_args,
+            shift=both.mean(0).tolist(),
+            scale=both.std(0).clamp_min(1e-6).tolist(),
+        ),
         **hparams,
     )
     data = labelled_points(real, fake, w_real, w_fake)
@@ -76,7 +81,9 @@ def train_classifier(
         order = torch.randperm(len(data["x"]), generator=torch.Generator().manual_seed(seed + 1))
         n_val = int(len(order) * val_fraction)
         val, train = order[:n_val], order[n_val:]
-        val_loader = TensorLoader(**{k: v[val] for k, v in data.items()}, batch_size=batch_size, shuffle=False)
+        val_loader = TensorLoader(
+            **{k: v[val] for k, v in data.items()}, batch_size=batch_size, shuffle=False
+        )
         data = {k: v[train] for k, v in data.items()}
     trainer.fit(model, TensorLoader(**data, batch_size=batch_size, seed=seed), val_loader)
     model.eval()
@@ -114,4 +121,12 @@ def log_weight(classifier: nn.Module, clip: float | None = None) -> "callable":
     return fn
 
 
-__all__ = ["PAPER_HPARAMS", "BACKBONE_HPARAMS", "labelled_points", "train_classifier", "point_logits", "weights_from_logits", "log_weight"]
+__all__ = [
+    "PAPER_HPARAMS",
+    "BACKBONE_HPARAMS",
+    "labelled_points",
+    "train_classifier",
+    "point_logits",
+    "weights_from_logits",
+    "log_weight",
+]

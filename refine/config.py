@@ -19,9 +19,9 @@ LightningModules as ``{class_path, init_args}`` and plain sections for their tra
 
 Init arguments that follow from the data are set by the protocol, not the config: the baseline's
 ``n_features``/``shift``/``scale``, the classifier backbone's ``n_features``/``shift``/``scale``,
-the refiner's ``latent_dim`` (and ``context_dim``: the toys' refiners are unconditional). ``quick`` is a partial config in the same format, merged over the
-rest by ``--quick`` (jsonargparse's merge of a second config: ``init_args`` alone update the class
-already chosen). Types are checked, unknown keys rejected; every error is reported as one line
+the refiner's ``latent_dim`` (and ``context_dim``: the toys' refiners are unconditional).
+``quick`` is a partial config in the same format, merged over the rest by ``--quick``
+(jsonargparse's merge of a second config: ``init_args`` alone update the class already chosen). Types are checked, unknown keys rejected; every error is reported as one line
 naming the key (:class:`ConfigError`); so are values of the right type that no run can use
 (a learning rate <= 0, a size < 1, a NaN or infinite step, ...: :func:`_check_values`), all before
 any training.
@@ -33,6 +33,7 @@ the refinement/evaluation split, the generation batch size, the weight classifie
 evaluation; the refiner's ``latent_dim``, ``aux_dim``, ``context_dim``, ``residual`` and
 ``zero_init`` follow from the model (Phi(y, E) = y + MLP([y, c(E)]), starting as the identity).
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,7 +53,9 @@ CONFIG_DIR = SHIPPED_CONFIGS / "laser"
 #: init arguments the protocol sets from the data (skipped in the configs)
 DATA_ARGS = {
     "baseline": {"n_features", "shift", "scale"},
-    "classifier": {"preprocessing"},  # the voxel preprocessing of the dnn/cnn backbones: unused on points
+    "classifier": {
+        "preprocessing"
+    },  # the voxel preprocessing of the dnn/cnn backbones: unused on points
     "refiner": {"latent_dim", "context_dim"},  # the toys' refiners are unconditional
 }
 BACKBONE_DATA_ARGS = {"n_features", "shift", "scale"}
@@ -105,18 +108,33 @@ def config_parser():
     p = ArgumentParser(prog="refine.laser config", exit_on_error=False, default_meta=False)
     p.add_argument("--config", action=ActionConfigFile)
     p.add_argument("--toy", type=Literal[TOY_NAMES], required=True, help="which 2D toy")
-    p.add_argument("--n_train", type=PositiveInt, required=True, help="truth points for baseline and classifier")
-    p.add_argument("--n_eval", type=PositiveInt, required=True, help="points per method for the scores")
+    p.add_argument(
+        "--n_train",
+        type=PositiveInt,
+        required=True,
+        help="truth points for baseline and classifier",
+    )
+    p.add_argument(
+        "--n_eval", type=PositiveInt, required=True, help="points per method for the scores"
+    )
     p.add_argument("--bins", type=PositiveInt, required=True, help="histogram bins per axis")
     p.add_subclass_arguments(RealNVPBaseline, "baseline", skip=DATA_ARGS["baseline"], required=True)
     p.add_class_arguments(Training, "baseline_training")
-    p.add_subclass_arguments(ShowerClassifier, "classifier", skip=DATA_ARGS["classifier"], required=True)
+    p.add_subclass_arguments(
+        ShowerClassifier, "classifier", skip=DATA_ARGS["classifier"], required=True
+    )
     p.add_class_arguments(ClassifierTraining, "classifier_training")
     p.add_class_arguments(HMCOptions, "hmc")
-    p.add_subclass_arguments(WeightedGANRefiner, "refiner", skip=DATA_ARGS["refiner"], required=True)
+    p.add_subclass_arguments(
+        WeightedGANRefiner, "refiner", skip=DATA_ARGS["refiner"], required=True
+    )
     p.add_class_arguments(Training, "refiner_training")
-    p.add_argument("--quick", type=Optional[dict], default=None,
-                   help="partial config merged over the rest by --quick")
+    p.add_argument(
+        "--quick",
+        type=Optional[dict],
+        default=None,
+        help="partial config merged over the rest by --quick",
+    )
     return p
 
 
@@ -144,7 +162,13 @@ def one_line(message: str, *prefix: str) -> str:
         elif line.startswith("Problem with given class_path"):
             keys.append("init_args")
         elif line and not line.startswith(
-            ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
+            (
+                "Does not validate against",
+                "Subtypes:",
+                "Errors:",
+                "Given value",
+                "Expected a <class 'NoneType'>",
+            )
         ):
             group = re.fullmatch(r"Group '([^']+)' does not accept option '([^']+)'\.?", line)
             if group:
@@ -153,7 +177,11 @@ def one_line(message: str, *prefix: str) -> str:
             line = re.sub(r"^Option '([^']+)' is not accepted$", r"unknown key '\1'", line)
             line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
             line = re.sub(r"^Expected an? (.+?)\. Got value: (.*)$", r"expected \1, got \2", line)
-            line = re.sub(r"^Not of type (\w+): ?(.*?) ?does not conform to restriction (.+)$", _restriction, line)
+            line = re.sub(
+                r"^Not of type (\w+): ?(.*?) ?does not conform to restriction (.+)$",
+                _restriction,
+                line,
+            )
             line = re.sub(r"^the following arguments are required: ", "missing key(s): ", line)
             problems.append(line)
     where = ".".join(keys)
@@ -177,7 +205,9 @@ def _check_values(cfg, where: str) -> None:
     bins per axis (every method would score 0)."""
     _check_trainable(cfg, where, ("baseline", "classifier", "refiner"))
     if cfg.bins < 2:
-        raise ConfigError(f"{where}: bins: must be at least 2 (one bin scores every method 0), got {cfg.bins}")
+        raise ConfigError(
+            f"{where}: bins: must be at least 2 (one bin scores every method 0), got {cfg.bins}"
+        )
 
 
 def _parse(args: list[str], where: str, parser=None):
@@ -196,19 +226,25 @@ def _check_backbone_args(init, parser, where: str) -> None:
 
     args = init.backbone_args or {}
     if not isinstance(args, dict):
-        raise ConfigError(f"{where}: classifier.init_args.backbone_args: expected a mapping, got {args!r}")
+        raise ConfigError(
+            f"{where}: classifier.init_args.backbone_args: expected a mapping, got {args!r}"
+        )
     try:
         init.backbone_args = parser.parse_object(args).as_dict()
     except (ArgumentError, TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}") from None
+        raise ConfigError(
+            f"{where}: {one_line(str(e), 'classifier', 'init_args', 'backbone_args')}"
+        ) from None
 
 
 def _check_classifier(cfg, where: str) -> None:
     """refine classifies points: the ``mlp`` backbone, with only its own arguments in ``backbone_args``."""
     init = cfg.classifier.init_args
     if init.backbone != "mlp":
-        raise ConfigError(f"{where}: classifier.init_args.backbone: refine classifies 2D points, use 'mlp', "
-                          f"got '{init.backbone}'")
+        raise ConfigError(
+            f"{where}: classifier.init_args.backbone: refine classifies 2D points, use 'mlp', "
+            f"got '{init.backbone}'"
+        )
     _check_backbone_args(init, _backbone_parser(), where)
 
 
@@ -272,7 +308,11 @@ def init_args(spec) -> dict[str, Any]:
     """``spec.init_args`` as a plain dict."""
     from jsonargparse import Namespace
 
-    return spec.init_args.as_dict() if isinstance(spec.init_args, Namespace) else dict(spec.init_args or {})
+    return (
+        spec.init_args.as_dict()
+        if isinstance(spec.init_args, Namespace)
+        else dict(spec.init_args or {})
+    )
 
 
 # --------------------------------------------------------------------------- the shower config
@@ -367,8 +407,12 @@ def shower_config_parser():
     p = ArgumentParser(prog="refine.laser showers config", exit_on_error=False, default_meta=False)
     p.add_argument("--config", action=ActionConfigFile)
     p.add_class_arguments(ShowerSplit, "split")
-    p.add_argument("--batch_size", type=PositiveInt, default=10_000,
-                   help="generation batch (caloflow generate --batch-size)")
+    p.add_argument(
+        "--batch_size",
+        type=PositiveInt,
+        default=10_000,
+        help="generation batch (caloflow generate --batch-size)",
+    )
     p.add_subclass_arguments(ShowerClassifier, "classifier", required=True)
     p.add_class_arguments(WeightTraining, "classifier_training")
     p.add_class_arguments(RejectionOptions, "rejection")
@@ -376,8 +420,12 @@ def shower_config_parser():
     p.add_subclass_arguments(WeightedGANRefiner, "refiner", skip=SHOWER_REFINER_ARGS, required=True)
     p.add_class_arguments(ShowerRefinerTraining, "refiner_training")
     p.add_class_arguments(EvaluationOptions, "evaluation")
-    p.add_argument("--quick", type=Optional[dict], default=None,
-                   help="partial config merged over the rest by --quick")
+    p.add_argument(
+        "--quick",
+        type=Optional[dict],
+        default=None,
+        help="partial config merged over the rest by --quick",
+    )
     return p
 
 
@@ -398,8 +446,10 @@ def _check_shower_classifier(cfg, where: str) -> None:
     own arguments in ``backbone_args``."""
     init = cfg.classifier.init_args
     if init.backbone not in SHOWER_BACKBONES:
-        raise ConfigError(f"{where}: classifier.init_args.backbone: the weights classify showers, use one of "
-                          f"{', '.join(SHOWER_BACKBONES)}, got '{init.backbone}'")
+        raise ConfigError(
+            f"{where}: classifier.init_args.backbone: the weights classify showers, use one of "
+            f"{', '.join(SHOWER_BACKBONES)}, got '{init.backbone}'"
+        )
     _check_backbone_args(init, _shower_backbone_parser(init.backbone), where)
 
 
@@ -413,8 +463,11 @@ def _check_trainable(cfg, where: str, sections: tuple[str, ...]) -> None:
     for section in sections:
         for name, problem in hyperparameter_problems(init_args(cfg[section])):
             raise ConfigError(f"{where}: {section}.init_args.{name}: {problem}")
-    for key, value in (("hmc.step_size", cfg.hmc.step_size), ("hmc.clip", cfg.hmc.clip),
-                       ("classifier_training.clip", cfg.classifier_training.clip)):
+    for key, value in (
+        ("hmc.step_size", cfg.hmc.step_size),
+        ("hmc.clip", cfg.hmc.clip),
+        ("classifier_training.clip", cfg.classifier_training.clip),
+    ):
         if value is not None and not math.isfinite(value):
             raise ConfigError(f"{where}: {key}: must be finite, got {value}")
 
@@ -430,7 +483,9 @@ def parse_shower_config(path: str | Path, quick: bool = False):
     path = Path(path)
     text = _read_mapping(path)
     if "toy" in text:
-        raise ConfigError(f"{path}: a config of the 2D toys (it names toy '{text['toy']}'), not of showers")
+        raise ConfigError(
+            f"{path}: a config of the 2D toys (it names toy '{text['toy']}'), not of showers"
+        )
     cfg, where = _parse_with_quick(path, quick, shower_config_parser())
     _check_shower_classifier(cfg, str(path))
     _check_shower_values(cfg, where)
@@ -460,4 +515,30 @@ def _plain_namespace(cfg):
     return dict_to_namespace(_plain(cfg.as_dict()))
 
 
-__all__ = ["TOY_NAMES", "CONFIG_DIR", "DATA_ARGS", "BACKBONE_DATA_ARGS", "ConfigError", "Training", "ClassifierTraining", "HMCOptions", "config_parser", "one_line", "parse_config", "dump_config", "build", "class_of", "init_args", "SHOWER_REFINER_ARGS", "SHOWER_BACKBONES", "ShowerSplit", "WeightTraining", "RejectionOptions", "ShowerHMCOptions", "ShowerRefinerTraining", "EvaluationOptions", "shower_config_parser", "parse_shower_config"]
+__all__ = [
+    "TOY_NAMES",
+    "CONFIG_DIR",
+    "DATA_ARGS",
+    "BACKBONE_DATA_ARGS",
+    "ConfigError",
+    "Training",
+    "ClassifierTraining",
+    "HMCOptions",
+    "config_parser",
+    "one_line",
+    "parse_config",
+    "dump_config",
+    "build",
+    "class_of",
+    "init_args",
+    "SHOWER_REFINER_ARGS",
+    "SHOWER_BACKBONES",
+    "ShowerSplit",
+    "WeightTraining",
+    "RejectionOptions",
+    "ShowerHMCOptions",
+    "ShowerRefinerTraining",
+    "EvaluationOptions",
+    "shower_config_parser",
+    "parse_shower_config",
+]

@@ -1,4 +1,5 @@
 """Fast in-memory batching of tensors (no per-sample collation)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,15 @@ class TensorLoader:
     draw the same order for the same seed.
     """
 
-    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, **named: Tensor):
+    def __init__(
+        self,
+        *tensors: Tensor,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        **named: Tensor,
+    ):
         if tensors and named:
             raise ValueError("give the tensors either all positional or all by name")
         self.names = tuple(named) if named else None

@@ -4,6 +4,7 @@ The post-hoc classifier's weights w(x) = exp(logit(x)) applied to generated data
 sample that approximates the truth; its scores are the benchmark the unweighted refinements
 (HMC, LaSeR) aim for.
 """
+
 from __future__ import annotations
 
 import torch

@@ -33,6 +33,7 @@ come from one finite sample, and the discriminator can tell them apart only thro
 With fresh fakes a discriminator in hundreds of latent dimensions instead memorises the finite set
 of real points and drives the generator away from the prior.
 """
+
 from __future__ import annotations
 
 import copy
@@ -93,7 +94,9 @@ class WeightedGANRefiner(L.LightningModule):
 
     def decode(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         """Phi(y[, c]) of the sampling generator (the averaged one with ``ema``)."""
-        return self._phi(y, self.generator_ema if self.generator_ema is not None else self.generator, context)
+        return self._phi(
+            y, self.generator_ema if self.generator_ema is not None else self.generator, context
+        )
 
     def forward(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         """Phi(y[, c]) of the trained generator; with ``residual`` Phi(y, c) = y[:, :N] + MLP([y, c]), so
@@ -119,7 +122,9 @@ class WeightedGANRefiner(L.LightningModule):
         return out
 
     @torch.no_grad()
-    def refine(self, n: int, generator: torch.Generator | None = None, context: Tensor | None = None) -> Tensor:
+    def refine(
+        self, n: int, generator: torch.Generator | None = None, context: Tensor | None = None
+    ) -> Tensor:
         """``n`` refined latent points Phi(y[, c]) (``context``: (n, context_dim) for a conditional refiner)."""
         was = self.training
         self.eval()
@@ -127,11 +132,15 @@ class WeightedGANRefiner(L.LightningModule):
         self.train(was)
         return z
 
-    def discriminator_loss(self, z: Tensor, w: Tensor, fake: Tensor, context: Tensor | None = None) -> Tensor:
+    def discriminator_loss(
+        self, z: Tensor, w: Tensor, fake: Tensor, context: Tensor | None = None
+    ) -> Tensor:
         """Weighted real term sum w BCE(D(z), 1) / sum w plus the unweighted fake term BCE(D(fake), 0)
         (the discriminator sees [z, c] and [fake, c] for a conditional refiner)."""
         real_bce = F.binary_cross_entropy_with_logits(
-            self.discriminator(self._with_context(z, context)).squeeze(-1), torch.ones_like(w), reduction="none"
+            self.discriminator(self._with_context(z, context)).squeeze(-1),
+            torch.ones_like(w),
+            reduction="none",
         )
         d_fake = self.discriminator(self._with_context(fake, context)).squeeze(-1)
         fake_bce = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))

@@ -9,6 +9,7 @@ For HMC the decode must be differentiable in z. A generator whose output also de
 randomness (``deterministic = False``) is a stochastic function of z: classifier weights are then
 not a function of z and must be pulled back with OmniFold (:mod:`refine.omnifold`).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Protocol, runtime_checkable
@@ -65,7 +66,9 @@ class FlowGenerator:
         dist = self.flow._distribution
         param = next(self.flow.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        if isinstance(dist, StandardNormal):  # unconditional base: the context only enters the transform
+        if isinstance(
+            dist, StandardNormal
+        ):  # unconditional base: the context only enters the transform
             return torch.randn(n, *self.latent_shape, generator=generator, device=device)
         if generator is not None:
             raise ValueError("a seeded latent sample needs a StandardNormal base distribution")
@@ -131,10 +134,20 @@ def decode_batched(g: Generator, z: Tensor, batch_size: int = 100_000) -> Tensor
 
 
 @torch.no_grad()
-def generate(g: Generator, n: int, generator: torch.Generator | None = None, batch_size: int = 100_000) -> tuple[Tensor, Tensor]:
+def generate(
+    g: Generator, n: int, generator: torch.Generator | None = None, batch_size: int = 100_000
+) -> tuple[Tensor, Tensor]:
     """Draw ``n`` latent points and decode them in batches; returns ``(z, x)``."""
     z = g.sample_latent(n, generator=generator)
     return z, decode_batched(g, z, batch_size)
 
 
-__all__ = ["Generator", "is_deterministic", "FlowGenerator", "BlackBoxGenerator", "RefinedGenerator", "decode_batched", "generate"]
+__all__ = [
+    "Generator",
+    "is_deterministic",
+    "FlowGenerator",
+    "BlackBoxGenerator",
+    "RefinedGenerator",
+    "decode_batched",
+    "generate",
+]

@@ -11,6 +11,7 @@ protocol refines a shower model conditional on E_inc and measures it on a held-o
 reference file (:mod:`refine.shower_laser`, config ``laser/showers.yaml``); the two modes are
 mutually exclusive.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,29 +23,48 @@ from caloflow.errors import CaloflowError
 from refine.config import TOY_NAMES
 from refine.toy_laser import LaserError, load_config, run_toys, table_markdown
 
-
 # --------------------------------------------------------------------------- command line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``python -m refine.laser`` (and of ``caloflow refine``)."""
     p.add_argument("--toy", choices=[*TOY_NAMES, "all"], help="which 2D toy (or all three)")
-    showers = p.add_argument_group("showers (instead of --toy): LaSeR on a shower model, conditional on E_inc")
+    showers = p.add_argument_group(
+        "showers (instead of --toy): LaSeR on a shower model, conditional on E_inc"
+    )
     showers.add_argument("--flow1", help="Flow I checkpoint (.ckpt)")
     showers.add_argument("--flow2", help="Flow II checkpoint (.ckpt)")
     showers.add_argument("--calogan", help="CaloGAN checkpoint (.ckpt), instead of --flow1/--flow2")
-    showers.add_argument("--reference", help="reference showers (CaloGAN HDF5), split into refinement and evaluation")
-    p.add_argument("--quick", action="store_true",
-                   help="merge the config's quick section over the rest (100k points, a few minutes)")
-    p.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (same seed -> same numbers)")
-    p.add_argument("--out", type=argtypes.output_dir, default=None,
-                   help="output directory (results.json, table.md, figures, logs); required unless --print_config")
-    p.add_argument("--config", type=argtypes.existing_file, default=None,
-                   help="YAML config to use instead of the shipped laser/TOY.yaml (one toy only) or laser/showers.yaml")
+    showers.add_argument(
+        "--reference", help="reference showers (CaloGAN HDF5), split into refinement and evaluation"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="merge the config's quick section over the rest (100k points, a few minutes)",
+    )
+    p.add_argument(
+        "--seed", type=argtypes.seed, default=0, help="random seed (same seed -> same numbers)"
+    )
+    p.add_argument(
+        "--out",
+        type=argtypes.output_dir,
+        default=None,
+        help="output directory (results.json, table.md, figures, logs); required unless --print_config",
+    )
+    p.add_argument(
+        "--config",
+        type=argtypes.existing_file,
+        default=None,
+        help="YAML config to use instead of the shipped laser/TOY.yaml (one toy only) or laser/showers.yaml",
+    )
     argtypes.add_threads_option(p, 1, "fastest for these small models")
     argtypes.add_progress_option(p)
-    p.add_argument("--print_config", action="store_true",
-                   help="print the resolved config (with --quick and --config applied) as YAML and exit")
+    p.add_argument(
+        "--print_config",
+        action="store_true",
+        help="print the resolved config (with --quick and --config applied) as YAML and exit",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,11 +90,15 @@ def run(args: argparse.Namespace) -> int:
     ``args``; a bad option or config raises :class:`CaloflowError` (one line)."""
     showers = [f"--{o}" for o in SHOWER_OPTIONS if getattr(args, o, None)]
     if args.toy is not None and showers:
-        raise CaloflowError(f"--toy and {'/'.join(showers)} are mutually exclusive: the 2D toys or a shower model")
+        raise CaloflowError(
+            f"--toy and {'/'.join(showers)} are mutually exclusive: the 2D toys or a shower model"
+        )
     if showers:
         return _run_showers(args)
     if args.toy is None:
-        raise CaloflowError("--toy (a 2D toy) or --flow1/--flow2 (or --calogan) with --reference (showers): required")
+        raise CaloflowError(
+            "--toy (a 2D toy) or --flow1/--flow2 (or --calogan) with --reference (showers): required"
+        )
     try:
         toys = list(TOY_NAMES) if args.toy == "all" else [args.toy]
         if args.config is not None and len(toys) > 1:
@@ -93,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    results = run_toys(toys, configs, Path(args.out), args.seed, quick=args.quick, progress=args.progress)
+    results = run_toys(
+        toys, configs, Path(args.out), args.seed, quick=args.quick, progress=args.progress
+    )
     print(table_markdown(results))
     return 0
 

@@ -8,6 +8,7 @@ gradient can be taken over blocks of chains (``chunk_size``): the same numbers u
 and faster on a CPU for a generator as large as CaloFlow, whose graph for thousands of chains at once
 no longer fits the caches (``benchmarks/hmc_chunks.py``).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -20,8 +21,9 @@ from tqdm.auto import tqdm
 LogProb = Callable[..., Tensor]
 
 
-def log_prob_and_grad(log_prob: LogProb, z: Tensor, context: tuple[Tensor, ...] = (),
-                      chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+def log_prob_and_grad(
+    log_prob: LogProb, z: Tensor, context: tuple[Tensor, ...] = (), chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
     """log_prob(z, *context) (chains,) and its gradient in z (chains, dim), by autograd over blocks of
     at most ``chunk_size`` chains (None: all at once); ``context`` tensors (one row per chain, e.g. the
     incident energies) are split with z."""
@@ -31,8 +33,8 @@ def log_prob_and_grad(log_prob: LogProb, z: Tensor, context: tuple[Tensor, ...] 
     values, grads = [], []
     with torch.enable_grad():
         for lo in range(0, z.shape[0], size):
-            block = z[lo:lo + size].detach().requires_grad_(True)
-            lp = log_prob(block, *(c[lo:lo + size] for c in context))
+            block = z[lo : lo + size].detach().requires_grad_(True)
+            lp = log_prob(block, *(c[lo : lo + size] for c in context))
             (grad,) = torch.autograd.grad(lp.sum(), block)
             values.append(lp.detach())
             grads.append(grad.detach())
@@ -73,7 +75,9 @@ def hmc(
     Returns ``(samples (n_samples, chains, dim), acceptance rate after burn-in)``.
     """
     if n_samples < 1 or n_leapfrog < 1 or step_size <= 0 or burn_in < 0 or thin < 1:
-        raise ValueError("hmc needs n_samples >= 1, n_leapfrog >= 1, step_size > 0, burn_in >= 0, thin >= 1")
+        raise ValueError(
+            "hmc needs n_samples >= 1, n_leapfrog >= 1, step_size > 0, burn_in >= 0, thin >= 1"
+        )
     if target_acceptance is not None and not 0 < target_acceptance < 1:
         raise ValueError("hmc needs 0 < target_acceptance < 1")
     z = init.detach().clone()
@@ -97,7 +101,9 @@ def hmc(
         log_u = torch.log(torch.rand(lp.shape, generator=generator, dtype=z.dtype))
         accept = (log_u < (h_old - h_new)) & torch.isfinite(h_new)
         if target_acceptance is not None and it < burn_in:
-            prob = torch.where(torch.isfinite(h_new), torch.exp(torch.clamp(h_old - h_new, max=0.0)), 0.0)
+            prob = torch.where(
+                torch.isfinite(h_new), torch.exp(torch.clamp(h_old - h_new, max=0.0)), 0.0
+            )
             eps = eps * torch.exp(2.0 * (prob - target_acceptance) / (it + 1) ** 0.5)[:, None]
         z = torch.where(accept[:, None], z_new, z)
         lp = torch.where(accept, lp_new, lp)

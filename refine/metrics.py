@@ -10,6 +10,7 @@ Both scores compare the histograms of two samples, normalised to sum 1, on the s
 
 The error floor of a score is its value between two independent truth samples of the same size.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,7 +22,10 @@ Range = Sequence[Sequence[float]]
 
 
 def histogram2d(
-    x: np.ndarray, bins: int | Sequence[int] = 100, range: Range | None = None, weights: np.ndarray | None = None
+    x: np.ndarray,
+    bins: int | Sequence[int] = 100,
+    range: Range | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2D histogram of points ``x`` (N, 2) normalised to sum 1 over the grid.
 
@@ -43,7 +47,11 @@ def _centres(edges: np.ndarray) -> np.ndarray:
 
 
 def emd_hist(
-    p: np.ndarray, q: np.ndarray, xedges: np.ndarray, yedges: np.ndarray, num_iter_max: int = 10_000_000
+    p: np.ndarray,
+    q: np.ndarray,
+    xedges: np.ndarray,
+    yedges: np.ndarray,
+    num_iter_max: int = 10_000_000,
 ) -> float:
     """EMD between two normalised 2D histograms on the same grid (data units, eq. 5).
 
@@ -95,8 +103,12 @@ def _paired_histograms(
 
 
 def emd2d(
-    a: np.ndarray, b: np.ndarray, bins: int | Sequence[int] = 100, range: Range | None = None,
-    weights_a: np.ndarray | None = None, weights_b: np.ndarray | None = None,
+    a: np.ndarray,
+    b: np.ndarray,
+    bins: int | Sequence[int] = 100,
+    range: Range | None = None,
+    weights_a: np.ndarray | None = None,
+    weights_b: np.ndarray | None = None,
 ) -> float:
     """EMD between the 2D histograms of samples ``a`` and ``b`` (N, 2), in data units."""
     p, q, xe, ye = _paired_histograms(a, b, bins, range, weights_a, weights_b)
@@ -104,8 +116,12 @@ def emd2d(
 
 
 def jsd2d(
-    a: np.ndarray, b: np.ndarray, bins: int | Sequence[int] = 100, range: Range | None = None,
-    weights_a: np.ndarray | None = None, weights_b: np.ndarray | None = None,
+    a: np.ndarray,
+    b: np.ndarray,
+    bins: int | Sequence[int] = 100,
+    range: Range | None = None,
+    weights_a: np.ndarray | None = None,
+    weights_b: np.ndarray | None = None,
 ) -> float:
     """Jensen-Shannon divergence (nats) between the 2D histograms of samples ``a`` and ``b``."""
     p, q, _, _ = _paired_histograms(a, b, bins, range, weights_a, weights_b)

@@ -1,4 +1,5 @@
 """The coupling subnet of the Real-NVP baseline, on caloflow's one MLP builder (:func:`caloflow.nn.mlp`)."""
+
 from __future__ import annotations
 
 from torch import nn

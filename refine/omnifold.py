@@ -8,6 +8,7 @@ function of z. OmniFold (Andreassen et al. 1911.09107) makes it one by iterating
 - step 2 (latent space): z_i weighted by omega_i vs the same z_i unweighted; the new latent weight
   function is nu(z) = f2/(1-f2)(z), a proper function of z that reproduces the pulled weights on average.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,13 +64,23 @@ def omnifold_pullback(
     result = PullbackResult()
     for it in range(iterations):
         clf1 = train_classifier(
-            truth, x, make_trainer(f"omnifold_step1_iter{it}"), w_fake=nu, batch_size=batch_size, seed=seed + 2 * it,
+            truth,
+            x,
+            make_trainer(f"omnifold_step1_iter{it}"),
+            w_fake=nu,
+            batch_size=batch_size,
+            seed=seed + 2 * it,
             **classifier_hparams,
         )
         omega = nu * weights_from_logits(point_logits(clf1, x), clip=clip, normalise=False)
         omega = omega / omega.mean()
         clf2 = train_classifier(
-            z, z, make_trainer(f"omnifold_step2_iter{it}"), w_real=omega, batch_size=batch_size, seed=seed + 2 * it + 1,
+            z,
+            z,
+            make_trainer(f"omnifold_step2_iter{it}"),
+            w_real=omega,
+            batch_size=batch_size,
+            seed=seed + 2 * it + 1,
             **classifier_hparams,
         )
         nu = weights_from_logits(point_logits(clf2, z), clip=clip, normalise=True)

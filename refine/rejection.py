@@ -1,4 +1,5 @@
 """Unweighting a weighted sample (LaSeR paper section 3: rejection sampling of (z, w(z))), also per condition."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,7 +9,10 @@ from torch import Tensor
 
 
 def rejection_sample(
-    points: Tensor, weights: Tensor, w_max: float | None = None, generator: torch.Generator | None = None
+    points: Tensor,
+    weights: Tensor,
+    w_max: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Keep each point with probability min(1, w / w_max) (``w_max`` defaults to max w).
 
@@ -84,9 +88,11 @@ def rejection_sample_conditional(
         z_out[pending[accept]], x_out[pending[accept]] = z[accept], x[accept]
         pending = pending[~accept]
     if len(pending):
-        raise RuntimeError(f"rejection sampling: {len(pending)} of {n} conditions had all {max_rounds} proposals "
-                           f"rejected (acceptance {(n - len(pending)) / max(proposals, 1):.2g}); raise max_rounds "
-                           "or lower w_max")
+        raise RuntimeError(
+            f"rejection sampling: {len(pending)} of {n} conditions had all {max_rounds} proposals "
+            f"rejected (acceptance {(n - len(pending)) / max(proposals, 1):.2g}); raise max_rounds "
+            "or lower w_max"
+        )
     return z_out, x_out, n / max(proposals, 1)
 
 

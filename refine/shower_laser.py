@@ -32,6 +32,7 @@ the LaSeR showers are drawn as ``caloflow generate`` draws them (fresh ``torch.G
 [--refiner DIR/refiner.ckpt] --energies DIR/showers/unrefined.hdf5 --seed S --batch-size B``
 writes the same showers.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from caloflow.checks import check_not_an_input
 from caloflow.atomic import write_text_atomic
+from caloflow.checks import check_not_an_input
 from caloflow.errors import CaloflowError
 from caloflow.evaluate.weights import weight_summary
 from refine.stages import Stages
@@ -52,12 +53,24 @@ if TYPE_CHECKING:
     import torch
 
 METHODS = ("unrefined", "dctr", "rejection", "hmc", "laser")
-OUTPUT_FILES = ("splits.json", "refiner.ckpt", "results.json", "table.md",
-                *(f"showers/{m}.hdf5" for m in METHODS))
+OUTPUT_FILES = (
+    "splits.json",
+    "refiner.ckpt",
+    "results.json",
+    "table.md",
+    *(f"showers/{m}.hdf5" for m in METHODS),
+)
 #: the fewest showers of each split a run can use (the classifier tests need 10 of each class)
 MIN_SPLIT = 20
 #: independent random streams of the steps (seeds derived from --seed)
-STREAMS = {"weights": 1, "classifier": 2, "refiner": 3, "rejection": 4, "hmc": 5, "refiner_points": 6}
+STREAMS = {
+    "weights": 1,
+    "classifier": 2,
+    "refiner": 3,
+    "rejection": 4,
+    "hmc": 5,
+    "refiner_points": 6,
+}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -74,8 +87,9 @@ class ShowerInputs:
     n_reference: int
 
 
-def check_inputs(checkpoints: dict[str, str | None], reference: str | None, out: Path,
-                 config: str | None = None) -> ShowerInputs:
+def check_inputs(
+    checkpoints: dict[str, str | None], reference: str | None, out: Path, config: str | None = None
+) -> ShowerInputs:
     """Every input checked before any work, each problem one :class:`CaloflowError` line naming its
     option: the model (``checkpoints``: ``flow1``, ``flow2``, ``calogan`` -> path or None), the outputs
     under ``out`` against the inputs, the ``reference`` file (keys, shapes), the checkpoints
@@ -99,7 +113,9 @@ def check_inputs(checkpoints: dict[str, str | None], reference: str | None, out:
         n = count_showers(reference)
     except CaloflowError as e:
         raise CaloflowError(f"--reference: {e}") from None
-    return ShowerInputs("calogan" if calogan else "caloflow", used, _load_models(used), Path(reference), n)
+    return ShowerInputs(
+        "calogan" if calogan else "caloflow", used, _load_models(used), Path(reference), n
+    )
 
 
 def _load_models(checkpoints: dict[str, str]) -> tuple:
@@ -125,11 +141,25 @@ def make_splits(n: int, split, seed: int) -> dict[str, Any]:
     used_ref = refinement[: split.n_refine] if split.n_refine else refinement
     used_eval = evaluation[: split.n_eval] if split.n_eval else evaluation
     if min(len(used_ref), len(used_eval)) < MIN_SPLIT:
-        raise CaloflowError(f"--reference: {n} showers give {len(used_ref)} refinement and {len(used_eval)} "
-                            f"evaluation showers; need at least {MIN_SPLIT} of each (split in the config)")
-    rows = {k: sorted(int(i) for i in v) for k, v in (("refinement", refinement), ("evaluation", evaluation),
-                                                     ("refinement_used", used_ref), ("evaluation_used", used_eval))}
-    return {"n_showers": int(n), "seed": int(seed), "refinement_fraction": float(split.refinement_fraction), **rows}
+        raise CaloflowError(
+            f"--reference: {n} showers give {len(used_ref)} refinement and {len(used_eval)} "
+            f"evaluation showers; need at least {MIN_SPLIT} of each (split in the config)"
+        )
+    rows = {
+        k: sorted(int(i) for i in v)
+        for k, v in (
+            ("refinement", refinement),
+            ("evaluation", evaluation),
+            ("refinement_used", used_ref),
+            ("evaluation_used", used_eval),
+        )
+    }
+    return {
+        "n_showers": int(n),
+        "seed": int(seed),
+        "refinement_fraction": float(split.refinement_fraction),
+        **rows,
+    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -149,7 +179,6 @@ class ShowerRun(Stages):
     g: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 
-
     def stream_seed(self, name: str) -> int:
         """The seed of one step's random stream, derived from ``seed``."""
         return int(np.random.SeedSequence([self.seed, STREAMS[name]]).generate_state(1)[0])
@@ -168,7 +197,11 @@ class ShowerRun(Stages):
         """The unrefined sampler of ``caloflow generate`` for these models."""
         from caloflow.sampling import CaloFlow, CaloGANSampler
 
-        return CaloGANSampler(*self.inputs.models) if self.inputs.kind == "calogan" else CaloFlow(*self.inputs.models)
+        return (
+            CaloGANSampler(*self.inputs.models)
+            if self.inputs.kind == "calogan"
+            else CaloFlow(*self.inputs.models)
+        )
 
 
 def laser_generator(inputs: ShowerInputs):
@@ -195,24 +228,36 @@ def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
         z, w, energies = refiner_points(run, weights)
     with run.stage("refiner"):
         refiner = train_refiner(run, z, w, energies)
-    path = save_refiner(run.out / "refiner.ckpt", refiner, run.inputs.kind, run.inputs.checkpoints,
-                        seed=run.seed, batch_size=int(run.cfg.batch_size))
+    path = save_refiner(
+        run.out / "refiner.ckpt",
+        refiner,
+        run.inputs.kind,
+        run.inputs.checkpoints,
+        seed=run.seed,
+        batch_size=int(run.cfg.batch_size),
+    )
     run.say(f"wrote {path}")
     weights["refiner"], _ = load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)
-    weights["refiner_points"] = {"n": len(z), "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
-                                 "ess_fraction": weight_summary(w)["ess_fraction"]}
+    weights["refiner_points"] = {
+        "n": len(z),
+        "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
+        "ess_fraction": weight_summary(w)["ess_fraction"],
+    }
     return weights
 
 
-def draw_unrefined(run: ShowerRun, energies: torch.Tensor,
-                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_unrefined(
+    run: ShowerRun, energies: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One unrefined shower per incident energy (GeV) in generation batches of ``batch_size``, latents kept:
     (z (n, N), x (n, 504) MeV) on the CPU."""
     import torch
 
     from refine.shower_refiner import draw_latent_showers
 
-    parts = [draw_latent_showers(run.g, chunk, gen) for chunk in energies.split(int(run.cfg.batch_size))]
+    parts = [
+        draw_latent_showers(run.g, chunk, gen) for chunk in energies.split(int(run.cfg.batch_size))
+    ]
     return torch.cat([p[1] for p in parts]).cpu(), torch.cat([p[2] for p in parts]).cpu()
 
 
@@ -225,10 +270,14 @@ def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
 
     energies = torch.as_tensor(reference.energy, dtype=torch.float32)
     z, x = draw_unrefined(run, energies, run.generator("weights"))
-    run.say(f"generated {len(x)} unrefined showers at the refinement energies; training the weight classifier")
+    run.say(
+        f"generated {len(x)} unrefined showers at the refinement energies; training the weight classifier"
+    )
     classifier, info = train_weight_classifier(run, reference, Showers(x.numpy(), reference.energy))
     w = shower_weights(classifier, x, energies, run.cfg.classifier_training.clip)
-    run.say(f"weights: min {float(w.min()):.3g}, median {float(w.median()):.3g}, max {float(w.max()):.3g}")
+    run.say(
+        f"weights: min {float(w.min()):.3g}, median {float(w.median()):.3g}, max {float(w.max()):.3g}"
+    )
     return {"classifier": classifier, "classifier_info": info, "z": z, "w": w, "energy": energies}
 
 
@@ -245,15 +294,27 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
 
     training = run.cfg.classifier_training
     split = (1 - training.val_fraction, training.val_fraction, 0.0)
-    dm = CaloDataModule.from_showers(reference, generated, split=split,
-                                     batch_size=training.batch_size, seed=run.stream_seed("classifier"), noise_kev=0.0)
+    dm = CaloDataModule.from_showers(
+        reference,
+        generated,
+        split=split,
+        batch_size=training.batch_size,
+        seed=run.stream_seed("classifier"),
+        noise_kev=0.0,
+    )
     L.seed_everything(run.stream_seed("classifier"), verbose=False)
     model = build(run.cfg.classifier)
-    schedule = schedule_for(dm, model.hparams.backbone, None, training.max_epochs, training.patience)
-    fitted = fit_classifier(model, dm, schedule, run.out / "logs", "weight_classifier", "", None, keep="val_loss")
+    schedule = schedule_for(
+        dm, model.hparams.backbone, None, training.max_epochs, training.patience
+    )
+    fitted = fit_classifier(
+        model, dm, schedule, run.out / "logs", "weight_classifier", "", None, keep="val_loss"
+    )
     info = fitted["info"]
-    run.say(f"weight classifier: best epoch {info['best_epoch']}/{info['epochs_run']}, val loss "
-            f"{info['best_val_loss']:.4f}, {'converged' if info['converged'] else 'NOT converged'}")
+    run.say(
+        f"weight classifier: best epoch {info['best_epoch']}/{info['epochs_run']}, val loss "
+        f"{info['best_val_loss']:.4f}, {'converged' if info['converged'] else 'NOT converged'}"
+    )
     return fitted["model"].eval().requires_grad_(False), info
 
 
@@ -276,13 +337,17 @@ def shower_weights(classifier, x, energies, clip: float | None = None):
 
     from refine.classifier import weights_from_logits
 
-    batch = {"voxels": torch.as_tensor(x, dtype=torch.float32),
-             "energy": torch.as_tensor(energies, dtype=torch.float32)}
+    batch = {
+        "voxels": torch.as_tensor(x, dtype=torch.float32),
+        "energy": torch.as_tensor(energies, dtype=torch.float32),
+    }
     logits = classifier.logits(batch)
     return weights_from_logits(logits.double(), clip=clip, normalise=False)
 
 
-def refiner_points(run: ShowerRun, weights: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def refiner_points(
+    run: ShowerRun, weights: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 3c's weighted latent points (z, w, E): the weight classifier's generated latents z_i with
     w_i, then ``refiner_training.draws_per_energy - 1`` rounds of prior draws z ~ N(0, I) at every
     refinement energy, weighted by the same classifier, w(g(z | E), E) (clipped likewise).
@@ -295,10 +360,14 @@ def refiner_points(run: ShowerRun, weights: dict[str, Any]) -> tuple[torch.Tenso
     z, w = [weights["z"]], [weights["w"]]
     rounds, gen = run.cfg.refiner_training.draws_per_energy - 1, run.generator("refiner_points")
     for r in range(rounds):
-        run.say(f"refiner points: draw {r + 2}/{rounds + 1} at the {len(energies)} refinement energies")
+        run.say(
+            f"refiner points: draw {r + 2}/{rounds + 1} at the {len(energies)} refinement energies"
+        )
         z_new, x_new = draw_unrefined(run, energies, gen)
         z.append(z_new)
-        w.append(shower_weights(weights["classifier"], x_new, energies, run.cfg.classifier_training.clip))
+        w.append(
+            shower_weights(weights["classifier"], x_new, energies, run.cfg.classifier_training.clip)
+        )
     return torch.cat(z), torch.cat(w), energies.repeat(rounds + 1)
 
 
@@ -313,11 +382,20 @@ def train_refiner(run: ShowerRun, z, w, energies):
 
     dim = z.shape[1]
     L.seed_everything(run.stream_seed("refiner"), verbose=False)
-    refiner = build(run.cfg.refiner, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True)
+    refiner = build(
+        run.cfg.refiner, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True
+    )
     training = run.cfg.refiner_training
-    loader = TensorLoader(z.float(), w.float(), incident_context(energies), batch_size=training.batch_size,
-                          seed=run.stream_seed("refiner"))
-    run.say(f"training the LaSeR refiner on {len(z)} weighted latent points (R^{dim}, conditional on E_inc)")
+    loader = TensorLoader(
+        z.float(),
+        w.float(),
+        incident_context(energies),
+        batch_size=training.batch_size,
+        seed=run.stream_seed("refiner"),
+    )
+    run.say(
+        f"training the LaSeR refiner on {len(z)} weighted latent points (R^{dim}, conditional on E_inc)"
+    )
     run.trainer("laser_refiner", training.epochs).fit(refiner, loader)
     return refiner.eval()
 
@@ -329,9 +407,17 @@ def _writer(run: ShowerRun, method: str, n: int, **attrs):
     """A ShowerWriter for ``DIR/showers/METHOD.hdf5`` with the attributes ``caloflow generate`` writes."""
     from caloflow.data.io import ShowerWriter
 
-    base = {"generator": run.inputs.kind, "seed": run.seed, "fast_sampling": True, "method": method,
-            "batch_size": int(run.cfg.batch_size), "training_domain": run.base_sampler().domain.to_json()}
-    return ShowerWriter(run.out / "showers" / f"{method}.hdf5", attrs={**base, **attrs}, expected_rows=n)
+    base = {
+        "generator": run.inputs.kind,
+        "seed": run.seed,
+        "fast_sampling": True,
+        "method": method,
+        "batch_size": int(run.cfg.batch_size),
+        "training_domain": run.base_sampler().domain.to_json(),
+    }
+    return ShowerWriter(
+        run.out / "showers" / f"{method}.hdf5", attrs={**base, **attrs}, expected_rows=n
+    )
 
 
 def generate_unrefined(run: ShowerRun, energies: np.ndarray) -> float:
@@ -340,7 +426,12 @@ def generate_unrefined(run: ShowerRun, energies: np.ndarray) -> float:
 
     t0, sampler = time.perf_counter(), run.base_sampler()
     with _writer(run, "unrefined", len(energies)) as out:
-        sampler.sample(energies, torch.Generator().manual_seed(run.seed), batch_size=int(run.cfg.batch_size), out=out)
+        sampler.sample(
+            energies,
+            torch.Generator().manual_seed(run.seed),
+            batch_size=int(run.cfg.batch_size),
+            out=out,
+        )
         out.attrs["redrawn_nonfinite"] = sampler.redraws
     return time.perf_counter() - t0
 
@@ -354,7 +445,12 @@ def generate_laser(run: ShowerRun, refiner, energies: np.ndarray) -> float:
 
     t0, sampler = time.perf_counter(), RefinedSampler(run.base_sampler(), refiner)
     with _writer(run, "laser", len(energies), refiner=str(run.out / "refiner.ckpt")) as out:
-        sampler.sample(energies, torch.Generator().manual_seed(run.seed), batch_size=int(run.cfg.batch_size), out=out)
+        sampler.sample(
+            energies,
+            torch.Generator().manual_seed(run.seed),
+            batch_size=int(run.cfg.batch_size),
+            out=out,
+        )
         out.attrs["redrawn_nonfinite"] = sampler.redraws
     return time.perf_counter() - t0
 
@@ -372,7 +468,9 @@ def write_dctr(run: ShowerRun, classifier) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     source = run.out / "showers" / "unrefined.hdf5"
     showers = read_showers(source)
-    w = shower_weights(classifier, showers.voxels, showers.energy, run.cfg.classifier_training.clip).numpy()
+    w = shower_weights(
+        classifier, showers.voxels, showers.energy, run.cfg.classifier_training.clip
+    ).numpy()
     with atomic_output(run.out / "showers" / "dctr.hdf5") as tmp:
         shutil.copyfile(source, tmp)
         with h5py.File(tmp, "a") as f:
@@ -404,7 +502,9 @@ def run_rejection(run: ShowerRun, classifier, w_train, energies: np.ndarray) -> 
     t0, accepted, proposed = time.perf_counter(), 0, 0.0
     with _writer(run, "rejection", len(energies), w_max=w_max) as out:
         for chunk in torch.as_tensor(energies, dtype=torch.float32).split(int(run.cfg.batch_size)):
-            _, x, rate = rejection_sample_conditional(propose, weight, chunk, w_max, gen, opts.max_rounds)
+            _, x, rate = rejection_sample_conditional(
+                propose, weight, chunk, w_max, gen, opts.max_rounds
+            )
             out.append(x.cpu().numpy(), chunk.numpy())
             accepted, proposed = accepted + len(chunk), proposed + len(chunk) / rate
     return {"acceptance": accepted / proposed, "w_max": w_max, "seconds": time.perf_counter() - t0}
@@ -430,30 +530,58 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
     chains = torch.as_tensor(energies[: opts.n_hmc], dtype=torch.float32)
     clip = hmc_clip(run.cfg)
     log_w = shower_log_weight(classifier, clip)
-    target = laser_log_prob(run.g.decode, log_w)  # target(z, E): chunks of chains carry their energies
+    target = laser_log_prob(
+        run.g.decode, log_w
+    )  # target(z, E): chunks of chains carry their energies
     t0 = time.perf_counter()
     _, init, x_init, _ = draw_latent_showers(run.g, chains, gen)
-    adapt = "" if opts.target_acceptance is None else f", adapted towards acceptance {opts.target_acceptance:g}"
-    run.say(f"HMC: {len(chains)} chains, {opts.burn_in} burn-in trajectories of {opts.n_leapfrog} steps of "
-            f"{opts.step_size:g}{adapt}")
+    adapt = (
+        ""
+        if opts.target_acceptance is None
+        else f", adapted towards acceptance {opts.target_acceptance:g}"
+    )
+    run.say(
+        f"HMC: {len(chains)} chains, {opts.burn_in} burn-in trajectories of {opts.n_leapfrog} steps of "
+        f"{opts.step_size:g}{adapt}"
+    )
     info: dict = {}
-    samples, acceptance = hmc(target, init, step_size=opts.step_size, n_leapfrog=opts.n_leapfrog, n_samples=1,
-                              burn_in=opts.burn_in, generator=gen, progress=run.progress,
-                              target_acceptance=opts.target_acceptance, info=info, context=(chains,),
-                              chunk_size=opts.chunk_size)
+    samples, acceptance = hmc(
+        target,
+        init,
+        step_size=opts.step_size,
+        n_leapfrog=opts.n_leapfrog,
+        n_samples=1,
+        burn_in=opts.burn_in,
+        generator=gen,
+        progress=run.progress,
+        target_acceptance=opts.target_acceptance,
+        info=info,
+        context=(chains,),
+        chunk_size=opts.chunk_size,
+    )
     steps = info["step_size"]
     with torch.no_grad():
         x = run.g.decode(samples[-1], chains)
     if not torch.isfinite(x).all():
-        raise CaloflowError("HMC: a chain ended at a non-finite shower: the model or the weights are broken")
+        raise CaloflowError(
+            "HMC: a chain ended at a non-finite shower: the model or the weights are broken"
+        )
     seconds = time.perf_counter() - t0
     with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
         out.append(x.cpu().numpy(), chains.numpy())
     with torch.no_grad():
         mean_log_w = hmc_log_w(log_w(x_init, chains), log_w(x, chains), w_unrefined, clip)
-    return {"acceptance": acceptance, "n_showers": len(chains), "seconds": seconds,
-            "step_size": {"median": float(steps.median()), "min": float(steps.min()), "max": float(steps.max())},
-            "mean_log_w": mean_log_w}
+    return {
+        "acceptance": acceptance,
+        "n_showers": len(chains),
+        "seconds": seconds,
+        "step_size": {
+            "median": float(steps.median()),
+            "min": float(steps.min()),
+            "max": float(steps.max()),
+        },
+        "mean_log_w": mean_log_w,
+    }
 
 
 def hmc_log_w(start, end, w_prior, clip: float | None) -> dict[str, float]:
@@ -464,8 +592,11 @@ def hmc_log_w(start, end, w_prior, clip: float | None) -> dict[str, float]:
     must be new to the weight classifier: on its own training showers w is biased low (measured on
     the e+ preset, docs/results.md)."""
     w = np.minimum(np.asarray(w_prior, dtype=np.float64), np.inf if clip is None else clip)
-    return {"start": float(start.double().mean()), "end": float(end.double().mean()),
-            "target": float((w * np.log(w)).sum() / w.sum())}
+    return {
+        "start": float(start.double().mean()),
+        "end": float(end.double().mean()),
+        "target": float((w * np.log(w)).sum() / w.sum()),
+    }
 
 
 def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, Any]:
@@ -476,8 +607,10 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
     energies = read_energies(run.inputs.reference, splits["evaluation_used"])
     n = len(energies)
     run.say(f"evaluation energies: {n}; generating unrefined and LaSeR showers")
-    seconds = {"unrefined": generate_unrefined(run, energies),
-               "laser": generate_laser(run, refined["refiner"], energies)}
+    seconds = {
+        "unrefined": generate_unrefined(run, energies),
+        "laser": generate_laser(run, refined["refiner"], energies),
+    }
     w_dctr, dctr_s = write_dctr(run, refined["classifier"])
     seconds["dctr"] = seconds["unrefined"] + dctr_s
     run.say("rejection sampling at the evaluation energies")
@@ -487,16 +620,22 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
     seconds["hmc"] = hmc.pop("seconds")
     counts = {m: n for m in METHODS} | {"hmc": hmc["n_showers"]}
     per_shower = {m: seconds[m] / counts[m] for m in METHODS}
-    return {"seconds_per_shower": per_shower, "n_showers": counts,
-            "relative_to_unrefined": {m: per_shower[m] / per_shower["unrefined"] for m in METHODS},
-            "rejection": rejection, "hmc": hmc, "dctr_weights": w_dctr}
+    return {
+        "seconds_per_shower": per_shower,
+        "n_showers": counts,
+        "relative_to_unrefined": {m: per_shower[m] / per_shower["unrefined"] for m in METHODS},
+        "rejection": rejection,
+        "hmc": hmc,
+        "dctr_weights": w_dctr,
+    }
 
 
 # --------------------------------------------------------------------------- the whole protocol
 
 
-def run_showers(inputs: ShowerInputs, cfg, out: Path, seed: int, quick: bool = False,
-                progress: bool = True) -> dict[str, Any]:
+def run_showers(
+    inputs: ShowerInputs, cfg, out: Path, seed: int, quick: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """The whole protocol (module docstring) on checked ``inputs`` with the shower config ``cfg``;
     writes every output under ``out`` and returns what ``results.json`` holds."""
     import lightning as L
@@ -506,28 +645,47 @@ def run_showers(inputs: ShowerInputs, cfg, out: Path, seed: int, quick: bool = F
     splits = make_splits(inputs.n_reference, cfg.split, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "showers").mkdir(exist_ok=True)
-    write_text_atomic(out / "splits.json", json.dumps({"reference": str(inputs.reference), **splits}) + "\n")
+    write_text_atomic(
+        out / "splits.json", json.dumps({"reference": str(inputs.reference), **splits}) + "\n"
+    )
     L.seed_everything(seed, verbose=False)
     run = ShowerRun(cfg, out, seed, inputs, progress, g=laser_generator(inputs))
-    run.say(f"splits: {len(splits['refinement_used'])} refinement / {len(splits['evaluation_used'])} evaluation "
-            f"showers of {inputs.n_reference} (written to {out / 'splits.json'})")
+    run.say(
+        f"splits: {len(splits['refinement_used'])} refinement / {len(splits['evaluation_used'])} evaluation "
+        f"showers of {inputs.n_reference} (written to {out / 'splits.json'})"
+    )
     refined = refinement_steps(run, splits)
     with run.stage("generation"):
         sampling = generation_steps(run, splits, refined)
     with run.stage("evaluation"):
         methods = evaluate_methods(run, splits, sampling.pop("dctr_weights"))
     results = {
-        "settings": {"seed": seed, "quick": bool(quick), "generator": inputs.kind,
-                     "checkpoints": inputs.checkpoints, "reference": str(inputs.reference),
-                     "batch_size": int(cfg.batch_size), "evaluation_runs": cfg.evaluation.runs,
-                     "evaluation_epochs": cfg.evaluation.epochs, "evaluation_patience": cfg.evaluation.patience,
-                     "w_max_quantile": cfg.rejection.w_max_quantile},
-        "splits": {k: len(splits[k]) for k in ("refinement", "evaluation", "refinement_used", "evaluation_used")},
+        "settings": {
+            "seed": seed,
+            "quick": bool(quick),
+            "generator": inputs.kind,
+            "checkpoints": inputs.checkpoints,
+            "reference": str(inputs.reference),
+            "batch_size": int(cfg.batch_size),
+            "evaluation_runs": cfg.evaluation.runs,
+            "evaluation_epochs": cfg.evaluation.epochs,
+            "evaluation_patience": cfg.evaluation.patience,
+            "w_max_quantile": cfg.rejection.w_max_quantile,
+        },
+        "splits": {
+            k: len(splits[k])
+            for k in ("refinement", "evaluation", "refinement_used", "evaluation_used")
+        },
         "weights": weight_summary(refined["w"], cfg.classifier_training.clip),
-        "weight_classifier": refined["classifier_info"], "refiner_points": refined["refiner_points"],
-        "rejection": sampling["rejection"], "hmc": sampling["hmc"],
-        "sampling": {k: sampling[k] for k in ("seconds_per_shower", "relative_to_unrefined", "n_showers")},
-        "methods": methods, "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
+        "weight_classifier": refined["classifier_info"],
+        "refiner_points": refined["refiner_points"],
+        "rejection": sampling["rejection"],
+        "hmc": sampling["hmc"],
+        "sampling": {
+            k: sampling[k] for k in ("seconds_per_shower", "relative_to_unrefined", "n_showers")
+        },
+        "methods": methods,
+        "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
     }
     write_outputs(out, results)
     return results
@@ -535,8 +693,7 @@ def run_showers(inputs: ShowerInputs, cfg, out: Path, seed: int, quick: bool = F
 
 def load_shower_config(quick: bool = False, path: str | Path | None = None):
     """The shower config: the shipped ``laser/showers.yaml`` (or ``path``), its quick section merged with ``quick``."""
-    from refine.config import ConfigError, parse_shower_config
-    from refine.config import CONFIG_DIR
+    from refine.config import CONFIG_DIR, ConfigError, parse_shower_config
 
     path = Path(path) if path is not None else CONFIG_DIR / "showers.yaml"
     if not path.is_file():
@@ -547,4 +704,32 @@ def load_shower_config(quick: bool = False, path: str | Path | None = None):
         raise CaloflowError(str(e)) from None
 
 
-__all__ = ["METHODS", "OUTPUT_FILES", "MIN_SPLIT", "STREAMS", "ShowerInputs", "check_inputs", "make_splits", "ShowerRun", "laser_generator", "refinement_steps", "draw_unrefined", "train_weights", "train_weight_classifier", "shower_log_weight", "shower_weights", "refiner_points", "train_refiner", "generate_unrefined", "generate_laser", "write_dctr", "run_rejection", "hmc_clip", "run_hmc", "hmc_log_w", "generation_steps", "run_showers", "load_shower_config"]
+__all__ = [
+    "METHODS",
+    "OUTPUT_FILES",
+    "MIN_SPLIT",
+    "STREAMS",
+    "ShowerInputs",
+    "check_inputs",
+    "make_splits",
+    "ShowerRun",
+    "laser_generator",
+    "refinement_steps",
+    "draw_unrefined",
+    "train_weights",
+    "train_weight_classifier",
+    "shower_log_weight",
+    "shower_weights",
+    "refiner_points",
+    "train_refiner",
+    "generate_unrefined",
+    "generate_laser",
+    "write_dctr",
+    "run_rejection",
+    "hmc_clip",
+    "run_hmc",
+    "hmc_log_w",
+    "generation_steps",
+    "run_showers",
+    "load_shower_config",
+]

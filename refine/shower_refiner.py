@@ -14,6 +14,7 @@ checkpoint of the refiner (``state_dict``, ``hyper_parameters``) with a ``laser`
 generator kind (``caloflow`` or ``calogan``), the latent dimension, the context, and the sha256 of
 the generator checkpoints it was trained for; generation with other checkpoints is refused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,9 @@ CHECKPOINT_NAMES = {"caloflow": ("flow1", "flow2"), "calogan": ("calogan",)}
 
 def incident_context(incident_gev: Tensor) -> Tensor:
     """The refiner's condition c(E_inc) = log10(E_inc / 10 GeV) (CaloFlow eq. 4.4): (n,) GeV -> (n, 1) float32."""
-    return encode_incident_energy(torch.as_tensor(incident_gev, dtype=torch.float64)).to(torch.float32)
+    return encode_incident_energy(torch.as_tensor(incident_gev, dtype=torch.float64)).to(
+        torch.float32
+    )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -50,9 +53,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 @torch.no_grad()
-def draw_latent_showers(g, energies: Tensor, generator: torch.Generator | None = None,
-                        phi: Callable[[Tensor, Tensor], Tensor] | None = None,
-                        max_rounds: int = 10) -> tuple[Tensor, Tensor, Tensor, int]:
+def draw_latent_showers(
+    g,
+    energies: Tensor,
+    generator: torch.Generator | None = None,
+    phi: Callable[[Tensor, Tensor], Tensor] | None = None,
+    max_rounds: int = 10,
+) -> tuple[Tensor, Tensor, Tensor, int]:
     """One shower per incident energy (GeV) from latent draws: y ~ N(0, I) (``g.sample_latent``),
     z = phi(y, E) (z = y without ``phi``), x = g(z | E) (MeV), graph-free.
 
@@ -74,12 +81,19 @@ def draw_latent_showers(g, energies: Tensor, generator: torch.Generator | None =
             return y, z, x, redraws
         redraws += int(bad.sum())
         y[bad], z[bad], x[bad] = draw(energies[bad.cpu()])
-    raise CaloflowError(f"{int((~torch.isfinite(x).all(1)).sum())} showers stayed non-finite after {max_rounds} "
-                        "redraws: the model is broken")
+    raise CaloflowError(
+        f"{int((~torch.isfinite(x).all(1)).sum())} showers stayed non-finite after {max_rounds} "
+        "redraws: the model is broken"
+    )
 
 
-def save_refiner(path: str | Path, refiner: WeightedGANRefiner, generator: str, checkpoints: dict[str, str],
-                 **extra: Any) -> Path:
+def save_refiner(
+    path: str | Path,
+    refiner: WeightedGANRefiner,
+    generator: str,
+    checkpoints: dict[str, str],
+    **extra: Any,
+) -> Path:
     """Write ``refiner`` as a Lightning checkpoint with its ``laser`` entry (atomically).
 
     Args:
@@ -92,11 +106,19 @@ def save_refiner(path: str | Path, refiner: WeightedGANRefiner, generator: str, 
 
     from caloflow.atomic import atomic_output
 
-    entry = {"generator": generator, "latent_dim": int(refiner.hparams.latent_dim), "context": CONTEXT,
-             "checkpoints_sha256": {name: file_sha256(p) for name, p in checkpoints.items()}, **extra}
-    state = {"state_dict": {k: v.detach().cpu().clone() for k, v in refiner.state_dict().items()},
-             "hyper_parameters": dict(refiner.hparams), "pytorch-lightning_version": L.__version__,
-             CHECKPOINT_KEY: entry}
+    entry = {
+        "generator": generator,
+        "latent_dim": int(refiner.hparams.latent_dim),
+        "context": CONTEXT,
+        "checkpoints_sha256": {name: file_sha256(p) for name, p in checkpoints.items()},
+        **extra,
+    }
+    state = {
+        "state_dict": {k: v.detach().cpu().clone() for k, v in refiner.state_dict().items()},
+        "hyper_parameters": dict(refiner.hparams),
+        "pytorch-lightning_version": L.__version__,
+        CHECKPOINT_KEY: entry,
+    }
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
@@ -108,19 +130,24 @@ def _check_trained_for(entry: dict, checkpoints: dict[str, str], where: str) -> 
     kind = entry.get("generator")
     if set(shas) != set(checkpoints):
         given = "/".join(f"--{n}" for n in checkpoints)
-        raise CaloflowError(f"{where}: a refiner of {kind} (trained for {', '.join(sorted(shas)) or 'nothing'}), "
-                            f"not for {given}")
+        raise CaloflowError(
+            f"{where}: a refiner of {kind} (trained for {', '.join(sorted(shas)) or 'nothing'}), "
+            f"not for {given}"
+        )
     for name, path in checkpoints.items():
         if not Path(path).is_file():
             raise CaloflowError(f"--{name} {path}: no such checkpoint file")
         sha = file_sha256(path)
         if sha != shas[name]:
-            raise CaloflowError(f"{where}: trained for a --{name} checkpoint with sha256 {shas[name][:12]}..., but "
-                                f"--{name} {path} has sha256 {sha[:12]}...; refusing to refine another model")
+            raise CaloflowError(
+                f"{where}: trained for a --{name} checkpoint with sha256 {shas[name][:12]}..., but "
+                f"--{name} {path} has sha256 {sha[:12]}...; refusing to refine another model"
+            )
 
 
-def load_refiner(path: str | Path, option: str = "--refiner",
-                 checkpoints: dict[str, str] | None = None) -> tuple[WeightedGANRefiner, dict]:
+def load_refiner(
+    path: str | Path, option: str = "--refiner", checkpoints: dict[str, str] | None = None
+) -> tuple[WeightedGANRefiner, dict]:
     """The refiner of a ``refiner.ckpt`` (evaluation mode, frozen) and its ``laser`` entry.
 
     With ``checkpoints`` (the generator's checkpoint files by name) the refiner must have been
@@ -135,17 +162,25 @@ def load_refiner(path: str | Path, option: str = "--refiner",
         raise CaloflowError(f"{where}: {mismatch}")
     entry = ckpt.get(CHECKPOINT_KEY)
     if not isinstance(entry, dict):
-        raise CaloflowError(f"{where}: not a LaSeR shower refiner (no '{CHECKPOINT_KEY}' entry; written by "
-                            "python -m refine.laser --flow1 ... or --calogan ...)")
+        raise CaloflowError(
+            f"{where}: not a LaSeR shower refiner (no '{CHECKPOINT_KEY}' entry; written by "
+            "python -m refine.laser --flow1 ... or --calogan ...)"
+        )
     if checkpoints is not None:
         _check_trained_for(entry, checkpoints, where)
     try:
         refiner = WeightedGANRefiner(**ckpt.get("hyper_parameters", {}))
         refiner.load_state_dict(ckpt["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CaloflowError(f"{where}: cannot build the refiner from it ({type(e).__name__})") from None
-    if not all(torch.isfinite(p).all() for p in refiner.state_dict().values() if p.is_floating_point()):
-        raise CaloflowError(f"{where}: the weights are not finite (NaN or inf): the refiner is broken")
+        raise CaloflowError(
+            f"{where}: cannot build the refiner from it ({type(e).__name__})"
+        ) from None
+    if not all(
+        torch.isfinite(p).all() for p in refiner.state_dict().values() if p.is_floating_point()
+    ):
+        raise CaloflowError(
+            f"{where}: the weights are not finite (NaN or inf): the refiner is broken"
+        )
     return refiner.eval().requires_grad_(False), entry
 
 
@@ -170,9 +205,15 @@ class RefinedSampler:
             self.g = CaloGANGenerator(base.model)
             device = next(base.model.parameters()).device
         dim = self.g.latent_shape[0]
-        if refiner.hparams.latent_dim != dim or refiner.hparams.aux_dim != dim or refiner.hparams.context_dim != 1:
-            raise CaloflowError(f"the refiner maps R^{refiner.hparams.aux_dim} (context {refiner.hparams.context_dim}) "
-                                f"to R^{refiner.hparams.latent_dim}; the model's latent space is R^{dim} (context 1)")
+        if (
+            refiner.hparams.latent_dim != dim
+            or refiner.hparams.aux_dim != dim
+            or refiner.hparams.context_dim != 1
+        ):
+            raise CaloflowError(
+                f"the refiner maps R^{refiner.hparams.aux_dim} (context {refiner.hparams.context_dim}) "
+                f"to R^{refiner.hparams.latent_dim}; the model's latent space is R^{dim} (context 1)"
+            )
         self.refiner = refiner.to(device).eval()
         self.redraws = 0
 
@@ -185,8 +226,15 @@ class RefinedSampler:
         context = incident_context(incident_gev).to(y.device)
         return self.refiner.decode(y.to(self.refiner.dtype), context).to(y.dtype)
 
-    def sample(self, energies_gev, generator: torch.Generator | None = None, batch_size: int = 10_000,
-               fast: bool = True, progress: bool = False, out=None):
+    def sample(
+        self,
+        energies_gev,
+        generator: torch.Generator | None = None,
+        batch_size: int = 10_000,
+        fast: bool = True,
+        progress: bool = False,
+        out=None,
+    ):
         """One refined shower per incident energy (GeV), in batches of ``batch_size``, each batch's y drawn
         from ``generator`` as the unrefined model draws its latent points; see
         :func:`caloflow.sampling.sample_in_batches` (``out``: stream into a ShowerWriter)."""
@@ -203,4 +251,14 @@ class RefinedSampler:
         return showers
 
 
-__all__ = ["CHECKPOINT_KEY", "CONTEXT", "CHECKPOINT_NAMES", "incident_context", "file_sha256", "draw_latent_showers", "save_refiner", "load_refiner", "RefinedSampler"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "CONTEXT",
+    "CHECKPOINT_NAMES",
+    "incident_context",
+    "file_sha256",
+    "draw_latent_showers",
+    "save_refiner",
+    "load_refiner",
+    "RefinedSampler",
+]

@@ -19,6 +19,7 @@ this distribution) with the same test size: HMC is
 judged against that row. A test with few showers trains with smaller batches (at least 10 updates per
 epoch, :func:`classifier_batch_size`), so that its converging schedule stays short.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,23 +29,39 @@ from typing import Any
 import numpy as np
 
 #: (architecture, preprocessing, key) of the held-out classifier tests
-CLASSIFIERS = (("dnn", "unnormalized", "dnn-unnormalized"), ("dnn", "normalized", "dnn-normalized"),
-               ("features", "high-level", "features"))
-TITLES = {"unrefined": "Unrefined", "dctr": "DCTR (weighted)", "rejection": "Rejection sampling",
-          "laser": "LaSeR refiner", "unrefined-hmc": "Unrefined, HMC energies", "hmc": "HMC"}
+CLASSIFIERS = (
+    ("dnn", "unnormalized", "dnn-unnormalized"),
+    ("dnn", "normalized", "dnn-normalized"),
+    ("features", "high-level", "features"),
+)
+TITLES = {
+    "unrefined": "Unrefined",
+    "dctr": "DCTR (weighted)",
+    "rejection": "Rejection sampling",
+    "laser": "LaSeR refiner",
+    "unrefined-hmc": "Unrefined, HMC energies",
+    "hmc": "HMC",
+}
 
 
 def _classifier_entry(result: dict) -> dict[str, Any]:
     """What results.json keeps of one classifier test."""
-    entry = {"auc": result["auc"], "jsd": result["jsd"], "converged": result["converged"],
-             "n_per_class": result["data"]["n_per_class"], "batch_size": result["data"]["batch_size"],
-             "epochs": [f"{r['best_epoch']}/{r['epochs_run']}" for r in result["runs"]]}
+    entry = {
+        "auc": result["auc"],
+        "jsd": result["jsd"],
+        "converged": result["converged"],
+        "n_per_class": result["data"]["n_per_class"],
+        "batch_size": result["data"]["batch_size"],
+        "epochs": [f"{r['best_epoch']}/{r['epochs_run']}" for r in result["runs"]],
+    }
     if result.get("weighted"):
         entry.update(weighted=True, ess=result["ess"])
     return entry
 
 
-def separation_powers(ref_features: dict, features: dict[str, dict], weights: dict[str, np.ndarray]) -> dict:
+def separation_powers(
+    ref_features: dict, features: dict[str, dict], weights: dict[str, np.ndarray]
+) -> dict:
     """Per method: ``{"features": {name: S}, "mean": mean S over the features with a finite S}`` on bins
     common to the reference and every method (DCTR weighted)."""
     from caloflow.evaluate.report import feature_metrics
@@ -55,7 +72,10 @@ def separation_powers(ref_features: dict, features: dict[str, dict], weights: di
         metrics = feature_metrics(ref_features, feats, others, weights.get(method))
         powers = {name: m["separation_power"] for name, m in metrics.items()}
         finite = [v for v in powers.values() if v is not None and math.isfinite(v)]
-        out[method] = {"mean": float(np.mean(finite)) if finite else float("nan"), "features": powers}
+        out[method] = {
+            "mean": float(np.mean(finite)) if finite else float("nan"),
+            "features": powers,
+        }
     return out
 
 
@@ -81,22 +101,39 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
 
     reference = read_rows(run.inputs.reference, splits["evaluation_used"])
     run.say(f"evaluation split: {len(reference)} showers (read now, for the first time)")
-    showers = {m: read_showers(run.out / "showers" / f"{m}.hdf5") for m in TITLES if m != "unrefined-hmc"}
+    showers = {
+        m: read_showers(run.out / "showers" / f"{m}.hdf5") for m in TITLES if m != "unrefined-hmc"
+    }
     showers["unrefined-hmc"] = showers["unrefined"][: len(showers["hmc"])]
     weights = {"dctr": dctr_weights}
     opts = run.cfg.evaluation
-    results: dict[str, dict] = {m: {"n_showers": len(s), "classifier": {}} for m, s in showers.items()}
+    results: dict[str, dict] = {
+        m: {"n_showers": len(s), "classifier": {}} for m, s in showers.items()
+    }
     for method, sample in showers.items():
         for arch, pre, key in CLASSIFIERS:
             batch_size = classifier_batch_size(min(len(reference), len(sample)), opts.batch_size)
-            res = classifier_test(reference, sample, arch, pre, runs=opts.runs, epochs=opts.epochs, seed=run.seed,
-                                  batch_size=batch_size, log_dir=run.out / "logs" / "evaluation",
-                                  name=f"{method}_{key}", max_epochs=opts.max_epochs, patience=opts.patience,
-                                  weights=weights.get(method))
+            res = classifier_test(
+                reference,
+                sample,
+                arch,
+                pre,
+                runs=opts.runs,
+                epochs=opts.epochs,
+                seed=run.seed,
+                batch_size=batch_size,
+                log_dir=run.out / "logs" / "evaluation",
+                name=f"{method}_{key}",
+                max_epochs=opts.max_epochs,
+                patience=opts.patience,
+                weights=weights.get(method),
+            )
             results[method]["classifier"][key] = _classifier_entry(res)
-            run.say(f"{method} {key}: AUC {res['auc']['mean']:.3f} +- {res['auc']['std']:.3f}, "
-                    f"JSD {res['jsd']['mean']:.3f} +- {res['jsd']['std']:.3f}"
-                    + ("" if res["converged"] else " (NOT converged)"))
+            run.say(
+                f"{method} {key}: AUC {res['auc']['mean']:.3f} +- {res['auc']['std']:.3f}, "
+                f"JSD {res['jsd']['mean']:.3f} +- {res['jsd']['std']:.3f}"
+                + ("" if res["converged"] else " (NOT converged)")
+            )
     ref_features = compute_features(reference.voxels, incident_gev=reference.energy)
     features = {m: compute_features(s.voxels, incident_gev=s.energy) for m, s in showers.items()}
     for method, sep in separation_powers(ref_features, features, weights).items():
@@ -107,21 +144,32 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
 def _steps(hmc: dict) -> str:
     """The chains' leapfrog steps after burn-in: median (min-max)."""
     step = hmc.get("step_size")
-    return "n/a" if step is None else f"{step['median']:.3g} (chains {step['min']:.3g}-{step['max']:.3g})"
+    return (
+        "n/a"
+        if step is None
+        else f"{step['median']:.3g} (chains {step['min']:.3g}-{step['max']:.3g})"
+    )
 
 
 def _hmc_log_w(hmc: dict) -> str:
     """Where the chains went: mean log w at their start, their kept states, and the target's."""
     lw = hmc.get("mean_log_w")
-    return "mean log w n/a" if lw is None else (
-        f"mean log w {lw['start']:.3f} at the start (prior draws), {lw['end']:.3f} at the kept states, "
-        f"{lw['target']:.3f} for the target q (the unrefined showers weighted by w)")
+    return (
+        "mean log w n/a"
+        if lw is None
+        else (
+            f"mean log w {lw['start']:.3f} at the start (prior draws), {lw['end']:.3f} at the kept states, "
+            f"{lw['target']:.3f} for the target q (the unrefined showers weighted by w)"
+        )
+    )
 
 
 def _refiner_points_line(points: dict) -> str:
     """How many weighted latent points the LaSeR refiner was trained on."""
-    return (f"- LaSeR refiner: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
-            f"refinement energy; effective sample size {points['ess_fraction']:.3f} of them).")
+    return (
+        f"- LaSeR refiner: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
+        f"refinement energy; effective sample size {points['ess_fraction']:.3f} of them)."
+    )
 
 
 def _cell(stat: dict) -> str:
@@ -134,40 +182,70 @@ def table_markdown(results: dict[str, Any]) -> str:
     from caloflow.evaluate.classification import MIN_PATIENCE_EPOCHS, PATIENCE_UPDATES
 
     methods = results["methods"]
-    head = "| Method | showers | " + " | ".join(f"{k} AUC | {k} JSD" for _, _, k in CLASSIFIERS) \
-           + " | mean sep. power | ms / shower |"
-    lines = ["# LaSeR on showers: held-out evaluation", "",
-             f"Classifier tests against the evaluation split ({results['splits']['evaluation_used']} showers, "
-             "never seen by the refinement): AUC and JSD, mean ± std over "
-             f"{results['settings']['evaluation_runs']} runs (0.5 / 0: indistinguishable). "
-             "DCTR is the weighted test of the unrefined showers.", "",
-             head, "|---" * (4 + 2 * len(CLASSIFIERS)) + "|"]
+    head = (
+        "| Method | showers | "
+        + " | ".join(f"{k} AUC | {k} JSD" for _, _, k in CLASSIFIERS)
+        + " | mean sep. power | ms / shower |"
+    )
+    lines = [
+        "# LaSeR on showers: held-out evaluation",
+        "",
+        f"Classifier tests against the evaluation split ({results['splits']['evaluation_used']} showers, "
+        "never seen by the refinement): AUC and JSD, mean ± std over "
+        f"{results['settings']['evaluation_runs']} runs (0.5 / 0: indistinguishable). "
+        "DCTR is the weighted test of the unrefined showers.",
+        "",
+        head,
+        "|---" * (4 + 2 * len(CLASSIFIERS)) + "|",
+    ]
     for method, title in TITLES.items():
         entry = methods[method]
-        cells = [f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
-                 for _, _, k in CLASSIFIERS]
+        cells = [
+            f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
+            for _, _, k in CLASSIFIERS
+        ]
         per_shower = results["sampling"]["seconds_per_shower"]
         ms = 1e3 * per_shower.get(method, per_shower["unrefined"])
-        lines.append(f"| {title} | {entry['n_showers']} | " + " | ".join(cells)
-                     + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |")
-    unconverged = [f"{m} {k}" for m, e in methods.items() for k, c in e["classifier"].items() if not c["converged"]]
+        lines.append(
+            f"| {title} | {entry['n_showers']} | "
+            + " | ".join(cells)
+            + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |"
+        )
+    unconverged = [
+        f"{m} {k}"
+        for m, e in methods.items()
+        for k, c in e["classifier"].items()
+        if not c["converged"]
+    ]
     epochs = results["settings"].get("evaluation_epochs")
     patience = results["settings"].get("evaluation_patience")
-    stopping = f"{patience} epochs" if patience else (
-        f"the classifier test's default, max({MIN_PATIENCE_EPOCHS} epochs, {PATIENCE_UPDATES} updates)")
-    training = (f"- Classifier tests: a fixed {epochs} epochs each (evaluation.epochs), not trained to convergence."
-                if epochs else f"- Classifier tests: early stopping after {stopping} without a lower validation loss; "
-                "not converged: " + (", ".join(unconverged) if unconverged else "none") + ".")
+    stopping = (
+        f"{patience} epochs"
+        if patience
+        else (
+            f"the classifier test's default, max({MIN_PATIENCE_EPOCHS} epochs, {PATIENCE_UPDATES} updates)"
+        )
+    )
+    training = (
+        f"- Classifier tests: a fixed {epochs} epochs each (evaluation.epochs), not trained to convergence."
+        if epochs
+        else f"- Classifier tests: early stopping after {stopping} without a lower validation loss; "
+        "not converged: " + (", ".join(unconverged) if unconverged else "none") + "."
+    )
     w = results["weights"]
-    lines += ["", f"- Rejection sampling: acceptance {results['rejection']['acceptance']:.3f} "
-              f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
-              "of the training weights).",
-              _refiner_points_line(results["refiner_points"]),
-              f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
-              f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}; {_hmc_log_w(results['hmc'])}.",
-              f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
-              f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
-              training, ""]
+    lines += [
+        "",
+        f"- Rejection sampling: acceptance {results['rejection']['acceptance']:.3f} "
+        f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
+        "of the training weights).",
+        _refiner_points_line(results["refiner_points"]),
+        f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
+        f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}; {_hmc_log_w(results['hmc'])}.",
+        f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
+        f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
+        training,
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -180,4 +258,13 @@ def write_outputs(out: Path, results: dict) -> None:
     write_text_atomic(out / "table.md", table_markdown(results))
 
 
-__all__ = ["CLASSIFIERS", "TITLES", "separation_powers", "MIN_UPDATES_PER_EPOCH", "classifier_batch_size", "evaluate_methods", "table_markdown", "write_outputs"]
+__all__ = [
+    "CLASSIFIERS",
+    "TITLES",
+    "separation_powers",
+    "MIN_UPDATES_PER_EPOCH",
+    "classifier_batch_size",
+    "evaluate_methods",
+    "table_markdown",
+    "write_outputs",
+]

@@ -25,6 +25,7 @@ the graph when grad mode is on and z (or E_inc) requires grad, and otherwise run
 graph-free path of ``caloflow generate`` (as under ``torch.no_grad()``, e.g. :func:`refine.generate`);
 CaloGAN's follows grad mode like any ``nn.Module``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from caloflow.models.calogan import CaloGAN, CaloGANGenerator as CaloGANNetwork
+from caloflow.models.calogan import CaloGAN
+from caloflow.models.calogan import CaloGANGenerator as CaloGANNetwork
 from caloflow.models.flows import FlowI, FlowII, standard_normal
 
 __all__ = ["CaloFlowGenerator", "CaloGANGenerator"]
@@ -94,11 +96,19 @@ class CaloFlowGenerator:
 
     deterministic = True
 
-    def __init__(self, flow1: FlowI, flow2: FlowII, incident_gev: Tensor | None = None, fast: bool = True,
-                 threshold: bool = True):
+    def __init__(
+        self,
+        flow1: FlowI,
+        flow2: FlowII,
+        incident_gev: Tensor | None = None,
+        fast: bool = True,
+        threshold: bool = True,
+    ):
         self.flow1 = flow1
         self.flow2 = flow2
-        self.incident_gev = None if incident_gev is None else torch.as_tensor(incident_gev).reshape(-1)
+        self.incident_gev = (
+            None if incident_gev is None else torch.as_tensor(incident_gev).reshape(-1)
+        )
         self.fast = fast
         self.threshold = threshold
 
@@ -135,14 +145,20 @@ class CaloFlowGenerator:
         differentiable = _wants_graph(z, energies)
         z_1, z_2 = (part.contiguous() for part in z.split(self.split, dim=1))
         layer_energies = self.flow1.decode(z_1, energies, differentiable=differentiable)
-        return self.flow2.decode(z_2, energies, layer_energies, fast=self.fast, threshold=self.threshold,
-                                 differentiable=differentiable)
+        return self.flow2.decode(
+            z_2,
+            energies,
+            layer_energies,
+            fast=self.fast,
+            threshold=self.threshold,
+            differentiable=differentiable,
+        )
 
     def layer_energies(self, z: Tensor, incident_gev: Tensor | None = None) -> Tensor:
         """Flow I's part of g: the layer energies E_k (n, 3) in MeV that ``decode(z)`` is conditioned on."""
         _check_latent(z, self.latent_shape[0])
         energies = _incident_rows(incident_gev, self.incident_gev, z.shape[0])
-        z_1 = z[:, :self.split[0]].contiguous()
+        z_1 = z[:, : self.split[0]].contiguous()
         return self.flow1.decode(z_1, energies, differentiable=_wants_graph(z, energies))
 
 
@@ -174,12 +190,22 @@ class CaloGANGenerator:
 
     deterministic = True
 
-    def __init__(self, generator_module: CaloGAN | CaloGANNetwork, incident_gev: Tensor | None = None):
-        self.network = generator_module.generator if isinstance(generator_module, CaloGAN) else generator_module
+    def __init__(
+        self, generator_module: CaloGAN | CaloGANNetwork, incident_gev: Tensor | None = None
+    ):
+        self.network = (
+            generator_module.generator
+            if isinstance(generator_module, CaloGAN)
+            else generator_module
+        )
         if not isinstance(self.network, CaloGANNetwork):
-            raise TypeError("expected a CaloGAN or its CaloGANGenerator network, "
-                            f"got {type(generator_module).__name__}")
-        self.incident_gev = None if incident_gev is None else torch.as_tensor(incident_gev).reshape(-1)
+            raise TypeError(
+                "expected a CaloGAN or its CaloGANGenerator network, "
+                f"got {type(generator_module).__name__}"
+            )
+        self.incident_gev = (
+            None if incident_gev is None else torch.as_tensor(incident_gev).reshape(-1)
+        )
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -193,13 +219,17 @@ class CaloGANGenerator:
         network's: the draw of :meth:`CaloGAN.sample` for one chunk of n showers."""
         ref = self._reference()
         noise_device = generator.device if generator is not None else torch.device("cpu")
-        z = torch.randn(n, self.latent_shape[0], generator=generator, device=noise_device, dtype=ref.dtype)
+        z = torch.randn(
+            n, self.latent_shape[0], generator=generator, device=noise_device, dtype=ref.dtype
+        )
         return z.to(ref.device)
 
     def decode(self, z: Tensor, incident_gev: Tensor | None = None) -> Tensor:
         """g(z): showers (n, 504) in MeV (float32) for ``z`` (n, latent_dim) at ``incident_gev`` (n,) GeV."""
         _check_latent(z, self.latent_shape[0])
         ref = self._reference()
-        energies = _incident_rows(incident_gev, self.incident_gev, z.shape[0]).to(ref.device, torch.float32)
+        energies = _incident_rows(incident_gev, self.incident_gev, z.shape[0]).to(
+            ref.device, torch.float32
+        )
         with _eval_mode(self.network):
             return self.network.decode(z.to(ref.device), energies)

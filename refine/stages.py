@@ -1,4 +1,5 @@
 """Progress lines and stage timings shared by the runs of ``python -m refine.laser`` (toys and showers)."""
+
 from __future__ import annotations
 
 import sys

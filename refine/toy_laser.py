@@ -17,6 +17,7 @@ figures and TensorBoard logs under the output folder.
 Hyperparameters come from the shipped ``laser/TOY.yaml`` or a user's file (jsonargparse, class_path /
 init_args; format in :mod:`refine.config`).
 """
+
 from __future__ import annotations
 
 import json
@@ -113,11 +114,17 @@ def train_baseline(run: ToyRun, truth_train):
     from refine.data import TensorLoader
     from refine.generators import FlowGenerator
 
-    baseline = build(run.cfg.baseline, n_features=truth_train.shape[1], shift=truth_train.mean(0).tolist(),
-                     scale=truth_train.std(0).tolist())
+    baseline = build(
+        run.cfg.baseline,
+        n_features=truth_train.shape[1],
+        shift=truth_train.mean(0).tolist(),
+        scale=truth_train.std(0).tolist(),
+    )
     training = run.cfg.baseline_training
     loader = TensorLoader(truth_train, batch_size=training.batch_size, seed=run.seed)
-    run.say(f"training the Real-NVP baseline ({sum(p.numel() for p in baseline.parameters())} parameters)")
+    run.say(
+        f"training the Real-NVP baseline ({sum(p.numel() for p in baseline.parameters())} parameters)"
+    )
     run.trainer("baseline", training.epochs).fit(baseline, loader)
     baseline.eval()
     baseline.requires_grad_(False)
@@ -139,8 +146,14 @@ def train_weights(run: ToyRun, g, truth_train):
     z_train, x_train = generate(g, run.cfg.n_train, run.gen)
     run.say("training the post-hoc classifier")
     classifier = train_classifier(
-        truth_train, x_train, run.trainer("classifier", training.epochs), batch_size=training.batch_size,
-        seed=run.seed, classifier_class=class_of(spec), **hparams, **backbone_args,
+        truth_train,
+        x_train,
+        run.trainer("classifier", training.epochs),
+        batch_size=training.batch_size,
+        seed=run.seed,
+        classifier_class=class_of(spec),
+        **hparams,
+        **backbone_args,
     )
     classifier.requires_grad_(False)
     return classifier, z_train, x_train, dctr_weights(classifier, x_train, clip=training.clip)
@@ -161,10 +174,18 @@ def run_hmc(run: ToyRun, g, classifier, z_train, w_train):
     else:
         init = g.sample_latent(chains, run.gen)
     run.say(f"HMC: {chains} chains x {n_samples} samples after {hc.burn_in} burn-in")
-    target = laser_log_prob(g.decode, log_weight(classifier, clip=hc.clip or run.cfg.classifier_training.clip))
+    target = laser_log_prob(
+        g.decode, log_weight(classifier, clip=hc.clip or run.cfg.classifier_training.clip)
+    )
     z_chain, acceptance = hmc(
-        target, init, step_size=hc.step_size, n_leapfrog=hc.n_leapfrog, n_samples=n_samples,
-        burn_in=hc.burn_in, generator=run.gen, progress=run.progress,
+        target,
+        init,
+        step_size=hc.step_size,
+        n_leapfrog=hc.n_leapfrog,
+        n_samples=n_samples,
+        burn_in=hc.burn_in,
+        generator=run.gen,
+        progress=run.progress,
     )
     z_hmc = z_chain.reshape(-1, z_chain.shape[-1])[:n_eval]
     return z_hmc, decode_batched(g, z_hmc), acceptance
@@ -178,7 +199,9 @@ def train_refiner(run: ToyRun, g, z_train, w_train):
 
     refiner = build(run.cfg.refiner, latent_dim=z_train.shape[1])
     training = run.cfg.refiner_training
-    loader = TensorLoader(z_train, w_train.float(), batch_size=training.batch_size, seed=run.seed + 1)
+    loader = TensorLoader(
+        z_train, w_train.float(), batch_size=training.batch_size, seed=run.seed + 1
+    )
     run.say("training the LaSeR refiner (weighted GAN)")
     run.trainer("laser_refiner", training.epochs).fit(refiner, loader)
     z_laser = refiner.refine(run.cfg.n_eval, run.gen)
@@ -197,7 +220,9 @@ def score_methods(run: ToyRun, truth_test, samples: dict) -> dict[str, dict[str,
     def score(x: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
         return scores(truth_test, x, run.cfg.bins, rng_range, weights)
 
-    return {method: score(*x) if isinstance(x, tuple) else score(x) for method, x in samples.items()}
+    return {
+        method: score(*x) if isinstance(x, tuple) else score(x) for method, x in samples.items()
+    }
 
 
 def run_toy(toy: str, cfg: Any, out: Path, seed: int, progress: bool = True) -> dict[str, Any]:
@@ -220,25 +245,39 @@ def run_toy(toy: str, cfg: Any, out: Path, seed: int, progress: bool = True) -> 
     with run.stage("classifier"):
         classifier, z_train, x_train, w_train = train_weights(run, g, truth_train)
     # 3a. baseline and DCTR on a fresh sample
-    z_eval, x_eval, w_eval = dctr_sample(g, classifier, cfg.n_eval, run.gen, clip=cfg.classifier_training.clip)
+    z_eval, x_eval, w_eval = dctr_sample(
+        g, classifier, cfg.n_eval, run.gen, clip=cfg.classifier_training.clip
+    )
     with run.stage("hmc"):
         z_hmc, x_hmc, acceptance = run_hmc(run, g, classifier, z_train, w_train)
     with run.stage("laser"):
         z_laser, x_laser = train_refiner(run, g, z_train, w_train)
     x_eval, w_eval, w_np = x_eval.numpy(), w_eval.double().numpy(), w_train.double().numpy()
-    data = {"baseline": x_eval, "hmc": x_hmc.numpy(), "laser": x_laser.numpy(), "dctr": (x_eval, w_eval),
-            "truth": truth_floor}
+    data = {
+        "baseline": x_eval,
+        "hmc": x_hmc.numpy(),
+        "laser": x_laser.numpy(),
+        "dctr": (x_eval, w_eval),
+        "truth": truth_floor,
+    }
     with run.stage("scores"):
         scores = score_methods(run, truth_test, data)
     info = {
         "hmc_acceptance": acceptance,
         "weights": weight_summary(w_np, cfg.classifier_training.clip),
         "timings_s": {k: round(v, 1) for k, v in run.timings.items()},
-        "n_train": cfg.n_train, "n_eval": cfg.n_eval, "bins": cfg.bins, "range": TOYS[toy][1],
+        "n_train": cfg.n_train,
+        "n_eval": cfg.n_eval,
+        "bins": cfg.bins,
+        "range": TOYS[toy][1],
     }
     samples = {
-        **data, "truth": truth_test, "z_prior": z_eval.numpy(), "z_weighted": (z_train.numpy(), w_np),
-        "z_hmc": z_hmc.numpy(), "z_laser": z_laser.numpy(),
+        **data,
+        "truth": truth_test,
+        "z_prior": z_eval.numpy(),
+        "z_weighted": (z_train.numpy(), w_np),
+        "z_hmc": z_hmc.numpy(),
+        "z_laser": z_laser.numpy(),
     }
     return {"scores": scores, "info": info, "samples": samples}
 
@@ -260,8 +299,11 @@ def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 5, figsize=(17, 6.8))
     data = [
-        ("Truth", samples["truth"], None), ("Baseline", samples["baseline"], None),
-        ("DCTR (weighted)", *samples["dctr"]), ("HMC", samples["hmc"], None), ("LaSeR", samples["laser"], None),
+        ("Truth", samples["truth"], None),
+        ("Baseline", samples["baseline"], None),
+        ("DCTR (weighted)", *samples["dctr"]),
+        ("HMC", samples["hmc"], None),
+        ("LaSeR", samples["laser"], None),
     ]
     hs = [hist(x, w) for _, x, w in data]
     vmax = max(h.max() for h, _, _ in hs)
@@ -272,8 +314,10 @@ def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
     axes[0][0].set_ylabel("data space")
     lat_range = ((-3.5, 3.5), (-3.5, 3.5))
     latent = [
-        ("latent prior N(0, I)", samples["z_prior"], None), ("weighted latent (z, w)", *samples["z_weighted"]),
-        ("HMC latent", samples["z_hmc"], None), ("LaSeR latent Phi(y)", samples["z_laser"], None),
+        ("latent prior N(0, I)", samples["z_prior"], None),
+        ("weighted latent (z, w)", *samples["z_weighted"]),
+        ("HMC latent", samples["z_hmc"], None),
+        ("LaSeR latent Phi(y)", samples["z_laser"], None),
     ]
     ls = [hist(z, w, lat_range) for _, z, w in latent]
     vmax = max(h.max() for h, _, _ in ls)
@@ -293,7 +337,11 @@ def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
 def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """Table 3 layout: rows = methods, two columns (EMD, JSD) per toy; the error floor last."""
     toys = [t for t in TOY_NAMES if t in results]
-    head = "| Method | " + " | ".join(f"{TOY_TITLES[t]} EMD | {TOY_TITLES[t]} JSD" for t in toys) + " |"
+    head = (
+        "| Method | "
+        + " | ".join(f"{TOY_TITLES[t]} EMD | {TOY_TITLES[t]} JSD" for t in toys)
+        + " |"
+    )
     sep = "|---" * (1 + 2 * len(toys)) + "|"
     lines = [
         "EMD (data units) and JSD (nats) of 2D histograms against an independent truth sample;",
@@ -321,8 +369,14 @@ def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_toys(toys: list[str], configs: dict[str, Any], out: Path, seed: int, quick: bool = False,
-             progress: bool = True) -> dict:
+def run_toys(
+    toys: list[str],
+    configs: dict[str, Any],
+    out: Path,
+    seed: int,
+    quick: bool = False,
+    progress: bool = True,
+) -> dict:
     """Run :func:`run_toy` for each of ``toys`` and write ``results.json``, ``details.json``,
     ``table.md`` and one figure per toy under ``out`` after each toy; returns the results (EMD, JSD)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -334,9 +388,29 @@ def run_toys(toys: list[str], configs: dict[str, Any], out: Path, seed: int, qui
         details[toy] = res["info"]
         plot_toy(toy, res["samples"], configs[toy].bins, res["info"]["range"], out / f"{toy}.png")
         write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
-        write_text_atomic(out / "details.json", json.dumps({"seed": seed, "quick": quick, "toys": details}, indent=2) + "\n")
+        write_text_atomic(
+            out / "details.json",
+            json.dumps({"seed": seed, "quick": quick, "toys": details}, indent=2) + "\n",
+        )
         write_text_atomic(out / "table.md", table_markdown(results))
     return results
 
 
-__all__ = ["TOY_TITLES", "METHODS", "METHOD_TITLES", "LaserError", "load_config", "ToyRun", "truth_samples", "train_baseline", "train_weights", "run_hmc", "train_refiner", "score_methods", "run_toy", "plot_toy", "table_markdown", "run_toys"]
+__all__ = [
+    "TOY_TITLES",
+    "METHODS",
+    "METHOD_TITLES",
+    "LaserError",
+    "load_config",
+    "ToyRun",
+    "truth_samples",
+    "train_baseline",
+    "train_weights",
+    "run_hmc",
+    "train_refiner",
+    "score_methods",
+    "run_toy",
+    "plot_toy",
+    "table_markdown",
+    "run_toys",
+]

@@ -8,6 +8,7 @@ The baseline is a Real-NVP flow (affine couplings; paper: 12 blocks, subnets 3 h
 LeakyReLU; 20 x 60 for the rings), trained by maximum likelihood with Adam (1e-3, weight decay
 1e-5) and an exponential learning-rate decay 0.999 per epoch.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -51,7 +52,9 @@ def three_rings(n: int = N_POINTS, seed: int = 0) -> np.ndarray:
 
 
 #: toy name -> (sampler, histogram range used for the scores and figures)
-TOYS: dict[str, tuple[Callable[..., np.ndarray], tuple[tuple[float, float], tuple[float, float]]]] = {
+TOYS: dict[
+    str, tuple[Callable[..., np.ndarray], tuple[tuple[float, float], tuple[float, float]]]
+] = {
     "gaussians": (four_gaussians, ((-8.0, 8.0), (-8.0, 8.0))),
     "donut": (double_donut, ((-11.0, 11.0), (-7.0, 7.0))),
     "rings": (three_rings, ((-19.0, 19.0), (-7.0, 7.0))),
@@ -80,14 +83,18 @@ def real_nvp(
     (x - shift) / scale before the couplings so the flow sees O(1) inputs; the decode therefore
     returns data units.
     """
-    shift = torch.zeros(n_features) if shift is None else torch.as_tensor(shift, dtype=torch.float32)
+    shift = (
+        torch.zeros(n_features) if shift is None else torch.as_tensor(shift, dtype=torch.float32)
+    )
     scale = torch.ones(n_features) if scale is None else torch.as_tensor(scale, dtype=torch.float32)
     transforms = [PointwiseAffineTransform(shift=-shift / scale, scale=1.0 / scale)]
     for i in range(n_blocks):
         mask = torch.zeros(n_features)
         mask[i % 2 :: 2] = 1
         transforms.append(
-            AffineCouplingTransform(mask, lambda n_in, n_out: CouplingSubnet(n_in, n_out, hidden, n_hidden))
+            AffineCouplingTransform(
+                mask, lambda n_in, n_out: CouplingSubnet(n_in, n_out, hidden, n_hidden)
+            )
         )
     return Flow(CompositeTransform(transforms), StandardNormal([n_features]))
 
@@ -133,4 +140,13 @@ class RealNVPBaseline(L.LightningModule):
         return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)
 
 
-__all__ = ["N_POINTS", "four_gaussians", "double_donut", "three_rings", "TOYS", "sample_toy", "real_nvp", "RealNVPBaseline"]
+__all__ = [
+    "N_POINTS",
+    "four_gaussians",
+    "double_donut",
+    "three_rings",
+    "TOYS",
+    "sample_toy",
+    "real_nvp",
+    "RealNVPBaseline",
+]

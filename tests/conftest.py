@@ -1,4 +1,5 @@
 """Shared fixtures: a private dataset cache and small simulated CaloGAN files."""
+
 from __future__ import annotations
 
 import os
@@ -6,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-
 # the test models are tiny: one intra-op thread is as fast, and does not thrash when cores are shared
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 
 
 def pytest_collection_modifyitems(items):
@@ -17,7 +16,9 @@ def pytest_collection_modifyitems(items):
     pytest-xdist worker (``--dist loadfile``), and a long module started last would keep one worker
     busy while the others sit idle."""
     slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # stable: False (slow) first
+    items.sort(
+        key=lambda item: item.nodeid.split("::")[0] not in slow
+    )  # stable: False (slow) first
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,7 +33,9 @@ def eplus_file(tmp_path_factory) -> Path:
     """600 simulated e+ showers in a real CaloGAN-format file."""
     from caloflow.data.simulate import simulate_to_file
 
-    return simulate_to_file(tmp_path_factory.mktemp("data") / "eplus.hdf5", "eplus", 600, seed=11, progress=False)
+    return simulate_to_file(
+        tmp_path_factory.mktemp("data") / "eplus.hdf5", "eplus", 600, seed=11, progress=False
+    )
 
 
 @pytest.fixture

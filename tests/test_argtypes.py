@@ -1,4 +1,5 @@
 """One way to parse numbers and paths: the argparse types of ``caloflow.commands.argtypes`` and the one-line parser."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,31 +11,37 @@ from caloflow.commands import argtypes
 from caloflow.commands.cli import main
 
 
-@pytest.mark.parametrize("parse, value, expected", [
-    (argtypes.positive_int, "10000", 10000),
-    (argtypes.positive_int, " 7 ", 7),
-    (argtypes.nonnegative_int, "0", 0),
-    (argtypes.seed, "0", 0),
-    (argtypes.seed, str(2**32 - 1), 2**32 - 1),
-    (argtypes.positive_float, "1e-3", 1e-3),
-    (argtypes.finite_float, "-2.5", -2.5),
-])
+@pytest.mark.parametrize(
+    "parse, value, expected",
+    [
+        (argtypes.positive_int, "10000", 10000),
+        (argtypes.positive_int, " 7 ", 7),
+        (argtypes.nonnegative_int, "0", 0),
+        (argtypes.seed, "0", 0),
+        (argtypes.seed, str(2**32 - 1), 2**32 - 1),
+        (argtypes.positive_float, "1e-3", 1e-3),
+        (argtypes.finite_float, "-2.5", -2.5),
+    ],
+)
 def test_good_values(parse, value, expected):
     assert parse(value) == expected
 
 
-@pytest.mark.parametrize("parse, value, message", [
-    (argtypes.positive_int, "0", "must be positive, got '0'"),
-    (argtypes.positive_int, "1e4", "expected an integer, got '1e4'"),
-    (argtypes.positive_int, "2.0", "expected an integer"),
-    (argtypes.nonnegative_int, "-1", "must be non-negative"),
-    (argtypes.seed, "-1", "[0, 2**32)"),
-    (argtypes.seed, str(2**32), "[0, 2**32)"),
-    (argtypes.positive_float, "0", "must be positive"),
-    (argtypes.positive_float, "nan", "finite"),
-    (argtypes.finite_float, "inf", "finite"),
-    (argtypes.finite_float, "x", "expected a number, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "parse, value, message",
+    [
+        (argtypes.positive_int, "0", "must be positive, got '0'"),
+        (argtypes.positive_int, "1e4", "expected an integer, got '1e4'"),
+        (argtypes.positive_int, "2.0", "expected an integer"),
+        (argtypes.nonnegative_int, "-1", "must be non-negative"),
+        (argtypes.seed, "-1", "[0, 2**32)"),
+        (argtypes.seed, str(2**32), "[0, 2**32)"),
+        (argtypes.positive_float, "0", "must be positive"),
+        (argtypes.positive_float, "nan", "finite"),
+        (argtypes.finite_float, "inf", "finite"),
+        (argtypes.finite_float, "x", "expected a number, got 'x'"),
+    ],
+)
 def test_bad_values(parse, value, message):
     with pytest.raises(argparse.ArgumentTypeError) as e:
         parse(value)
@@ -45,10 +52,15 @@ def test_paths(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("x")
     assert argtypes.existing_file(str(f)) == str(f)
-    for bad, message in [(str(tmp_path / "nope"), "no such file"), (str(tmp_path), "is a directory")]:
+    for bad, message in [
+        (str(tmp_path / "nope"), "no such file"),
+        (str(tmp_path), "is a directory"),
+    ]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             argtypes.existing_file(bad)
-    assert argtypes.output_file(str(tmp_path / "new" / "deeper" / "out.h5"))  # folders can be created
+    assert argtypes.output_file(
+        str(tmp_path / "new" / "deeper" / "out.h5")
+    )  # folders can be created
     with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
         argtypes.output_file(str(tmp_path))
     with pytest.raises(argparse.ArgumentTypeError, match="not a directory"):
@@ -78,16 +90,25 @@ def test_parser_errors_are_one_line(capsys):
     assert capsys.readouterr().err == "caloflow thing: error: --n: must be positive, got '0'\n"
 
 
-@pytest.mark.parametrize("argv, line", [
-    (["simulate", "--particle", "eplus", "--n", "1e4", "--out", "x.h5"],
-     "caloflow simulate: error: --n: expected an integer, got '1e4'"),
-    (["generate", "--calogan", "g.ckpt", "--n", "5", "--seed", "-3", "--out", "x.h5"],
-     "caloflow generate: error: --seed: must be an integer in [0, 2**32), got '-3'"),
-    (["refine", "--toy", "donut", "--threads", "0", "--out", "o"],
-     "caloflow refine: error: --threads: must be positive, got '0'"),
-    (["demo", "--n", "-5"], "caloflow demo: error: --n: must be positive, got '-5'"),
-    (["nope"], "caloflow: error: "),
-])
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["simulate", "--particle", "eplus", "--n", "1e4", "--out", "x.h5"],
+            "caloflow simulate: error: --n: expected an integer, got '1e4'",
+        ),
+        (
+            ["generate", "--calogan", "g.ckpt", "--n", "5", "--seed", "-3", "--out", "x.h5"],
+            "caloflow generate: error: --seed: must be an integer in [0, 2**32), got '-3'",
+        ),
+        (
+            ["refine", "--toy", "donut", "--threads", "0", "--out", "o"],
+            "caloflow refine: error: --threads: must be positive, got '0'",
+        ),
+        (["demo", "--n", "-5"], "caloflow demo: error: --n: must be positive, got '-5'"),
+        (["nope"], "caloflow: error: "),
+    ],
+)
 def test_every_command_reports_bad_numbers_in_one_line(argv, line, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -96,8 +117,14 @@ def test_every_command_reports_bad_numbers_in_one_line(argv, line, capsys):
 
 ALL = {"--seed", "--out", "--no-progress", "--threads"}
 #: the common options of each command: each means the same everywhere (the benchmark draws no bars)
-COMMON = {"simulate": ALL - {"--threads"}, "generate": ALL, "evaluate": ALL, "demo": ALL, "refine": ALL,
-          "benchmark": ALL - {"--no-progress"}}
+COMMON = {
+    "simulate": ALL - {"--threads"},
+    "generate": ALL,
+    "evaluate": ALL,
+    "demo": ALL,
+    "refine": ALL,
+    "benchmark": ALL - {"--no-progress"},
+}
 
 
 @pytest.mark.parametrize("command", sorted(COMMON))
@@ -113,7 +140,10 @@ def test_common_options_mean_the_same_everywhere(command, capsys):
     importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
     actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings}
     if "--no-progress" in COMMON[command]:
-        assert actions["--no-progress"].dest == "progress" and actions["--no-progress"].default is not False
+        assert (
+            actions["--no-progress"].dest == "progress"
+            and actions["--no-progress"].default is not False
+        )
     if "--threads" in COMMON[command]:
         assert actions["--threads"].type is argtypes.positive_int
     assert actions["--seed"].type is argtypes.seed

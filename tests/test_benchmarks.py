@@ -5,6 +5,7 @@ subprocess with ``--smoke``; the test parses the markdown table it prints: the h
 compared variant, and the cells that say the comparison was made. Nothing is timed: a busy machine
 makes the numbers larger, never the test fail.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,9 +25,12 @@ def parse_table(stdout: str, header: list[str]) -> list[dict[str, str]]:
     title = "| " + " | ".join(header) + " |"
     assert title in lines, f"no table with the header {title!r} in:\n{stdout[-3000:]}"
     start = lines.index(title)
-    assert re.fullmatch(r"\|(:?-+:?\|)+", lines[start + 1]) and lines[start + 1].count("|") == len(header) + 1
+    assert (
+        re.fullmatch(r"\|(:?-+:?\|)+", lines[start + 1])
+        and lines[start + 1].count("|") == len(header) + 1
+    )
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -43,23 +47,51 @@ def number(cell: str) -> float:
 
 
 def check_simulate(stdout: str) -> None:
-    rows = parse_table(stdout, ["particle", "n", "best wall [s]", "showers/s (best wall)", "showers/s (median wall)",
-                                "showers/s (CPU time)", "voxels > 0"])
+    rows = parse_table(
+        stdout,
+        [
+            "particle",
+            "n",
+            "best wall [s]",
+            "showers/s (best wall)",
+            "showers/s (median wall)",
+            "showers/s (CPU time)",
+            "voxels > 0",
+        ],
+    )
     assert [r["particle"] for r in rows] == ["eplus", "gamma", "piplus"]
     for r in rows:
-        assert r["n"] == "64" and number(r["showers/s (best wall)"]) >= number(r["showers/s (median wall)"]) > 0
+        assert (
+            r["n"] == "64"
+            and number(r["showers/s (best wall)"]) >= number(r["showers/s (median wall)"]) > 0
+        )
         assert 0 < number(r["voxels > 0"]) <= 1
 
 
 def check_training(stdout: str) -> None:
-    errors = ("first-step gradient error vs float64: stock / caloflow", "update error after the steps: stock vs "
-              "float64 / caloflow vs float64 / caloflow vs stock")
-    rows = parse_table(stdout, ["size", "parameters", "batch", "threads", "stock ms/step (wall / CPU)",
-                                "caloflow ms/step (wall / CPU)", "speed-up (wall / CPU)",
-                                "first loss, caloflow vs stock", *errors])
+    errors = (
+        "first-step gradient error vs float64: stock / caloflow",
+        "update error after the steps: stock vs float64 / caloflow vs float64 / caloflow vs stock",
+    )
+    rows = parse_table(
+        stdout,
+        [
+            "size",
+            "parameters",
+            "batch",
+            "threads",
+            "stock ms/step (wall / CPU)",
+            "caloflow ms/step (wall / CPU)",
+            "speed-up (wall / CPU)",
+            "first loss, caloflow vs stock",
+            *errors,
+        ],
+    )
     assert [re.sub(r"\d+", "N", r["size"]) for r in rows] == ["paper (hidden N)", "demo (hidden N)"]
     med_max = rf"{NUMBER} \({NUMBER}\)"
-    for r in rows:  # both steps timed side by side, and the agreement check made (one thread: every row)
+    for r in (
+        rows
+    ):  # both steps timed side by side, and the agreement check made (one thread: every row)
         assert r["threads"] == "1" and number(r["parameters"]) > 0
         assert re.fullmatch(rf"{NUMBER}x / {NUMBER}x", r["speed-up (wall / CPU)"])
         assert number(r["first loss, caloflow vs stock"]) < 1e-5
@@ -69,47 +101,99 @@ def check_training(stdout: str) -> None:
 
 def check_training_float32(stdout: str) -> None:
     med_max = rf"({NUMBER}) \(({NUMBER})\)"
-    pieces = parse_table(stdout, ["size", "piece", "quantity", "stock: error vs float64",
-                                  "caloflow: error vs float64"])
-    quantities = [("masked products", "output"), ("masked products", "input gradient"),
-                  ("masked products", "weight gradient"), ("spline", "output"), ("spline", "log det"),
-                  ("spline", "input gradient"), ("spline", "MADE-output gradient"), ("Adam step", "update")]
+    pieces = parse_table(
+        stdout,
+        ["size", "piece", "quantity", "stock: error vs float64", "caloflow: error vs float64"],
+    )
+    quantities = [
+        ("masked products", "output"),
+        ("masked products", "input gradient"),
+        ("masked products", "weight gradient"),
+        ("spline", "output"),
+        ("spline", "log det"),
+        ("spline", "input gradient"),
+        ("spline", "MADE-output gradient"),
+        ("Adam step", "update"),
+    ]
     assert [(re.sub(r"\d+", "N", r["size"]), r["piece"], r["quantity"]) for r in pieces] == [
-        (size, *q) for size in ("paper (hidden N)", "demo (hidden N)") for q in quantities]
+        (size, *q) for size in ("paper (hidden N)", "demo (hidden N)") for q in quantities
+    ]
     for r in pieces:  # every piece of both steps compared with float64: float32 rounding
         for cell in (r["stock: error vs float64"], r["caloflow: error vs float64"]):
             assert re.fullmatch(med_max, cell) and number(cell) < 1e-3, cell
-    steps = parse_table(stdout, ["size", "parameters", "batches", "gradient error vs float64: stock / caloflow",
-                                 "update error vs float64: stock / caloflow", "update error mean: stock / caloflow",
-                                 "caloflow's update closer",
-                                 "parameters carrying 90% of the squared update error: stock / caloflow"])
-    assert [re.sub(r"\d+", "N", r["size"]) for r in steps] == ["paper (hidden N)", "demo (hidden N)"]
+    steps = parse_table(
+        stdout,
+        [
+            "size",
+            "parameters",
+            "batches",
+            "gradient error vs float64: stock / caloflow",
+            "update error vs float64: stock / caloflow",
+            "update error mean: stock / caloflow",
+            "caloflow's update closer",
+            "parameters carrying 90% of the squared update error: stock / caloflow",
+        ],
+    )
+    assert [re.sub(r"\d+", "N", r["size"]) for r in steps] == [
+        "paper (hidden N)",
+        "demo (hidden N)",
+    ]
     for r in steps:
         assert r["batches"] == "2" and re.fullmatch(r"[012] of 2", r["caloflow's update closer"])
-        assert re.fullmatch(rf"{med_max} / {med_max}", r["update error vs float64: stock / caloflow"])
+        assert re.fullmatch(
+            rf"{med_max} / {med_max}", r["update error vs float64: stock / caloflow"]
+        )
 
 
 def check_sampling(stdout: str) -> None:
-    rows = parse_table(stdout, ["batch", "nflows inverse", "fast_inverse", "log_prob", "speed-up vs nflows",
-                                "fast / log_prob", "max abs diff (rows)"])
+    rows = parse_table(
+        stdout,
+        [
+            "batch",
+            "nflows inverse",
+            "fast_inverse",
+            "log_prob",
+            "speed-up vs nflows",
+            "fast / log_prob",
+            "max abs diff (rows)",
+        ],
+    )
     assert [r["batch"] for r in rows] == ["4", "32"]
     measured, estimated = rows
-    assert re.fullmatch(NUMBER, measured["nflows inverse"]) and measured["max abs diff (rows)"].endswith("(4)")
-    assert estimated["nflows inverse"].endswith("(est., skipped)") and estimated["max abs diff (rows)"].endswith("(2)")
+    assert re.fullmatch(NUMBER, measured["nflows inverse"]) and measured[
+        "max abs diff (rows)"
+    ].endswith("(4)")
+    assert estimated["nflows inverse"].endswith("(est., skipped)") and estimated[
+        "max abs diff (rows)"
+    ].endswith("(2)")
     for r in rows:  # the same showers from both samplers (float32 rounding)
         assert number(r["max abs diff (rows)"]) < 1e-3 and number(r["fast_inverse"]) > 0
 
 
 def check_encode_once(stdout: str) -> None:
-    rows = parse_table(stdout, ["classifier", "s / epoch, encoded every batch", "s / epoch, encoded once",
-                                "speedup", "same weights"])
-    assert [r["classifier"] for r in rows] == ["dnn unnormalized", "dnn normalized", "features high-level"]
+    rows = parse_table(
+        stdout,
+        [
+            "classifier",
+            "s / epoch, encoded every batch",
+            "s / epoch, encoded once",
+            "speedup",
+            "same weights",
+        ],
+    )
+    assert [r["classifier"] for r in rows] == [
+        "dnn unnormalized",
+        "dnn normalized",
+        "features high-level",
+    ]
     for r in rows:
         assert r["same weights"] == "yes" and re.fullmatch(rf"{NUMBER}x", r["speedup"])
 
 
 def check_hmc_chunks(stdout: str) -> None:
-    rows = parse_table(stdout, ["chains per block", "ms / chain", "speed-up", "max abs grad difference"])
+    rows = parse_table(
+        stdout, ["chains per block", "ms / chain", "speed-up", "max abs grad difference"]
+    )
     assert [r["chains per block"] for r in rows] == ["all (40, baseline)", "20", "10", "5"]
     assert rows[0]["speed-up"] == "1.00x" and rows[0]["max abs grad difference"] == "0"
     for r in rows:  # the same gradient in blocks (float32 rounding)
@@ -118,10 +202,17 @@ def check_hmc_chunks(stdout: str) -> None:
 
 def check_fidelity(stdout: str) -> None:
     auc = ["DNN unnormalized", "DNN normalized", "features"]
-    rows = parse_table(stdout, ["particle", "Flow II epochs", "training showers", "wall [min]", "runs", *auc])
+    rows = parse_table(
+        stdout, ["particle", "Flow II epochs", "training showers", "wall [min]", "runs", *auc]
+    )
     assert len(rows) == 1  # one budget: the Flow II config's epochs
     (row,) = rows
-    assert (row["particle"], row["Flow II epochs"], row["training showers"], row["runs"]) == ("eplus", "2", "400", "2")
+    assert (row["particle"], row["Flow II epochs"], row["training showers"], row["runs"]) == (
+        "eplus",
+        "2",
+        "400",
+        "2",
+    )
     for column in auc:  # every classifier scored, mean +- std over the runs
         assert re.match(r"[01]\.\d{3} \+- \d\.\d{3}", row[column]), row[column]
 
@@ -140,7 +231,9 @@ CHECKS: dict[str, Callable[[str], None]] = {
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
 def test_script_runs_at_smoke_size_and_prints_its_table(script):
-    assert script.name in CHECKS, f"benchmarks/{script.name} has no smoke test: add its check to CHECKS"
+    assert script.name in CHECKS, (
+        f"benchmarks/{script.name} has no smoke test: add its check to CHECKS"
+    )
     proc = run_script(script.relative_to(REPO), "--smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
     CHECKS[script.name](proc.stdout)

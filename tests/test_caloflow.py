@@ -1,5 +1,6 @@
 """CaloFlow end to end: paper-size configs, smoke fits through the real `lightning` entry,
 TensorBoard output, generation, resume, DDP on CPU, the NaN guard and bad input."""
+
 from __future__ import annotations
 
 import glob
@@ -11,12 +12,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from caloflow import CaloFlow
-from caloflow.data import CaloDataModule, read_showers
-from caloflow.nn import count_parameters
-from caloflow.commands.lightning_cli import cli_main
-from caloflow.models import FlowI
 from callbacks import NonFiniteGuard
+from caloflow import CaloFlow
+from caloflow.commands.lightning_cli import cli_main
+from caloflow.data import CaloDataModule, read_showers
+from caloflow.models import FlowI
+from caloflow.nn import count_parameters
 from tests.helpers import HANG_GUARD_S, REPO, run_cli
 
 
@@ -30,14 +31,30 @@ def test_paper_configs_give_the_paper_parameter_counts():
     flow2, data2, _ = paper_model("flow2.yaml")
     assert count_parameters(flow2) == 37_835_280
     assert count_parameters(flow1) + count_parameters(flow2) == 37_914_414
-    assert trainer.max_epochs == 75 and flow1.hparams.milestones == [5, 15, 40, 60] and flow1.hparams.lr == 1e-4
-    assert data1.hparams.batch_size == data2.hparams.batch_size == 175 and data2.hparams.noise_kev == 1.0
+    assert (
+        trainer.max_epochs == 75
+        and flow1.hparams.milestones == [5, 15, 40, 60]
+        and flow1.hparams.lr == 1e-4
+    )
+    assert (
+        data1.hparams.batch_size == data2.hparams.batch_size == 175
+        and data2.hparams.noise_kev == 1.0
+    )
     assert flow2.hparams.dropout == 0.05 and flow2.hparams.milestones == [50]
 
 
 def fit(config: str, root: Path, data: Path, *extra: str):
-    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / config),
-                     "--trainer.default_root_dir", str(root), "--data.path", str(data), *extra)
+    result = run_cli(
+        "lightning",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "smoke" / config),
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.path",
+        str(data),
+        *extra,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -75,7 +92,9 @@ def test_smoke_fit_writes_checkpoints_config_and_tensorboard(trained, name):
     acc = events(root)
     scalars = acc.Tags()["scalars"]
     assert {"val_nll", "train_nll_epoch", "lr-Adam"} <= set(scalars)
-    assert len(acc.Scalars("val_nll")) == 3 and all(np.isfinite(e.value) for e in acc.Scalars("val_nll"))
+    assert len(acc.Scalars("val_nll")) == 3 and all(
+        np.isfinite(e.value) for e in acc.Scalars("val_nll")
+    )
     assert "samples/layer_fractions" in acc.Tags()["images"]
     if name == "flow2":
         assert "samples/average_images" in acc.Tags()["images"]
@@ -89,19 +108,38 @@ def test_generated_showers_conserve_energy(trained):
     energies = torch.linspace(1, 100, 200)
     g = torch.Generator().manual_seed(0)
     voxels, layer_energies, _ = model.sample_batch(energies, g, threshold=False)
-    sums = torch.stack([voxels[:, s].double().sum(1) for s in (slice(0, 288), slice(288, 432), slice(432, 504))], 1)
+    sums = torch.stack(
+        [voxels[:, s].double().sum(1) for s in (slice(0, 288), slice(288, 432), slice(432, 504))], 1
+    )
     assert torch.allclose(sums, layer_energies.double(), rtol=1e-5)
     assert (layer_energies.double().sum(1) <= energies.double() * 1e3 * (1 + 1e-6)).all()
     # the fast inverse and nflows' inverse draw the same showers from the same seed
-    a, _, _ = model.sample_batch(energies[:20], torch.Generator().manual_seed(5), fast=True, threshold=False)
-    b, _, _ = model.sample_batch(energies[:20], torch.Generator().manual_seed(5), fast=False, threshold=False)
+    a, _, _ = model.sample_batch(
+        energies[:20], torch.Generator().manual_seed(5), fast=True, threshold=False
+    )
+    b, _, _ = model.sample_batch(
+        energies[:20], torch.Generator().manual_seed(5), fast=False, threshold=False
+    )
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
 
 
 def test_generate_command_writes_valid_showers(trained, tmp_path, eplus_file):
     out = tmp_path / "gen.hdf5"
-    args = ["generate", "--flow1", str(checkpoint(trained["flow1"])), "--flow2", str(checkpoint(trained["flow2"])),
-            "--n", "300", "--batch-size", "128", "--seed", "7", "--out", str(out)]
+    args = [
+        "generate",
+        "--flow1",
+        str(checkpoint(trained["flow1"])),
+        "--flow2",
+        str(checkpoint(trained["flow2"])),
+        "--n",
+        "300",
+        "--batch-size",
+        "128",
+        "--seed",
+        "7",
+        "--out",
+        str(out),
+    ]
     result = run_cli("caloflow", *args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote 300" in result.stdout
@@ -115,9 +153,21 @@ def test_generate_command_writes_valid_showers(trained, tmp_path, eplus_file):
     assert run_cli("caloflow", *args[:-1], str(again)).returncode == 0
     assert np.array_equal(read_showers(again).voxels, read_showers(out).voxels)
     from_file = tmp_path / "from_file.hdf5"
-    result = run_cli("caloflow", "generate", "--flow1", str(checkpoint(trained["flow1"])), "--flow2",
-                     str(checkpoint(trained["flow2"])), "--energies", str(eplus_file), "--n", "50",
-                     "--out", str(from_file), "--no-progress")
+    result = run_cli(
+        "caloflow",
+        "generate",
+        "--flow1",
+        str(checkpoint(trained["flow1"])),
+        "--flow2",
+        str(checkpoint(trained["flow2"])),
+        "--energies",
+        str(eplus_file),
+        "--n",
+        "50",
+        "--out",
+        str(from_file),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.allclose(read_showers(from_file).energy, read_showers(eplus_file, stop=50).energy)
 
@@ -135,17 +185,37 @@ def test_resume_continues_the_epoch_count(trained, eplus_file):
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
 def test_other_lightning_subcommands(trained, eplus_file, tmp_path, subcommand):
-    result = run_cli("lightning", subcommand, "-c", str(REPO / "configs" / "smoke" / "flow2.yaml"),
-                     "--data.path", str(eplus_file), "--trainer.default_root_dir", str(tmp_path),
-                     "--ckpt_path", str(checkpoint(trained["flow2"])))
+    result = run_cli(
+        "lightning",
+        subcommand,
+        "-c",
+        str(REPO / "configs" / "smoke" / "flow2.yaml"),
+        "--data.path",
+        str(eplus_file),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(checkpoint(trained["flow2"])),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     if subcommand != "predict":
         assert f"{'val' if subcommand == 'validate' else 'test'}_nll" in result.stdout
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, eplus_file):
-    fit("flow1.yaml", tmp_path, eplus_file, "--trainer.strategy", "ddp", "--trainer.devices", "2",
-        "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1")
+    fit(
+        "flow1.yaml",
+        tmp_path,
+        eplus_file,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+    )
     ckpt = torch.load(checkpoint(tmp_path), weights_only=False)
     # each process sees half of the 420 training showers per epoch
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == int(np.ceil(210 / 64))
@@ -157,21 +227,42 @@ def test_fit_from_python_inside_another_command_is_quiet(tmp_path, eplus_file):
     import subprocess
     import sys
 
-    code = ("import sys; from pathlib import Path; from caloflow.commands.demo import fit_config; "
-            "sys.argv = ['caloflow', 'demo', '--out', 'elsewhere']; "
-            f"print(fit_config(Path({str(REPO / 'configs' / 'smoke' / 'flow1.yaml')!r}), Path({str(tmp_path)!r}), "
-            f"Path({str(eplus_file)!r}), 0))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=HANG_GUARD_S)
+    code = (
+        "import sys; from pathlib import Path; from caloflow.commands.demo import fit_config; "
+        "sys.argv = ['caloflow', 'demo', '--out', 'elsewhere']; "
+        f"print(fit_config(Path({str(REPO / 'configs' / 'smoke' / 'flow1.yaml')!r}), Path({str(tmp_path)!r}), "
+        f"Path({str(eplus_file)!r}), 0))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        timeout=HANG_GUARD_S,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
-    assert "args parameter" not in output and "Tip:" not in output and "litlogger" not in output, output[-3000:]
-    assert Path(proc.stdout.strip().splitlines()[-1]).is_file() and not (tmp_path / "elsewhere").exists()
+    assert "args parameter" not in output and "Tip:" not in output and "litlogger" not in output, (
+        output[-3000:]
+    )
+    assert (
+        Path(proc.stdout.strip().splitlines()[-1]).is_file()
+        and not (tmp_path / "elsewhere").exists()
+    )
 
 
 def test_bad_data_path_is_one_line_without_traceback(tmp_path, eplus_file):
-    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow1.yaml"),
-                     "--trainer.default_root_dir", str(tmp_path), "--data.path", str(tmp_path / "nope.hdf5"))
+    result = run_cli(
+        "lightning",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "smoke" / "flow1.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.path",
+        str(tmp_path / "nope.hdf5"),
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "nope.hdf5" in lines[0] and "no such file" in lines[0]
@@ -185,14 +276,34 @@ def test_bad_data_path_is_one_line_without_traceback(tmp_path, eplus_file):
     with h5py.File(bad, "r+") as f:
         f["layer_1"][7, 3, 4] = np.nan
     root = tmp_path / "run"
-    result = run_cli("lightning", "fit", "-c", "smoke/flow1", "--trainer.default_root_dir", str(root),
-                     "--data.path", str(bad))
+    result = run_cli(
+        "lightning",
+        "fit",
+        "-c",
+        "smoke/flow1",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.path",
+        str(bad),
+    )
     assert result.returncode == 2 and result.stdout == "", result.stdout
-    assert result.stderr.splitlines() == [f"lightning: error: --data.path: {bad}: key 'layer_1': non-finite "
-                                          "value (NaN or inf) in row 7"], result.stderr
+    assert result.stderr.splitlines() == [
+        f"lightning: error: --data.path: {bad}: key 'layer_1': non-finite "
+        "value (NaN or inf) in row 7"
+    ], result.stderr
     assert not root.exists()
-    result = run_cli("caloflow", "generate", "--flow1", "missing.ckpt", "--flow2", "missing.ckpt", "--n", "3",
-                     "--out", str(tmp_path / "x.hdf5"))
+    result = run_cli(
+        "caloflow",
+        "generate",
+        "--flow1",
+        "missing.ckpt",
+        "--flow2",
+        "missing.ckpt",
+        "--n",
+        "3",
+        "--out",
+        str(tmp_path / "x.hdf5"),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "caloflow: error: --flow1 missing.ckpt: no such checkpoint file"
 
@@ -211,8 +322,14 @@ def test_nonfinite_guard_skips_batches_and_stops(tmp_path, eplus_file):
     data = CaloDataModule(path=str(eplus_file), batch_size=64)
     model = SometimesNaN(bad_from=10, n_blocks=2, hidden_features=8, num_blocks=1, lr=1e-3)
     guard = NonFiniteGuard(patience=5)
-    trainer = L.Trainer(max_epochs=20, callbacks=[guard], default_root_dir=tmp_path, enable_progress_bar=False,
-                        logger=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_epochs=20,
+        callbacks=[guard],
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
     with pytest.warns(UserWarning, match="non-finite loss"):
         trainer.fit(model, data)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -240,22 +357,42 @@ print(float(((sums - layers.double()) / layers.double()).abs().max()))
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
 
 
 def test_model_owns_its_geometry_so_a_config_cannot_disagree_with_the_data(tmp_path, eplus_file):
     """layer_sizes is no option of the model: the CaloGAN format fixes it, and the CLI refuses to set it."""
-    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow2.yaml"),
-                     "--data.path", str(eplus_file), "--trainer.default_root_dir", str(tmp_path),
-                     "--model.layer_sizes", "[300, 132, 72]")
+    result = run_cli(
+        "lightning",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "smoke" / "flow2.yaml"),
+        "--data.path",
+        str(eplus_file),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--model.layer_sizes",
+        "[300, 132, 72]",
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "layer_sizes" in result.stderr and not list(tmp_path.glob("**/*.ckpt"))
     # the data side has no representation switch to pair by hand either
-    result = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow2.yaml"),
-                     "--data.path", str(eplus_file), "--trainer.default_root_dir", str(tmp_path),
-                     "--data.representation", "flow1")
+    result = run_cli(
+        "lightning",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "smoke" / "flow2.yaml"),
+        "--data.path",
+        str(eplus_file),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.representation",
+        "flow1",
+    )
     assert result.returncode != 0 and "representation" in result.stderr
 
 
@@ -266,7 +403,10 @@ def test_flows_encode_physical_batches_with_their_own_preprocessing(eplus_file):
     data = CaloDataModule(path=str(eplus_file), batch_size=32, noise_kev=0.0)
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))
-    flow1, flow2 = FlowI(n_blocks=1, hidden_features=8, num_blocks=1), FlowII(n_blocks=1, hidden_features=8)
+    flow1, flow2 = (
+        FlowI(n_blocks=1, hidden_features=8, num_blocks=1),
+        FlowII(n_blocks=1, hidden_features=8),
+    )
     x1, c1 = flow1.encode(batch)
     assert x1.shape == (32, 3) and c1.shape == (32, 1)
     energies = flow1.preprocessing.inverse(x1.double(), batch["energy"])
@@ -276,7 +416,9 @@ def test_flows_encode_physical_batches_with_their_own_preprocessing(eplus_file):
     voxels = flow2.preprocessing.inverse(x2.double(), batch["layer_energies"], threshold=False)
     big = batch["voxels"] > 1.0
     assert torch.allclose(voxels[big], batch["voxels"][big].double(), rtol=1e-3)
-    assert torch.allclose(flow2.log_prob(batch["voxels"], batch["energy"]).mean(), -flow2.nll(batch))
+    assert torch.allclose(
+        flow2.log_prob(batch["voxels"], batch["energy"]).mean(), -flow2.nll(batch)
+    )
 
 
 def test_models_remember_their_training_domain(trained, eplus_file, tmp_path):
@@ -287,19 +429,62 @@ def test_models_remember_their_training_domain(trained, eplus_file, tmp_path):
     flow2 = FlowII.load_from_checkpoint(checkpoint(trained["flow2"]))
     assert flow2.domain.particle == "eplus"
     lo, hi = flow2.domain.energy_gev
-    assert (lo, hi) == (1.0, 100.0)  # the range the simulated file declares, not the few energies seen
-    flows = ["--flow1", str(checkpoint(trained["flow1"])), "--flow2", str(checkpoint(trained["flow2"]))]
-    inside = run_cli("caloflow", "generate", *flows, "--n", "20", "--out", str(tmp_path / "in.hdf5"), "--no-progress")
+    assert (lo, hi) == (
+        1.0,
+        100.0,
+    )  # the range the simulated file declares, not the few energies seen
+    flows = [
+        "--flow1",
+        str(checkpoint(trained["flow1"])),
+        "--flow2",
+        str(checkpoint(trained["flow2"])),
+    ]
+    inside = run_cli(
+        "caloflow",
+        "generate",
+        *flows,
+        "--n",
+        "20",
+        "--out",
+        str(tmp_path / "in.hdf5"),
+        "--no-progress",
+    )
     assert inside.returncode == 0 and "warning" not in inside.stderr
     assert of_file(tmp_path / "in.hdf5") == Domain((lo, hi), "eplus")
     out = tmp_path / "far.hdf5"
-    far = run_cli("caloflow", "generate", *flows, "--n", "20", "--energy-range", "500", "1000", "--out", str(out),
-                  "--no-progress")
+    far = run_cli(
+        "caloflow",
+        "generate",
+        *flows,
+        "--n",
+        "20",
+        "--energy-range",
+        "500",
+        "1000",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     warnings = [line for line in far.stderr.splitlines() if "warning" in line]
     assert far.returncode == 0 and len(warnings) == 1 and "--energy-range 500 1000" in warnings[0]
-    strict = run_cli("caloflow", "generate", *flows, "--n", "20", "--energy-range", "500", "1000", "--strict",
-                     "--out", str(tmp_path / "strict.hdf5"))
-    assert strict.returncode == 2 and "Traceback" not in strict.stderr and not (tmp_path / "strict.hdf5").exists()
+    strict = run_cli(
+        "caloflow",
+        "generate",
+        *flows,
+        "--n",
+        "20",
+        "--energy-range",
+        "500",
+        "1000",
+        "--strict",
+        "--out",
+        str(tmp_path / "strict.hdf5"),
+    )
+    assert (
+        strict.returncode == 2
+        and "Traceback" not in strict.stderr
+        and not (tmp_path / "strict.hdf5").exists()
+    )
     assert "outside the" in strict.stderr.strip().splitlines()[-1]
 
 
@@ -312,10 +497,24 @@ def test_broken_weights_are_refused_not_written_as_zeros(trained, tmp_path):
     ckpt["state_dict"][key] = torch.full_like(ckpt["state_dict"][key], float("nan"))
     broken = tmp_path / "nan.ckpt"
     torch.save(ckpt, broken)
-    result = run_cli("caloflow", "generate", "--flow1", str(checkpoint(trained["flow1"])), "--flow2", str(broken),
-                     "--n", "10", "--out", str(tmp_path / "x.hdf5"))
+    result = run_cli(
+        "caloflow",
+        "generate",
+        "--flow1",
+        str(checkpoint(trained["flow1"])),
+        "--flow2",
+        str(broken),
+        "--n",
+        "10",
+        "--out",
+        str(tmp_path / "x.hdf5"),
+    )
     assert result.returncode == 2 and not (tmp_path / "x.hdf5").exists()
-    assert result.stderr.strip().splitlines()[-1].endswith("the weights are not finite (NaN or inf): the model is broken")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("the weights are not finite (NaN or inf): the model is broken")
+    )
     # the model itself marks a non-finite draw as NaN instead of turning it into zeros
     model = FlowII.load_from_checkpoint(broken)
     voxels = model.sample(torch.tensor([10.0]), torch.tensor([[1000.0, 8000.0, 10.0]]))

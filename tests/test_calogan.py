@@ -1,4 +1,5 @@
 """CaloGAN baseline: layers, networks, the published training loop, sampling and model selection."""
+
 from __future__ import annotations
 
 import glob
@@ -27,13 +28,21 @@ from caloflow.models.calogan import (
     resize_layer0_to_layer1,
     resize_layer1_to_layer2,
 )
-from caloflow.nn import count_parameters
 from caloflow.models.layers import InpaintingAttention, LocallyConnected2d, MinibatchDiscrimination
+from caloflow.nn import count_parameters
 from tests.helpers import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
-            disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)
+TINY = dict(
+    latent_dim=8,
+    gen_dense_channels=2,
+    gen_conv_channels=3,
+    gen_lc_channels=2,
+    disc_conv_channels=3,
+    disc_lc_channels=(2, 2, 2),
+    mbd_kernels=3,
+    mbd_dim=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +58,23 @@ def published_generator_count(latent: int = 1024) -> int:
     for r, c in LAYER_SHAPES:
         total += (latent + 1) * (r + 2) * (c + 2) * 36  # Dense
         total += 36 * 2 * 2 * 16 + 16 + 2 * 16  # Conv2D 16 2x2 + BatchNorm gamma/beta
-        total += (r + 1) * (c + 1) * (16 * 2 * 2 * 6 + 6)  # LC2D 6 2x2 'valid', one kernel per position
+        total += (
+            (r + 1) * (c + 1) * (16 * 2 * 2 * 6 + 6)
+        )  # LC2D 6 2x2 'valid', one kernel per position
         total += r * c * (6 * 2 * 2 * 1)  # LC2D 1 2x2, no bias
     for r, c in LAYER_SHAPES[1:]:
-        total += r * c * (2 * 3 * 3 * 2 + 2)  # attention: LC2D 2 3x3 on the zero-padded [own, carry]
+        total += (
+            r * c * (2 * 3 * 3 * 2 + 2)
+        )  # attention: LC2D 2 3x3 on the zero-padded [own, carry]
     return total
 
 
 def published_discriminator_count() -> int:
     """Trainable parameters of the Keras discriminator, layer by layer (docs/physics.md section 8)."""
-    total, n_head = 0, 3 + 1 + 1 + 1 + 10  # head: E_k/10, E_hat/100, |E_hat - E_inc|, 10 x 1[>5 GeV], energy MBD
+    total, n_head = (
+        0,
+        3 + 1 + 1 + 1 + 10,
+    )  # head: E_k/10, E_hat/100, |E_hat - E_inc|, 10 x 1[>5 GeV], energy MBD
     for r, c in LAYER_SHAPES:
         total += 1 * 4 * 64 + 64  # Conv2D 64 2x2 'same'
         h, w = r + 2 - 3 + 1, (c + 2 - 3) // 2 + 1  # zero-pad 1, LC2D 16 3x3 stride (1, 2)
@@ -77,7 +93,9 @@ def published_discriminator_count() -> int:
 def test_paper_size_parameter_counts_and_shapes():
     model = CaloGAN()
     n_gen, n_disc = count_parameters(model.generator), count_parameters(model.discriminator)
-    assert n_gen == published_generator_count() == 29_726_280  # the CaloFlow paper's figure for CaloGAN
+    assert (
+        n_gen == published_generator_count() == 29_726_280
+    )  # the CaloFlow paper's figure for CaloGAN
     assert abs(n_gen - 29_726_280) / 29_726_280 < 0.01
     assert n_disc == published_discriminator_count() == 2_744_332
     z, energy = torch.randn(4, 1024), torch.tensor([1.0, 10.0, 50.0, 100.0])
@@ -97,7 +115,7 @@ def explicit_locally_connected(layer: LocallyConnected2d, x: torch.Tensor) -> to
     for i in range(oh):
         for j in range(ow):
             w = layer.weight[i * ow + j].reshape(layer.in_channels, kh, kw, layer.out_channels)
-            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            patch = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
             for f in range(layer.out_channels):
                 out[:, f, i, j] = (patch * w[..., f]).sum((1, 2, 3))
                 if layer.bias is not None:
@@ -114,7 +132,9 @@ def explicit_locally_connected(layer: LocallyConnected2d, x: torch.Tensor) -> to
         (4, 1, (4, 5), 2, 2, 1, True),
     ],
 )
-def test_locally_connected_equals_per_position_loop(in_ch, out_ch, size, kernel, stride, padding, bias):
+def test_locally_connected_equals_per_position_loop(
+    in_ch, out_ch, size, kernel, stride, padding, bias
+):
     torch.manual_seed(0)
     layer = LocallyConnected2d(in_ch, out_ch, size, kernel, stride, padding, bias).double()
     with torch.no_grad():
@@ -164,10 +184,14 @@ def test_attention_starts_with_the_own_image():
 
 def test_resizing_between_layers():
     x0 = torch.rand(2, 1, 3, 96, dtype=torch.float64)
-    expected = x0.reshape(2, 3, 12, 8).mean(-1).repeat_interleave(4, dim=1)  # 4 phi rows share a layer-0 row
+    expected = (
+        x0.reshape(2, 3, 12, 8).mean(-1).repeat_interleave(4, dim=1)
+    )  # 4 phi rows share a layer-0 row
     torch.testing.assert_close(resize_layer0_to_layer1(x0)[:, 0], expected)
     x1 = torch.rand(2, 1, 12, 12, dtype=torch.float64)
-    torch.testing.assert_close(resize_layer1_to_layer2(x1)[:, 0], x1[:, 0].reshape(2, 12, 6, 2).mean(-1))
+    torch.testing.assert_close(
+        resize_layer1_to_layer2(x1)[:, 0], x1[:, 0].reshape(2, 12, 6, 2).mean(-1)
+    )
 
 
 # --- minibatch discrimination ---------------------------------------------------------------------
@@ -181,7 +205,9 @@ def test_minibatch_discrimination_formula_and_permutation_invariance():
     expected = np.zeros((6, 4))
     for a in range(6):
         for k in range(4):
-            expected[a, k] = np.tanh(sum(np.exp(-np.abs(m[a, k] - m[b, k]).sum()) for b in range(6)))
+            expected[a, k] = np.tanh(
+                sum(np.exp(-np.abs(m[a, k] - m[b, k]).sum()) for b in range(6))
+            )
     np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-12)
     perm = torch.randperm(6)
     torch.testing.assert_close(mbd(x[perm]), out[perm])
@@ -194,7 +220,9 @@ def test_energy_output_has_no_discriminator_parameters():
     disc = CaloGANDiscriminator(conv_channels=3, lc_channels=(2, 2, 2), mbd_kernels=2, mbd_dim=2)
     images = [torch.rand(5, r, c) for r, c in LAYER_SHAPES]
     logit, total = disc(images, torch.full((5,), 50.0))
-    assert logit.requires_grad and not total.requires_grad  # the MAE term can only train the generator
+    assert (
+        logit.requires_grad and not total.requires_grad
+    )  # the MAE term can only train the generator
     torch.testing.assert_close(total, torch.cat([im.flatten(1) for im in images], 1).sum(1))
 
 
@@ -221,8 +249,15 @@ def test_training_updates_both_networks_logs_and_selects(shower_file, tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tb")
     selection = HistogramSelection(bins=10, seed=0)
     trainer = L.Trainer(
-        max_epochs=2, limit_train_batches=2, logger=logger, callbacks=[selection], log_every_n_steps=1,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=2,
+        logger=logger,
+        callbacks=[selection],
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
     )
     trainer.fit(model, datamodule=data)
 
@@ -231,7 +266,11 @@ def test_training_updates_both_networks_logs_and_selects(shower_file, tmp_path):
     for name, before in gen0.items():
         if name.endswith("weight") and "norm" not in name:
             assert not torch.equal(model.generator.state_dict()[name], before), name
-    unchanged = [k for k, v in disc0.items() if k.endswith("weight") and torch.equal(model.discriminator.state_dict()[k], v)]
+    unchanged = [
+        k
+        for k, v in disc0.items()
+        if k.endswith("weight") and torch.equal(model.discriminator.state_dict()[k], v)
+    ]
     # occupancies lie in [0, 1]: their projections are close, the batch sum of exp(-d) is near the
     # batch size and tanh saturates to exactly 1 in float32, so (as in the published model) these
     # kernels get no gradient at the start; every other weight must have moved
@@ -244,7 +283,12 @@ def test_training_updates_both_networks_logs_and_selects(shower_file, tmp_path):
     acc = EventAccumulator(events[0], size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     scalars = acc.Tags()["scalars"]
-    for tag in ("train/d_loss_real_step", "train/d_loss_fake_step", "train/g_loss_step", "val/histogram_separation"):
+    for tag in (
+        "train/d_loss_real_step",
+        "train/d_loss_fake_step",
+        "train/g_loss_step",
+        "val/histogram_separation",
+    ):
         assert tag in scalars, tag
     assert len(acc.Scalars("train/g_loss_step")) == 4
     assert all(np.isfinite(e.value) for e in acc.Scalars("train/d_loss_real_step"))
@@ -273,7 +317,9 @@ def test_sample_returns_mev_voxels_in_caloflow_order():
     assert voxels.shape == (20, 504) and voxels.dtype == torch.float32
     assert torch.isfinite(voxels).all() and (voxels >= 0).all() and (voxels > 0).any()
     # same seed, same showers; the generator state (training mode) is left as it was
-    torch.testing.assert_close(voxels, model.sample(energies, generator=torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(
+        voxels, model.sample(energies, generator=torch.Generator().manual_seed(5))
+    )
     assert model.generator.training
     # MeV = GeV images x 1000, flattened like geometry.join_layers; z is drawn chunk by chunk (7, 7, 6)
     g = torch.Generator().manual_seed(5)
@@ -297,7 +343,14 @@ def test_histogram_score_known_answers():
     rng = np.random.default_rng(0)
     real = rng.exponential(1.0, size=(500, 504))
     score, per_feature = histogram_score(real, real.copy(), bins=20)
-    assert score == 0.0 and set(per_feature) == {"log10E_0", "log10E_1", "log10E_2", "frac_0", "frac_1", "frac_2"}
+    assert score == 0.0 and set(per_feature) == {
+        "log10E_0",
+        "log10E_1",
+        "log10E_2",
+        "frac_0",
+        "frac_1",
+        "frac_2",
+    }
     # E_1 of the reference is 10 MeV or 100 MeV (half each), generated always 10 MeV: the
     # log10 E_1 histograms are (1/2, 0, ..., 1/2) and (1, 0, ..., 0), S = 1/2 (0.25/1.5 + 0.25/0.5) = 1/3;
     # every other feature agrees exactly
@@ -316,9 +369,21 @@ def test_smoke_config_fits_through_lightning_cli(shower_file, tmp_path):
     root = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", CALOFLOW_CACHE=str(tmp_path / "cache"))
     result = subprocess.run(
-        [exe, "fit", "-c", str(REPO / "configs/smoke/calogan.yaml"), "--trainer.default_root_dir", str(root),
-         "--data.path", str(shower_file)],
-        capture_output=True, text=True, timeout=HANG_GUARD_S, env=env, cwd=tmp_path,
+        [
+            exe,
+            "fit",
+            "-c",
+            str(REPO / "configs/smoke/calogan.yaml"),
+            "--trainer.default_root_dir",
+            str(root),
+            "--data.path",
+            str(shower_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(root.glob("**/checkpoints/best_histogram.ckpt"))
@@ -327,7 +392,10 @@ def test_smoke_config_fits_through_lightning_cli(shower_file, tmp_path):
     assert events
     acc = EventAccumulator(str(events[0]))
     acc.Reload()
-    assert "train/g_loss_step" in acc.Tags()["scalars"] and "val/histogram_separation" in acc.Tags()["scalars"]
+    assert (
+        "train/g_loss_step" in acc.Tags()["scalars"]
+        and "val/histogram_separation" in acc.Tags()["scalars"]
+    )
     model = CaloGAN.load_from_checkpoint(next(root.glob("**/checkpoints/best_histogram.ckpt")))
     voxels = model.sample(torch.tensor([20.0, 80.0]))
     assert voxels.shape == (2, 504) and torch.isfinite(voxels).all() and (voxels >= 0).all()
@@ -337,9 +405,27 @@ def test_smoke_config_fits_through_lightning_cli(shower_file, tmp_path):
     outputs = []
     for name in ("a.hdf5", "b.hdf5"):
         result = subprocess.run(
-            [sys.executable, "-m", "caloflow.commands.cli", "generate", "--calogan", ckpt, "--n", "64", "--seed", "4",
-             "--batch-size", "32", "--out", str(tmp_path / name)],
-            capture_output=True, text=True, timeout=HANG_GUARD_S, env=env, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "caloflow.commands.cli",
+                "generate",
+                "--calogan",
+                ckpt,
+                "--n",
+                "64",
+                "--seed",
+                "4",
+                "--batch-size",
+                "32",
+                "--out",
+                str(tmp_path / name),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_S,
+            env=env,
+            cwd=tmp_path,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append(read_showers(tmp_path / name))  # validates: finite, non-negative, shapes

@@ -1,5 +1,6 @@
 """CaloDataModule: split, physical showers for every model, labelled classifier data, fresh per-serve noise,
 determinism, embedded default."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,8 @@ import torch
 
 from caloflow.data import CaloDataModule, read_showers
 from caloflow.data.geometry import LAYER_SLICES
-from caloflow.errors import CaloflowError, DataFormatError
 from caloflow.data.io import Showers
+from caloflow.errors import CaloflowError, DataFormatError
 
 
 def dm(path, **kw) -> CaloDataModule:
@@ -45,7 +46,9 @@ def test_showers_batches_and_fresh_noise(eplus_file):
         assert noise.min() >= -1e-5 and noise.max() < 1e-3 + 1e-5 and noise.abs().mean() > 2e-4
         # layer energies are computed after the noise
         sums = torch.stack([batch["voxels"][:, s].double().sum(1) for s in LAYER_SLICES], 1)
-        assert batch["layer_energies"].dtype == torch.float64 and torch.allclose(batch["layer_energies"], sums)
+        assert batch["layer_energies"].dtype == torch.float64 and torch.allclose(
+            batch["layer_energies"], sums
+        )
     assert not torch.equal(first["voxels"], second["voxels"])  # fresh every time an item is served
     assert batch["energy"].shape == (8,)
 
@@ -53,7 +56,9 @@ def test_showers_batches_and_fresh_noise(eplus_file):
 def test_validation_noise_is_fixed_and_switchable(eplus_file):
     m = dm(eplus_file, noise_kev=1.0)
     a, b = m.val_set.__getitems__([0, 1, 2]), m.val_set.__getitems__([0, 1, 2])
-    assert torch.equal(a["voxels"], b["voxels"]) and not torch.equal(a["voxels"], m.val_set.voxels[:3])
+    assert torch.equal(a["voxels"], b["voxels"]) and not torch.equal(
+        a["voxels"], m.val_set.voxels[:3]
+    )
     quiet = dm(eplus_file, noise_kev=1.0, noise_validation=False)
     assert torch.equal(quiet.val_set.__getitems__([0])["voxels"], quiet.val_set.voxels[:1])
     none = dm(eplus_file, noise_kev=0.0)
@@ -77,7 +82,10 @@ def test_batches_are_physical_showers_for_every_model(eplus_file):
     assert set(batch) == {"voxels", "layer_energies", "energy"}
     data = read_showers(eplus_file)
     row = int(np.argmin(np.abs(data.energy - batch["energy"][0].item())))
-    assert np.allclose(batch["voxels"][0].numpy(), data.voxels[row]) and batch["voxels"].shape == (3, 504)
+    assert np.allclose(batch["voxels"][0].numpy(), data.voxels[row]) and batch["voxels"].shape == (
+        3,
+        504,
+    )
 
 
 def test_classifier_mode_serves_balanced_labelled_showers(eplus_file):
@@ -97,7 +105,9 @@ def test_classifier_mode_serves_balanced_labelled_showers(eplus_file):
         assert all(e in ref_energies for e in served[labels == 1])
         assert all(e in gen_energies for e in served[labels == 0])
     batch = next(iter(m.train_dataloader()))
-    assert set(batch) == {"voxels", "layer_energies", "energy", "label"} and len(batch["label"]) == 64
+    assert (
+        set(batch) == {"voxels", "layer_energies", "energy", "label"} and len(batch["label"]) == 64
+    )
     everything = np.concatenate([ds.energy.numpy() for ds in m.datasets.values()])
     assert len(np.unique(np.round(everything, 6))) == 500  # the three splits are disjoint
 
@@ -107,16 +117,22 @@ def test_same_seed_same_batches(eplus_file):
         torch.manual_seed(123)
         return next(iter(dm(eplus_file, seed=seed).train_dataloader()))["voxels"]
 
-    assert torch.equal(first_batch(3), first_batch(3)) and not torch.equal(first_batch(3), first_batch(4))
+    assert torch.equal(first_batch(3), first_batch(3)) and not torch.equal(
+        first_batch(3), first_batch(4)
+    )
 
 
 def test_embedded_default_is_simulated_once_and_reused(tmp_path):
-    m = CaloDataModule(path=None, particle="gamma", n_simulated=64, cache_dir=str(tmp_path), batch_size=16)
+    m = CaloDataModule(
+        path=None, particle="gamma", n_simulated=64, cache_dir=str(tmp_path), batch_size=16
+    )
     m.prepare_data()
     files = list(tmp_path.glob("*.hdf5"))
     assert len(files) == 1 and "gamma_n64" in files[0].name
     stamp = files[0].stat().st_mtime_ns
-    again = CaloDataModule(path=None, particle="gamma", n_simulated=64, cache_dir=str(tmp_path), batch_size=16)
+    again = CaloDataModule(
+        path=None, particle="gamma", n_simulated=64, cache_dir=str(tmp_path), batch_size=16
+    )
     again.prepare_data()
     again.setup("fit")
     assert files[0].stat().st_mtime_ns == stamp and len(again.train_set) + len(again.val_set) == 64

@@ -1,4 +1,5 @@
 """``caloflow benchmark``: generation time per shower vs batch size (paper table 4)."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,22 @@ import lightning
 import pytest
 import torch
 
-from caloflow.commands.cli import main as cli_main
 from caloflow.commands.benchmark import Generator, estimate_seconds, time_generator
+from caloflow.commands.cli import main as cli_main
 from caloflow.models.calogan import CaloGAN
 from caloflow.models.flows import FlowI, FlowII
-
 from tests.helpers import run_cli
 
-TINY_GAN = dict(latent_dim=8, gen_dense_channels=2, gen_conv_channels=3, gen_lc_channels=2, disc_conv_channels=3,
-                disc_lc_channels=(2, 2, 2), mbd_kernels=3, mbd_dim=2)
+TINY_GAN = dict(
+    latent_dim=8,
+    gen_dense_channels=2,
+    gen_conv_channels=3,
+    gen_lc_channels=2,
+    disc_conv_channels=3,
+    disc_lc_channels=(2, 2, 2),
+    mbd_kernels=3,
+    mbd_dim=2,
+)
 #: the two measured batch sizes, small: Flow II always has the detector's voxels, and nflows' inverse
 #: makes one MADE pass per voxel even for a tiny Flow II
 SMALL, LARGE = 3, 10
@@ -25,8 +33,14 @@ HUGE = 10_000_000  # a batch no test may ever run: it must come out estimated
 
 def save_checkpoint(module: lightning.LightningModule, path) -> str:
     """A checkpoint that ``load_from_checkpoint`` reads (weights and constructor arguments)."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": lightning.__version__}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -44,9 +58,30 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def benchmark_run(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
-    proc = run_cli("caloflow", "benchmark", "--flow1", checkpoints["flow1"], "--flow2", checkpoints["flow2"],
-                   "--calogan", checkpoints["calogan"], "--batch-sizes", str(LARGE), str(SMALL), str(HUGE),
-                   "--threads", "1", "--repeats", "2", "--max-seconds", "60", "--seed", "3", "--out", str(out))
+    proc = run_cli(
+        "caloflow",
+        "benchmark",
+        "--flow1",
+        checkpoints["flow1"],
+        "--flow2",
+        checkpoints["flow2"],
+        "--calogan",
+        checkpoints["calogan"],
+        "--batch-sizes",
+        str(LARGE),
+        str(SMALL),
+        str(HUGE),
+        "--threads",
+        "1",
+        "--repeats",
+        "2",
+        "--max-seconds",
+        "60",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out, json.loads((out / "benchmark.json").read_text())
 
@@ -69,12 +104,19 @@ def test_every_generator_and_batch_is_a_positive_finite_time(benchmark_run):
             assert 1 <= len(cell["seconds_per_call"]) <= 2
             assert all(math.isfinite(s) and s > 0 for s in cell["seconds_per_call"])
             # the reported figure is the best call divided by the showers in it
-            assert cell["ms_per_shower"] == pytest.approx(1e3 * min(cell["seconds_per_call"]) / b, rel=1e-12)
+            assert cell["ms_per_shower"] == pytest.approx(
+                1e3 * min(cell["seconds_per_call"]) / b, rel=1e-12
+            )
     # the printed table, the markdown file and the machine description
     md = (out / "benchmark.md").read_text()
     assert md in proc.stdout
     assert f"| generator | {SMALL} | {LARGE} | 10,000,000 |" in md
-    for label in ("CaloFlow, fast inverse", "CaloFlow, nflows inverse", "CaloGAN", "simulator (eplus)"):
+    for label in (
+        "CaloFlow, fast inverse",
+        "CaloFlow, nflows inverse",
+        "CaloGAN",
+        "simulator (eplus)",
+    ):
         assert f"| {label} |" in md
     assert result["machine"]["threads"] == 1 and result["machine"]["torch"] == torch.__version__
     assert "checkpoints" in result["generators"]["caloflow-fast"]["model"]
@@ -84,8 +126,14 @@ def test_every_generator_and_batch_is_a_positive_finite_time(benchmark_run):
 def test_fast_sampler_beats_nflows_inverse_on_the_same_model(benchmark_run):
     table = cells(benchmark_run[2])
     # same Flow I + Flow II weights; nflows runs the MADE once per voxel, the fast inverse once per degree group
-    assert table["caloflow-fast", LARGE]["ms_per_shower"] < table["caloflow-nflows", LARGE]["ms_per_shower"]
-    assert table["caloflow-fast", SMALL]["ms_per_shower"] < table["caloflow-nflows", SMALL]["ms_per_shower"]
+    assert (
+        table["caloflow-fast", LARGE]["ms_per_shower"]
+        < table["caloflow-nflows", LARGE]["ms_per_shower"]
+    )
+    assert (
+        table["caloflow-fast", SMALL]["ms_per_shower"]
+        < table["caloflow-nflows", SMALL]["ms_per_shower"]
+    )
 
 
 def test_cells_over_the_time_limit_are_estimated_not_run(benchmark_run):
@@ -102,7 +150,9 @@ def test_cells_over_the_time_limit_are_estimated_not_run(benchmark_run):
         assert 0 < cell["ms_per_shower"] <= max(per_shower) * (1 + 1e-9)
         t_small, t_large = (min(table[g, b]["seconds_per_call"]) for b in (SMALL, LARGE))
         slope = (t_large - t_small) / (LARGE - SMALL)
-        if slope > 0 and t_small - SMALL * slope >= 0:  # two points: the fitted line goes through both
+        if (
+            slope > 0 and t_small - SMALL * slope >= 0
+        ):  # two points: the fitted line goes through both
             assert cell["estimate_s"] == pytest.approx(t_small + slope * (HUGE - SMALL), rel=1e-6)
     assert md.count(" (est.) |") == 4
 
@@ -131,7 +181,9 @@ def test_timing_loop_on_a_generator_of_known_cost(monkeypatch):
     import caloflow.timing
 
     clock = [0.0]
-    monkeypatch.setattr(caloflow.timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(
+        caloflow.timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0])
+    )
     calls = []
 
     def run(batch: int) -> int:
@@ -142,8 +194,14 @@ def test_timing_loop_on_a_generator_of_known_cost(monkeypatch):
         return 0
 
     gen = Generator("sleeper", "sleeper", run, "2 ms per shower")
-    result = time_generator(gen, [5, 50, 500, 1000, 2000], torch.device("cpu"), max_seconds=0.5, repeats=3,
-                            log=lambda line: None)
+    result = time_generator(
+        gen,
+        [5, 50, 500, 1000, 2000],
+        torch.device("cpu"),
+        max_seconds=0.5,
+        repeats=3,
+        log=lambda line: None,
+    )
     by_batch = {c.batch: c for c in result}
     for b in (5, 50):
         assert by_batch[b].status == "measured" and len(by_batch[b].seconds_per_call) == 3
@@ -153,8 +211,9 @@ def test_timing_loop_on_a_generator_of_known_cost(monkeypatch):
     assert 500 not in calls and calls[0] == 2  # warm-up, then the timed calls
     assert by_batch[1000].status == "estimated"
     # an estimate that fits the limit runs; out of memory is reported and the larger batches skipped
-    result = time_generator(gen, [5, 1000, 2000], torch.device("cpu"), max_seconds=100, repeats=1,
-                            log=lambda line: None)
+    result = time_generator(
+        gen, [5, 1000, 2000], torch.device("cpu"), max_seconds=100, repeats=1, log=lambda line: None
+    )
     assert [c.status for c in result] == ["measured", "skipped", "skipped"]
     assert result[1].reason == "out of memory" and "at batch 1,000" in result[2].reason
 
@@ -181,7 +240,9 @@ def test_bad_options_are_one_line(options, message, tmp_path, capsys):
 
 def test_missing_checkpoint_is_one_line_from_the_command(tmp_path):
     missing = tmp_path / "nope.ckpt"
-    proc = run_cli("caloflow", "benchmark", "--calogan", str(missing), "--out", str(tmp_path / "out"))
+    proc = run_cli(
+        "caloflow", "benchmark", "--calogan", str(missing), "--out", str(tmp_path / "out")
+    )
     assert proc.returncode == 2
     assert proc.stderr == f"caloflow: error: --calogan {missing}: no such checkpoint file\n"
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
 """The classifier test of appendix A: architectures, inputs, data split, calibration, and AUCs on real data."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,12 @@ import torch
 from caloflow.data.geometry import join_layers, split_layers
 from caloflow.data.io import Showers
 from caloflow.data.simulate import simulate
-from caloflow.evaluate.classification import calibrated_metrics, classifier_data, classifier_test, jsd_from_bce
+from caloflow.evaluate.classification import (
+    calibrated_metrics,
+    classifier_data,
+    classifier_test,
+    jsd_from_bce,
+)
 from caloflow.models.classifiers import CNN, DNN, ShowerClassifier, classifier_inputs
 from caloflow.nn import count_parameters
 
@@ -113,13 +119,23 @@ def test_calibrated_metrics_limits():
 def large_pair() -> tuple[Showers, Showers]:
     """Two independent 8,000-shower samples of one distribution: 1,600 test showers per class, so a
     calibrated AUC of indistinguishable samples lies within 0.5 +- 0.03 (about 3 standard deviations)."""
-    return simulate("eplus", 8000, seed=21, progress=False), simulate("eplus", 8000, seed=22, progress=False)
+    return simulate("eplus", 8000, seed=21, progress=False), simulate(
+        "eplus", 8000, seed=22, progress=False
+    )
 
 
 @pytest.mark.parametrize("architecture", ["dnn", "features"])
 def test_same_distribution_auc_is_half_after_convergence(large_pair, architecture, tmp_path):
-    res = classifier_test(*large_pair, architecture, "unnormalized", runs=1, seed=0, patience=10,
-                          log_dir=tmp_path, name="same")
+    res = classifier_test(
+        *large_pair,
+        architecture,
+        "unnormalized",
+        runs=1,
+        seed=0,
+        patience=10,
+        log_dir=tmp_path,
+        name="same",
+    )
     print(architecture, "same distribution:", res["auc"], res["jsd"], res["runs"][0]["epochs_run"])
     run = res["runs"][0]
     assert res["converged"] and run["stopped_early"] and run["best_epoch"] < run["max_epochs"]
@@ -130,15 +146,25 @@ def test_same_distribution_auc_is_half_after_convergence(large_pair, architectur
 
     acc = EventAccumulator(str(tmp_path / "same" / "run0"))
     acc.Reload()
-    assert {"train_loss", "val_loss", "val_acc", "val_auc", "test_auc", "test_jsd"} <= set(acc.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_acc", "val_auc", "test_auc", "test_jsd"} <= set(
+        acc.Tags()["scalars"]
+    )
     assert len(acc.Scalars("val_acc")) == run["epochs_run"]
 
 
 def test_cnn_same_distribution_auc_is_half(reference, independent):
     """The appendix-A CNN costs ~8 ms per shower and step on one CPU thread: 2,000 showers per sample and a
     patience of one epoch (on indistinguishable samples the validation loss bottoms out at once)."""
-    res = classifier_test(reference[:2000], independent[:2000], "cnn", "normalized", runs=1, seed=0,
-                          batch_size=250, patience=1)
+    res = classifier_test(
+        reference[:2000],
+        independent[:2000],
+        "cnn",
+        "normalized",
+        runs=1,
+        seed=0,
+        batch_size=250,
+        patience=1,
+    )
     print("cnn same distribution:", res["auc"], res["runs"][0]["epochs_run"])
     assert res["converged"] and abs(res["auc"]["mean"] - 0.5) <= 0.03
 
@@ -149,10 +175,20 @@ def _layer1_shifted(showers: Showers) -> Showers:
     return Showers(join_layers(layers), showers.energy)
 
 
-@pytest.mark.parametrize("architecture,preprocessing", [("dnn", "normalized"), ("features", "high-level")])
+@pytest.mark.parametrize(
+    "architecture,preprocessing", [("dnn", "normalized"), ("features", "high-level")]
+)
 def test_obvious_distortion_auc_near_one(reference, independent, architecture, preprocessing):
-    res = classifier_test(reference, _layer1_shifted(independent), architecture, preprocessing, runs=1, seed=0,
-                          batch_size=200, patience=5)
+    res = classifier_test(
+        reference,
+        _layer1_shifted(independent),
+        architecture,
+        preprocessing,
+        runs=1,
+        seed=0,
+        batch_size=200,
+        patience=5,
+    )
     print(architecture, "shifted layer 1:", res["auc"], res["jsd"])
     assert res["auc"]["mean"] > 0.95
     assert 0.5 < res["jsd"]["mean"] <= 1.0
@@ -160,10 +196,22 @@ def test_obvious_distortion_auc_near_one(reference, independent, architecture, p
 
 def test_early_stopping_trains_longer_than_a_fixed_ten_epochs_and_sees_more(reference, independent):
     """On a small set (600 vs 600, one batch per epoch) ten epochs are ten updates: not converged."""
-    different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])  # 5 % too much energy
-    fixed = classifier_test(reference[:600], different, "dnn", "unnormalized", runs=1, epochs=10, seed=0)
-    converged = classifier_test(reference[:600], different, "dnn", "unnormalized", runs=1, seed=0, patience=30)
-    print("fixed 10:", fixed["auc"], "converged:", converged["auc"], converged["runs"][0]["epochs_run"])
+    different = Showers(
+        independent.voxels[:600] * 1.05, independent.energy[:600]
+    )  # 5 % too much energy
+    fixed = classifier_test(
+        reference[:600], different, "dnn", "unnormalized", runs=1, epochs=10, seed=0
+    )
+    converged = classifier_test(
+        reference[:600], different, "dnn", "unnormalized", runs=1, seed=0, patience=30
+    )
+    print(
+        "fixed 10:",
+        fixed["auc"],
+        "converged:",
+        converged["auc"],
+        converged["runs"][0]["epochs_run"],
+    )
     assert not fixed["converged"] and converged["converged"]
     assert converged["runs"][0]["epochs_run"] > 10
     assert converged["auc"]["mean"] > fixed["auc"]["mean"] + 0.05
@@ -180,13 +228,23 @@ def test_schedule_keeps_the_papers_updates_on_small_data():
 
 
 def test_same_seed_same_numbers(reference, independent):
-    kw = dict(architecture="dnn", preprocessing="logit", runs=1, epochs=3, seed=5, batch_size=500, max_showers=600)
+    kw = dict(
+        architecture="dnn",
+        preprocessing="logit",
+        runs=1,
+        epochs=3,
+        seed=5,
+        batch_size=500,
+        max_showers=600,
+    )
     a = classifier_test(reference, independent, **kw)
     b = classifier_test(reference, independent, **kw)
     assert a["runs"][0]["auc_uncalibrated"] == b["runs"][0]["auc_uncalibrated"]
 
 
-def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(reference, independent, tmp_path):
+def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(
+    reference, independent, tmp_path
+):
     """``keep="val_loss"`` (the weights w = f / (1 - f) of refine) reloads the epoch whose logged validation
     BCE is lowest; the classifier test keeps the best accuracy. Read back from the real TensorBoard file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -196,8 +254,16 @@ def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(referen
     different = Showers(independent.voxels[:600] * 1.05, independent.energy[:600])
     dm = classifier_data(reference[:600], different, batch_size=100, seed=0)
     torch.manual_seed(0)
-    fitted = fit_classifier(ShowerClassifier("dnn", "unnormalized"), dm, schedule_for(dm, "dnn", epochs=12),
-                            tmp_path, "weights", "", None, keep="val_loss")
+    fitted = fit_classifier(
+        ShowerClassifier("dnn", "unnormalized"),
+        dm,
+        schedule_for(dm, "dnn", epochs=12),
+        tmp_path,
+        "weights",
+        "",
+        None,
+        keep="val_loss",
+    )
     events = EventAccumulator(str(tmp_path / "weights"))
     events.Reload()
     losses = [e.value for e in events.Scalars("val_loss")]
@@ -205,12 +271,24 @@ def test_weight_classifiers_keep_the_epoch_of_the_lowest_validation_loss(referen
     assert fitted["info"]["best_epoch"] == int(np.argmin(losses)) + 1
     assert fitted["info"]["best_val_loss"] == pytest.approx(min(losses), rel=1e-6)
     with pytest.raises(ValueError, match="keep"):
-        fit_classifier(ShowerClassifier("dnn"), dm, schedule_for(dm, "dnn", epochs=1), tmp_path, "x", "", None,
-                       keep="val_auc")
+        fit_classifier(
+            ShowerClassifier("dnn"),
+            dm,
+            schedule_for(dm, "dnn", epochs=1),
+            tmp_path,
+            "x",
+            "",
+            None,
+            keep="val_auc",
+        )
 
 
-@pytest.mark.parametrize("architecture,preprocessing", [("dnn", "unnormalized"), ("features", "high-level")])
-def test_inputs_encoded_once_train_the_same_classifier(reference, independent, architecture, preprocessing):
+@pytest.mark.parametrize(
+    "architecture,preprocessing", [("dnn", "unnormalized"), ("features", "high-level")]
+)
+def test_inputs_encoded_once_train_the_same_classifier(
+    reference, independent, architecture, preprocessing
+):
     """The classifier test encodes its noise-free showers once (EncodedDataset); training on those
     inputs gives bit for bit the classifier that encodes every batch anew."""
     import caloflow.evaluate.classification as ct
@@ -220,9 +298,16 @@ def test_inputs_encoded_once_train_the_same_classifier(reference, independent, a
     def train(encode_inputs: bool):
         dm = classifier_data(reference[:600], different, batch_size=100, seed=0)
         torch.manual_seed(0)
-        fitted = ct.fit_classifier(ShowerClassifier(architecture, preprocessing), dm,
-                                   ct.schedule_for(dm, architecture, epochs=3), None, "", "", None,
-                                   encode_inputs=encode_inputs)
+        fitted = ct.fit_classifier(
+            ShowerClassifier(architecture, preprocessing),
+            dm,
+            ct.schedule_for(dm, architecture, epochs=3),
+            None,
+            "",
+            "",
+            None,
+            encode_inputs=encode_inputs,
+        )
         return fitted["model"], dm
 
     (once, dm_once), (every, dm_every) = train(True), train(False)
@@ -243,12 +328,19 @@ def test_encoded_batches_serve_only_their_own_backbone(reference):
     from caloflow.evaluate.classification import EncodedDataset
 
     showers = reference[:50]
-    unnormalized, normalized = ShowerClassifier("dnn", "unnormalized"), ShowerClassifier("dnn", "normalized")
+    unnormalized, normalized = (
+        ShowerClassifier("dnn", "unnormalized"),
+        ShowerClassifier("dnn", "normalized"),
+    )
     assert unnormalized.input_key == "inputs:dnn/unnormalized" != normalized.input_key
     batch = EncodedDataset(ShowerDataset(showers), unnormalized).__getitems__(range(50))
-    assert torch.equal(batch[unnormalized.input_key], classifier_inputs(batch["voxels"], batch["energy"]))
+    assert torch.equal(
+        batch[unnormalized.input_key], classifier_inputs(batch["voxels"], batch["energy"])
+    )
     assert normalized.input_key not in batch
-    assert torch.equal(normalized.logits(batch), normalized.logits({"voxels": batch["voxels"],
-                                                                    "energy": batch["energy"]}))
+    assert torch.equal(
+        normalized.logits(batch),
+        normalized.logits({"voxels": batch["voxels"], "energy": batch["energy"]}),
+    )
     with pytest.raises(ValueError, match="noise-free"):
         EncodedDataset(ShowerDataset(showers, noise_kev=1.0), unnormalized)

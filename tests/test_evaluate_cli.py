@@ -1,4 +1,5 @@
 """``caloflow evaluate`` end to end through a real subprocess, and its one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -43,20 +44,49 @@ def files(tmp_path_factory):
 
 def _caloflow(*args, timeout=HANG_GUARD_S):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "caloflow.commands.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "caloflow.commands.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_evaluate_end_to_end(files, tmp_path):
     out = tmp_path / "eval"
-    proc = _caloflow("evaluate", "--reference", files["reference"], "--samples", f"good={files['good']}",
-                     f"bad={files['bad']}", "--out", out, "--classifier", "dnn", "--preprocessing",
-                     "unnormalized,normalized", "--runs", "2", "--epochs", "2", "--seed", "3")
+    proc = _caloflow(
+        "evaluate",
+        "--reference",
+        files["reference"],
+        "--samples",
+        f"good={files['good']}",
+        f"bad={files['bad']}",
+        "--out",
+        out,
+        "--classifier",
+        "dnn",
+        "--preprocessing",
+        "unnormalized,normalized",
+        "--runs",
+        "2",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "classifier epochs" in proc.stderr or "epoch" in proc.stderr  # progress is shown
 
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    for stem in ("flow1_features", "flow2_voxels", "centroids", "widths", "average_images", "nearest_neighbours"):
+    for stem in (
+        "flow1_features",
+        "flow2_voxels",
+        "centroids",
+        "widths",
+        "average_images",
+        "nearest_neighbours",
+    ):
         assert f"{stem}.png" in figures and f"{stem}.pdf" in figures
         assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
     assert not [p for p in out.rglob("*.tmp")]  # nothing half-written left behind
@@ -67,7 +97,9 @@ def test_evaluate_end_to_end(files, tmp_path):
     e0_ref = metrics["reference"]["features"]["E0"]["mean"]
     for name in ("good", "bad"):
         sample = metrics["samples"][name]
-        assert set(sample["features"]) == set(FEATURE_NAMES)  # E_hat_over_E_inc too: the energies are known
+        assert set(sample["features"]) == set(
+            FEATURE_NAMES
+        )  # E_hat_over_E_inc too: the energies are known
         for feat in sample["features"].values():
             assert {"mean", "std", "separation_power"} <= set(feat)
         for model in ("dnn",):
@@ -80,8 +112,14 @@ def test_evaluate_end_to_end(files, tmp_path):
     good, bad = metrics["samples"]["good"], metrics["samples"]["bad"]
     # the layer-0 energy of the distorted sample is twice the reference's; its histograms separate
     assert bad["features"]["E0"]["mean"] == pytest.approx(2 * e0_ref, rel=0.1)
-    assert bad["features"]["E0_frac"]["separation_power"] > 5 * good["features"]["E0_frac"]["separation_power"]
-    assert bad["classifier"]["dnn"]["normalized"]["auc"]["mean"] > good["classifier"]["dnn"]["normalized"]["auc"]["mean"]
+    assert (
+        bad["features"]["E0_frac"]["separation_power"]
+        > 5 * good["features"]["E0_frac"]["separation_power"]
+    )
+    assert (
+        bad["classifier"]["dnn"]["normalized"]["auc"]["mean"]
+        > good["classifier"]["dnn"]["normalized"]["auc"]["mean"]
+    )
     assert math.isfinite(good["features"]["s_d"]["separation_power"])
 
     report = (out / "report.md").read_text()
@@ -94,9 +132,24 @@ def test_evaluate_end_to_end(files, tmp_path):
 def test_evaluate_features_classifier_protocol_and_threshold(files, tmp_path):
     """--classifier features, converged training, the full protocol in metrics.json, --threshold-reference."""
     out = tmp_path / "eval"
-    proc = _caloflow("evaluate", "--reference", files["reference"], "--samples", f"bad={files['bad']}", "--out", out,
-                     "--classifier", "features", "--runs", "2", "--patience", "5", "--seed", "4",
-                     "--threshold-reference")
+    proc = _caloflow(
+        "evaluate",
+        "--reference",
+        files["reference"],
+        "--samples",
+        f"bad={files['bad']}",
+        "--out",
+        out,
+        "--classifier",
+        "features",
+        "--runs",
+        "2",
+        "--patience",
+        "5",
+        "--seed",
+        "4",
+        "--threshold-reference",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     settings = metrics["settings"]
@@ -105,7 +158,9 @@ def test_evaluate_features_classifier_protocol_and_threshold(files, tmp_path):
     result = metrics["samples"]["bad"]["classifier"]["features"]["high-level"]
     assert result["data"]["n_per_class"] == N and result["data"]["test"] == 2 * round(0.2 * N)
     for run, seed in zip(result["runs"], (4, 5)):
-        assert run["seed"] == seed and run["converged"] and 1 <= run["best_epoch"] <= run["epochs_run"]
+        assert (
+            run["seed"] == seed and run["converged"] and 1 <= run["best_epoch"] <= run["epochs_run"]
+        )
         assert run["epochs_run"] < run["max_epochs"]
     assert result["auc"]["mean"] > 0.9  # twice the layer-0 energy: the features see it at once
     report = (out / "report.md").read_text()
@@ -114,8 +169,8 @@ def test_evaluate_features_classifier_protocol_and_threshold(files, tmp_path):
 
 
 def test_threshold_reference_cuts_the_reference_like_the_sampler(files):
-    from caloflow.data.io import read_showers
     from caloflow.commands.evaluate import _read_inputs
+    from caloflow.data.io import read_showers
 
     raw = read_showers(files["reference"])
     small = (raw.voxels > 0) & (raw.voxels < 0.01)  # below 10 keV
@@ -134,25 +189,39 @@ def _one_line_error(proc_or_err: str) -> str:
 
 
 def test_missing_file_subprocess(files, tmp_path):
-    proc = _caloflow("evaluate", "--reference", tmp_path / "nope.hdf5", "--samples", f"x={files['good']}",
-                     "--out", tmp_path / "o", "--classifier", "none")
+    proc = _caloflow(
+        "evaluate",
+        "--reference",
+        tmp_path / "nope.hdf5",
+        "--samples",
+        f"x={files['good']}",
+        "--out",
+        tmp_path / "o",
+        "--classifier",
+        "none",
+    )
     assert proc.returncode == 2
     line = _one_line_error(proc.stderr)
     assert "nope.hdf5" in line and "no such file" in line
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--samples", "{good}"], "is not NAME=PATH"),
-    (["--samples", "a={good}", "a={bad}"], "used twice"),
-    (["--samples", "x={broken}"], "layer_2"),
-    (["--samples", "x={good}", "--classifier", "dnn,rnn"], "unknown value 'rnn'"),
-    (["--samples", "x={good}", "--preprocessing", "zscore"], "unknown value 'zscore'"),
-    (["--samples", "x={good}", "--runs", "0"], "--runs"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--samples", "{good}"], "is not NAME=PATH"),
+        (["--samples", "a={good}", "a={bad}"], "used twice"),
+        (["--samples", "x={broken}"], "layer_2"),
+        (["--samples", "x={good}", "--classifier", "dnn,rnn"], "unknown value 'rnn'"),
+        (["--samples", "x={good}", "--preprocessing", "zscore"], "unknown value 'zscore'"),
+        (["--samples", "x={good}", "--runs", "0"], "--runs"),
+    ],
+)
 def test_bad_input_one_line(files, tmp_path, capsys, args, expected):
     args = [a.format(**files) for a in args]
-    code = main(["evaluate", "--reference", str(files["reference"]), "--out", str(tmp_path / "o"), *args])
+    code = main(
+        ["evaluate", "--reference", str(files["reference"]), "--out", str(tmp_path / "o"), *args]
+    )
     assert code == 2
     line = _one_line_error(capsys.readouterr().err)
     assert expected in line
@@ -160,14 +229,24 @@ def test_bad_input_one_line(files, tmp_path, capsys, args, expected):
 
 
 def test_evaluate_warns_or_refuses_another_particle(tmp_path):
-    gamma = write_showers(tmp_path / "gamma.hdf5", simulate("gamma", 50, seed=3, progress=False),
-                          attrs={"particle": "gamma"})
-    eplus = write_showers(tmp_path / "eplus.hdf5", simulate("eplus", 50, seed=4, progress=False),
-                          attrs={"particle": "eplus"})
+    gamma = write_showers(
+        tmp_path / "gamma.hdf5",
+        simulate("gamma", 50, seed=3, progress=False),
+        attrs={"particle": "gamma"},
+    )
+    eplus = write_showers(
+        tmp_path / "eplus.hdf5",
+        simulate("eplus", 50, seed=4, progress=False),
+        attrs={"particle": "eplus"},
+    )
     args = ["evaluate", "--reference", eplus, "--samples", f"g={gamma}", "--classifier", "none"]
     warned = _caloflow(*args, "--out", tmp_path / "warned")
     assert warned.returncode == 0, warned.stderr[-2000:]
     lines = [line for line in warned.stderr.splitlines() if "warning" in line]
     assert len(lines) == 1 and "gamma showers, but the other side is eplus" in lines[0]
     refused = _caloflow(*args, "--out", tmp_path / "refused", "--strict")
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
+    assert (
+        refused.returncode == 2
+        and "Traceback" not in refused.stderr
+        and not (tmp_path / "refused").exists()
+    )

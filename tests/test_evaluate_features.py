@@ -1,5 +1,6 @@
 """Features of section 5.2-5.3 and the 41 high-level classifier inputs against hand-computed values,
 a frozen copy of the original numpy features, and the separation power."""
+
 from __future__ import annotations
 
 import math
@@ -12,14 +13,42 @@ from caloflow.data.geometry import N_VOXELS, join_layers, split_layers, voxel_ce
 from caloflow.data.io import Showers, read_showers, write_showers
 from caloflow.data.simulate import simulate
 from caloflow.evaluate import figures
-from caloflow.features import (FEATURE_NAMES, FEATURES, HIGH_LEVEL_INPUTS, compute_features,
-                                        high_level_inputs, shower_features)
 from caloflow.evaluate.report import feature_metrics, render_report
 from caloflow.evaluate.separation import histogram_separation, separation_power
+from caloflow.features import (
+    FEATURE_NAMES,
+    FEATURES,
+    HIGH_LEVEL_INPUTS,
+    compute_features,
+    high_level_inputs,
+    shower_features,
+)
 
-OLD_NAMES = ["E0", "E1", "E2", "E_hat", "E0_frac", "E1_frac", "E2_frac", "l_d", "s_d", "sigma_sd"] + [
-    f"{f}{k}" for k in range(3) for f in ("brightest", "second", "E_ratio", "sparsity", "eta_centroid",
-                                          "phi_centroid", "eta_width", "phi_width")]
+OLD_NAMES = [
+    "E0",
+    "E1",
+    "E2",
+    "E_hat",
+    "E0_frac",
+    "E1_frac",
+    "E2_frac",
+    "l_d",
+    "s_d",
+    "sigma_sd",
+] + [
+    f"{f}{k}"
+    for k in range(3)
+    for f in (
+        "brightest",
+        "second",
+        "E_ratio",
+        "sparsity",
+        "eta_centroid",
+        "phi_centroid",
+        "eta_width",
+        "phi_width",
+    )
+]
 
 
 # ---- frozen copy of the numpy features as they were before the torch rewrite (do not edit) ----
@@ -61,6 +90,8 @@ def _old_compute_features(voxels, threshold_kev=10.0):
             out[f"{name}_centroid{k}"] = mean
             out[f"{name}_width{k}"] = np.sqrt(np.clip(mean_sq - mean**2, 0, None))
     return out
+
+
 # ---- end of the frozen copy ----
 
 
@@ -69,9 +100,22 @@ def _expected_high_level(voxels: np.ndarray, incident_gev: np.ndarray) -> np.nda
     f = {k: np.nan_to_num(v, nan=0.0) for k, v in _old_compute_features(voxels).items()}
     v = np.array(voxels, dtype=np.float64)
     v[v < 0.01] = 0.0
-    cols = [np.log10(x + 1e-8) for x in (
-        f["E0"] / 1e5, f["E1"] / 1e5, f["E2"] / 1e5, f["E_hat"] / 1e5, f["E0_frac"], f["E1_frac"], f["E2_frac"],
-        f["l_d"] / 1e5, f["phi_width0"] / 100, f["phi_width1"] / 100, f["phi_width2"] / 100)]
+    cols = [
+        np.log10(x + 1e-8)
+        for x in (
+            f["E0"] / 1e5,
+            f["E1"] / 1e5,
+            f["E2"] / 1e5,
+            f["E_hat"] / 1e5,
+            f["E0_frac"],
+            f["E1_frac"],
+            f["E2_frac"],
+            f["l_d"] / 1e5,
+            f["phi_width0"] / 100,
+            f["phi_width1"] / 100,
+            f["phi_width2"] / 100,
+        )
+    ]
     cols += [f["s_d"], f["sigma_sd"]]
     for layer in split_layers(v):
         flat = layer.reshape(len(layer), -1)
@@ -91,8 +135,10 @@ def read_energy(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def simulated() -> Showers:
     """e+, gamma and pi+ showers, some with empty layers, and two empty showers (float32, as in files)."""
-    parts = [simulate(p, n, seed=s, progress=False) for p, n, s in (("eplus", 300, 11), ("gamma", 150, 12),
-                                                                     ("piplus", 150, 13))]
+    parts = [
+        simulate(p, n, seed=s, progress=False)
+        for p, n, s in (("eplus", 300, 11), ("gamma", 150, 12), ("piplus", 150, 13))
+    ]
     showers = Showers.concatenate(parts)
     voxels = showers.voxels.copy()
     voxels[:5, 432:] = 0.0  # layer 2 empty
@@ -128,7 +174,9 @@ def test_names_cover_the_paper_quantities():
     assert set(FEATURE_NAMES) == expected and len(FEATURE_NAMES) == len(expected) == 49
     assert set(FEATURES) == set(FEATURE_NAMES)
     assert FEATURES["deepest_layer"].discrete
-    assert "[mm]" in FEATURES["eta_centroid_diff_10"].label and "3rd" in FEATURES["brightest31"].label
+    assert (
+        "[mm]" in FEATURES["eta_centroid_diff_10"].label and "3rd" in FEATURES["brightest31"].label
+    )
     # every feature is drawn in some figure
     drawn = {n for _, rows in figures.FIGURE_LAYOUTS.values() for row in rows for n in row}
     assert drawn == set(FEATURE_NAMES)
@@ -168,7 +216,15 @@ def test_features_by_hand(hand_shower):
         assert f[f"{axis}_width1"] == pytest.approx(math.sqrt(400.0 - 100.0))
     # layer 2 is empty after the cut: ratios, centroids, widths undefined, sparsity 0
     assert f["sparsity2"] == 0.0
-    for name in ("brightest2", "second2", "E_ratio2", "eta_centroid2", "phi_centroid2", "eta_width2", "phi_width2"):
+    for name in (
+        "brightest2",
+        "second2",
+        "E_ratio2",
+        "eta_centroid2",
+        "phi_centroid2",
+        "eta_width2",
+        "phi_width2",
+    ):
         assert np.isnan(f[name]), name
 
 
@@ -213,9 +269,12 @@ def test_from_file_matches_array(tmp_path, hand_shower):
     direct = compute_features(voxels)
     assert set(from_file) == set(FEATURE_NAMES)  # files carry the incident energy
     for name in direct:
-        np.testing.assert_allclose(from_file[name], direct[name], rtol=1e-6, equal_nan=True, err_msg=name)
-    np.testing.assert_allclose(from_file["E_hat_over_E_inc"], direct["E_hat"] / (read_energy(path) * 1e3),
-                               rtol=1e-6)
+        np.testing.assert_allclose(
+            from_file[name], direct[name], rtol=1e-6, equal_nan=True, err_msg=name
+        )
+    np.testing.assert_allclose(
+        from_file["E_hat_over_E_inc"], direct["E_hat"] / (read_energy(path) * 1e3), rtol=1e-6
+    )
     short = shower_features(path, max_showers=2)
     assert short["E0"].shape == short["E_hat_over_E_inc"].shape == (2,)
     with pytest.raises(ValueError):
@@ -248,12 +307,15 @@ def test_feature_metrics_identical_and_shifted(hand_shower):
 
 # ---- old features unchanged, new features by hand ----
 
+
 def test_old_features_unchanged_on_simulated_showers(simulated):
     old = _old_compute_features(simulated.voxels)
     new = compute_features(simulated.voxels)
     for name in OLD_NAMES:
         assert np.array_equal(np.isnan(old[name]), np.isnan(new[name])), name
-        np.testing.assert_allclose(new[name], old[name], rtol=1e-12, atol=1e-9, equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(
+            new[name], old[name], rtol=1e-12, atol=1e-9, equal_nan=True, err_msg=name
+        )
     # the empty layers and showers are NaN where they were
     assert np.isnan(new["brightest2"][:5]).all() and np.isnan(new["eta_width1"][5:10]).all()
     assert np.isnan(new["s_d"][15:17]).all() and np.isfinite(new["s_d"][17:]).all()
@@ -269,17 +331,33 @@ def test_new_features_on_simulated_showers(simulated):
         top = np.sort(flat, axis=1)[:, ::-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             for r in (3, 4, 5):
-                np.testing.assert_allclose(f[f"brightest{r}{k}"], top[:, r - 1] / flat.sum(1), rtol=1e-12,
-                                           equal_nan=True)
+                np.testing.assert_allclose(
+                    f[f"brightest{r}{k}"], top[:, r - 1] / flat.sum(1), rtol=1e-12, equal_nan=True
+                )
     for a in ("eta", "phi"):
-        np.testing.assert_allclose(f[f"{a}_centroid_diff_10"], old[f"{a}_centroid1"] - old[f"{a}_centroid0"],
-                                   rtol=1e-12, atol=1e-12, equal_nan=True)
-        np.testing.assert_allclose(f[f"{a}_centroid_diff_21"], old[f"{a}_centroid2"] - old[f"{a}_centroid1"],
-                                   rtol=1e-12, atol=1e-12, equal_nan=True)
-    assert np.isnan(f["eta_centroid_diff_21"][:5]).all() and np.isnan(f["phi_centroid_diff_10"][5:15]).all()
+        np.testing.assert_allclose(
+            f[f"{a}_centroid_diff_10"],
+            old[f"{a}_centroid1"] - old[f"{a}_centroid0"],
+            rtol=1e-12,
+            atol=1e-12,
+            equal_nan=True,
+        )
+        np.testing.assert_allclose(
+            f[f"{a}_centroid_diff_21"],
+            old[f"{a}_centroid2"] - old[f"{a}_centroid1"],
+            rtol=1e-12,
+            atol=1e-12,
+            equal_nan=True,
+        )
+    assert (
+        np.isnan(f["eta_centroid_diff_21"][:5]).all()
+        and np.isnan(f["phi_centroid_diff_10"][5:15]).all()
+    )
     assert (f["deepest_layer"][:5] == 1).all() and (f["deepest_layer"][5:15] == 2).all()
     assert np.isnan(f["deepest_layer"][15:17]).all()
-    np.testing.assert_allclose(f["E_hat_over_E_inc"], old["E_hat"] / (simulated.energy * 1e3), rtol=1e-12)
+    np.testing.assert_allclose(
+        f["E_hat_over_E_inc"], old["E_hat"] / (simulated.energy * 1e3), rtol=1e-12
+    )
     # e+ showers deposit most of their energy; nothing deposits more than the incident energy
     assert (f["E_hat_over_E_inc"][17:300] > 0.8).all() and (f["E_hat_over_E_inc"] <= 1).all()
 
@@ -289,7 +367,9 @@ def test_new_features_by_hand(hand_shower):
     eta0 = (100 * -2.5 + 50 * 2.5) / 150
     assert f["eta_centroid_diff_10"] == pytest.approx(-10.0 - eta0)
     assert f["phi_centroid_diff_10"] == pytest.approx(-10.0)  # phi row 1 of layer 0 is centred at 0
-    assert np.isnan(f["eta_centroid_diff_21"]) and np.isnan(f["phi_centroid_diff_21"])  # layer 2 empty
+    assert np.isnan(f["eta_centroid_diff_21"]) and np.isnan(
+        f["phi_centroid_diff_21"]
+    )  # layer 2 empty
     assert f["deepest_layer"] == 1.0
     assert f["E_hat_over_E_inc"] == pytest.approx(550.0 / 1100.0)
     # two voxels in layers 0 and 1: the 3rd-5th brightest are 0, but defined; empty layer 2: NaN
@@ -302,7 +382,9 @@ def test_new_features_by_hand(hand_shower):
 def test_brightest_ranks_deepest_layer_and_centroid_differences():
     layers = _empty_layers(3)
     # shower 0: six voxels in layer 0 (total 210 MeV) and one in layer 2
-    for (phi, eta), e in zip([(0, 0), (1, 10), (2, 20), (0, 30), (1, 40), (2, 50)], [60, 50, 40, 30, 20, 10]):
+    for (phi, eta), e in zip(
+        [(0, 0), (1, 10), (2, 20), (0, 30), (1, 40), (2, 50)], [60, 50, 40, 30, 20, 10]
+    ):
         layers[0][0, phi, eta] = e
     layers[2][0, 6, 0] = 5.0  # phi +20 mm, eta -200 mm
     layers[0][1, 1, 48] = 7.0  # shower 1: layer 0 only
@@ -315,7 +397,10 @@ def test_brightest_ranks_deepest_layer_and_centroid_differences():
         assert f[name][0] == pytest.approx(e / 210), name
     np.testing.assert_array_equal(f["deepest_layer"], [2.0, 0.0, 2.0])
     # layer 1 empty in showers 0 and 1: no differences to layer 1
-    assert np.isnan(f["eta_centroid_diff_10"][:2]).all() and np.isnan(f["eta_centroid_diff_21"][:2]).all()
+    assert (
+        np.isnan(f["eta_centroid_diff_10"][:2]).all()
+        and np.isnan(f["eta_centroid_diff_21"][:2]).all()
+    )
     assert f["phi_centroid_diff_21"][2] == pytest.approx(40.0)
     assert f["eta_centroid_diff_21"][2] == pytest.approx(-60.0)
     assert np.isnan(f["eta_centroid_diff_10"][2])  # layer 0 empty
@@ -323,6 +408,7 @@ def test_brightest_ranks_deepest_layer_and_centroid_differences():
 
 
 # ---- the 41 inputs of the high-level-feature classifier ----
+
 
 def test_high_level_inputs_match_an_independent_computation(simulated):
     x = high_level_inputs(torch.as_tensor(simulated.voxels), torch.as_tensor(simulated.energy))
@@ -339,9 +425,20 @@ def test_high_level_inputs_match_an_independent_computation(simulated):
 def test_high_level_names_and_layout():
     assert len(HIGH_LEVEL_INPUTS) == 41 and len(set(HIGH_LEVEL_INPUTS)) == 41
     assert HIGH_LEVEL_INPUTS[:4] == ("log10_E0", "log10_E1", "log10_E2", "log10_E_hat")
-    assert HIGH_LEVEL_INPUTS[8:13] == ("log10_phi_width0", "log10_phi_width1", "log10_phi_width2", "s_d", "sigma_sd")
-    assert HIGH_LEVEL_INPUTS[13:18] == ("brightest0_x10", "second0_x10", "brightest30_x10", "brightest40_x10",
-                                       "brightest50_x10")
+    assert HIGH_LEVEL_INPUTS[8:13] == (
+        "log10_phi_width0",
+        "log10_phi_width1",
+        "log10_phi_width2",
+        "s_d",
+        "sigma_sd",
+    )
+    assert HIGH_LEVEL_INPUTS[13:18] == (
+        "brightest0_x10",
+        "second0_x10",
+        "brightest30_x10",
+        "brightest40_x10",
+        "brightest50_x10",
+    )
     assert HIGH_LEVEL_INPUTS[34:36] == ("phi_centroid0_100mm", "eta_centroid0_100mm")
     assert HIGH_LEVEL_INPUTS[-1] == "log10_E_inc_over_10GeV"
 
@@ -362,14 +459,30 @@ def test_high_level_inputs_by_hand(hand_shower):
     assert got["log10_phi_width2"] == approx(-8.0)  # empty layer
     assert got["s_d"] == approx(400 / 550)
     assert got["sigma_sd"] == approx(math.sqrt(400 / 550 - (400 / 550) ** 2))
-    assert [got[n] for n in HIGH_LEVEL_INPUTS[13:18]] == [approx(10 * 100 / 150), approx(10 * 50 / 150), 0, 0, 0]
+    assert [got[n] for n in HIGH_LEVEL_INPUTS[13:18]] == [
+        approx(10 * 100 / 150),
+        approx(10 * 50 / 150),
+        0,
+        0,
+        0,
+    ]
     assert [got[n] for n in HIGH_LEVEL_INPUTS[18:23]] == [approx(7.5), approx(2.5), 0, 0, 0]
     assert [got[n] for n in HIGH_LEVEL_INPUTS[23:28]] == [0, 0, 0, 0, 0]  # empty layer 2
     assert (got["E_ratio0"], got["E_ratio1"], got["E_ratio2"]) == (approx(1 / 3), approx(0.5), 0)
-    assert (got["sparsity0"], got["sparsity1"], got["sparsity2"]) == (approx(2 / 288), approx(2 / 144), 0)
+    assert (got["sparsity0"], got["sparsity1"], got["sparsity2"]) == (
+        approx(2 / 288),
+        approx(2 / 144),
+        0,
+    )
     eta0 = (100 * -2.5 + 50 * 2.5) / 150
-    assert [got[n] for n in HIGH_LEVEL_INPUTS[34:40]] == [approx(0), approx(eta0 / 100), approx(-0.1),
-                                                          approx(-0.1), 0, 0]
+    assert [got[n] for n in HIGH_LEVEL_INPUTS[34:40]] == [
+        approx(0),
+        approx(eta0 / 100),
+        approx(-0.1),
+        approx(-0.1),
+        0,
+        0,
+    ]
     assert got["log10_E_inc_over_10GeV"] == approx(-1.0)
 
 
@@ -405,7 +518,9 @@ def test_high_level_gradient_flows_to_the_voxels(hand_shower, simulated):
 
 def test_high_level_gradcheck():
     rng = np.random.default_rng(4)
-    v = torch.tensor(rng.gamma(0.5, 30.0, (2, N_VOXELS)) + 0.05, requires_grad=True)  # all above the cut, no ties
+    v = torch.tensor(
+        rng.gamma(0.5, 30.0, (2, N_VOXELS)) + 0.05, requires_grad=True
+    )  # all above the cut, no ties
     # one smooth combination of the float64 internals, checked against finite differences
     weights = torch.tensor(rng.normal(size=41))
     f = lambda x: (high_level_inputs(x, torch.tensor([20.0, 60.0])).double() * weights).sum()  # noqa: E731
@@ -426,17 +541,23 @@ def test_high_level_rejects_bad_shapes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_high_level_on_cuda(simulated):
     cpu = high_level_inputs(torch.as_tensor(simulated.voxels), torch.as_tensor(simulated.energy))
-    gpu = high_level_inputs(torch.as_tensor(simulated.voxels).cuda(), torch.as_tensor(simulated.energy).cuda())
+    gpu = high_level_inputs(
+        torch.as_tensor(simulated.voxels).cuda(), torch.as_tensor(simulated.energy).cuda()
+    )
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-6)
 
 
 # ---- figures and report with the new features ----
 
+
 def test_response_profile_known_values():
     edges = np.array([0.0, 10.0, 20.0, 30.0])
-    prof = figures.response_profile(np.array([1.0, 2.0, 15.0, 30.0, 31.0, np.nan]),
-                                    np.array([0.5, 0.7, 0.9, 0.8, 9.0, 1.0]), edges)
+    prof = figures.response_profile(
+        np.array([1.0, 2.0, 15.0, 30.0, 31.0, np.nan]),
+        np.array([0.5, 0.7, 0.9, 0.8, 9.0, 1.0]),
+        edges,
+    )
     np.testing.assert_allclose(prof["mean"], [0.6, 0.9, 0.8])
     np.testing.assert_allclose(prof["std"][0], 0.1)
     assert np.isnan(prof["std"][1:]).all()  # fewer than two entries
@@ -446,14 +567,17 @@ def test_response_profile_known_values():
 def test_energy_response_figure_and_new_panels(tmp_path, simulated, monkeypatch):
     ref = compute_features(simulated.voxels[:300], incident_gev=simulated.energy[:300])
     gen = compute_features(simulated.voxels[300:], incident_gev=simulated.energy[300:])
-    paths = figures.energy_response_figure(ref, {"gen": gen}, simulated.energy[:300], {"gen": simulated.energy[300:]},
-                                           tmp_path)
+    paths = figures.energy_response_figure(
+        ref, {"gen": gen}, simulated.energy[:300], {"gen": simulated.energy[300:]}, tmp_path
+    )
     assert [p.name for p in paths] == ["energy_response.png", "energy_response.pdf"]
     assert all(p.stat().st_size > 5_000 for p in paths)
     # one bin per integer over the values present (no shower of `simulated` stops in layer 0)
     edges = figures.histogram_edges("deepest_layer", [ref["deepest_layer"], gen["deepest_layer"]])
     np.testing.assert_array_equal(edges, [0.5, 1.5, 2.5])
-    edges = figures.histogram_edges("deepest_layer", [ref["deepest_layer"], np.array([0.0, np.nan])])
+    edges = figures.histogram_edges(
+        "deepest_layer", [ref["deepest_layer"], np.array([0.0, np.nan])]
+    )
     np.testing.assert_array_equal(edges, [-0.5, 0.5, 1.5, 2.5])
     layouts = {k: figures.FIGURE_LAYOUTS[k] for k in ("depth_response", "centroid_differences")}
     monkeypatch.setattr(figures, "FIGURE_LAYOUTS", layouts)
@@ -471,9 +595,14 @@ def test_metrics_and_report_without_incident_energy(simulated):
     assert "E_hat_over_E_inc" not in m and "deepest_layer" in m and "brightest52" in m
     m2 = feature_metrics(with_inc, with_inc)
     assert m2["E_hat_over_E_inc"]["separation_power"] == 0.0
-    metrics = {"reference": {"path": "r.h5", "n_showers": 200,
-                             "features": {k: {"mean": 1.0, "std": 0.1} for k in with_inc}},
-               "samples": {"s": {"path": "s.h5", "n_showers": 200, "features": m}}}
+    metrics = {
+        "reference": {
+            "path": "r.h5",
+            "n_showers": 200,
+            "features": {k: {"mean": 1.0, "std": 0.1} for k in with_inc},
+        },
+        "samples": {"s": {"path": "s.h5", "n_showers": 200, "features": m}},
+    }
     report = render_report(metrics, {"energy_response": ["figures/energy_response.png"]})
     assert "`E_hat_over_E_inc` | 1.000 ± 0.100 | n/a | n/a |" in report
     assert "`eta_centroid_diff_10`" in report and "E_hat/E_inc vs E_inc" in report

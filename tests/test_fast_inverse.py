@@ -1,10 +1,11 @@
 """fast_inverse must reproduce nflows' own (one pass per feature) inverse of MADE flows."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from nflows.flows import Flow
 from nflows.distributions import StandardNormal
+from nflows.flows import Flow
 from nflows.transforms import (
     CompositeTransform,
     MaskedAffineAutoregressiveTransform,
@@ -18,7 +19,11 @@ from nflows.transforms.lu import LULinear
 
 from caloflow.flows.build import REFERENCE_SPLINE, build_flow1, build_flow2
 from caloflow.flows.fast_inverse import fast_inverse, fast_sample
-from caloflow.flows.permutations import LayerwiseRandomPermutation, LayerwiseReversal, SeededRandomPermutation
+from caloflow.flows.permutations import (
+    LayerwiseRandomPermutation,
+    LayerwiseReversal,
+    SeededRandomPermutation,
+)
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-9}
 ROUND_TRIP_TOL = {torch.float32: 1e-3, torch.float64: 1e-9}
@@ -34,16 +39,30 @@ def perturb(module: torch.nn.Module, scale: float, seed: int) -> None:
 
 def rqs(features, hidden, context, num_blocks, residual, tails="linear", random_mask=False):
     return MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-        features=features, hidden_features=hidden, context_features=context, num_bins=6, tails=tails,
-        tail_bound=4.0 if tails else 1.0, num_blocks=num_blocks, use_residual_blocks=residual,
-        random_mask=random_mask, dropout_probability=0.1)
+        features=features,
+        hidden_features=hidden,
+        context_features=context,
+        num_bins=6,
+        tails=tails,
+        tail_bound=4.0 if tails else 1.0,
+        num_blocks=num_blocks,
+        use_residual_blocks=residual,
+        random_mask=random_mask,
+        dropout_probability=0.1,
+    )
 
 
 def permutations(features):
     """One of each permutation kind, cycling."""
     sizes = (features // 2, features - features // 2) if features > 1 else (1,)
-    return [ReversePermutation(features), RandomPermutation(features), Permutation(torch.randperm(features)),
-            LayerwiseReversal(sizes), LayerwiseRandomPermutation(sizes, seed=3), SeededRandomPermutation(features, 1)]
+    return [
+        ReversePermutation(features),
+        RandomPermutation(features),
+        Permutation(torch.randperm(features)),
+        LayerwiseReversal(sizes),
+        LayerwiseRandomPermutation(sizes, seed=3),
+        SeededRandomPermutation(features, 1),
+    ]
 
 
 def stack(blocks, perms):
@@ -81,15 +100,22 @@ def check(transform, z, context, dtype, min_change=0.3):
         (2, 8, None, 2, False, False),
     ],
 )
-def test_rqs_stacks_match_nflows(dtype, features, hidden, context, num_blocks, residual, random_mask):
+def test_rqs_stacks_match_nflows(
+    dtype, features, hidden, context, num_blocks, residual, random_mask
+):
     torch.manual_seed(features * 10 + num_blocks)
-    blocks = [rqs(features, hidden, context, num_blocks, residual, random_mask=random_mask) for _ in range(4)]
+    blocks = [
+        rqs(features, hidden, context, num_blocks, residual, random_mask=random_mask)
+        for _ in range(4)
+    ]
     transform = stack(blocks, permutations(features)).to(dtype).eval()
     # Noise 0.1 moves points by several units; much larger noise makes some splines so steep
     # (slopes up to 1/min_derivative = 1e3) that float32 itself cannot resolve the inverse.
     perturb(transform, 0.1, seed=1)
     g = torch.Generator().manual_seed(2)
-    z = 2.0 * torch.randn(64, features, generator=g, dtype=dtype)  # some points fall in the linear tails
+    z = 2.0 * torch.randn(
+        64, features, generator=g, dtype=dtype
+    )  # some points fall in the linear tails
     c = torch.randn(64, context, generator=g, dtype=dtype) if context else None
     x = check(transform, z, c, dtype)
     with torch.no_grad():
@@ -112,8 +138,12 @@ def test_rqs_without_tails(dtype):
 @pytest.mark.parametrize("residual,context", [(False, 3), (True, None)])
 def test_affine_stacks_match_nflows(dtype, residual, context):
     torch.manual_seed(1)
-    blocks = [MaskedAffineAutoregressiveTransform(6, 12, context_features=context, num_blocks=2,
-                                                  use_residual_blocks=residual) for _ in range(3)]
+    blocks = [
+        MaskedAffineAutoregressiveTransform(
+            6, 12, context_features=context, num_blocks=2, use_residual_blocks=residual
+        )
+        for _ in range(3)
+    ]
     transform = stack(blocks, permutations(6)).to(dtype).eval()
     perturb(transform, 0.03, seed=5)
     z = torch.randn(64, 6, dtype=dtype)
@@ -150,7 +180,7 @@ def test_flow1_and_fast_sample_match_nflows_and_are_seeded():
     with torch.no_grad():
         logp = flow.log_prob(x, c)
         z_back, logdet = flow._transform(x, c)
-    normal = -0.5 * (z ** 2).sum(1) - 1.5 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))
+    normal = -0.5 * (z**2).sum(1) - 1.5 * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64))
     assert torch.allclose(logp, normal + logdet, atol=1e-9) and torch.allclose(z_back, z, atol=1e-9)
     with pytest.raises(ValueError, match="one sample per context row"):
         fast_sample(flow, 10, context=c)
@@ -158,7 +188,10 @@ def test_flow1_and_fast_sample_match_nflows_and_are_seeded():
 
 def test_unconditional_fast_sample():
     torch.manual_seed(0)
-    flow = Flow(stack([rqs(3, 8, None, 1, False) for _ in range(2)], [ReversePermutation(3)]), StandardNormal([3]))
+    flow = Flow(
+        stack([rqs(3, 8, None, 1, False) for _ in range(2)], [ReversePermutation(3)]),
+        StandardNormal([3]),
+    )
     x = fast_sample(flow.eval(), 20, generator=torch.Generator().manual_seed(1))
     z = torch.randn(20, 3, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -201,9 +234,13 @@ def test_unsupported_blocks_raise_or_fall_back():
         assert (out - transform.inverse(z)[0]).abs().max() <= 1e-4
 
     quadratic = MaskedPiecewiseQuadraticAutoregressiveTransform(4, 8, tails="linear")
-    with pytest.raises(NotImplementedError, match="MaskedPiecewiseQuadraticAutoregressiveTransform"):
+    with pytest.raises(
+        NotImplementedError, match="MaskedPiecewiseQuadraticAutoregressiveTransform"
+    ):
         fast_inverse(quadratic, z)
-    batch_norm = MaskedPiecewiseRationalQuadraticAutoregressiveTransform(4, 8, tails="linear", use_batch_norm=True)
+    batch_norm = MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+        4, 8, tails="linear", use_batch_norm=True
+    )
     with pytest.raises(NotImplementedError, match="batch normalisation"):
         fast_inverse(batch_norm.eval(), z)
 
@@ -211,7 +248,9 @@ def test_unsupported_blocks_raise_or_fall_back():
 def test_bad_inputs_are_named():
     block = rqs(4, 8, 2, 1, False).eval()
     with pytest.raises(ValueError, match="float64"):
-        fast_inverse(block, torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+        fast_inverse(
+            block, torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+        )
     with pytest.raises(ValueError, match="context has 3 rows"):
         fast_inverse(block, torch.randn(8, 4), torch.randn(3, 2))
     with pytest.warns(UserWarning, match="training mode"):
@@ -222,18 +261,29 @@ NFLOWS_SPLINE = {"min_bin_width": 1e-3, "min_bin_height": 1e-3, "min_derivative"
 
 
 def spline_settings(module):
-    return [(m.min_bin_width, m.min_bin_height, m.min_derivative) for m in module.modules()
-            if isinstance(m, MaskedPiecewiseRationalQuadraticAutoregressiveTransform)]
+    return [
+        (m.min_bin_width, m.min_bin_height, m.min_derivative)
+        for m in module.modules()
+        if isinstance(m, MaskedPiecewiseRationalQuadraticAutoregressiveTransform)
+    ]
 
 
-@pytest.mark.parametrize("spline", [None, REFERENCE_SPLINE], ids=["nflows-default", "reference-1e-6"])
+@pytest.mark.parametrize(
+    "spline", [None, REFERENCE_SPLINE], ids=["nflows-default", "reference-1e-6"]
+)
 def test_spline_minima_reach_every_block_and_fast_inverse_honours_them(spline):
     """Flow I and Flow II built with the minima: every nflows transform has them, and fast_inverse
     (which reads them from each transform) equals nflows' inverse in float64."""
-    expected = tuple((spline or NFLOWS_SPLINE)[k] for k in ("min_bin_width", "min_bin_height", "min_derivative"))
+    expected = tuple(
+        (spline or NFLOWS_SPLINE)[k] for k in ("min_bin_width", "min_bin_height", "min_derivative")
+    )
     kwargs = spline or {}
-    for i, (flow, c_dim, n) in enumerate([(build_flow1(**kwargs), 1, 128),
-                                          (build_flow2(hidden_features=24, n_blocks=3, **kwargs), 4, 16)]):
+    for i, (flow, c_dim, n) in enumerate(
+        [
+            (build_flow1(**kwargs), 1, 128),
+            (build_flow2(hidden_features=24, n_blocks=3, **kwargs), 4, 16),
+        ]
+    ):
         settings = spline_settings(flow)
         assert len(settings) == (6 if c_dim == 1 else 3) and set(settings) == {expected}
         torch.manual_seed(i)
@@ -269,8 +319,14 @@ def test_models_keep_the_minima_in_their_checkpoints(tmp_path):
         assert set(spline_settings(default)) == {(1e-3, 1e-3, 1e-3)}
         model = cls(**kwargs, min_bin_width=1e-6, min_bin_height=2e-6, min_derivative=3e-6)
         path = tmp_path / f"{cls.__name__}.ckpt"
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                    "pytorch-lightning_version": L.__version__}, path)
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": L.__version__,
+            },
+            path,
+        )
         restored = cls.load_from_checkpoint(path)
         assert restored.hparams.min_derivative == 3e-6
         assert set(spline_settings(restored)) == {(1e-6, 2e-6, 3e-6)}

@@ -5,6 +5,7 @@ an output that cannot be written).
 
 No test asserts on wall-clock time; subprocesses have no time limit or one far above their run time.
 """
+
 from __future__ import annotations
 
 import gc
@@ -31,7 +32,9 @@ LONG_N = "200000"
 
 
 def caloflow(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "caloflow.commands.cli", *args], env=ENV, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "caloflow.commands.cli", *args], env=ENV, text=True, **kwargs
+    )
 
 
 def temporaries(folder: Path, stem: str = "x") -> list[Path]:
@@ -48,8 +51,10 @@ def wait_for_temporary(process: subprocess.Popen, folder: Path) -> Path:
 
 def datasets(path) -> tuple[dict, dict]:
     with h5py.File(path, "r") as f:
-        return ({k: (f[k].dtype, f[k].shape, f[k][()].tobytes()) for k in f},
-                {k: np.asarray(v).tolist() for k, v in f.attrs.items()})
+        return (
+            {k: (f[k].dtype, f[k].shape, f[k][()].tobytes()) for k in f},
+            {k: np.asarray(v).tolist() for k, v in f.attrs.items()},
+        )
 
 
 def one_line_error(result, code: int = 2) -> str:
@@ -63,8 +68,18 @@ def one_line_error(result, code: int = 2) -> str:
 # --- signals ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_simulate_leaves_nothing(tmp_path, signum):
-    p = caloflow("simulate", "--particle", "eplus", "--n", LONG_N, "--out", str(tmp_path / "x.hdf5"),
-                 "--no-progress", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = caloflow(
+        "simulate",
+        "--particle",
+        "eplus",
+        "--n",
+        LONG_N,
+        "--out",
+        str(tmp_path / "x.hdf5"),
+        "--no-progress",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_for_temporary(p, tmp_path)
     p.send_signal(signum)
     _, err = p.communicate()
@@ -75,8 +90,18 @@ def test_signal_during_simulate_leaves_nothing(tmp_path, signum):
 
 def test_kill9_leaves_a_temporary_that_the_rerun_removes(tmp_path):
     out = tmp_path / "x.hdf5"
-    p = caloflow("simulate", "--particle", "gamma", "--n", LONG_N, "--out", str(out), "--no-progress",
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = caloflow(
+        "simulate",
+        "--particle",
+        "gamma",
+        "--n",
+        LONG_N,
+        "--out",
+        str(out),
+        "--no-progress",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stale = wait_for_temporary(p, tmp_path)
     p.kill()
     p.wait()
@@ -143,9 +168,25 @@ def test_interrupt_swallowed_by_a_destructor_is_not_lost(tmp_path, capfd):
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_files_get_the_umask(tmp_path, umask, mode):
     out = tmp_path / "x.hdf5"
-    result = subprocess.run([sys.executable, "-m", "caloflow.commands.cli", "simulate", "--particle", "eplus", "--n", "5",
-                             "--out", str(out), "--no-progress"], env=ENV, capture_output=True, text=True,
-                            umask=umask)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "caloflow.commands.cli",
+            "simulate",
+            "--particle",
+            "eplus",
+            "--n",
+            "5",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        umask=umask,
+    )
     assert result.returncode == 0, result.stderr
     assert out.stat().st_mode & 0o777 == mode
     old = os.umask(umask)
@@ -160,7 +201,9 @@ def test_files_get_the_umask(tmp_path, umask, mode):
 def test_streamed_file_equals_the_in_memory_one(tmp_path):
     n = 3 * CHUNK_SIZE + 5
     streamed = simulate_to_file(tmp_path / "streamed.hdf5", "piplus", n, seed=9, progress=False)
-    in_memory = write_showers(tmp_path / "memory.hdf5", simulate("piplus", n, seed=9, progress=False))
+    in_memory = write_showers(
+        tmp_path / "memory.hdf5", simulate("piplus", n, seed=9, progress=False)
+    )
     a, _ = datasets(streamed)
     b, _ = datasets(in_memory)
     assert a == b
@@ -177,10 +220,26 @@ def _peak_rss_kb(*args: str) -> int:
 
 
 def test_peak_memory_does_not_grow_with_n(tmp_path):
-    small = _peak_rss_kb("simulate", "--particle", "eplus", "--n", "10000", "--out", str(tmp_path / "s.hdf5"),
-                         "--no-progress")
-    large = _peak_rss_kb("simulate", "--particle", "eplus", "--n", "40000", "--out", str(tmp_path / "l.hdf5"),
-                         "--no-progress")
+    small = _peak_rss_kb(
+        "simulate",
+        "--particle",
+        "eplus",
+        "--n",
+        "10000",
+        "--out",
+        str(tmp_path / "s.hdf5"),
+        "--no-progress",
+    )
+    large = _peak_rss_kb(
+        "simulate",
+        "--particle",
+        "eplus",
+        "--n",
+        "40000",
+        "--out",
+        str(tmp_path / "l.hdf5"),
+        "--no-progress",
+    )
     assert len(read_showers(tmp_path / "l.hdf5", start=39990)) == 10
     # held in memory, 30,000 more showers would take > 120 MB (float64) on top
     assert large < 1.3 * small + 50_000, (small, large)
@@ -189,17 +248,26 @@ def test_peak_memory_does_not_grow_with_n(tmp_path):
 # --- refusals before any work ----------------------------------------------------------------
 def test_simulate_too_big_for_the_disk(tmp_path):
     out = tmp_path / "out" / "x.hdf5"
-    result = run_cli("caloflow", "simulate", "--particle", "eplus", "--n", str(10**12), "--out", str(out))
+    result = run_cli(
+        "caloflow", "simulate", "--particle", "eplus", "--n", str(10**12), "--out", str(out)
+    )
     line = one_line_error(result)
-    assert line.startswith("caloflow: error: --n 1000000000000: the output needs about") and "free" in line
+    assert (
+        line.startswith("caloflow: error: --n 1000000000000: the output needs about")
+        and "free" in line
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", ["under a file", "a directory", "folder name", "special file"])
 def test_simulate_unwritable_output(tmp_path, case):
     (tmp_path / "file").write_text("x")
-    out = {"under a file": tmp_path / "file" / "x.hdf5", "a directory": tmp_path, "folder name": f"{tmp_path}/new/",
-           "special file": "/dev/null"}[case]
+    out = {
+        "under a file": tmp_path / "file" / "x.hdf5",
+        "a directory": tmp_path,
+        "folder name": f"{tmp_path}/new/",
+        "special file": "/dev/null",
+    }[case]
     result = run_cli("caloflow", "simulate", "--particle", "eplus", "--n", "5", "--out", str(out))
     line = one_line_error(result)
     assert line.startswith("caloflow simulate: error: --out:")
@@ -212,7 +280,16 @@ def test_simulate_read_only_folder(tmp_path):
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        result = run_cli("caloflow", "simulate", "--particle", "eplus", "--n", "5", "--out", str(folder / "x.hdf5"))
+        result = run_cli(
+            "caloflow",
+            "simulate",
+            "--particle",
+            "eplus",
+            "--n",
+            "5",
+            "--out",
+            str(folder / "x.hdf5"),
+        )
         assert "permission denied" in one_line_error(result)
         assert list(folder.iterdir()) == []
     finally:
@@ -229,11 +306,21 @@ def checkpoints(tmp_path_factory, eplus_file):
 
     root = tmp_path_factory.mktemp("checkpoints")
     paths = {}
-    for name, model in (("flow1", FlowI(n_blocks=1, hidden_features=8, num_blocks=1)),
-                        ("flow2", FlowII(n_blocks=1, hidden_features=8, num_blocks=1))):
-        trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            accelerator="cpu", default_root_dir=root)
+    for name, model in (
+        ("flow1", FlowI(n_blocks=1, hidden_features=8, num_blocks=1)),
+        ("flow2", FlowII(n_blocks=1, hidden_features=8, num_blocks=1)),
+    ):
+        trainer = L.Trainer(
+            max_epochs=1,
+            limit_train_batches=1,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            default_root_dir=root,
+        )
         trainer.fit(model, CaloDataModule(path=str(eplus_file), batch_size=64))
         paths[name] = root / f"{name}.ckpt"
         trainer.save_checkpoint(paths[name])
@@ -251,12 +338,25 @@ def test_generate_streams_the_in_memory_showers(tmp_path, checkpoints, eplus_fil
     from caloflow.sampling import requested_energies
 
     model = CaloFlow.load(checkpoints["flow1"], checkpoints["flow2"])
-    for extra, energies in ((["--n", "150", "--seed", "3"], requested_energies(150, None, (1.0, 100.0), 3)),
-                            (["--energies", str(eplus_file), "--seed", "3"], requested_energies(None, eplus_file,
-                                                                                               None, 3))):
+    for extra, energies in (
+        (["--n", "150", "--seed", "3"], requested_energies(150, None, (1.0, 100.0), 3)),
+        (
+            ["--energies", str(eplus_file), "--seed", "3"],
+            requested_energies(None, eplus_file, None, 3),
+        ),
+    ):
         out = tmp_path / "x.hdf5"
-        result = run_cli("caloflow", "generate", *_flows(checkpoints), *extra, "--batch-size", "64",
-                         "--out", str(out), "--no-progress")
+        result = run_cli(
+            "caloflow",
+            "generate",
+            *_flows(checkpoints),
+            *extra,
+            "--batch-size",
+            "64",
+            "--out",
+            str(out),
+            "--no-progress",
+        )
         assert result.returncode == 0, result.stderr
         expected = model.sample(energies, torch.Generator().manual_seed(3), batch_size=64)
         got = read_showers(out)
@@ -266,8 +366,12 @@ def test_generate_streams_the_in_memory_showers(tmp_path, checkpoints, eplus_fil
 
 def test_generate_too_big_for_the_disk(tmp_path, checkpoints):
     out = tmp_path / "out" / "x.hdf5"
-    result = run_cli("caloflow", "generate", *_flows(checkpoints), "--n", str(10**12), "--out", str(out))
-    assert one_line_error(result).startswith("caloflow: error: --n 1000000000000: the output needs about")
+    result = run_cli(
+        "caloflow", "generate", *_flows(checkpoints), "--n", str(10**12), "--out", str(out)
+    )
+    assert one_line_error(result).startswith(
+        "caloflow: error: --n 1000000000000: the output needs about"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -290,7 +394,9 @@ def test_generate_refuses_to_overwrite_an_input(tmp_path, checkpoints, eplus_fil
         out = energies
     listing = sorted(p.name for p in tmp_path.iterdir())
     ckpt_before = checkpoints["flow2"].read_bytes()
-    result = run_cli("caloflow", "generate", *_flows(checkpoints), "--energies", str(energies), "--out", str(out))
+    result = run_cli(
+        "caloflow", "generate", *_flows(checkpoints), "--energies", str(energies), "--out", str(out)
+    )
     line = one_line_error(result)
     assert "is the same file as" in line and "refusing to overwrite an input" in line
     assert energies.read_bytes() == before and checkpoints["flow2"].read_bytes() == ckpt_before

@@ -1,4 +1,6 @@
-"""CaloGAN HDF5 format: round trip, slices, dtypes, atomic and streaming writes, chunked reads and every validation error."""
+"""CaloGAN HDF5 format: round trip, slices, dtypes, atomic and streaming writes, chunked reads and
+every validation error."""
+
 from __future__ import annotations
 
 import h5py
@@ -25,8 +27,13 @@ def write_raw(path, **arrays):
 def valid_arrays(n=5):
     s = make_showers(n)
     layers = split_layers(s.voxels)
-    return {"layer_0": layers[0], "layer_1": layers[1], "layer_2": layers[2],
-            "energy": s.energy[:, None], "overflow": s.overflow}
+    return {
+        "layer_0": layers[0],
+        "layer_1": layers[1],
+        "layer_2": layers[2],
+        "energy": s.energy[:, None],
+        "overflow": s.overflow,
+    }
 
 
 def test_geometry():
@@ -52,7 +59,11 @@ def test_round_trip_and_slices(tmp_path):
     assert count_showers(path) == 9
     with h5py.File(path) as f:
         assert f["layer_0"].shape == (9, 3, 96) and f["layer_1"].shape == (9, 12, 12)
-        assert f["layer_2"].shape == (9, 12, 6) and f["energy"].shape == (9, 1) and f["overflow"].shape == (9, 3)
+        assert (
+            f["layer_2"].shape == (9, 12, 6)
+            and f["energy"].shape == (9, 1)
+            and f["overflow"].shape == (9, 3)
+        )
     # only the final file is left behind
     assert [p.name for p in tmp_path.iterdir()] == ["a.hdf5"]
 
@@ -62,7 +73,9 @@ def test_any_numeric_dtype_is_read(tmp_path, dtype):
     arrays = {k: v.astype(dtype) for k, v in valid_arrays().items()}
     arrays["energy"] = np.full((5, 1), 50, dtype=dtype)
     r = read_showers(write_raw(tmp_path / "d.hdf5", **arrays))
-    assert r.voxels.dtype == np.float32 and np.allclose(r.voxels, join_layers([arrays[f"layer_{k}"] for k in range(3)]))
+    assert r.voxels.dtype == np.float32 and np.allclose(
+        r.voxels, join_layers([arrays[f"layer_{k}"] for k in range(3)])
+    )
 
 
 def test_overflow_is_optional(tmp_path):
@@ -90,13 +103,31 @@ def _broken(tmp_path, name, mutate):
     [
         (lambda a: a.pop("layer_1"), r"key 'layer_1': missing"),
         (lambda a: a.pop("energy"), r"key 'energy': missing"),
-        (lambda a: a.update(layer_2=np.zeros((5, 12, 5))), r"key 'layer_2': wrong shape \(5, 12, 5\), expected \(N, 12, 6\)"),
+        (
+            lambda a: a.update(layer_2=np.zeros((5, 12, 5))),
+            r"key 'layer_2': wrong shape \(5, 12, 5\), expected \(N, 12, 6\)",
+        ),
         (lambda a: a.update(energy=np.ones(5)), r"key 'energy': wrong shape \(5,\)"),
-        (lambda a: a.update(layer_0=np.zeros((4, 3, 96))), r"key 'layer_0': has 4 rows but 'energy' has 5"),
-        (lambda a: a["layer_1"].__setitem__((3, 2, 2), np.nan), r"key 'layer_1': non-finite value .* in row 3"),
-        (lambda a: a["overflow"].__setitem__((1, 0), np.inf), r"key 'overflow': non-finite value .* in row 1"),
-        (lambda a: a["layer_0"].__setitem__((2, 0, 5), -1.5), r"key 'layer_0': negative energy -1.5 MeV in row 2"),
-        (lambda a: a["energy"].__setitem__((4, 0), 0.0), r"key 'energy': incident energy <= 0 .* in row 4"),
+        (
+            lambda a: a.update(layer_0=np.zeros((4, 3, 96))),
+            r"key 'layer_0': has 4 rows but 'energy' has 5",
+        ),
+        (
+            lambda a: a["layer_1"].__setitem__((3, 2, 2), np.nan),
+            r"key 'layer_1': non-finite value .* in row 3",
+        ),
+        (
+            lambda a: a["overflow"].__setitem__((1, 0), np.inf),
+            r"key 'overflow': non-finite value .* in row 1",
+        ),
+        (
+            lambda a: a["layer_0"].__setitem__((2, 0, 5), -1.5),
+            r"key 'layer_0': negative energy -1.5 MeV in row 2",
+        ),
+        (
+            lambda a: a["energy"].__setitem__((4, 0), 0.0),
+            r"key 'energy': incident energy <= 0 .* in row 4",
+        ),
     ],
 )
 def test_validation_errors(tmp_path, mutate, pattern):
@@ -137,8 +168,16 @@ def test_shower_writer_equals_write_showers(tmp_path, dtype):
 
     s = make_showers(23, seed=4)
     write_showers(tmp_path / "memory.hdf5", s, dtype=dtype, attrs={"seed": 4})
-    with ShowerWriter(tmp_path / "stream.hdf5", dtype=dtype, attrs={"seed": 4}, block_rows=4) as out:
-        for start, stop in ((0, 3), (3, 3), (3, 4), (4, 14), (14, 23)):  # across, at and inside blocks
+    with ShowerWriter(
+        tmp_path / "stream.hdf5", dtype=dtype, attrs={"seed": 4}, block_rows=4
+    ) as out:
+        for start, stop in (
+            (0, 3),
+            (3, 3),
+            (3, 4),
+            (4, 14),
+            (14, 23),
+        ):  # across, at and inside blocks
             out.append(s[start:stop])
         assert out.n == 23
     assert _contents(tmp_path / "stream.hdf5") == _contents(tmp_path / "memory.hdf5")
@@ -159,7 +198,10 @@ def test_shower_writer_arrays_attrs_and_empty(tmp_path):
     assert _contents(tmp_path / "a.hdf5")[1] == {"redrawn": 2}
     with ShowerWriter(tmp_path / "empty.hdf5"):
         pass
-    assert count_showers(tmp_path / "empty.hdf5") == 0 and len(read_showers(tmp_path / "empty.hdf5")) == 0
+    assert (
+        count_showers(tmp_path / "empty.hdf5") == 0
+        and len(read_showers(tmp_path / "empty.hdf5")) == 0
+    )
 
 
 def test_shower_writer_error_leaves_nothing_and_keeps_the_old_file(tmp_path):
@@ -201,8 +243,12 @@ def test_disk_space_check(tmp_path):
     from caloflow.errors import CaloflowError
 
     assert estimated_file_size(1000) > 1000 * 508 * 4
-    check_disk_space(tmp_path / "new" / "x.hdf5", 1000)  # a folder still to be created: its parent is measured
-    with pytest.raises(CaloflowError, match=r"^--n 1000000000000: the output needs about 2\.07 PB on disk but"):
+    check_disk_space(
+        tmp_path / "new" / "x.hdf5", 1000
+    )  # a folder still to be created: its parent is measured
+    with pytest.raises(
+        CaloflowError, match=r"^--n 1000000000000: the output needs about 2\.07 PB on disk but"
+    ):
         check_disk_space(tmp_path / "x.hdf5", 10**12)
     with pytest.raises(CaloflowError, match=r"^--energies e.hdf5: "):
         check_disk_space(tmp_path / "x.hdf5", 10**12, what="--energies e.hdf5")

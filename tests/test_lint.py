@@ -17,8 +17,9 @@ def _tool(name: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
     exe = shutil.which(name)
     assert exe, f"{name} is not installed (pip install -e '.[test]')"
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=HANG_GUARD_S)
+    return subprocess.run(
+        [exe, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S
+    )
 
 
 def test_ruff_check():
@@ -36,7 +37,12 @@ def test_docs_site_builds_strict(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     # the API reference is generated from the docstrings of the library and of the commands
-    for name in ("caloflow.sampling.CaloFlow", "caloflow.features", "caloflow.commands.cli", "refine.mcmc"):
+    for name in (
+        "caloflow.sampling.CaloFlow",
+        "caloflow.features",
+        "caloflow.commands.cli",
+        "refine.mcmc",
+    ):
         assert name in api, name
 
 
@@ -62,4 +68,6 @@ def test_readme_is_a_front_door():
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (REPO / "docs").glob("*.md")))
 def test_docs_pages_are_in_the_site_navigation(page):
-    assert f": {page}" in (REPO / "mkdocs.yml").read_text(), f"docs/{page} is not in mkdocs.yml's nav"
+    assert f": {page}" in (REPO / "mkdocs.yml").read_text(), (
+        f"docs/{page} is not in mkdocs.yml's nav"
+    )

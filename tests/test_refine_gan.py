@@ -1,4 +1,5 @@
 """The weighted-GAN refiner reproduces an analytically known weighted 2D target."""
+
 import math
 
 import lightning as L
@@ -31,10 +32,14 @@ def test_weighted_discriminator_loss_weights_only_real_term():
     w = torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0, 3.0])
     loss = gan.discriminator_loss(z, w, fake)
     d_real, d_fake = gan.discriminator(z).squeeze(-1), gan.discriminator(fake).squeeze(-1)
-    expected = (w * torch.nn.functional.softplus(-d_real)).sum() / w.sum() + torch.nn.functional.softplus(d_fake).mean()
+    expected = (
+        w * torch.nn.functional.softplus(-d_real)
+    ).sum() / w.sum() + torch.nn.functional.softplus(d_fake).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
     # the generator loss does not depend on weights: -log D(fake)
-    assert torch.allclose(gan.generator_loss(fake), torch.nn.functional.softplus(-d_fake).mean(), atol=1e-6)
+    assert torch.allclose(
+        gan.generator_loss(fake), torch.nn.functional.softplus(-d_fake).mean(), atol=1e-6
+    )
 
 
 def test_refiner_matches_weighted_gaussian(tmp_path):
@@ -94,7 +99,9 @@ def test_paired_refiner_matches_weighted_gaussian(tmp_path):
     p_Z w / Z_0 (the z_i are prior draws), here the known N(M, S^2 I)."""
     L.seed_everything(0, verbose=False)
     z, w = _weighted_latent(20_000, 0)
-    gan = WeightedGANRefiner(latent_dim=2, aux_dim=2, hidden=32, n_hidden=3, lr=1e-3, residual=True, paired=True)
+    gan = WeightedGANRefiner(
+        latent_dim=2, aux_dim=2, hidden=32, n_hidden=3, lr=1e-3, residual=True, paired=True
+    )
     make_trainer(20, tmp_path, "gan").fit(gan, TensorLoader(z, w, batch_size=500, seed=0))
     refined = gan.refine(20_000, torch.Generator().manual_seed(1)).numpy()
     target = (M + S * torch.randn(20_000, 2, generator=torch.Generator().manual_seed(2))).numpy()
@@ -111,9 +118,19 @@ def test_paired_fakes_keep_an_unweighted_high_dimensional_latent_space_in_place(
     shift = {}
     for paired in (False, True):
         L.seed_everything(0, verbose=False)
-        gan = WeightedGANRefiner(latent_dim=dim, aux_dim=dim, hidden=256, n_hidden=2, lr=1e-3, residual=True,
-                                 zero_init=True, paired=paired)
-        make_trainer(30, tmp_path, f"paired{paired}").fit(gan, TensorLoader(z, w, batch_size=250, seed=0))
+        gan = WeightedGANRefiner(
+            latent_dim=dim,
+            aux_dim=dim,
+            hidden=256,
+            n_hidden=2,
+            lr=1e-3,
+            residual=True,
+            zero_init=True,
+            paired=paired,
+        )
+        make_trainer(30, tmp_path, f"paired{paired}").fit(
+            gan, TensorLoader(z, w, batch_size=250, seed=0)
+        )
         y = torch.randn(4000, dim, generator=torch.Generator().manual_seed(6))
         with torch.no_grad():
             shift[paired] = float(((gan(y) - y) ** 2).sum(-1).mean() / dim)

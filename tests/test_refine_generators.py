@@ -1,4 +1,5 @@
 """Generator adapters and the OmniFold pull-back for a generator with hidden randomness."""
+
 import lightning as L
 import pytest
 import torch
@@ -12,7 +13,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flow_generator_decode_inverts_the_flow():
-    flow = real_nvp(n_blocks=4, hidden=16, n_hidden=1, shift=torch.tensor([1.0, -2.0]), scale=torch.tensor([3.0, 0.5]))
+    flow = real_nvp(
+        n_blocks=4,
+        hidden=16,
+        n_hidden=1,
+        shift=torch.tensor([1.0, -2.0]),
+        scale=torch.tensor([3.0, 0.5]),
+    )
     g = FlowGenerator(flow)
     z = g.sample_latent(64, torch.Generator().manual_seed(0))
     assert torch.equal(z, g.sample_latent(64, torch.Generator().manual_seed(0)))
@@ -43,14 +50,25 @@ def test_omnifold_makes_weights_a_function_of_z(tmp_path):
     """
     L.seed_everything(0, verbose=False)
     noise = torch.Generator().manual_seed(1)
-    g = BlackBoxGenerator(lambda z, gen: z + 0.5 * torch.randn(z.shape, generator=gen), latent_dim=2, generator=noise)
+    g = BlackBoxGenerator(
+        lambda z, gen: z + 0.5 * torch.randn(z.shape, generator=gen), latent_dim=2, generator=noise
+    )
     assert not g.deterministic
     z, x = generate(g, 12_000, torch.Generator().manual_seed(2))
-    z_true = torch.randn(12_000, 2, generator=torch.Generator().manual_seed(3)) + torch.tensor([0.5, 0.0])
+    z_true = torch.randn(12_000, 2, generator=torch.Generator().manual_seed(3)) + torch.tensor(
+        [0.5, 0.0]
+    )
     truth = g.decode(z_true)
     result = omnifold_pullback(
-        truth, z, x, lambda name: make_trainer(4, tmp_path, name),
-        iterations=2, batch_size=1000, hidden=32, n_hidden=2, lr=3e-3,
+        truth,
+        z,
+        x,
+        lambda name: make_trainer(4, tmp_path, name),
+        iterations=2,
+        batch_size=1000,
+        hidden=32,
+        n_hidden=2,
+        lr=3e-3,
     )
     assert len(result.weights) == 2
     grid = torch.stack([torch.linspace(-1.5, 1.5, 7), torch.zeros(7)], 1)
@@ -74,7 +92,9 @@ def test_flow_generator_refines_caloflow_flow2():
     torch.manual_seed(0)
     model = FlowII(n_blocks=2, hidden_features=16, num_bins=4, fast_sampling=False).eval()
     incident = torch.tensor([10.0, 50.0, 90.0])
-    layers = torch.tensor([[1500.0, 7000.0, 300.0], [6000.0, 40000.0, 1500.0], [9000.0, 75000.0, 2500.0]])
+    layers = torch.tensor(
+        [[1500.0, 7000.0, 300.0], [6000.0, 40000.0, 1500.0], [9000.0, 75000.0, 2500.0]]
+    )
     context = model.preprocessing.context(incident, layers).float()
     g = FlowGenerator(model.flow, context=context)
     z = g.sample_latent(3, torch.Generator().manual_seed(7))

@@ -1,4 +1,5 @@
 """``python -m refine.laser`` end to end through a real subprocess (tiny config)."""
+
 import json
 import os
 import subprocess
@@ -37,7 +38,12 @@ refiner_training: {epochs: 60, batch_size: 500}
 def _run(*args, timeout=HANG_GUARD_S):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "refine.laser", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "refine.laser", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -45,7 +51,19 @@ def test_laser_cli_refines_gaussians(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "out"
-    proc = _run("--toy", "gaussians", "--config", str(cfg), "--seed", "3", "--out", str(out), "--threads", "1", "--no-progress")
+    proc = _run(
+        "--toy",
+        "gaussians",
+        "--config",
+        str(cfg),
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     scores = results["gaussians"]
@@ -58,7 +76,9 @@ def test_laser_cli_refines_gaussians(tmp_path):
     # a GAN this small and short is not reliable in EMD; HMC and DCTR must also win there
     for method in ("hmc", "dctr"):
         assert scores[method]["emd"] < base["emd"], scores
-    assert scores["truth"]["jsd"] < min(s["jsd"] for s in scores.values() if s is not scores["truth"])
+    assert scores["truth"]["jsd"] < min(
+        s["jsd"] for s in scores.values() if s is not scores["truth"]
+    )
     table = (out / "table.md").read_text()
     assert "| Baseline |" in table and "Error floor" in table
     assert (out / "gaussians.png").stat().st_size > 10_000
@@ -67,7 +87,19 @@ def test_laser_cli_refines_gaussians(tmp_path):
     assert not list(out.glob(".*"))  # no temporary files left behind
     # same seed, same numbers
     again = tmp_path / "again"
-    proc = _run("--toy", "gaussians", "--config", str(cfg), "--seed", "3", "--out", str(again), "--threads", "1", "--no-progress")
+    proc = _run(
+        "--toy",
+        "gaussians",
+        "--config",
+        str(cfg),
+        "--seed",
+        "3",
+        "--out",
+        str(again),
+        "--threads",
+        "1",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((again / "results.json").read_text()) == results
 
@@ -97,9 +129,17 @@ def test_laser_cli_bad_options(tmp_path, args, needle):
         ("bins: 40", "bins: 40\nlearning_rate: 3", "unknown key 'learning_rate'"),
         ("n_blocks: 4", "n_blockz: 4", "baseline.init_args: unknown key 'n_blockz'"),
         ("n_blocks: 4", "n_blocks: many", "baseline.init_args.n_blocks: expected int, got many"),
-        ("n_hidden: 3}", "n_hidden: 3, depth: 2}", "classifier.init_args.backbone_args: unknown key 'depth'"),
+        (
+            "n_hidden: 3}",
+            "n_hidden: 3, depth: 2}",
+            "classifier.init_args.backbone_args: unknown key 'depth'",
+        ),
         ("backbone: mlp", "backbone: cnn", "classifier.init_args.backbone"),
-        ("{epochs: 6, batch_size: 500}", "{epochs: 6, batch_size: 500, lr: 3}", "baseline_training: unknown key 'lr'"),
+        (
+            "{epochs: 6, batch_size: 500}",
+            "{epochs: 6, batch_size: 500, lr: 3}",
+            "baseline_training: unknown key 'lr'",
+        ),
         ("epochs: 6,", "epochs: -6,", "baseline_training.epochs"),
         ("init: weighted", "init: uniform", "hmc.init"),
         ("refine.gan.WeightedGANRefiner", "refine.toys.RealNVPBaseline", "refiner"),
@@ -146,16 +186,19 @@ def test_laser_print_config_is_jsonargparse_class_path_style(tmp_path):
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr
     # --quick merges the quick section, init_args alone updating the chosen class
     quick = yaml.safe_load(_run("--toy", "gaussians", "--quick", "--print_config").stdout)
-    assert quick["quick"] is None and quick["n_eval"] == 100_000 and quick["refiner_training"]["epochs"] == 300
+    assert (
+        quick["quick"] is None
+        and quick["n_eval"] == 100_000
+        and quick["refiner_training"]["epochs"] == 300
+    )
     assert quick["refiner"]["init_args"] == {**cfg["refiner"]["init_args"], "lr_decay": 0.995}
 
 
 def test_shipped_configs_resolve():
     """Every shipped toy config (and its quick version) builds the classes the protocol uses."""
     from caloflow.models import ShowerClassifier
-    from refine.config import build, class_of
+    from refine.config import TOY_NAMES, build, class_of
     from refine.gan import WeightedGANRefiner
-    from refine.config import TOY_NAMES
     from refine.toy_laser import load_config
     from refine.toys import RealNVPBaseline
 
@@ -164,7 +207,10 @@ def test_shipped_configs_resolve():
             cfg = load_config(toy, quick)
             assert cfg.toy == toy and (cfg.n_eval == 100_000) is quick
             assert class_of(cfg.classifier) is ShowerClassifier
-            assert isinstance(build(cfg.baseline, n_features=2, shift=[0.0, 0.0], scale=[1.0, 1.0]), RealNVPBaseline)
+            assert isinstance(
+                build(cfg.baseline, n_features=2, shift=[0.0, 0.0], scale=[1.0, 1.0]),
+                RealNVPBaseline,
+            )
             assert isinstance(build(cfg.refiner, latent_dim=2), WeightedGANRefiner)
 
 

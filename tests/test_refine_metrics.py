@@ -1,4 +1,5 @@
 """EMD/JSD on 2D histograms against hand-computed values (LaSeR paper section 4.2)."""
+
 import math
 
 import numpy as np
@@ -22,7 +23,9 @@ def test_point_masses_one_bin_apart():
     diag = np.array([[1.5, 1.5]] * 10)  # diagonal neighbour: sqrt(2)
     assert emd2d(a, diag, bins=4, range=RANGE) == pytest.approx(math.sqrt(2))
     # non-square bins: the cost is in data units, not bin indices
-    assert emd2d(a * 2, np.array([[3.0, 1.0]] * 5), bins=[4, 2], range=[[0, 8], [0, 4]]) == pytest.approx(2.0)
+    assert emd2d(
+        a * 2, np.array([[3.0, 1.0]] * 5), bins=[4, 2], range=[[0, 8], [0, 4]]
+    ) == pytest.approx(2.0)
 
 
 def test_split_mass_emd():
@@ -53,8 +56,12 @@ def test_weights_and_normalisation():
 
 def test_floor_shrinks_with_sample_size():
     rng = np.random.default_rng(1)
-    small = jsd2d(rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)), bins=20, range=[[-4, 4], [-4, 4]])
-    large = jsd2d(rng.normal(size=(50000, 2)), rng.normal(size=(50000, 2)), bins=20, range=[[-4, 4], [-4, 4]])
+    small = jsd2d(
+        rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)), bins=20, range=[[-4, 4], [-4, 4]]
+    )
+    large = jsd2d(
+        rng.normal(size=(50000, 2)), rng.normal(size=(50000, 2)), bins=20, range=[[-4, 4], [-4, 4]]
+    )
     assert large < small / 5
 
 

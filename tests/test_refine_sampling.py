@@ -1,4 +1,5 @@
 """HMC, rejection sampling and classifier weights against known densities."""
+
 import math
 
 import lightning as L
@@ -24,7 +25,16 @@ def test_hmc_reproduces_gaussian_mean_and_variance():
 
     g = torch.Generator().manual_seed(0)
     init = torch.randn(400, 3, generator=g) * 3
-    samples, rate = hmc(log_prob, init, step_size=0.25, n_leapfrog=10, n_samples=60, burn_in=40, generator=g, progress=False)
+    samples, rate = hmc(
+        log_prob,
+        init,
+        step_size=0.25,
+        n_leapfrog=10,
+        n_samples=60,
+        burn_in=40,
+        generator=g,
+        progress=False,
+    )
     assert samples.shape == (60, 400, 3)
     assert 0.5 < rate <= 1.0
     flat = samples.reshape(-1, 3)
@@ -37,8 +47,16 @@ def test_hmc_same_seed_same_chain():
         return -0.5 * (z * z).sum(-1)
 
     runs = [
-        hmc(log_prob, torch.zeros(5, 2), step_size=0.3, n_leapfrog=5, n_samples=4, burn_in=2,
-            generator=torch.Generator().manual_seed(7), progress=False)[0]
+        hmc(
+            log_prob,
+            torch.zeros(5, 2),
+            step_size=0.3,
+            n_leapfrog=5,
+            n_samples=4,
+            burn_in=2,
+            generator=torch.Generator().manual_seed(7),
+            progress=False,
+        )[0]
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -49,8 +67,16 @@ def test_laser_target_is_prior_times_weight():
     a = torch.tensor([1.5, -0.5])
     target = laser_log_prob(lambda z: z, lambda x: x @ a)
     g = torch.Generator().manual_seed(1)
-    samples, _ = hmc(target, torch.randn(300, 2, generator=g), step_size=0.3, n_leapfrog=8, n_samples=50,
-                     burn_in=30, generator=g, progress=False)
+    samples, _ = hmc(
+        target,
+        torch.randn(300, 2, generator=g),
+        step_size=0.3,
+        n_leapfrog=8,
+        n_samples=50,
+        burn_in=30,
+        generator=g,
+        progress=False,
+    )
     flat = samples.reshape(-1, 2)
     assert (flat.mean(0) - a).abs().max() < 0.1
     assert ((flat.var(0) - 1).abs() < 0.1).all()
@@ -62,12 +88,17 @@ def test_chunked_gradient_equals_autograd_of_the_whole_batch():
     from refine.mcmc import log_prob_and_grad
 
     g = torch.Generator().manual_seed(3)
-    z, energies = torch.randn(10, 4, generator=g, dtype=torch.float64), torch.rand(10, generator=g, dtype=torch.float64)
+    z, energies = (
+        torch.randn(10, 4, generator=g, dtype=torch.float64),
+        torch.rand(10, generator=g, dtype=torch.float64),
+    )
     target = laser_log_prob(lambda z, e: torch.tanh(z), lambda x, e: e * x.sum(-1))
     whole = log_prob_and_grad(target, z, (energies,))
     for chunk in (1, 3, 10, 25):
         lp, grad = log_prob_and_grad(target, z, (energies,), chunk_size=chunk)
-        assert torch.allclose(lp, whole[0], rtol=0, atol=1e-12) and torch.allclose(grad, whole[1], rtol=0, atol=1e-12)
+        assert torch.allclose(lp, whole[0], rtol=0, atol=1e-12) and torch.allclose(
+            grad, whole[1], rtol=0, atol=1e-12
+        )
     analytic = -z + energies[:, None] * (1 - torch.tanh(z) ** 2)
     assert torch.allclose(whole[1], analytic, rtol=0, atol=1e-12)
 
@@ -79,9 +110,21 @@ def test_conditional_hmc_in_chunks_samples_each_chains_target():
     target = laser_log_prob(lambda z, e: z, lambda x, e: e * (x @ a))
     energies = torch.tensor([-1.0, 2.0]).repeat_interleave(150).double()
     init = torch.randn(300, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    runs = [hmc(target, init, step_size=0.3, n_leapfrog=8, n_samples=40, burn_in=30, context=(energies,),
-                chunk_size=chunk, generator=torch.Generator().manual_seed(5), progress=False)[0]
-            for chunk in (None, 7)]
+    runs = [
+        hmc(
+            target,
+            init,
+            step_size=0.3,
+            n_leapfrog=8,
+            n_samples=40,
+            burn_in=30,
+            context=(energies,),
+            chunk_size=chunk,
+            generator=torch.Generator().manual_seed(5),
+            progress=False,
+        )[0]
+        for chunk in (None, 7)
+    ]
     assert torch.allclose(runs[0], runs[1], rtol=0, atol=1e-9)
     for e in (-1.0, 2.0):
         flat = runs[1][:, energies == e].reshape(-1, 2)
@@ -128,8 +171,15 @@ def test_trained_classifier_weight_is_likelihood_ratio(tmp_path):
     g = torch.Generator().manual_seed(0)
     fake = torch.randn(20_000, 2, generator=g)
     real = torch.randn(20_000, 2, generator=g) + torch.tensor([1.0, 0.0])
-    clf = train_classifier(real, fake, make_trainer(10, tmp_path, "clf"), batch_size=1000,
-                           hidden=32, n_hidden=2, lr=3e-3)
+    clf = train_classifier(
+        real,
+        fake,
+        make_trainer(10, tmp_path, "clf"),
+        batch_size=1000,
+        hidden=32,
+        n_hidden=2,
+        lr=3e-3,
+    )
     assert type(clf) is ShowerClassifier and clf.hparams.backbone == "mlp" and not clf.training
     x = torch.stack([torch.linspace(-1.0, 2.0, 7), torch.zeros(7)], 1)
     logits = point_logits(clf, x)
@@ -151,7 +201,9 @@ def test_classifier_batches_label_real_one():
     (batch,) = list(TensorLoader(**data, batch_size=10, seed=0))
     assert set(batch) == {"x", "label", "weight"}
     (plain,) = list(TensorLoader(*data.values(), batch_size=10, seed=0))
-    assert all(torch.equal(batch[k], t) for k, t in zip(data, plain))  # same order by name or by position
+    assert all(
+        torch.equal(batch[k], t) for k, t in zip(data, plain)
+    )  # same order by name or by position
     clf = ShowerClassifier("mlp", backbone_args={"n_features": 2, "hidden": 4, "n_hidden": 1})
     assert clf.loss(batch).ndim == 0
 
@@ -160,17 +212,38 @@ def test_hmc_step_size_adapts_in_burn_in_and_samples_the_target():
     """A 200-dim standard normal from a 20x too small step: the burn-in adaptation brings the acceptance
     near its target, and the frozen kernel afterwards samples the right variance; without it the
     chains accept everything and barely move."""
+
     def log_prob(z):
         return -0.5 * (z * z).sum(-1)
 
     g = torch.Generator().manual_seed(3)
-    init = torch.randn(64, 200, generator=g) * 0.3  # too narrow a start: the chains must move to unit variance
+    init = (
+        torch.randn(64, 200, generator=g) * 0.3
+    )  # too narrow a start: the chains must move to unit variance
     info = {}
-    samples, rate = hmc(log_prob, init, step_size=0.01, n_leapfrog=5, n_samples=40, burn_in=60, generator=g,
-                        progress=False, target_acceptance=0.8, info=info)
+    samples, rate = hmc(
+        log_prob,
+        init,
+        step_size=0.01,
+        n_leapfrog=5,
+        n_samples=40,
+        burn_in=60,
+        generator=g,
+        progress=False,
+        target_acceptance=0.8,
+        info=info,
+    )
     assert 0.65 < rate < 0.95, rate
     assert info["step_size"].shape == (64,) and info["step_size"].min() > 0.1
     assert abs(float(samples[-20:].var()) - 1) < 0.1
-    fixed, fixed_rate = hmc(log_prob, init, step_size=0.01, n_leapfrog=5, n_samples=40, burn_in=60,
-                            generator=torch.Generator().manual_seed(3), progress=False)
+    fixed, fixed_rate = hmc(
+        log_prob,
+        init,
+        step_size=0.01,
+        n_leapfrog=5,
+        n_samples=40,
+        burn_in=60,
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
     assert fixed_rate > 0.99 and float(fixed[-20:].var()) < 0.5

@@ -4,6 +4,7 @@ Real tiny models: random-initialised Flow I / Flow II (weights perturbed) saved 
 checkpoints, a small simulated CaloGAN file as the reference, a tiny config; the end-to-end run and
 ``caloflow generate`` are real subprocesses.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,15 +54,25 @@ def files(tmp_path_factory) -> dict[str, Path]:
     flow1, flow2 = tiny_flows()
     config = d / "tiny.yaml"
     config.write_text(TINY)
-    return {"flow1": Path(save_checkpoint(flow1, d / "f1.ckpt")), "flow2": Path(save_checkpoint(flow2, d / "f2.ckpt")),
-            "reference": simulate_to_file(d / "ref.hdf5", "eplus", N_REFERENCE, seed=5, progress=False),
-            "config": config, "dir": d}
+    return {
+        "flow1": Path(save_checkpoint(flow1, d / "f1.ckpt")),
+        "flow2": Path(save_checkpoint(flow2, d / "f2.ckpt")),
+        "reference": simulate_to_file(d / "ref.hdf5", "eplus", N_REFERENCE, seed=5, progress=False),
+        "config": config,
+        "dir": d,
+    }
 
 
 def _run(module: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=HANG_GUARD_S)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
 
 
 def _datasets(path: Path) -> dict[str, np.ndarray]:
@@ -72,8 +83,21 @@ def _datasets(path: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def run_dir(files, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = _run("refine.laser", "--flow1", files["flow1"], "--flow2", files["flow2"], "--reference", files["reference"],
-                "--out", out, "--config", files["config"], "--seed", SEED)
+    proc = _run(
+        "refine.laser",
+        "--flow1",
+        files["flow1"],
+        "--flow2",
+        files["flow2"],
+        "--reference",
+        files["reference"],
+        "--out",
+        out,
+        "--config",
+        files["config"],
+        "--seed",
+        SEED,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -90,8 +114,13 @@ def test_end_to_end_writes_every_output(files, run_dir):
     entry, hp = ckpt["laser"], ckpt["hyper_parameters"]
     from refine.shower_refiner import file_sha256
 
-    assert entry["checkpoints_sha256"] == {"flow1": file_sha256(files["flow1"]), "flow2": file_sha256(files["flow2"])}
-    assert hp["latent_dim"] == hp["aux_dim"] == entry["latent_dim"] == 507 and hp["context_dim"] == 1
+    assert entry["checkpoints_sha256"] == {
+        "flow1": file_sha256(files["flow1"]),
+        "flow2": file_sha256(files["flow2"]),
+    }
+    assert (
+        hp["latent_dim"] == hp["aux_dim"] == entry["latent_dim"] == 507 and hp["context_dim"] == 1
+    )
     assert hp["residual"] and hp["zero_init"]
     energies = read_energies(files["reference"], splits["evaluation_used"])
     for method in ("unrefined", "dctr", "rejection", "hmc", "laser"):
@@ -103,11 +132,24 @@ def test_end_to_end_writes_every_output(files, run_dir):
         w = f["weight"][()]
     assert w.shape == (len(energies),) and np.all(np.isfinite(w)) and np.all(w > 0)
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"unrefined", "dctr", "rejection", "hmc", "laser", "unrefined-hmc"}
+    assert set(results["methods"]) == {
+        "unrefined",
+        "dctr",
+        "rejection",
+        "hmc",
+        "laser",
+        "unrefined-hmc",
+    }
     for method, entry in results["methods"].items():
-        assert set(entry["classifier"]) == {"dnn-unnormalized", "dnn-normalized", "features"}, method
+        assert set(entry["classifier"]) == {"dnn-unnormalized", "dnn-normalized", "features"}, (
+            method
+        )
         for test in entry["classifier"].values():
-            assert 0 <= test["auc"]["mean"] <= 1 and 0 <= test["jsd"]["mean"] <= 1 and "std" in test["auc"]
+            assert (
+                0 <= test["auc"]["mean"] <= 1
+                and 0 <= test["jsd"]["mean"] <= 1
+                and "std" in test["auc"]
+            )
         assert entry["separation_power"]["mean"] >= 0
     assert results["methods"]["dctr"]["classifier"]["dnn-normalized"]["weighted"]
     assert 0 < results["rejection"]["acceptance"] <= 1 and 0 <= results["hmc"]["acceptance"] <= 1
@@ -115,8 +157,14 @@ def test_end_to_end_writes_every_output(files, run_dir):
     points = results["refiner_points"]
     assert points["n"] == 3 * len(splits["refinement_used"]) and points["draws_per_energy"] == 3
     assert 0 < points["ess_fraction"] <= 1
-    assert set(results["sampling"]["seconds_per_shower"]) | {"unrefined-hmc"} == set(results["methods"])
-    assert results["methods"]["unrefined-hmc"]["n_showers"] == results["methods"]["hmc"]["n_showers"] == 12
+    assert set(results["sampling"]["seconds_per_shower"]) | {"unrefined-hmc"} == set(
+        results["methods"]
+    )
+    assert (
+        results["methods"]["unrefined-hmc"]["n_showers"]
+        == results["methods"]["hmc"]["n_showers"]
+        == 12
+    )
     log_w = results["hmc"]["mean_log_w"]
     assert set(log_w) == {"start", "end", "target"} and all(np.isfinite(v) for v in log_w.values())
     # the target: E_q[log w] over the unrefined showers with their DCTR weights (fresh prior draws)
@@ -124,11 +172,25 @@ def test_end_to_end_writes_every_output(files, run_dir):
     # a like-for-like test for HMC: the same size and (smaller) batches as HMC's own
     for key in ("dnn-unnormalized", "features"):
         small = [results["methods"][m]["classifier"][key] for m in ("unrefined-hmc", "hmc")]
-        assert small[0]["batch_size"] == small[1]["batch_size"] <= results["methods"]["unrefined"]["classifier"][key]["batch_size"]
+        assert (
+            small[0]["batch_size"]
+            == small[1]["batch_size"]
+            <= results["methods"]["unrefined"]["classifier"][key]["batch_size"]
+        )
     table = (out / "table.md").read_text()
-    assert all(f"| {t} |" in table for t in ("Unrefined", "DCTR (weighted)", "HMC", "LaSeR refiner"))
+    assert all(
+        f"| {t} |" in table for t in ("Unrefined", "DCTR (weighted)", "HMC", "LaSeR refiner")
+    )
     assert f"{log_w['target']:.3f} for the target q" in table
-    for step in ("splits:", "weight classifier:", "refiner points: draw 3/3", "wrote", "rejection", "HMC:", "evaluation split:"):
+    for step in (
+        "splits:",
+        "weight classifier:",
+        "refiner points: draw 3/3",
+        "wrote",
+        "rejection",
+        "HMC:",
+        "evaluation split:",
+    ):
         assert step in proc.stderr, step
     assert not list(out.rglob(".*tmp*"))
 
@@ -142,12 +204,31 @@ def test_caloflow_generate_reproduces_the_run(files, run_dir, tmp_path):
     energies = out / "showers" / "unrefined.hdf5"
     for refiner, target in ((["--refiner", out / "refiner.ckpt"], "laser"), ([], "unrefined")):
         gen = tmp_path / f"{target}.hdf5"
-        proc = _run("caloflow.commands.cli", "generate", "--flow1", files["flow1"], "--flow2", files["flow2"], *refiner,
-                    "--energies", energies, "--seed", SEED, "--batch-size", 50, "--out", gen, "--no-progress")
+        proc = _run(
+            "caloflow.commands.cli",
+            "generate",
+            "--flow1",
+            files["flow1"],
+            "--flow2",
+            files["flow2"],
+            *refiner,
+            "--energies",
+            energies,
+            "--seed",
+            SEED,
+            "--batch-size",
+            50,
+            "--out",
+            gen,
+            "--no-progress",
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         mine, theirs = _datasets(gen), _datasets(out / "showers" / f"{target}.hdf5")
         assert all(np.array_equal(mine[k], theirs[k]) for k in mine), target
-    laser, unrefined = _datasets(out / "showers" / "laser.hdf5"), _datasets(out / "showers" / "unrefined.hdf5")
+    laser, unrefined = (
+        _datasets(out / "showers" / "laser.hdf5"),
+        _datasets(out / "showers" / "unrefined.hdf5"),
+    )
     assert not np.array_equal(laser["layer_0"], unrefined["layer_0"]), "the refiner changed nothing"
 
 
@@ -160,15 +241,26 @@ def test_refiner_starts_as_identity_and_is_conditional(tmp_path):
     from refine.shower_refiner import incident_context
 
     torch.manual_seed(0)
-    phi = WeightedGANRefiner(latent_dim=6, aux_dim=6, context_dim=1, residual=True, zero_init=True, hidden=8,
-                             n_hidden=2, lr=1e-2, n_critic=1)
+    phi = WeightedGANRefiner(
+        latent_dim=6,
+        aux_dim=6,
+        context_dim=1,
+        residual=True,
+        zero_init=True,
+        hidden=8,
+        n_hidden=2,
+        lr=1e-2,
+        n_critic=1,
+    )
     y = torch.randn(5, 6)
     low, high = incident_context(torch.full((5,), 2.0)), incident_context(torch.full((5,), 80.0))
     assert torch.equal(phi(y, low), y) and torch.equal(phi.decode(y, high), y)
     energies = torch.rand(400) * 99 + 1
     z = torch.randn(400, 6)
     w = torch.exp(0.5 * z[:, 0] * torch.log10(energies))  # a reweighting that depends on E
-    make_trainer(1, None).fit(phi, TensorLoader(z, w, incident_context(energies), batch_size=400, seed=0))
+    make_trainer(1, None).fit(
+        phi, TensorLoader(z, w, incident_context(energies), batch_size=400, seed=0)
+    )
     with torch.no_grad():
         assert not torch.equal(phi(y, low), y)
         assert (phi(y, low) - phi(y, high)).abs().max() > 1e-6
@@ -200,7 +292,7 @@ def test_rejection_sampling_reproduces_a_known_reweighting():
     for e, c in c_of.items():
         sample = z[conditions == e, 0].numpy()
         counts = np.histogram(sample, edges)[0]
-        density = np.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi)
+        density = np.exp(-(grid**2) / 2) / math.sqrt(2 * math.pi)
         target = density * (1 + c * np.tanh(grid))
         for name, pdf, limit in (("target", target, (0.4, 2.0)), ("prior", density, (5, None))):
             cdf = np.concatenate([[0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * np.diff(grid))])
@@ -222,10 +314,20 @@ def _poisoned_copy(src: Path, dst: Path, rows: list[int], how: str) -> Path:
 
 def _refine_only(files: dict, reference: Path, out: Path, calogan: str | None = None) -> dict:
     """The refinement steps (splits, weights, refiner) in-process, as the command runs them."""
-    from refine.shower_laser import ShowerRun, check_inputs, laser_generator, load_shower_config, make_splits
-    from refine.shower_laser import refinement_steps
+    from refine.shower_laser import (
+        ShowerRun,
+        check_inputs,
+        laser_generator,
+        load_shower_config,
+        make_splits,
+        refinement_steps,
+    )
 
-    flows = {"flow1": None, "flow2": None} if calogan else {"flow1": str(files["flow1"]), "flow2": str(files["flow2"])}
+    flows = (
+        {"flow1": None, "flow2": None}
+        if calogan
+        else {"flow1": str(files["flow1"]), "flow2": str(files["flow2"])}
+    )
     cfg = load_shower_config(False, files["config"])
     inputs = check_inputs({**flows, "calogan": calogan}, str(reference), out, str(files["config"]))
     splits = make_splits(inputs.n_reference, cfg.split, SEED)
@@ -243,18 +345,29 @@ def test_poisoned_evaluation_rows_change_nothing(files, tmp_path):
     the refiner checkpoint's tensors are bitwise those of the clean file; one refinement row scaled changes them."""
     clean = _refine_only(files, files["reference"], tmp_path / "clean")
     splits = clean["splits"]
-    eval_poisoned = _poisoned_copy(files["reference"], tmp_path / "eval.hdf5", splits["evaluation"], "nan")
-    ref_poisoned = _poisoned_copy(files["reference"], tmp_path / "ref.hdf5", splits["refinement_used"][:1], "scale")
+    eval_poisoned = _poisoned_copy(
+        files["reference"], tmp_path / "eval.hdf5", splits["evaluation"], "nan"
+    )
+    ref_poisoned = _poisoned_copy(
+        files["reference"], tmp_path / "ref.hdf5", splits["refinement_used"][:1], "scale"
+    )
     fixed = read_showers(files["reference"], stop=50)
     batch = {"voxels": torch.as_tensor(fixed.voxels), "energy": torch.as_tensor(fixed.energy)}
 
     def same(a: dict, b: dict) -> dict[str, bool]:
-        return {"refiner": all(torch.equal(a["refiner_state"][k], b["refiner_state"][k]) for k in a["refiner_state"]),
-                "weights": torch.equal(a["w"], b["w"]) and torch.equal(a["z"], b["z"]),
-                "logits": torch.equal(a["classifier"].logits(batch), b["classifier"].logits(batch))}
+        return {
+            "refiner": all(
+                torch.equal(a["refiner_state"][k], b["refiner_state"][k])
+                for k in a["refiner_state"]
+            ),
+            "weights": torch.equal(a["w"], b["w"]) and torch.equal(a["z"], b["z"]),
+            "logits": torch.equal(a["classifier"].logits(batch), b["classifier"].logits(batch)),
+        }
 
     assert all(same(clean, _refine_only(files, eval_poisoned, tmp_path / "eval_poisoned")).values())
-    assert not any(same(clean, _refine_only(files, ref_poisoned, tmp_path / "ref_poisoned")).values())
+    assert not any(
+        same(clean, _refine_only(files, ref_poisoned, tmp_path / "ref_poisoned")).values()
+    )
 
 
 def test_calogan_refiner_round_trip(files, run_dir, tmp_path, capsys):
@@ -264,23 +377,57 @@ def test_calogan_refiner_round_trip(files, run_dir, tmp_path, capsys):
     from caloflow.commands.cli import main
     from caloflow.models.calogan import CaloGAN
     from refine.shower_laser import generate_laser, generate_unrefined
+
     torch.manual_seed(0)
     gan = save_checkpoint(perturb(CaloGAN(**TINY_GAN), 0.1, 0).eval(), tmp_path / "gan.ckpt")
     refined = _refine_only(files, files["reference"], tmp_path / "out", calogan=gan)
     assert refined["z"].shape[1] == 8 and refined["refiner"].hparams.context_dim == 1
-    run, energies = refined["run"], read_energies(files["reference"], refined["splits"]["evaluation_used"])
+    run, energies = (
+        refined["run"],
+        read_energies(files["reference"], refined["splits"]["evaluation_used"]),
+    )
     generate_unrefined(run, energies)
     generate_laser(run, refined["refiner"], energies)
     showers = run.out / "showers"
     gen = tmp_path / "gen.hdf5"
-    assert main(["generate", "--calogan", gan, "--refiner", str(run.out / "refiner.ckpt"), "--energies",
-                 str(showers / "unrefined.hdf5"), "--seed", str(SEED), "--batch-size", "50", "--out", str(gen),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--calogan",
+                gan,
+                "--refiner",
+                str(run.out / "refiner.ckpt"),
+                "--energies",
+                str(showers / "unrefined.hdf5"),
+                "--seed",
+                str(SEED),
+                "--batch-size",
+                "50",
+                "--out",
+                str(gen),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     mine, theirs = _datasets(gen), _datasets(showers / "laser.hdf5")
     assert all(np.array_equal(mine[k], theirs[k]) for k in mine)
     capsys.readouterr()
-    code = main(["generate", "--calogan", gan, "--refiner", str(run_dir[0] / "refiner.ckpt"), "--n", "5",
-                 "--out", str(tmp_path / "g2.hdf5"), "--no-progress"])
+    code = main(
+        [
+            "generate",
+            "--calogan",
+            gan,
+            "--refiner",
+            str(run_dir[0] / "refiner.ckpt"),
+            "--n",
+            "5",
+            "--out",
+            str(tmp_path / "g2.hdf5"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not for --calogan" in err[0], err
 
@@ -292,20 +439,28 @@ def _bad_reference(d: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("toy_and_flows", "mutually exclusive"),
-    ("missing_checkpoint", "no such checkpoint file"),
-    ("wrong_model_class", "--flow1"),
-    ("reference_without_layers", "layer_0"),
-    ("out_is_a_file", "not a folder"),
-    ("out_overwrites_reference", "refusing to overwrite an input"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("toy_and_flows", "mutually exclusive"),
+        ("missing_checkpoint", "no such checkpoint file"),
+        ("wrong_model_class", "--flow1"),
+        ("reference_without_layers", "layer_0"),
+        ("out_is_a_file", "not a folder"),
+        ("out_overwrites_reference", "refusing to overwrite an input"),
+    ],
+)
 def test_bad_inputs_are_one_line(files, tmp_path, capsys, case, needle):
     """Refused in one line, exit 2, before any work (the output folder is not created)."""
     from refine.laser import main
 
-    base = {"--flow1": files["flow1"], "--flow2": files["flow2"], "--reference": files["reference"],
-            "--out": tmp_path / "out", "--config": files["config"]}
+    base = {
+        "--flow1": files["flow1"],
+        "--flow2": files["flow2"],
+        "--reference": files["reference"],
+        "--out": tmp_path / "out",
+        "--config": files["config"],
+    }
     if case == "toy_and_flows":
         base["--toy"] = "gaussians"
     elif case == "missing_checkpoint":
@@ -318,7 +473,9 @@ def test_bad_inputs_are_one_line(files, tmp_path, capsys, case, needle):
         base["--out"] = files["flow1"]
     elif case == "out_overwrites_reference":
         (tmp_path / "out" / "showers").mkdir(parents=True)
-        base["--reference"] = shutil.copy(files["reference"], tmp_path / "out" / "showers" / "unrefined.hdf5")
+        base["--reference"] = shutil.copy(
+            files["reference"], tmp_path / "out" / "showers" / "unrefined.hdf5"
+        )
     argv = [str(v) for kv in base.items() for v in kv]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -337,12 +494,28 @@ def test_generate_refuses_a_refiner_of_other_checkpoints(files, run_dir, tmp_pat
 
     out, _ = run_dir
     other = save_checkpoint(tiny_flows(seed=7)[1], tmp_path / "other_f2.ckpt")
-    code = main(["generate", "--flow1", str(files["flow1"]), "--flow2", other, "--refiner", str(out / "refiner.ckpt"),
-                 "--n", "5", "--out", str(tmp_path / "g.hdf5"), "--no-progress"])
+    code = main(
+        [
+            "generate",
+            "--flow1",
+            str(files["flow1"]),
+            "--flow2",
+            other,
+            "--refiner",
+            str(out / "refiner.ckpt"),
+            "--n",
+            "5",
+            "--out",
+            str(tmp_path / "g.hdf5"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "sha256" in err[0] and "--flow2" in err[0], err
     assert not (tmp_path / "g.hdf5").exists()
-    code = main(["refine", "--toy", "donut", "--flow1", str(files["flow1"]), "--out", str(tmp_path / "o")])
+    code = main(
+        ["refine", "--toy", "donut", "--flow1", str(files["flow1"]), "--out", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "mutually exclusive" in err[0], err
 
@@ -350,8 +523,12 @@ def test_generate_refuses_a_refiner_of_other_checkpoints(files, run_dir, tmp_pat
 def test_small_classifier_tests_get_at_least_ten_updates_per_epoch():
     from refine.shower_report import classifier_batch_size
 
-    assert classifier_batch_size(10_000, 1000) == 1000  # 12,000 training showers: 12 updates of 1,000
-    assert classifier_batch_size(500, 1000) == 60  # HMC's 500: 600 training showers, 10 updates of 60
+    assert (
+        classifier_batch_size(10_000, 1000) == 1000
+    )  # 12,000 training showers: 12 updates of 1,000
+    assert (
+        classifier_batch_size(500, 1000) == 60
+    )  # HMC's 500: 600 training showers, 10 updates of 60
     assert classifier_batch_size(5_000, 250) == 250
     for n in (20, 200, 500, 3000):
         b = classifier_batch_size(n, 1000)
@@ -363,12 +540,30 @@ def test_print_config_of_the_shower_run_is_the_resolved_yaml(tmp_path):
     reads back with the quick values and the nested classifier arguments."""
     import yaml
 
-    proc = _run("refine.laser", "--flow1", "a.ckpt", "--flow2", "b.ckpt", "--reference", "r.hdf5", "--quick",
-                "--print_config", cwd=tmp_path)
+    proc = _run(
+        "refine.laser",
+        "--flow1",
+        "a.ckpt",
+        "--flow2",
+        "b.ckpt",
+        "--reference",
+        "r.hdf5",
+        "--quick",
+        "--print_config",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["split"]["n_refine"] == 5000 and cfg["hmc"]["n_hmc"] == 200 and cfg["hmc"]["target_acceptance"] == 0.8
-    assert cfg["classifier"]["init_args"]["backbone_args"] == {"hidden": 512, "n_hidden_layers": 3, "slope": 0.01}
+    assert (
+        cfg["split"]["n_refine"] == 5000
+        and cfg["hmc"]["n_hmc"] == 200
+        and cfg["hmc"]["target_acceptance"] == 0.8
+    )
+    assert cfg["classifier"]["init_args"]["backbone_args"] == {
+        "hidden": 512,
+        "n_hidden_layers": 3,
+        "slope": 0.01,
+    }
     assert cfg["refiner"]["init_args"]["paired"] is True
     assert not list(tmp_path.iterdir())
 
@@ -378,24 +573,48 @@ def test_refiner_points_are_prior_draws_weighted_by_the_classifier(files, tmp_pa
     draws at every refinement energy, each weighted by the classifier at the shower it decodes to (checked
     against an independent decode and weighting); the same seed gives the same points."""
     from refine.config import build
-    from refine.shower_laser import (ShowerInputs, ShowerRun, _load_models, laser_generator, load_shower_config,
-                                     refiner_points, shower_weights)
+    from refine.shower_laser import (
+        ShowerInputs,
+        ShowerRun,
+        _load_models,
+        laser_generator,
+        load_shower_config,
+        refiner_points,
+        shower_weights,
+    )
 
     cfg = load_shower_config(path=files["config"])
     checkpoints = {"flow1": str(files["flow1"]), "flow2": str(files["flow2"])}
-    inputs = ShowerInputs("caloflow", checkpoints, _load_models(checkpoints), files["reference"], N_REFERENCE)
+    inputs = ShowerInputs(
+        "caloflow", checkpoints, _load_models(checkpoints), files["reference"], N_REFERENCE
+    )
     run = ShowerRun(cfg, tmp_path, SEED, inputs, progress=False, g=laser_generator(inputs))
     torch.manual_seed(0)
     classifier = build(cfg.classifier).eval().requires_grad_(False)
-    energies = torch.as_tensor(read_energies(files["reference"], list(range(60))), dtype=torch.float32)
+    energies = torch.as_tensor(
+        read_energies(files["reference"], list(range(60))), dtype=torch.float32
+    )
     z0 = torch.randn(60, 507)
-    given = {"z": z0, "w": torch.rand(60, dtype=torch.float64), "energy": energies, "classifier": classifier}
+    given = {
+        "z": z0,
+        "w": torch.rand(60, dtype=torch.float64),
+        "energy": energies,
+        "classifier": classifier,
+    }
     z, w, e = refiner_points(run, given)
     draws = cfg.refiner_training.draws_per_energy
     assert draws == 3 and z.shape == (3 * 60, 507) and w.shape == e.shape == (3 * 60,)
-    assert torch.equal(z[:60], z0) and torch.equal(w[:60], given["w"]) and torch.equal(e, energies.repeat(3))
+    assert (
+        torch.equal(z[:60], z0)
+        and torch.equal(w[:60], given["w"])
+        and torch.equal(e, energies.repeat(3))
+    )
     new = z[60:]
-    assert abs(float(new.mean())) < 0.02 and abs(float(new.std()) - 1) < 0.02 and not torch.equal(new[:60], new[60:])
+    assert (
+        abs(float(new.mean())) < 0.02
+        and abs(float(new.std()) - 1) < 0.02
+        and not torch.equal(new[:60], new[60:])
+    )
     with torch.no_grad():
         x = run.g.decode(new, e[60:])
     expected = shower_weights(classifier, x, e[60:], cfg.classifier_training.clip)
@@ -410,10 +629,14 @@ def test_hmc_log_w_target_is_the_reweighted_mean():
 
     e = float(np.e)
     exact = hmc_log_w(torch.zeros(2), torch.ones(2), np.array([1.0, e, e]), None)
-    assert exact == pytest.approx({"start": 0.0, "end": 1.0, "target": 2 * e / (1 + 2 * e)}, rel=1e-12)
+    assert exact == pytest.approx(
+        {"start": 0.0, "end": 1.0, "target": 2 * e / (1 + 2 * e)}, rel=1e-12
+    )
     capped = hmc_log_w(torch.zeros(2), torch.ones(2), np.array([1.0, e, e]), 2.0)
     assert capped["target"] == pytest.approx(4 * np.log(2.0) / 5, rel=1e-12)
     a = np.array([0.5, 0.3])
     z = np.random.default_rng(0).standard_normal((400_000, 2))
     w = np.exp(z @ a - a @ a / 2)
-    assert hmc_log_w(torch.zeros(1), torch.zeros(1), w, None)["target"] == pytest.approx(a @ a / 2, abs=0.01)
+    assert hmc_log_w(torch.zeros(1), torch.zeros(1), w, None)["target"] == pytest.approx(
+        a @ a / 2, abs=0.01
+    )

@@ -6,6 +6,7 @@ The kill is timed by polling the run's ``last.ckpt`` (no wall-clock limits): it 
 later epoch is running, so the resumed fit starts from the previous epoch end, as after a kill at
 an arbitrary moment.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from caloflow.data import CaloDataModule
-from caloflow.checkpoints import find_last_checkpoint
 from callbacks.resume import AtomicCheckpointIO, collect_random_states, set_random_states
+from caloflow.checkpoints import find_last_checkpoint
+from caloflow.data import CaloDataModule
 from tests.helpers import REPO, run_cli
 
 EPOCHS = 4
@@ -33,9 +34,21 @@ HANG_GUARD_S = 1800
 
 
 def fit_argv(config: str, root: Path, data: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "caloflow.commands.lightning_cli", "fit", "-c", str(REPO / "configs" / "smoke" / config),
-            "--trainer.default_root_dir", str(root), "--data.path", str(data),
-            "--trainer.max_epochs", str(EPOCHS), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "caloflow.commands.lightning_cli",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "smoke" / config),
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.path",
+        str(data),
+        "--trainer.max_epochs",
+        str(EPOCHS),
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:
@@ -73,8 +86,9 @@ def fit_until_killed(argv: list[str], root: Path, epoch: int, log: Path) -> int:
             if proc.poll() is None and seen < epoch:  # hung: do not leave it behind
                 proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the fit was not killed (exit {proc.returncode}):\n" \
-                                               f"{log.read_text()[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the fit was not killed (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
+    )
     return seen
 
 
@@ -82,7 +96,9 @@ def assert_same(a, b, where: str = "") -> None:
     """Equal nested checkpoint content; tensors bit for bit."""
     if torch.is_tensor(a):
         assert torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"{where}: differs by up to {(a.double() - b.double()).abs().max().item():.3g}"
+        assert torch.equal(a, b), (
+            f"{where}: differs by up to {(a.double() - b.double()).abs().max().item():.3g}"
+        )
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {list(a)} vs {list(b)}"
         for k in a:
@@ -96,13 +112,20 @@ def assert_same(a, b, where: str = "") -> None:
 
 
 def assert_same_training_state(resumed: dict, uninterrupted: dict) -> None:
-    assert (resumed["epoch"], resumed["global_step"]) == (uninterrupted["epoch"], uninterrupted["global_step"])
+    assert (resumed["epoch"], resumed["global_step"]) == (
+        uninterrupted["epoch"],
+        uninterrupted["global_step"],
+    )
     assert_same(resumed["state_dict"], uninterrupted["state_dict"], "state_dict")
     assert_same(resumed["optimizer_states"], uninterrupted["optimizer_states"], "optimizer_states")
     assert_same(resumed["lr_schedulers"], uninterrupted["lr_schedulers"], "lr_schedulers")
     # the streams continued alike: data order, training noise and the global generators end equal
     assert_same(resumed["CaloDataModule"], uninterrupted["CaloDataModule"], "CaloDataModule")
-    assert_same(resumed["callbacks"]["ExactResume"], uninterrupted["callbacks"]["ExactResume"], "ExactResume")
+    assert_same(
+        resumed["callbacks"]["ExactResume"],
+        uninterrupted["callbacks"]["ExactResume"],
+        "ExactResume",
+    )
 
 
 @pytest.mark.parametrize("config, kills", [("flow1.yaml", (1, 2)), ("flow2.yaml", (1,))])
@@ -118,7 +141,9 @@ def test_kill_and_resume_gives_the_uninterrupted_weights(tmp_path, eplus_file, c
         target = max(epoch, reached + 1)
         if target >= EPOCHS - 1:
             break
-        reached = fit_until_killed(fit_argv(config, root, eplus_file, *resume), root, target, tmp_path / f"kill{i}.log")
+        reached = fit_until_killed(
+            fit_argv(config, root, eplus_file, *resume), root, target, tmp_path / f"kill{i}.log"
+        )
         assert target <= reached < EPOCHS - 1
         resume = ["--ckpt_path", "last"]
     fit(fit_argv(config, root, eplus_file, *resume))
@@ -161,7 +186,11 @@ def test_datamodule_state_continues_the_data_order_and_the_noise(eplus_file):
 
 def test_random_states_round_trip_and_load_without_pickles(tmp_path):
     torch.manual_seed(1), np.random.seed(1), random.seed(1)
-    torch.rand(3), np.random.normal(), random.random()  # numpy's cached Gaussian is part of the state
+    (
+        torch.rand(3),
+        np.random.normal(),
+        random.random(),
+    )  # numpy's cached Gaussian is part of the state
     state = collect_random_states()
     expected = torch.rand(5), np.random.normal(size=5), [random.random() for _ in range(5)]
     path = tmp_path / "states.pt"
@@ -190,14 +219,28 @@ def empty_file(tmp_path, eplus_file) -> Path:
         (["--data.max_showers", "0"], "--data.max_showers must be >= 1"),
         (["--data.path", "EMPTY"], "empty.hdf5: no showers to use"),
         (["--data.max_showers", "1"], "1 showers (--data.max_showers 1) are too few to split"),
-        (["--data.max_showers", "3", "--data.val_fraction", "0.1"], "3 showers (--data.max_showers 3) are too few"),
+        (
+            ["--data.max_showers", "3", "--data.val_fraction", "0.1"],
+            "3 showers (--data.max_showers 3) are too few",
+        ),
     ],
 )
-def test_unusable_data_are_refused_before_the_run_folder_exists(tmp_path, eplus_file, empty_file, options, message):
+def test_unusable_data_are_refused_before_the_run_folder_exists(
+    tmp_path, eplus_file, empty_file, options, message
+):
     root = tmp_path / "run"
     options = [str(empty_file) if o == "EMPTY" else o for o in options]
-    proc = run_cli("lightning", "fit", "-c", str(REPO / "configs" / "smoke" / "flow1.yaml"),
-                   "--trainer.default_root_dir", str(root), "--data.path", str(eplus_file), *options)
+    proc = run_cli(
+        "lightning",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "smoke" / "flow1.yaml"),
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.path",
+        str(eplus_file),
+        *options,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
     assert not root.exists(), sorted(str(p) for p in root.rglob("*"))

@@ -5,6 +5,7 @@ Small random-initialised models (weights perturbed so that no block is near the 
 saved checkpoints, with its latent draws reproduced from the same seed), and its gradient with
 central finite differences and with autograd through nflows' own inverse.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -21,6 +22,7 @@ from refine import CaloFlowGenerator, CaloGANGenerator, Generator, generate
 from refine.mcmc import laser_log_prob
 from tests.helpers import TINY_GAN, save_checkpoint, tiny_flows
 
+
 @pytest.fixture(scope="module")
 def flows() -> tuple[FlowI, FlowII]:
     return tiny_flows()
@@ -31,11 +33,33 @@ def test_decode_is_what_caloflow_generate_writes(flows, tmp_path):
     ``torch.Generator().manual_seed(seed)``: ``sample_latent`` once per batch with such a generator gives
     the same latent points, and ``decode`` at the file's incident energies the same showers, bit for bit."""
     flow1, flow2 = flows
-    ckpt1, ckpt2 = save_checkpoint(flow1, tmp_path / "f1.ckpt"), save_checkpoint(flow2, tmp_path / "f2.ckpt")
+    ckpt1, ckpt2 = (
+        save_checkpoint(flow1, tmp_path / "f1.ckpt"),
+        save_checkpoint(flow2, tmp_path / "f2.ckpt"),
+    )
     n, batch, seed = 10, 4, 3
     out = tmp_path / "gen.h5"
-    assert cli_main(["generate", "--flow1", ckpt1, "--flow2", ckpt2, "--n", str(n), "--batch-size", str(batch),
-                     "--seed", str(seed), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "generate",
+                "--flow1",
+                ckpt1,
+                "--flow2",
+                ckpt2,
+                "--n",
+                str(n),
+                "--batch-size",
+                str(batch),
+                "--seed",
+                str(seed),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     written = read_showers(out)
     energies = torch.as_tensor(written.energy)
 
@@ -44,7 +68,9 @@ def test_decode_is_what_caloflow_generate_writes(flows, tmp_path):
     rng = torch.Generator().manual_seed(seed)
     z = torch.cat([g.sample_latent(len(chunk), rng) for chunk in energies.split(batch)])
     with torch.no_grad():  # in the batches of the CLI: another batch size may round differently
-        voxels = torch.cat([g.decode(zb, eb) for zb, eb in zip(z.split(batch), energies.split(batch))])
+        voxels = torch.cat(
+            [g.decode(zb, eb) for zb, eb in zip(z.split(batch), energies.split(batch))]
+        )
         whole = g.decode(z)
     assert voxels.shape == (n, 504) and voxels.dtype == torch.float32
     assert (voxels > 0).any(), "the comparison needs showers with deposits"
@@ -60,7 +86,9 @@ def test_decode_is_what_caloflow_generate_writes(flows, tmp_path):
     # path, the same showers up to float rounding
     plain = g.decode(z)
     assert plain.grad_fn is None and torch.equal(plain, whole)
-    assert torch.allclose(g.decode(z.clone().requires_grad_(True)).detach(), whole, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(
+        g.decode(z.clone().requires_grad_(True)).detach(), whole, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_model_sample_is_latent_draw_then_decode(flows):
@@ -69,9 +97,13 @@ def test_model_sample_is_latent_draw_then_decode(flows):
     flow1, flow2 = flows
     e = torch.tensor([3.0, 20.0, 70.0])
     layers = flow1.sample(e, torch.Generator().manual_seed(5))
-    assert torch.equal(layers, flow1.decode(torch.randn(3, 3, generator=torch.Generator().manual_seed(5)), e))
+    assert torch.equal(
+        layers, flow1.decode(torch.randn(3, 3, generator=torch.Generator().manual_seed(5)), e)
+    )
     for fast in (True, False):
-        shower = flow2.sample(e, layers, torch.Generator().manual_seed(6), fast=fast, threshold=False)
+        shower = flow2.sample(
+            e, layers, torch.Generator().manual_seed(6), fast=fast, threshold=False
+        )
         z_2 = torch.randn(3, 504, generator=torch.Generator().manual_seed(6))
         assert torch.equal(shower, flow2.decode(z_2, e, layers, fast=fast, threshold=False))
     assert flow2.decode(z_2, e, layers).grad_fn is None  # no graph unless asked for
@@ -98,7 +130,10 @@ def test_gradient_matches_finite_differences_and_nflows_autograd():
     autograd through nflows' own inverse of Flow II."""
     flow1, flow2 = tiny_flows(torch.float64, seed=2)
     e = torch.tensor([8.0, 60.0], dtype=torch.float64)
-    fast, nflows = (CaloFlowGenerator(flow1, flow2, incident_gev=e, fast=f, threshold=False) for f in (True, False))
+    fast, nflows = (
+        CaloFlowGenerator(flow1, flow2, incident_gev=e, fast=f, threshold=False)
+        for f in (True, False)
+    )
     z = fast.sample_latent(2, torch.Generator().manual_seed(4))
     assert z.dtype == torch.float64
     w = torch.rand(2, 504, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -108,15 +143,23 @@ def test_gradient_matches_finite_differences_and_nflows_autograd():
 
     zr = z.clone().requires_grad_(True)
     grad = torch.autograd.grad(objective(fast, zr), zr)[0]
-    assert torch.isfinite(grad).all() and grad[:, :3].abs().sum() > 0 and grad[:, 3:].abs().sum() > 0
+    assert (
+        torch.isfinite(grad).all() and grad[:, :3].abs().sum() > 0 and grad[:, 3:].abs().sum() > 0
+    )
     zr_ref = z.clone().requires_grad_(True)
     grad_ref = torch.autograd.grad(objective(nflows, zr_ref), zr_ref)[0]
     assert torch.allclose(grad, grad_ref, rtol=1e-8, atol=1e-10 * grad.abs().max().item())
 
     directions = torch.zeros(3, *z.shape, dtype=torch.float64)
-    directions[0, :, :3] = torch.randn(2, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    directions[1, :, 3:] = torch.randn(2, 504, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    directions[2] = torch.randn(*z.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    directions[0, :, :3] = torch.randn(
+        2, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64
+    )
+    directions[1, :, 3:] = torch.randn(
+        2, 504, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    )
+    directions[2] = torch.randn(
+        *z.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64
+    )
     h = 1e-5
     with torch.no_grad():
         for v in directions / directions.flatten(1).norm(dim=1)[:, None, None]:
@@ -136,8 +179,11 @@ def test_differentiable_fast_inverse_gradcheck_and_default_path_unchanged():
     assert out.grad_fn is not None and default.grad_fn is None
     assert torch.allclose(out, default, rtol=0, atol=1e-12)
     idx = torch.tensor([0, 100, 300, 503])  # a few outputs keep gradcheck's Jacobian small
-    assert torch.autograd.gradcheck(lambda z, c: fast_inverse(transform, z, c, differentiable=True)[:, idx], (z, c),
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda z, c: fast_inverse(transform, z, c, differentiable=True)[:, idx],
+        (z, c),
+        fast_mode=True,
+    )
     with torch.no_grad():  # under no_grad the flag changes nothing
         assert fast_inverse(transform, z, c, differentiable=True).grad_fn is None
 
@@ -148,7 +194,11 @@ def test_hmc_target_through_caloflow_is_differentiable(flows):
     z = g.sample_latent(3, torch.Generator().manual_seed(0)).requires_grad_(True)
     target = laser_log_prob(g.decode, lambda x: -1e-3 * torch.log1p(x).sum(-1))
     target(z).sum().backward()
-    assert torch.isfinite(z.grad).all() and z.grad[:, :3].abs().sum() > 0 and z.grad[:, 3:].abs().sum() > 0
+    assert (
+        torch.isfinite(z.grad).all()
+        and z.grad[:, :3].abs().sum() > 0
+        and z.grad[:, 3:].abs().sum() > 0
+    )
 
 
 def test_incident_energies_are_checked(flows):
@@ -171,7 +221,9 @@ def test_calogan_generator_is_calogan_sample():
     torch.manual_seed(0)
     gan = CaloGAN(**TINY_GAN)
     e = torch.tensor([5.0, 50.0, 95.0])
-    expected = torch.as_tensor(CaloGANSampler(gan).sample(e, torch.Generator().manual_seed(9)).voxels)
+    expected = torch.as_tensor(
+        CaloGANSampler(gan).sample(e, torch.Generator().manual_seed(9)).voxels
+    )
 
     g = CaloGANGenerator(gan, incident_gev=e)
     assert isinstance(g, Generator) and g.latent_shape == (8,)

@@ -1,5 +1,6 @@
 """The embedded GFlash-style simulator: physics targets (docs/physics.md section 4), reproducibility,
 the file it writes and the ``caloflow simulate`` command."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +10,15 @@ import h5py
 import numpy as np
 import pytest
 
-from caloflow.data.geometry import GEV, KEV, LAYER_KEYS, LAYER_SLICES, THRESHOLD_KEV, split_layers, voxel_centres
+from caloflow.data.geometry import (
+    GEV,
+    KEV,
+    LAYER_KEYS,
+    LAYER_SLICES,
+    THRESHOLD_KEV,
+    split_layers,
+    voxel_centres,
+)
 from caloflow.data.io import read_showers
 from caloflow.data.simulate import (
     CHUNK_SIZE,
@@ -72,7 +81,9 @@ def test_valid_and_energy_conserving(showers, particle):
     assert (s.voxels.sum(1) <= e_inc).all()
     assert (s.voxels.sum(1) + s.overflow.sum(1) <= e_inc).all()
     # and still so once written in single precision
-    assert (s.voxels.astype(np.float32).sum(1) <= s.energy.astype(np.float32) * np.float32(GEV)).all()
+    assert (
+        s.voxels.astype(np.float32).sum(1) <= s.energy.astype(np.float32) * np.float32(GEV)
+    ).all()
 
 
 # --- e+ ------------------------------------------------------------------------------------
@@ -204,7 +215,11 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
     assert set(da) == set(LAYER_KEYS) | {"energy", "overflow"}
     assert da == db
     assert all(da[k] != dc[k] for k in da)
-    assert attrs["particle"] == "piplus" and attrs["seed"] == 5 and attrs["simulator"] == SIMULATOR_VERSION
+    assert (
+        attrs["particle"] == "piplus"
+        and attrs["seed"] == 5
+        and attrs["simulator"] == SIMULATOR_VERSION
+    )
 
 
 def test_prefix_independent_of_n_and_chunking():
@@ -244,14 +259,30 @@ def test_bad_arguments_raise(kwargs, option):
 
 # --- the command line ----------------------------------------------------------------------
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "caloflow.commands.cli", "simulate", *args],
-                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    return subprocess.run(
+        [sys.executable, "-m", "caloflow.commands.cli", "simulate", *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
 
 
 def test_cli_writes_a_valid_file(tmp_path):
     out = tmp_path / "sub" / "gamma.h5"
-    r = _cli("--particle", "gamma", "--n", "50", "--seed", "4", "--out", str(out),
-             "--energy-range", "10", "20", "--no-progress")
+    r = _cli(
+        "--particle",
+        "gamma",
+        "--n",
+        "50",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+        "--energy-range",
+        "10",
+        "20",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     s = read_showers(out)
     assert len(s) == 50 and (s.energy >= 10).all() and (s.energy <= 20).all()

@@ -8,6 +8,7 @@ and, after Adam steps, caloflow's and the stock run are equally close to a float
 ``test_float32_steps_are_as_close_to_the_float64_step_as_stock`` for why parameter-by-parameter
 equality is not to be had in float32).
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,26 +70,42 @@ def stock_and_fast(flow):
     return flow, fast
 
 
-@pytest.mark.parametrize("maker", [
-    lambda: build_flow2(hidden_features=40, n_blocks=3, dropout=0.1),  # 504 voxels, hidden < features
-    lambda: build_flow1(min_bin_width=1e-6, min_bin_height=1e-6, min_derivative=1e-6),  # hidden > features
-])
+@pytest.mark.parametrize(
+    "maker",
+    [
+        lambda: build_flow2(
+            hidden_features=40, n_blocks=3, dropout=0.1
+        ),  # 504 voxels, hidden < features
+        lambda: build_flow1(
+            min_bin_width=1e-6, min_bin_height=1e-6, min_derivative=1e-6
+        ),  # hidden > features
+    ],
+)
 def test_float64_loss_gradients_and_parameters_equal_stock(maker):
     torch.manual_seed(0)
     stock, fast = stock_and_fast(maker().double())
     perturb(stock, 0.05, seed=1)
     fast.load_state_dict(stock.state_dict())
     n_features = stock._distribution._shape[0]
-    n_context = next(m for m in stock.modules() if isinstance(m, RQS)).autoregressive_net.context_layer.in_features
+    n_context = next(
+        m for m in stock.modules() if isinstance(m, RQS)
+    ).autoregressive_net.context_layer.in_features
     x, c = batch(64, n_features, n_context, torch.float64, seed=2)
-    loss_s, grad_s = run_steps(stock, torch.optim.Adam(stock.parameters(), lr=1e-3), x, c, 4, seed=3)
+    loss_s, grad_s = run_steps(
+        stock, torch.optim.Adam(stock.parameters(), lr=1e-3), x, c, 4, seed=3
+    )
     loss_f, grad_f = run_steps(fast, ft.adam(fast.parameters(), 1e-3), x, c, 4, seed=3)
     assert loss_s == pytest.approx(loss_f, rel=1e-9)
     assert_close(grad_s, grad_f, 1e-9)
-    for name, p in fast.named_parameters():  # weights cut by a mask get exactly zero gradient, as in nflows
+    for (
+        name,
+        p,
+    ) in fast.named_parameters():  # weights cut by a mask get exactly zero gradient, as in nflows
         if name.endswith("weight") and "context" not in name:
             mask = fast.get_submodule(name.rsplit(".", 1)[0]).mask
-            assert torch.all(grad_f[[n for n, _ in fast.named_parameters()].index(name)][mask == 0] == 0)
+            assert torch.all(
+                grad_f[[n for n, _ in fast.named_parameters()].index(name)][mask == 0] == 0
+            )
     assert_close(list(stock.parameters()), list(fast.parameters()), 1e-9)
 
 
@@ -108,26 +125,50 @@ def test_float32_steps_are_as_close_to_the_float64_step_as_stock():
     lr = 1e-3
     loss_s, _ = run_steps(stock, torch.optim.Adam(stock.parameters(), lr=lr), x, c, 3, seed=5)
     loss_f, _ = run_steps(fast, ft.adam(fast.parameters(), lr), x, c, 3, seed=5)
-    loss_r, _ = run_steps(ref, torch.optim.Adam(ref.parameters(), lr=lr), x.double(), c.double(), 3, seed=5)
+    loss_r, _ = run_steps(
+        ref, torch.optim.Adam(ref.parameters(), lr=lr), x.double(), c.double(), 3, seed=5
+    )
     assert loss_f[0] == pytest.approx(loss_s[0], rel=1e-6)
     assert loss_f == pytest.approx(loss_r, rel=1e-5) and loss_s == pytest.approx(loss_r, rel=1e-5)
     update = sum(((q.double() - s0) ** 2).sum() for q, s0 in zip(ref.parameters(), start)).sqrt()
 
     def distance(a, b):
-        return (sum(((p.double() - q.double()) ** 2).sum() for p, q in zip(a.parameters(), b.parameters())).sqrt()
-                / update).item()
+        return (
+            sum(
+                ((p.double() - q.double()) ** 2).sum()
+                for p, q in zip(a.parameters(), b.parameters())
+            ).sqrt()
+            / update
+        ).item()
 
-    assert distance(fast, ref) <= 1e-2 and distance(stock, ref) <= 1e-2 and distance(fast, stock) <= 1e-2
+    assert (
+        distance(fast, ref) <= 1e-2
+        and distance(stock, ref) <= 1e-2
+        and distance(fast, stock) <= 1e-2
+    )
 
 
-@pytest.mark.parametrize("tails,random_mask,scaled",
-                         [("linear", True, False), (None, False, False), ("linear", False, True)])
+@pytest.mark.parametrize(
+    "tails,random_mask,scaled",
+    [("linear", True, False), (None, False, False), ("linear", False, True)],
+)
 def test_spline_variants_match_nflows(tails, random_mask, scaled):
     """Random masks (grouping falls back to near-dense blocks), no tails, nflows' logit scaling."""
     torch.manual_seed(1)
-    block = RQS(features=7, hidden_features=12, context_features=3, num_bins=5, tails=tails,
-                tail_bound=3.0 if tails else 1.0, num_blocks=2, use_residual_blocks=False,
-                random_mask=random_mask, min_bin_width=1e-6, min_bin_height=1e-4, min_derivative=1e-5).double()
+    block = RQS(
+        features=7,
+        hidden_features=12,
+        context_features=3,
+        num_bins=5,
+        tails=tails,
+        tail_bound=3.0 if tails else 1.0,
+        num_blocks=2,
+        use_residual_blocks=False,
+        random_mask=random_mask,
+        min_bin_width=1e-6,
+        min_bin_height=1e-4,
+        min_derivative=1e-5,
+    ).double()
     perturb(block, 0.2, seed=6)
     if scaled:
         block.autoregressive_net.hidden_features = 12
@@ -154,7 +195,9 @@ def test_models_install_it_and_checkpoints_are_unchanged(tmp_path):
     fast = FlowII(hidden_features=16, n_blocks=2, fast_training=True)
     assert ft.installed(stock) == 0 and ft.installed(fast) == 2
     assert list(stock.state_dict()) == list(fast.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(stock.state_dict().values(), fast.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(stock.state_dict().values(), fast.state_dict().values())
+    )
     assert fast.hparams.fast_training and not stock.hparams.fast_training
     opt = fast.configure_optimizers()["optimizer"]
     assert opt.defaults["fused"] and not stock.configure_optimizers()["optimizer"].defaults["fused"]
@@ -175,9 +218,17 @@ def test_models_install_it_and_checkpoints_are_unchanged(tmp_path):
 
 
 def test_unsupported_blocks_keep_their_forward():
-    residual = RQS(features=4, hidden_features=8, num_bins=4, tails="linear", use_residual_blocks=True)
-    batch_norm = RQS(features=4, hidden_features=8, num_bins=4, tails="linear", use_residual_blocks=False,
-                     use_batch_norm=True)
+    residual = RQS(
+        features=4, hidden_features=8, num_bins=4, tails="linear", use_residual_blocks=True
+    )
+    batch_norm = RQS(
+        features=4,
+        hidden_features=8,
+        num_bins=4,
+        tails="linear",
+        use_residual_blocks=False,
+        use_batch_norm=True,
+    )
     affine = MaskedAffineAutoregressiveTransform(4, 8)
     for m in (residual, batch_norm, affine):
         assert ft.install(m) == 0 and "forward" not in m.__dict__
@@ -187,7 +238,11 @@ def test_row_groups_cover_every_row_and_reach():
     import numpy as np
 
     rng = np.random.default_rng(0)
-    for reach in (np.minimum(np.arange(11592) // 23, 378), rng.integers(0, 50, 3000), np.zeros(5, dtype=int)):
+    for reach in (
+        np.minimum(np.arange(11592) // 23, 378),
+        rng.integers(0, 50, 3000),
+        np.zeros(5, dtype=int),
+    ):
         groups = ft._plan_groups(reach)
         assert groups[0][0] == 0 and groups[-1][1] == len(reach)
         for (r0, r1, k), nxt in zip(groups, groups[1:] + [(len(reach),)]):
@@ -200,7 +255,9 @@ def test_cached_masked_weights_follow_updates_of_any_optimiser():
     stock, fast = stock_and_fast(build_flow2(hidden_features=24, n_blocks=2, dropout=0.0).double())
     x, c = batch(16, 504, 4, torch.float64, seed=8)
     for model in (stock, fast):
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)  # no version bump, no caloflow hook
+        opt = torch.optim.Adam(
+            model.parameters(), lr=1e-2, fused=True
+        )  # no version bump, no caloflow hook
         for _ in range(2):
             with torch.no_grad():
                 model.log_prob(x, c)  # an evaluation between steps (cached blocks)
@@ -243,9 +300,19 @@ def test_float32_log_det_is_as_close_to_float64_as_stock_in_the_first_bin():
     logit(alpha) ~ -13.8), so such a rounding enters every log|det| term with the same sign and adds up
     over the 504 features."""
     torch.manual_seed(2)
-    block = RQS(features=504, hidden_features=16, context_features=4, num_bins=8, tails="linear", tail_bound=14.0,
-                num_blocks=1, use_residual_blocks=False, min_bin_width=1e-6, min_bin_height=1e-6,
-                min_derivative=1e-6).eval()
+    block = RQS(
+        features=504,
+        hidden_features=16,
+        context_features=4,
+        num_bins=8,
+        tails="linear",
+        tail_bound=14.0,
+        num_blocks=1,
+        use_residual_blocks=False,
+        min_bin_width=1e-6,
+        min_bin_height=1e-6,
+        min_derivative=1e-6,
+    ).eval()
     perturb(block, 0.05, seed=3)
     fast = copy.deepcopy(block)
     ft.install(fast)

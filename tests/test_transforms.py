@@ -1,4 +1,5 @@
 """Invertible preprocessing (paper eqs. 4.1-4.5): known values and round trips to 1e-6 relative."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ def showers(n=64, dtype=torch.float64):
     g = torch.Generator().manual_seed(1)
     voxels = torch.rand(n, 504, generator=g, dtype=dtype) ** 4 * 200 + 1e-3  # MeV, noise-like floor
     # incident energy above the deposited one, as in every real shower: E_hat / E_inc in (0.3, 1)
-    incident = voxels.double().sum(1) / 1e3 / (0.3 + 0.7 * torch.rand(n, generator=g, dtype=torch.float64))
+    incident = (
+        voxels.double().sum(1) / 1e3 / (0.3 + 0.7 * torch.rand(n, generator=g, dtype=torch.float64))
+    )
     incident = incident.to(dtype)
     return voxels, incident
 
@@ -47,7 +50,9 @@ def test_u_space_matches_equation_4_1():
     e = LayerNormalization().layer_sums(voxels)
     u = EnergyToU().forward(e, incident)
     e_hat = e.sum(1)
-    expected = torch.stack([e_hat / (incident * 1e3), e[:, 0] / e_hat, e[:, 1] / (e[:, 1] + e[:, 2])], 1)
+    expected = torch.stack(
+        [e_hat / (incident * 1e3), e[:, 0] / e_hat, e[:, 1] / (e[:, 1] + e[:, 2])], 1
+    )
     assert torch.allclose(u, expected, rtol=1e-12)
     back = EnergyToU().inverse(u, incident)
     assert torch.allclose(back, e, rtol=1e-6, atol=0)
@@ -71,11 +76,14 @@ def test_flow1_round_trip():
 
 
 def test_condition_encodings():
-    assert encode_incident_energy(torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)).flatten().tolist() == \
-        pytest.approx([-1.0, 0.0, 1.0])
+    assert encode_incident_energy(
+        torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)
+    ).flatten().tolist() == pytest.approx([-1.0, 0.0, 1.0])
     e = torch.tensor([[0.0, 1e5, 1e8]], dtype=torch.float64)  # MeV: 0, 100 GeV, 100 TeV
     enc = encode_layer_energies(e)
-    assert enc[0].tolist() == pytest.approx([math.log10(1e-3 / 1e5) + 2, math.log10((1e5 + 1e-3) / 1e5) + 2, 5.0])
+    assert enc[0].tolist() == pytest.approx(
+        [math.log10(1e-3 / 1e5) + 2, math.log10((1e5 + 1e-3) / 1e5) + 2, 5.0]
+    )
     assert enc[0, 0].item() == pytest.approx(-6.0)
     assert torch.allclose(decode_layer_energies(enc), e, rtol=1e-6, atol=1e-9)
 
@@ -85,12 +93,17 @@ def test_layer_normalisation_round_trip_and_sums():
     norm = LayerNormalization()
     fractions = norm.forward(voxels)
     for s in LAYER_SLICES:
-        assert torch.allclose(fractions[:, s].sum(1), torch.ones(64, dtype=torch.float64), rtol=1e-12)
+        assert torch.allclose(
+            fractions[:, s].sum(1), torch.ones(64, dtype=torch.float64), rtol=1e-12
+        )
     assert torch.allclose(norm.inverse(fractions, norm.layer_sums(voxels)), voxels, rtol=1e-6)
     # an empty layer stays empty instead of turning into NaN
     empty = voxels.clone()
     empty[:, LAYER_SLICES[2]] = 0
-    assert torch.isfinite(norm.forward(empty)).all() and not norm.forward(empty)[:, LAYER_SLICES[2]].any()
+    assert (
+        torch.isfinite(norm.forward(empty)).all()
+        and not norm.forward(empty)[:, LAYER_SLICES[2]].any()
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -101,10 +114,14 @@ def test_flow2_round_trip(dtype):
     assert x.shape == (64, 504) and context.shape == (64, 4) and x.dtype == dtype
     e = decode_layer_energies(context[:, 1:].double())
     back = pre.inverse(x, e, threshold=False)
-    rtol = 1e-6 if dtype == torch.float64 else 2e-3  # float32 logit near 0 limits the smallest voxels
+    rtol = (
+        1e-6 if dtype == torch.float64 else 2e-3
+    )  # float32 logit near 0 limits the smallest voxels
     big = voxels > 1.0
     assert torch.allclose(back[big].double(), voxels[big].double(), rtol=rtol)
-    assert torch.allclose(back.double(), voxels.double(), rtol=1e-6 if dtype == torch.float64 else 1e-2, atol=1e-6)
+    assert torch.allclose(
+        back.double(), voxels.double(), rtol=1e-6 if dtype == torch.float64 else 1e-2, atol=1e-6
+    )
 
 
 def test_flow2_postprocessing_renormalises_and_thresholds():

@@ -7,6 +7,7 @@ one line ``caloflow <command>: error: --option: message`` (no usage block) with 
 Path types check and return the value as given (a ``str``), so code that used the plain string
 keeps working.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +22,32 @@ from typing import Any, NoReturn
 from caloflow.checks import SEED_LIMIT
 
 #: a negative number as a value ("-1e-3", "-.5", "-inf"), not an option
-NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+NEGATIVE_NUMBER = re.compile(
+    r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
+)
 
 
 def add_progress_option(parser: argparse.ArgumentParser) -> None:
     """``--no-progress`` (``args.progress`` False): no progress bars; the one-line status messages stay."""
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars (status lines are still printed)")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (status lines are still printed)",
+    )
 
 
-def add_threads_option(parser: argparse.ArgumentParser, default: int | None = 1, why: str = "") -> None:
+def add_threads_option(
+    parser: argparse.ArgumentParser, default: int | None = 1, why: str = ""
+) -> None:
     """``--threads N``: torch's CPU threads (``torch.set_num_threads``) for the whole command."""
     shown = "torch's choice" if default is None else str(default)
-    parser.add_argument("--threads", type=positive_int, default=default,
-                        help=f"torch CPU threads (default {shown}{': ' + why if why else ''})")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=default,
+        help=f"torch CPU threads (default {shown}{': ' + why if why else ''})",
+    )
 
 
 def report_error(prog: str, message: str, code: int = 2) -> int:
@@ -57,7 +70,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if message.startswith("argument "):  # "argument --n: ..." -> "--n: ..."
-            message = message[len("argument "):]
+            message = message[len("argument ") :]
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -181,12 +194,16 @@ def device(value: str) -> str:
         return text
     if dev.type == "cuda":
         if torch.version.cuda is None and torch.version.hip is None:
-            _fail(f"'{value}' is not available: this torch {torch.__version__} is built without CUDA (use cpu)")
+            _fail(
+                f"'{value}' is not available: this torch {torch.__version__} is built without CUDA (use cpu)"
+            )
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             _fail(f"'{value}' is not available: no CUDA device on this machine (use cpu)")
         if dev.index is not None and dev.index >= count:
-            _fail(f"'{value}' is not available: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+            _fail(
+                f"'{value}' is not available: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
         return text
     if dev.type == "mps":
         if not torch.backends.mps.is_available():
@@ -195,8 +212,11 @@ def device(value: str) -> str:
     _fail(f"'{value}' is not supported, expected cpu, cuda or cuda:N")
 
 
-def comma_list(choices: Iterable[str] | None = None, item: Callable[[str], Any] | None = None,
-               what: str = "value") -> Callable[[str], list]:
+def comma_list(
+    choices: Iterable[str] | None = None,
+    item: Callable[[str], Any] | None = None,
+    what: str = "value",
+) -> Callable[[str], list]:
     """A type for ``a,b,c``: the items in order, without repeats, each in ``choices`` (if given) and
     converted by ``item`` (if given). ``what`` names an item in the messages ("unknown generator 'x'")."""
     allowed = tuple(choices) if choices is not None else None
@@ -204,8 +224,10 @@ def comma_list(choices: Iterable[str] | None = None, item: Callable[[str], Any] 
     def parse(value: str) -> list:
         items = list(dict.fromkeys(v.strip() for v in str(value).split(",") if v.strip()))
         if not items:
-            _fail(f"empty list, expected comma-separated {what}s"
-                  + (f" from {','.join(allowed)}" if allowed else ""))
+            _fail(
+                f"empty list, expected comma-separated {what}s"
+                + (f" from {','.join(allowed)}" if allowed else "")
+            )
         if allowed is not None:
             unknown = [v for v in items if v not in allowed]
             if unknown:
@@ -217,6 +239,19 @@ def comma_list(choices: Iterable[str] | None = None, item: Callable[[str], Any] 
 
 
 __all__ = [
-    "ArgumentParser", "NEGATIVE_NUMBER", "add_progress_option", "add_threads_option", "report_error", "positive_int", "nonnegative_int", "seed", "finite_float",
-    "positive_float", "existing_file", "output_file", "output_dir", "comma_list", "device",
+    "ArgumentParser",
+    "NEGATIVE_NUMBER",
+    "add_progress_option",
+    "add_threads_option",
+    "report_error",
+    "positive_int",
+    "nonnegative_int",
+    "seed",
+    "finite_float",
+    "positive_float",
+    "existing_file",
+    "output_file",
+    "output_dir",
+    "comma_list",
+    "device",
 ]

@@ -19,6 +19,7 @@ of memory is skipped, and so are the larger batches of that generator.
 Without checkpoints (or with ``--paper-size``) the models are untrained paper-size networks with
 random weights: the cost of a pass does not depend on the values of the weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caloflow.commands import argtypes
 from caloflow.atomic import write_text_atomic
+from caloflow.commands import argtypes
 from caloflow.errors import CaloflowError
 from caloflow.timing import format_ms, machine_info, timed
 
@@ -103,7 +104,9 @@ def _out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def time_generator(
@@ -123,7 +126,9 @@ def time_generator(
     oom_at: int | None = None
     for batch in batch_sizes:
         if oom_at is not None:
-            cells.append(Cell(gen.name, batch, "skipped", reason=f"out of memory at batch {oom_at:,}"))
+            cells.append(
+                Cell(gen.name, batch, "skipped", reason=f"out of memory at batch {oom_at:,}")
+            )
             log(f"{gen.name} batch {batch:,}: skipped (out of memory at batch {oom_at:,})")
             continue
         if points:
@@ -132,10 +137,21 @@ def time_generator(
             est_s, method = estimate_seconds([(warm, warm_s)], batch)
             method = f"{method} (warm-up call)"
         if est_s > max_seconds:
-            cells.append(Cell(gen.name, batch, "estimated", 1e3 * est_s / batch, estimate_s=est_s,
-                              estimate_method=method, reason=f"estimate {est_s:,.0f} s > --max-seconds {max_seconds:g}"))
-            log(f"{gen.name} batch {batch:,}: not run, estimated {est_s:,.1f} s per call > --max-seconds "
-                f"{max_seconds:g} -> ~{format_ms(1e3 * est_s / batch)} ms/shower ({method})")
+            cells.append(
+                Cell(
+                    gen.name,
+                    batch,
+                    "estimated",
+                    1e3 * est_s / batch,
+                    estimate_s=est_s,
+                    estimate_method=method,
+                    reason=f"estimate {est_s:,.0f} s > --max-seconds {max_seconds:g}",
+                )
+            )
+            log(
+                f"{gen.name} batch {batch:,}: not run, estimated {est_s:,.1f} s per call > --max-seconds "
+                f"{max_seconds:g} -> ~{format_ms(1e3 * est_s / batch)} ms/shower ({method})"
+            )
             continue
         log(f"{gen.name} batch {batch:,}: running (estimate {est_s:,.1f} s per call)")
         cell = Cell(gen.name, batch, "measured", estimate_s=est_s, estimate_method=method)
@@ -160,8 +176,10 @@ def time_generator(
         cell.ms_per_shower = 1e3 * best / batch
         points.append((batch, best))
         cells.append(cell)
-        log(f"{gen.name} batch {batch:,}: {format_ms(cell.ms_per_shower)} ms/shower "
-            f"(best of {len(cell.seconds_per_call)}, {best:,.2f} s per call)")
+        log(
+            f"{gen.name} batch {batch:,}: {format_ms(cell.ms_per_shower)} ms/shower "
+            f"(best of {len(cell.seconds_per_call)}, {best:,.2f} s per call)"
+        )
     return cells
 
 
@@ -170,7 +188,9 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_generators(args: argparse.Namespace, names: list[str], device: torch.device, seed: int) -> list[Generator]:
+def build_generators(
+    args: argparse.Namespace, names: list[str], device: torch.device, seed: int
+) -> list[Generator]:
     """The requested generators, each as ``run(batch) -> redraws`` on ``device``."""
     from caloflow.sampling import CaloFlow, CaloGANSampler, requested_energies
 
@@ -181,7 +201,9 @@ def build_generators(args: argparse.Namespace, names: list[str], device: torch.d
             energies[batch] = requested_energies(batch, None, ENERGY_RANGE_GEV, seed)
         return energies[batch]
 
-    noise = torch.Generator().manual_seed(seed)  # CPU, so the latent draws do not depend on the device
+    noise = torch.Generator().manual_seed(
+        seed
+    )  # CPU, so the latent draws do not depend on the device
     generators = []
     if {"caloflow-fast", "caloflow-nflows"} & set(names):
         if args.flow1:
@@ -196,6 +218,7 @@ def build_generators(args: argparse.Namespace, names: list[str], device: torch.d
         model = f"Flow I + Flow II, {n_params:,} parameters: {source}"
         for name, fast in (("caloflow-fast", True), ("caloflow-nflows", False)):
             if name in names:
+
                 def run(batch: int, fast: bool = fast) -> int:
                     flow.sample(energies_for(batch), noise, batch_size=batch, fast=fast)
                     return flow.redraws
@@ -203,7 +226,10 @@ def build_generators(args: argparse.Namespace, names: list[str], device: torch.d
                 generators.append(Generator(name, GENERATORS[name], run, model))
     if "calogan" in names:
         if args.calogan:
-            gan, source = CaloGANSampler.load(args.calogan, str(device)), f"checkpoint {args.calogan}"
+            gan, source = (
+                CaloGANSampler.load(args.calogan, str(device)),
+                f"checkpoint {args.calogan}",
+            )
         else:
             from caloflow.models.calogan import CaloGAN
 
@@ -253,17 +279,27 @@ def markdown(result: dict, generators: list[Generator], cells: list[Cell]) -> st
         "",
     ]
     lines += [f"* {g.label}: {g.model}" for g in generators]
-    lines += ["", "| generator | " + " | ".join(f"{b:,}" for b in batches) + " |",
-              "|---|" + "---:|" * len(batches)]
+    lines += [
+        "",
+        "| generator | " + " | ".join(f"{b:,}" for b in batches) + " |",
+        "|---|" + "---:|" * len(batches),
+    ]
     by_key = {(c.generator, c.batch): c for c in cells}
     for g in generators:
-        lines.append(f"| {g.label} | " + " | ".join(cell_text(by_key[g.name, b]) for b in batches) + " |")
+        lines.append(
+            f"| {g.label} | " + " | ".join(cell_text(by_key[g.name, b]) for b in batches) + " |"
+        )
     lines += [
         "",
         "Full pipeline per call of `batch` showers (CaloFlow: Flow I + Flow II + post-processing; "
         "CaloGAN: generator + flattening), after one untimed warm-up call, "
-        + ("one call per cell" if result["repeats"] == 1 else f"best of up to {result['repeats']} calls")
-        + (", `torch.cuda.synchronize` around each" if where != "cpu" else "") + ". "
+        + (
+            "one call per cell"
+            if result["repeats"] == 1
+            else f"best of up to {result['repeats']} calls"
+        )
+        + (", `torch.cuda.synchronize` around each" if where != "cpu" else "")
+        + ". "
         f"`~x (est.)`: not run because its estimate exceeded --max-seconds {result['max_seconds']:g}; "
         "estimated from the smaller batches measured (fit t = a + b n with two or more, else "
         "proportional to the largest one, an upper bound).",
@@ -279,26 +315,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--flow1", help="Flow I checkpoint (.ckpt); needs --flow2")
     model.add_argument("--flow2", help="Flow II checkpoint (.ckpt); needs --flow1")
     model.add_argument("--calogan", help="CaloGAN checkpoint (.ckpt)")
-    model.add_argument("--paper-size", action="store_true",
-                       help="untrained paper-size models with random weights (also the default without checkpoints)")
-    parser.add_argument("--simulator", default="eplus", metavar="PARTICLE",
-                        help="particle for the embedded simulator row (default eplus)")
-    parser.add_argument("--generators", type=argtypes.comma_list(GENERATORS, what="generator"),
-                        default=",".join(GENERATORS),
-                        help=f"comma-separated subset of {','.join(GENERATORS)} (default: all)")
-    parser.add_argument("--batch-sizes", nargs="+", type=argtypes.positive_int, default=list(DEFAULT_BATCH_SIZES),
-                        help="batch sizes (default 10 100 1000 10000)")
-    parser.add_argument("--device", type=argtypes.device, default="cpu",
-                        help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU")
+    model.add_argument(
+        "--paper-size",
+        action="store_true",
+        help="untrained paper-size models with random weights (also the default without checkpoints)",
+    )
+    parser.add_argument(
+        "--simulator",
+        default="eplus",
+        metavar="PARTICLE",
+        help="particle for the embedded simulator row (default eplus)",
+    )
+    parser.add_argument(
+        "--generators",
+        type=argtypes.comma_list(GENERATORS, what="generator"),
+        default=",".join(GENERATORS),
+        help=f"comma-separated subset of {','.join(GENERATORS)} (default: all)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=argtypes.positive_int,
+        default=list(DEFAULT_BATCH_SIZES),
+        help="batch sizes (default 10 100 1000 10000)",
+    )
+    parser.add_argument(
+        "--device",
+        type=argtypes.device,
+        default="cpu",
+        help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU",
+    )
     argtypes.add_threads_option(parser, None)
-    parser.add_argument("--max-seconds", type=argtypes.positive_float, default=600.0,
-                        help="a cell whose estimated time per call exceeds this is estimated, not run (default 600)")
-    parser.add_argument("--repeats", type=argtypes.positive_int, default=3,
-                        help="timed calls per cell, the best is reported (default 3)")
-    parser.add_argument("--seed", type=argtypes.seed, default=0,
-                        help="seed of the energies, latent draws and random weights (default 0)")
-    parser.add_argument("--out", required=True, type=argtypes.output_dir,
-                        help="output folder for benchmark.json and benchmark.md")
+    parser.add_argument(
+        "--max-seconds",
+        type=argtypes.positive_float,
+        default=600.0,
+        help="a cell whose estimated time per call exceeds this is estimated, not run (default 600)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=argtypes.positive_int,
+        default=3,
+        help="timed calls per cell, the best is reported (default 3)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=argtypes.seed,
+        default=0,
+        help="seed of the energies, latent draws and random weights (default 0)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=argtypes.output_dir,
+        help="output folder for benchmark.json and benchmark.md",
+    )
 
 
 def _check(args: argparse.Namespace) -> dict:
@@ -310,9 +381,11 @@ def _check(args: argparse.Namespace) -> dict:
         raise CaloflowError("--flow1 and --flow2 go together: give both or neither")
     if args.paper_size and (args.flow1 or args.calogan):
         raise CaloflowError("--paper-size uses untrained models: give it or checkpoints, not both")
-    for option, path, model in (("--flow1", args.flow1, "caloflow.models.FlowI"),
-                                ("--flow2", args.flow2, "caloflow.models.FlowII"),
-                                ("--calogan", args.calogan, "caloflow.models.CaloGAN")):
+    for option, path, model in (
+        ("--flow1", args.flow1, "caloflow.models.FlowI"),
+        ("--flow2", args.flow2, "caloflow.models.FlowII"),
+        ("--calogan", args.calogan, "caloflow.models.CaloGAN"),
+    ):
         if path and not Path(path).is_file():
             raise CaloflowError(f"{option} {path}: no such checkpoint file")
         if path:  # readable, and of the right model, before anything is built or timed
@@ -322,18 +395,28 @@ def _check(args: argparse.Namespace) -> dict:
             if mismatch:
                 raise CaloflowError(f"{option} {path}: {mismatch}")
     if "simulator" in names and args.simulator not in PARTICLES:
-        raise CaloflowError(f"--simulator: unknown particle '{args.simulator}', expected one of {', '.join(PARTICLES)}")
+        raise CaloflowError(
+            f"--simulator: unknown particle '{args.simulator}', expected one of {', '.join(PARTICLES)}"
+        )
     try:
         device = torch.device(args.device)
     except RuntimeError:
-        raise CaloflowError(f"--device: '{args.device}' is not a torch device (cpu, cuda, cuda:N)") from None
+        raise CaloflowError(
+            f"--device: '{args.device}' is not a torch device (cpu, cuda, cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CaloflowError(f"--device {args.device}: CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
         raise CaloflowError(f"--device: expected cpu or cuda, got '{args.device}'")
     return dict(
-        names=names, batch_sizes=batch_sizes, device=device, out=Path(args.out),
-        threads=args.threads, max_seconds=args.max_seconds, repeats=args.repeats, seed=args.seed,
+        names=names,
+        batch_sizes=batch_sizes,
+        device=device,
+        out=Path(args.out),
+        threads=args.threads,
+        max_seconds=args.max_seconds,
+        repeats=args.repeats,
+        seed=args.seed,
     )
 
 
@@ -351,8 +434,16 @@ def command_line(args: argparse.Namespace, opts: dict) -> str:
     parts += ["--batch-sizes", *map(str, opts["batch_sizes"]), "--device", args.device]
     if opts["threads"]:
         parts += ["--threads", str(opts["threads"])]
-    parts += ["--max-seconds", f"{opts['max_seconds']:g}", "--repeats", str(opts["repeats"]),
-              "--seed", str(opts["seed"]), "--out", str(args.out)]
+    parts += [
+        "--max-seconds",
+        f"{opts['max_seconds']:g}",
+        "--repeats",
+        str(opts["repeats"]),
+        "--seed",
+        str(opts["seed"]),
+        "--out",
+        str(args.out),
+    ]
     return shlex.join(parts)
 
 
@@ -370,7 +461,9 @@ def run(args: argparse.Namespace) -> int:
     generators = build_generators(args, opts["names"], device, opts["seed"])
     cells: list[Cell] = []
     for gen in generators:
-        cells += time_generator(gen, opts["batch_sizes"], device, opts["max_seconds"], opts["repeats"], log)
+        cells += time_generator(
+            gen, opts["batch_sizes"], device, opts["max_seconds"], opts["repeats"], log
+        )
 
     result = {
         "command": command_line(args, opts),
@@ -394,4 +487,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["GENERATORS", "DEFAULT_BATCH_SIZES", "ENERGY_RANGE_GEV", "WARMUP_BATCH", "PAPER_SIZE", "Generator", "Cell", "estimate_seconds", "time_generator", "build_generators", "cell_text", "markdown", "add_arguments", "command_line", "run"]
+__all__ = [
+    "GENERATORS",
+    "DEFAULT_BATCH_SIZES",
+    "ENERGY_RANGE_GEV",
+    "WARMUP_BATCH",
+    "PAPER_SIZE",
+    "Generator",
+    "Cell",
+    "estimate_seconds",
+    "time_generator",
+    "build_generators",
+    "cell_text",
+    "markdown",
+    "add_arguments",
+    "command_line",
+    "run",
+]

@@ -5,6 +5,7 @@ Each subcommand lives in the module that does the work; that module provides
 errors (:class:`caloflow.errors.CaloflowError`, missing files) into one line on stderr and a
 non-zero exit.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,15 +16,36 @@ from caloflow.errors import CaloflowError
 
 #: subcommand -> (module, one-line help). ``fit`` and friends are the LightningCLI entry.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("caloflow.commands.simulate", "simulate showers with the embedded parametrized simulator"),
-    "demo": ("caloflow.commands.demo", "the main job end to end at demo size: simulate, fit both flows, generate, evaluate"),
-    "generate": ("caloflow.commands.generate", "generate showers with trained CaloFlow (or CaloGAN) checkpoints"),
-    "evaluate": ("caloflow.commands.evaluate", "compare generated with reference showers: features, figures, classifier AUC/JSD"),
-    "benchmark": ("caloflow.commands.benchmark", "time generation per shower vs batch size: CaloFlow, CaloGAN, simulator "
-                  "(table 4); 'caloflow benchmark fidelity': classifier AUC vs training budget"),
-    "refine": ("refine.laser", "LaSeR latent-space refinement: the 2D toys, or a shower model on a held-out split "
-               "(same options as 'python -m refine.laser')"),
-    "config": ("caloflow.commands.config", "write a shipped config (flow2, smoke/flow1, laser/gaussians, ...) where you can edit it"),
+    "simulate": (
+        "caloflow.commands.simulate",
+        "simulate showers with the embedded parametrized simulator",
+    ),
+    "demo": (
+        "caloflow.commands.demo",
+        "the main job end to end at demo size: simulate, fit both flows, generate, evaluate",
+    ),
+    "generate": (
+        "caloflow.commands.generate",
+        "generate showers with trained CaloFlow (or CaloGAN) checkpoints",
+    ),
+    "evaluate": (
+        "caloflow.commands.evaluate",
+        "compare generated with reference showers: features, figures, classifier AUC/JSD",
+    ),
+    "benchmark": (
+        "caloflow.commands.benchmark",
+        "time generation per shower vs batch size: CaloFlow, CaloGAN, simulator "
+        "(table 4); 'caloflow benchmark fidelity': classifier AUC vs training budget",
+    ),
+    "refine": (
+        "refine.laser",
+        "LaSeR latent-space refinement: the 2D toys, or a shower model on a held-out split "
+        "(same options as 'python -m refine.laser')",
+    ),
+    "config": (
+        "caloflow.commands.config",
+        "write a shipped config (flow2, smoke/flow1, laser/gaussians, ...) where you can edit it",
+    ),
 }
 #: subcommands handed to LightningCLI unchanged.
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -62,7 +84,9 @@ def _main(argv: list[str] | None) -> int:
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     for name in LIGHTNING_COMMANDS:
-        sub.add_parser(name, help=f"LightningCLI '{name}' (see 'caloflow {name} --help')", add_help=False)
+        sub.add_parser(
+            name, help=f"LightningCLI '{name}' (see 'caloflow {name} --help')", add_help=False
+        )
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a bad option already reported as one line

@@ -1,4 +1,5 @@
 """``caloflow config``: list the shipped configs, or copy one where it can be edited."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,18 @@ from caloflow.errors import CaloflowError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", metavar="NAME",
-                        help="shipped config, e.g. flow2, smoke/flow1, laser/gaussians (see --list)")
-    parser.add_argument("--out", type=argtypes.output_file, default=None,
-                        help="where to write it (default ./NAME.yaml, with '/' in NAME written as '_')")
+    parser.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="shipped config, e.g. flow2, smoke/flow1, laser/gaussians (see --list)",
+    )
+    parser.add_argument(
+        "--out",
+        type=argtypes.output_file,
+        default=None,
+        help="where to write it (default ./NAME.yaml, with '/' in NAME written as '_')",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     parser.add_argument("--list", action="store_true", help="list the shipped configs and exit")
 
@@ -25,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
             print(name)
         return 0
     if not args.name:
-        raise CaloflowError("config: give a NAME (or --list); shipped configs: " + ", ".join(list_configs()))
+        raise CaloflowError(
+            "config: give a NAME (or --list); shipped configs: " + ", ".join(list_configs())
+        )
     source = shipped_config(args.name)
     out = Path(args.out) if args.out else Path(config_name(args.name).replace("/", "_") + ".yaml")
     if out.exists() and not args.force:

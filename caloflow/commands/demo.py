@@ -3,6 +3,7 @@
 simulate -> fit Flow I -> fit Flow II -> generate -> evaluate, each step printed as the
 stand-alone command that does the same thing, and the locations of all outputs at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,35 @@ from caloflow.errors import CaloflowError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=argtypes.output_dir, default="runs/demo",
-                        help="output folder (default runs/demo)")
+    parser.add_argument(
+        "--out",
+        type=argtypes.output_dir,
+        default="runs/demo",
+        help="output folder (default runs/demo)",
+    )
     parser.add_argument("--particle", default="eplus", choices=("eplus", "gamma", "piplus"))
-    parser.add_argument("--n", type=argtypes.positive_int, default=10_000,
-                        help="training showers to simulate (default 10000)")
-    parser.add_argument("--n-reference", type=argtypes.positive_int, default=5_000,
-                        help="independent reference showers for the evaluation (default 5000)")
-    parser.add_argument("--configs", default=None,
-                        help="folder with flow1.yaml and flow2.yaml (default: the shipped configs/demo)")
-    argtypes.add_threads_option(parser, 1, "the demo-size models gain little from more, and lose much when "
-                                           "the cores are shared")
+    parser.add_argument(
+        "--n",
+        type=argtypes.positive_int,
+        default=10_000,
+        help="training showers to simulate (default 10000)",
+    )
+    parser.add_argument(
+        "--n-reference",
+        type=argtypes.positive_int,
+        default=5_000,
+        help="independent reference showers for the evaluation (default 5000)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="folder with flow1.yaml and flow2.yaml (default: the shipped configs/demo)",
+    )
+    argtypes.add_threads_option(
+        parser,
+        1,
+        "the demo-size models gain little from more, and lose much when the cores are shared",
+    )
     argtypes.add_progress_option(parser)
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
@@ -62,8 +81,17 @@ def run_caloflow(argv: list[str], progress: bool = True) -> None:
 def fit_config(config: Path, root: Path, data: Path, seed: int, progress: bool = True) -> Path:
     from caloflow.commands.lightning_cli import cli_main
 
-    argv = ["fit", "-c", str(config), "--data.path", str(data), "--trainer.default_root_dir", str(root),
-            "--seed_everything", str(seed)]
+    argv = [
+        "fit",
+        "-c",
+        str(config),
+        "--data.path",
+        str(data),
+        "--trainer.default_root_dir",
+        str(root),
+        "--seed_everything",
+        str(seed),
+    ]
     if not progress:
         argv += ["--trainer.enable_progress_bar", "false"]
     say(["lightning", *argv])
@@ -87,18 +115,73 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     train = out / "data" / f"{args.particle}_train.hdf5"
     reference = out / "data" / f"{args.particle}_reference.hdf5"
-    run_caloflow(["simulate", "--particle", args.particle, "--n", str(args.n), "--seed", str(args.seed),
-               "--out", str(train)], args.progress)
-    run_caloflow(["simulate", "--particle", args.particle, "--n", str(args.n_reference), "--seed",
-               str(args.seed + 1), "--out", str(reference)], args.progress)
+    run_caloflow(
+        [
+            "simulate",
+            "--particle",
+            args.particle,
+            "--n",
+            str(args.n),
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(train),
+        ],
+        args.progress,
+    )
+    run_caloflow(
+        [
+            "simulate",
+            "--particle",
+            args.particle,
+            "--n",
+            str(args.n_reference),
+            "--seed",
+            str(args.seed + 1),
+            "--out",
+            str(reference),
+        ],
+        args.progress,
+    )
     flow1 = fit_config(configs / "flow1.yaml", out / "flow1", train, args.seed, args.progress)
     flow2 = fit_config(configs / "flow2.yaml", out / "flow2", train, args.seed, args.progress)
     generated = out / f"caloflow_{args.particle}.hdf5"
-    run_caloflow(["generate", "--flow1", str(flow1), "--flow2", str(flow2), "--energies", str(reference),
-               "--seed", str(args.seed), "--out", str(generated)], args.progress)
-    run_caloflow(["evaluate", "--reference", str(reference), "--samples", f"CaloFlow={generated}",
-               "--out", str(out / "evaluation"), "--classifier", "dnn,features", "--preprocessing", "normalized",
-               "--runs", "1", "--seed", str(args.seed)], args.progress)  # classifiers trained to convergence (early stopping)
+    run_caloflow(
+        [
+            "generate",
+            "--flow1",
+            str(flow1),
+            "--flow2",
+            str(flow2),
+            "--energies",
+            str(reference),
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(generated),
+        ],
+        args.progress,
+    )
+    run_caloflow(
+        [
+            "evaluate",
+            "--reference",
+            str(reference),
+            "--samples",
+            f"CaloFlow={generated}",
+            "--out",
+            str(out / "evaluation"),
+            "--classifier",
+            "dnn,features",
+            "--preprocessing",
+            "normalized",
+            "--runs",
+            "1",
+            "--seed",
+            str(args.seed),
+        ],
+        args.progress,
+    )  # classifiers trained to convergence (early stopping)
     print(f"\ncaloflow demo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
     for label, path in [
         ("training showers (simulated)", train),

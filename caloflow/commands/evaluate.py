@@ -11,6 +11,7 @@ file with a 1-D dataset ``weight`` or a ``.npy`` file, one weight per shower in 
 (cut like the showers by ``--max-showers``). That sample's classifier test, feature histograms,
 separation powers, means and profiles are then weighted (:mod:`caloflow.evaluate.weights`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,44 +35,96 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reference", required=True, type=argtypes.existing_file,
-                        help="reference (e.g. GEANT4) showers, CaloGAN HDF5 file")
-    parser.add_argument("--samples", required=True, nargs="+", metavar="NAME=PATH",
-                        help="generated showers to judge, each as NAME=PATH (CaloGAN HDF5)")
-    parser.add_argument("--out", required=True, type=argtypes.output_dir,
-                        help="output folder (figures/, metrics.json, report.md)")
-    parser.add_argument("--classifier", default=DEFAULT_CLASSIFIERS,
-                        help="comma-separated classifiers: dnn, cnn (voxels, appendix A), features (41 high-level "
-                             f"features) or 'none' (default: {DEFAULT_CLASSIFIERS})")
-    parser.add_argument("--preprocessing", default=DEFAULT_PREPROCESSINGS,
-                        help="comma-separated classifier input preprocessings: unnormalized, normalized, logit, "
-                             f"logit-normalized (default: {DEFAULT_PREPROCESSINGS})")
-    parser.add_argument("--runs", type=argtypes.positive_int, default=10,
-                        help="classifier runs (seeds) per setting (default: 10)")
-    parser.add_argument("--epochs", type=argtypes.positive_int, default=None,
-                        help="train every classifier for exactly this many epochs, without early stopping "
-                             "(default: train to convergence: early stopping on the validation loss)")
-    parser.add_argument("--max-epochs", type=argtypes.positive_int, default=None,
-                        help="upper bound of the converging training (default: at least twice the paper's "
-                             "7,200 optimizer updates, whatever the data size)")
-    parser.add_argument("--patience", type=argtypes.positive_int, default=None,
-                        help="early-stopping patience in epochs (default: 1,200 optimizer updates, >= 10 epochs)")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse (instead of warning) samples of another particle than the reference")
-    parser.add_argument("--threshold-reference", action="store_true",
-                        help="apply the sampler's 10 keV voxel cut to the reference showers too")
-    parser.add_argument("--max-showers", type=argtypes.positive_int, default=None,
-                        help="use at most this many showers of each file (default: all)")
-    parser.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
-                        help="per-shower weights (e.g. DCTR) of the sample NAME (one of --samples): an HDF5 file "
-                             "with a 1-D dataset 'weight', or a .npy file, one finite weight >= 0 per shower; "
-                             "that sample's classifier test and feature histograms are then weighted")
+    parser.add_argument(
+        "--reference",
+        required=True,
+        type=argtypes.existing_file,
+        help="reference (e.g. GEANT4) showers, CaloGAN HDF5 file",
+    )
+    parser.add_argument(
+        "--samples",
+        required=True,
+        nargs="+",
+        metavar="NAME=PATH",
+        help="generated showers to judge, each as NAME=PATH (CaloGAN HDF5)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=argtypes.output_dir,
+        help="output folder (figures/, metrics.json, report.md)",
+    )
+    parser.add_argument(
+        "--classifier",
+        default=DEFAULT_CLASSIFIERS,
+        help="comma-separated classifiers: dnn, cnn (voxels, appendix A), features (41 high-level "
+        f"features) or 'none' (default: {DEFAULT_CLASSIFIERS})",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        default=DEFAULT_PREPROCESSINGS,
+        help="comma-separated classifier input preprocessings: unnormalized, normalized, logit, "
+        f"logit-normalized (default: {DEFAULT_PREPROCESSINGS})",
+    )
+    parser.add_argument(
+        "--runs",
+        type=argtypes.positive_int,
+        default=10,
+        help="classifier runs (seeds) per setting (default: 10)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=argtypes.positive_int,
+        default=None,
+        help="train every classifier for exactly this many epochs, without early stopping "
+        "(default: train to convergence: early stopping on the validation loss)",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=argtypes.positive_int,
+        default=None,
+        help="upper bound of the converging training (default: at least twice the paper's "
+        "7,200 optimizer updates, whatever the data size)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=argtypes.positive_int,
+        default=None,
+        help="early-stopping patience in epochs (default: 1,200 optimizer updates, >= 10 epochs)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (instead of warning) samples of another particle than the reference",
+    )
+    parser.add_argument(
+        "--threshold-reference",
+        action="store_true",
+        help="apply the sampler's 10 keV voxel cut to the reference showers too",
+    )
+    parser.add_argument(
+        "--max-showers",
+        type=argtypes.positive_int,
+        default=None,
+        help="use at most this many showers of each file (default: all)",
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        metavar="NAME=PATH",
+        default=None,
+        help="per-shower weights (e.g. DCTR) of the sample NAME (one of --samples): an HDF5 file "
+        "with a 1-D dataset 'weight', or a .npy file, one finite weight >= 0 per shower; "
+        "that sample's classifier test and feature histograms are then weighted",
+    )
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: 0)")
     argtypes.add_threads_option(parser, None)
     argtypes.add_progress_option(parser)
 
 
-def _parse_list(value: str, allowed: tuple[str, ...], option: str, allow_none: bool = False) -> list[str]:
+def _parse_list(
+    value: str, allowed: tuple[str, ...], option: str, allow_none: bool = False
+) -> list[str]:
     if allow_none and value.strip().lower() == "none":
         return []
     try:
@@ -88,7 +141,9 @@ def parse_samples(values: list[str]) -> dict[str, Path]:
         if not sep or not path:
             raise CaloflowError(f"--samples: '{value}' is not NAME=PATH")
         if not NAME_PATTERN.match(name):
-            raise CaloflowError(f"--samples: bad name '{name}' in '{value}' (letters, digits, _ . + - only)")
+            raise CaloflowError(
+                f"--samples: bad name '{name}' in '{value}' (letters, digits, _ . + - only)"
+            )
         if name in samples or name.lower() == "reference":
             raise CaloflowError(f"--samples: name '{name}' used twice (or reserved)")
         samples[name] = Path(path)
@@ -101,10 +156,15 @@ def _check_args(args) -> tuple[dict[str, Path], dict[str, np.ndarray], list[str]
     if args.max_showers is not None and args.max_showers < 10:
         raise CaloflowError(f"--max-showers must be >= 10, got {args.max_showers}")
     # every file is checked (keys, shapes) before any long computation starts; errors name the option
-    for option, path in [("--reference", Path(args.reference)), *((f"--samples {n}=", p) for n, p in samples.items())]:
+    for option, path in [
+        ("--reference", Path(args.reference)),
+        *((f"--samples {n}=", p) for n, p in samples.items()),
+    ]:
         shown = f"{option}{path}" if option.endswith("=") else f"{option} {path}"
         if not path.is_file():
-            raise CaloflowError(f"{shown}: {'is a directory, expected a file' if path.is_dir() else 'no such file'}")
+            raise CaloflowError(
+                f"{shown}: {'is a directory, expected a file' if path.is_dir() else 'no such file'}"
+            )
         try:
             n = count_showers(path)
         except DataFormatError as e:
@@ -126,14 +186,22 @@ def _parse_weights(args, samples: dict[str, Path]) -> dict[str, Path]:
     return parse_weight_options(getattr(args, "weights", None), samples)
 
 
-def _load_weights(weight_paths: dict[str, Path], samples: dict[str, Path],
-                  max_showers: int | None) -> dict[str, np.ndarray]:
+def _load_weights(
+    weight_paths: dict[str, Path], samples: dict[str, Path], max_showers: int | None
+) -> dict[str, np.ndarray]:
     """Every sample's weights, read and checked (cut to ``max_showers`` like its showers)."""
     from caloflow.evaluate.weights import load_weights
 
-    return {name: load_weights(path, count_showers(samples[name]), option=f"--weights {name}=",
-                               sample=f"--samples {name}={samples[name]}", max_showers=max_showers)
-            for name, path in weight_paths.items()}
+    return {
+        name: load_weights(
+            path,
+            count_showers(samples[name]),
+            option=f"--weights {name}=",
+            sample=f"--samples {name}={samples[name]}",
+            max_showers=max_showers,
+        )
+        for name, path in weight_paths.items()
+    }
 
 
 def run(args) -> int:
@@ -152,22 +220,39 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    reference, samples = _read_inputs(args.reference, samples_paths, args.max_showers, args.threshold_reference)
+    reference, samples = _read_inputs(
+        args.reference, samples_paths, args.max_showers, args.threshold_reference
+    )
     ref_features, sample_features = _compute_features(reference, samples, args.progress)
     weight_paths = _parse_weights(args, samples_paths)
-    ref_entry, sample_entries = _feature_metrics(args.reference, reference, samples_paths, samples,
-                                                 ref_features, sample_features, weights, weight_paths)
-    metrics: dict = {"settings": _settings(args, classifiers, preprocessings),
-                     "reference": ref_entry, "samples": sample_entries}
-    if weights:  # (nothing is added without weights: unweighted metrics.json files stay as they were)
+    ref_entry, sample_entries = _feature_metrics(
+        args.reference,
+        reference,
+        samples_paths,
+        samples,
+        ref_features,
+        sample_features,
+        weights,
+        weight_paths,
+    )
+    metrics: dict = {
+        "settings": _settings(args, classifiers, preprocessings),
+        "reference": ref_entry,
+        "samples": sample_entries,
+    }
+    if (
+        weights
+    ):  # (nothing is added without weights: unweighted metrics.json files stay as they were)
         metrics["settings"]["weights"] = {name: str(p) for name, p in weight_paths.items()}
-    written, neighbours = _write_figures(reference, samples, ref_features, sample_features,
-                                         out / "figures", args.seed, weights)
+    written, neighbours = _write_figures(
+        reference, samples, ref_features, sample_features, out / "figures", args.seed, weights
+    )
     for name, nb in neighbours.items():
         metrics["samples"][name]["nearest_neighbours"] = nb
     if classifiers:
-        results = _classifier_tests(args, reference, samples, classifiers, preprocessings, out / "tensorboard",
-                                    weights)
+        results = _classifier_tests(
+            args, reference, samples, classifiers, preprocessings, out / "tensorboard", weights
+        )
         for name, per_model in results.items():
             metrics["samples"][name]["classifier"] = per_model
     _write_outputs(out, metrics, written)
@@ -188,7 +273,9 @@ def _log(msg: str) -> None:
     tqdm.write(f"[evaluate] {msg}")
 
 
-def _read_inputs(reference_path, samples_paths: dict[str, Path], max_showers: int | None, threshold: bool = False):
+def _read_inputs(
+    reference_path, samples_paths: dict[str, Path], max_showers: int | None, threshold: bool = False
+):
     """The reference and every sample, each cut to its first ``max_showers`` showers (all if None).
 
     With ``threshold`` the reference's voxels below 10 keV are set to zero, the cut the sampler applies to
@@ -200,8 +287,11 @@ def _read_inputs(reference_path, samples_paths: dict[str, Path], max_showers: in
         from caloflow.data.io import Showers
         from caloflow.features import apply_threshold
 
-        reference = Showers(apply_threshold(reference.voxels).astype(reference.voxels.dtype), reference.energy,
-                            reference.overflow)
+        reference = Showers(
+            apply_threshold(reference.voxels).astype(reference.voxels.dtype),
+            reference.energy,
+            reference.overflow,
+        )
     samples = {}
     for name, path in samples_paths.items():
         _log(f"reading {name} = {path}")
@@ -216,8 +306,10 @@ def _compute_features(reference, samples: dict, progress: bool = True) -> tuple[
 
     _log("computing features")
     ref_features = compute_features(reference.voxels, incident_gev=reference.energy)
-    sample_features = {n: compute_features(s.voxels, incident_gev=s.energy)
-                       for n, s in tqdm(samples.items(), desc="features", leave=False, disable=not progress)}
+    sample_features = {
+        n: compute_features(s.voxels, incident_gev=s.energy)
+        for n, s in tqdm(samples.items(), desc="features", leave=False, disable=not progress)
+    }
     return ref_features, sample_features
 
 
@@ -225,35 +317,61 @@ def _settings(args, classifiers: list[str], preprocessings: list[str]) -> dict:
     """metrics.json's "settings": what was run, the 10 keV voxel cut, and the units of the numbers."""
     from caloflow.evaluate import classification as ct
 
-    training = ({"schedule": "fixed", "epochs": args.epochs} if args.epochs is not None else
-                {"schedule": "early stopping on val_loss, best val_acc epoch kept", "max_epochs": args.max_epochs
-                 or f"max(2 x paper epochs, 2 x {ct.PAPER_UPDATES} updates)", "patience": args.patience
-                 or f"max({ct.MIN_PATIENCE_EPOCHS} epochs, {ct.PATIENCE_UPDATES} updates)"})
-    return {"classifiers": classifiers, "preprocessings": preprocessings, "runs": args.runs,
-            "seeds": [args.seed + r for r in range(args.runs)], "split": list(ct.SPLIT_FRACTIONS),
-            "batch_size": 1000, "optimizer": "Adam, lr 5e-4", "training": training,
-            "calibration": "isotonic regression on the validation split", "max_showers": args.max_showers,
-            "seed": args.seed, "threshold_kev": 10.0, "threshold_reference": bool(args.threshold_reference),
-            "units": {"energy_features": "MeV", "centroids_widths": "mm", "incident_energy": "GeV"}}
+    training = (
+        {"schedule": "fixed", "epochs": args.epochs}
+        if args.epochs is not None
+        else {
+            "schedule": "early stopping on val_loss, best val_acc epoch kept",
+            "max_epochs": args.max_epochs
+            or f"max(2 x paper epochs, 2 x {ct.PAPER_UPDATES} updates)",
+            "patience": args.patience
+            or f"max({ct.MIN_PATIENCE_EPOCHS} epochs, {ct.PATIENCE_UPDATES} updates)",
+        }
+    )
+    return {
+        "classifiers": classifiers,
+        "preprocessings": preprocessings,
+        "runs": args.runs,
+        "seeds": [args.seed + r for r in range(args.runs)],
+        "split": list(ct.SPLIT_FRACTIONS),
+        "batch_size": 1000,
+        "optimizer": "Adam, lr 5e-4",
+        "training": training,
+        "calibration": "isotonic regression on the validation split",
+        "max_showers": args.max_showers,
+        "seed": args.seed,
+        "threshold_kev": 10.0,
+        "threshold_reference": bool(args.threshold_reference),
+        "units": {"energy_features": "MeV", "centroids_widths": "mm", "incident_energy": "GeV"},
+    }
 
 
-def _feature_metrics(reference_path, reference, samples_paths: dict[str, Path], samples: dict,
-                     ref_features: dict, sample_features: dict,
-                     weights: dict[str, np.ndarray] | None = None,
-                     weight_paths: dict[str, Path] | None = None) -> tuple[dict, dict]:
+def _feature_metrics(
+    reference_path,
+    reference,
+    samples_paths: dict[str, Path],
+    samples: dict,
+    ref_features: dict,
+    sample_features: dict,
+    weights: dict[str, np.ndarray] | None = None,
+    weight_paths: dict[str, Path] | None = None,
+) -> tuple[dict, dict]:
     """metrics.json's "reference" and "samples" entries: file, shower count and feature summaries.
 
     Each sample's separation powers are computed on bins common to the reference and all samples; a
     weighted sample's histograms and summaries are weighted, and its entry records ``"weighted": true``
     and its ``"weights"`` (file, count, sum, range, effective sample size).
     """
-    from caloflow.features import summarize
     from caloflow.evaluate.report import feature_metrics
     from caloflow.evaluate.weights import weight_summary
+    from caloflow.features import summarize
 
     weights, weight_paths = weights or {}, weight_paths or {}
-    ref_entry = {"path": str(reference_path), "n_showers": len(reference),
-                 "features": {k: summarize(v) for k, v in ref_features.items()}}
+    ref_entry = {
+        "path": str(reference_path),
+        "n_showers": len(reference),
+        "features": {k: summarize(v) for k, v in ref_features.items()},
+    }
     all_sample_features = list(sample_features.values())
     sample_entries = {}
     for name, feats in sample_features.items():
@@ -262,13 +380,21 @@ def _feature_metrics(reference_path, reference, samples_paths: dict[str, Path], 
         if w is not None:
             sample_entries[name]["weighted"] = True
             sample_entries[name]["weights"] = {"path": str(weight_paths[name]), **weight_summary(w)}
-        sample_entries[name]["features"] = feature_metrics(ref_features, feats, all_sample_features, w)
+        sample_entries[name]["features"] = feature_metrics(
+            ref_features, feats, all_sample_features, w
+        )
     return ref_entry, sample_entries
 
 
-def _write_figures(reference, samples: dict, ref_features: dict, sample_features: dict, fig_dir: Path,
-                   seed: int, weights: dict[str, np.ndarray] | None = None
-                   ) -> tuple[dict[str, list[Path]], dict[str, list]]:
+def _write_figures(
+    reference,
+    samples: dict,
+    ref_features: dict,
+    sample_features: dict,
+    fig_dir: Path,
+    seed: int,
+    weights: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, list[Path]], dict[str, list]]:
     """Feature histograms, average showers and nearest neighbours (paper figs. 5-19) as PNG and PDF;
     weighted samples' histograms, profiles and averages are weighted.
 
@@ -282,21 +408,42 @@ def _write_figures(reference, samples: dict, ref_features: dict, sample_features
     written: dict[str, list[Path]] = {}
     written.update(figs.feature_figures(ref_features, sample_features, fig_dir, weights=weights))
     written["energy_response"] = figs.energy_response_figure(
-        ref_features, sample_features, reference.energy, {n: s.energy for n, s in samples.items()}, fig_dir,
-        weights=weights)
-    written["average_images"] = figs.average_images(reference.voxels, {n: s.voxels for n, s in samples.items()},
-                                                    fig_dir, weights=weights)
+        ref_features,
+        sample_features,
+        reference.energy,
+        {n: s.energy for n, s in samples.items()},
+        fig_dir,
+        weights=weights,
+    )
+    written["average_images"] = figs.average_images(
+        reference.voxels, {n: s.voxels for n, s in samples.items()}, fig_dir, weights=weights
+    )
     index = figs.pick_reference_showers(reference.energy, seed=seed)
     neighbours = {}
     for name, s in samples.items():
-        neighbours[name] = figs.nearest_neighbours(reference.voxels, reference.energy, index, s.voxels, s.energy)
+        neighbours[name] = figs.nearest_neighbours(
+            reference.voxels, reference.energy, index, s.voxels, s.energy
+        )
     written["nearest_neighbours"] = figs.nearest_neighbour_figure(
-        reference.voxels, reference.energy, index, neighbours, {n: s.voxels for n, s in samples.items()}, fig_dir)
+        reference.voxels,
+        reference.energy,
+        index,
+        neighbours,
+        {n: s.voxels for n, s in samples.items()},
+        fig_dir,
+    )
     return written, neighbours
 
 
-def _classifier_tests(args, reference, samples: dict, classifiers: list[str], preprocessings: list[str],
-                      log_dir: Path, weights: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
+def _classifier_tests(
+    args,
+    reference,
+    samples: dict,
+    classifiers: list[str],
+    preprocessings: list[str],
+    log_dir: Path,
+    weights: dict[str, np.ndarray] | None = None,
+) -> dict[str, dict]:
     """Reference-vs-sample classifier test (section 5.4, appendix A) of every sample, classifier and
     preprocessing: ``{sample: {classifier: {preprocessing: AUC and JSD, mean and std over runs}}}``.
 
@@ -311,12 +458,23 @@ def _classifier_tests(args, reference, samples: dict, classifiers: list[str], pr
         for name, s in samples.items():
             per_model = results.setdefault(name, {})
             for model in classifiers:
-                for pre in (preprocessings if model in VOXEL_CLASSIFIERS else [FEATURE_INPUTS]):
+                for pre in preprocessings if model in VOXEL_CLASSIFIERS else [FEATURE_INPUTS]:
                     bar.set_description(f"{name} {model} {pre}")
-                    res = classifier_test(reference, s, model, pre, runs=args.runs, epochs=args.epochs,
-                                          seed=args.seed, log_dir=log_dir, name=f"{name}_{model}_{pre}", progress=bar,
-                                          max_epochs=args.max_epochs, patience=args.patience,
-                                          weights=weights.get(name))
+                    res = classifier_test(
+                        reference,
+                        s,
+                        model,
+                        pre,
+                        runs=args.runs,
+                        epochs=args.epochs,
+                        seed=args.seed,
+                        log_dir=log_dir,
+                        name=f"{name}_{model}_{pre}",
+                        progress=bar,
+                        max_epochs=args.max_epochs,
+                        patience=args.patience,
+                        weights=weights.get(name),
+                    )
                     per_model.setdefault(model, {})[pre] = res
                     _log(_summary_line(name, model, pre, res))
     return results
@@ -325,11 +483,17 @@ def _classifier_tests(args, reference, samples: dict, classifiers: list[str], pr
 def _summary_line(name: str, model: str, pre: str, res: dict) -> str:
     """One log line per setting: AUC, JSD, the epochs chosen / run, and whether every run converged."""
     best = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in res["runs"])
-    flag = "converged" if res["converged"] else "NOT CONVERGED (best epoch = last allowed, or no early stop)"
+    flag = (
+        "converged"
+        if res["converged"]
+        else "NOT CONVERGED (best epoch = last allowed, or no early stop)"
+    )
     if res.get("weighted"):
         flag += f"; weighted, test ESS {res['ess']['test']:.0f}"
-    return (f"{name} {model} {pre}: AUC {res['auc']['mean']:.3f} ± {res['auc']['std']:.3f}, "
-            f"JSD {res['jsd']['mean']:.3f} ± {res['jsd']['std']:.3f}; best/run epochs {best}; {flag}")
+    return (
+        f"{name} {model} {pre}: AUC {res['auc']['mean']:.3f} ± {res['auc']['std']:.3f}, "
+        f"JSD {res['jsd']['mean']:.3f} ± {res['jsd']['std']:.3f}; best/run epochs {best}; {flag}"
+    )
 
 
 def _write_outputs(out: Path, metrics: dict, written: dict[str, list[Path]]) -> None:
@@ -341,7 +505,9 @@ def _write_outputs(out: Path, metrics: dict, written: dict[str, list[Path]]) -> 
     metrics["figures"] = rel
     write_metrics(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", render_report(metrics, rel))
-    _log(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {sum(len(v) for v in rel.values())} figure files")
+    _log(
+        f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {sum(len(v) for v in rel.values())} figure files"
+    )
 
 
 __all__ = ["add_arguments", "run", "parse_samples"]

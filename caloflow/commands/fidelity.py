@@ -23,6 +23,7 @@ reuses the steps already done (and their measured times), so an interrupted benc
 where it stopped and more budgets or runs can be scored later. The reference is the embedded
 simulator, not GEANT4.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,35 +31,69 @@ import json
 import time
 from pathlib import Path
 
-from caloflow.commands import argtypes
 from caloflow.atomic import write_text_atomic
+from caloflow.commands import argtypes
 from caloflow.commands.demo import check_config, fit_config, run_caloflow
 from caloflow.errors import CaloflowError
 
 #: the rows' AUC columns: (classifier, preprocessing key in metrics.json, column title)
-COLUMNS = (("dnn", "unnormalized", "DNN unnormalized"), ("dnn", "normalized", "DNN normalized"),
-           ("features", "high-level", "features"))
+COLUMNS = (
+    ("dnn", "unnormalized", "DNN unnormalized"),
+    ("dnn", "normalized", "DNN normalized"),
+    ("features", "high-level", "features"),
+)
 STEPS_FILE = "steps.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--configs", required=True,
-                        help="folder with flow1.yaml and flow2.yaml, or a shipped one (cpu/eplus, demo)")
-    parser.add_argument("--out", required=True, type=argtypes.output_dir,
-                        help="output folder (data, checkpoints, generated showers, evaluation, fidelity.json/md)")
-    parser.add_argument("--budgets", type=argtypes.comma_list(item=argtypes.positive_int, what="budget"),
-                        default=None, help="Flow II epochs to score, comma-separated, each a snapshot epoch of "
-                                           "the Flow II config (default: its max_epochs)")
-    parser.add_argument("--n-reference", type=argtypes.positive_int, default=10_000,
-                        help="independent reference showers (default 10000)")
-    parser.add_argument("--runs", type=argtypes.positive_int, default=3,
-                        help="classifier runs per budget and classifier (default 3)")
-    parser.add_argument("--classifiers", type=argtypes.comma_list(("dnn", "features"), what="classifier"),
-                        default="dnn,features", help="dnn and/or features (default both)")
-    parser.add_argument("--max-epochs", type=argtypes.positive_int, default=None,
-                        help="classifier epoch cap (default: caloflow evaluate's, >= 2 x 7200 updates)")
-    parser.add_argument("--patience", type=argtypes.positive_int, default=None,
-                        help="classifier early-stopping patience in epochs (default: caloflow evaluate's)")
+    parser.add_argument(
+        "--configs",
+        required=True,
+        help="folder with flow1.yaml and flow2.yaml, or a shipped one (cpu/eplus, demo)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=argtypes.output_dir,
+        help="output folder (data, checkpoints, generated showers, evaluation, fidelity.json/md)",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=argtypes.comma_list(item=argtypes.positive_int, what="budget"),
+        default=None,
+        help="Flow II epochs to score, comma-separated, each a snapshot epoch of "
+        "the Flow II config (default: its max_epochs)",
+    )
+    parser.add_argument(
+        "--n-reference",
+        type=argtypes.positive_int,
+        default=10_000,
+        help="independent reference showers (default 10000)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=argtypes.positive_int,
+        default=3,
+        help="classifier runs per budget and classifier (default 3)",
+    )
+    parser.add_argument(
+        "--classifiers",
+        type=argtypes.comma_list(("dnn", "features"), what="classifier"),
+        default="dnn,features",
+        help="dnn and/or features (default both)",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=argtypes.positive_int,
+        default=None,
+        help="classifier epoch cap (default: caloflow evaluate's, >= 2 x 7200 updates)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=argtypes.positive_int,
+        default=None,
+        help="classifier early-stopping patience in epochs (default: caloflow evaluate's)",
+    )
     argtypes.add_threads_option(parser, 1)
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
@@ -97,12 +132,14 @@ def plan(args: argparse.Namespace) -> dict:
     for name in ("flow1.yaml", "flow2.yaml"):
         check_config(folder / name)
     flow1, flow2 = _read(folder / "flow1.yaml"), _read(folder / "flow2.yaml")
-    data1 = ((flow1.get("data") or {}).get("init_args") or {})
-    data2 = ((flow2.get("data") or {}).get("init_args") or {})
+    data1 = (flow1.get("data") or {}).get("init_args") or {}
+    data2 = (flow2.get("data") or {}).get("init_args") or {}
     particle = data2.get("particle", "eplus")
     if data1.get("particle", "eplus") != particle:
-        raise CaloflowError(f"--configs {folder}: flow1.yaml is for {data1.get('particle', 'eplus')}, "
-                            f"flow2.yaml for {particle}")
+        raise CaloflowError(
+            f"--configs {folder}: flow1.yaml is for {data1.get('particle', 'eplus')}, "
+            f"flow2.yaml for {particle}"
+        )
     epochs = int((flow2.get("trainer") or {}).get("max_epochs") or 0)
     if epochs < 1:
         raise CaloflowError(f"--configs {folder}/flow2.yaml: trainer.max_epochs must be set (>= 1)")
@@ -110,11 +147,21 @@ def plan(args: argparse.Namespace) -> dict:
     budgets = args.budgets or [epochs]
     for budget in budgets:
         if budget > epochs or (budget != epochs and (every is None or budget % every)):
-            raise CaloflowError(f"--budgets: Flow II epoch {budget} has no snapshot in {folder}/flow2.yaml "
-                                f"(max_epochs {epochs}, snapshot every {every or '-'} epochs)")
-    return {"configs": str(folder.resolve()), "particle": particle, "n_train": int(data2.get("n_simulated", 100_000)),
-            "n_reference": args.n_reference, "flow2_epochs": epochs, "snapshot_every": every,
-            "budgets": sorted(budgets), "seed": args.seed, "threads": args.threads}
+            raise CaloflowError(
+                f"--budgets: Flow II epoch {budget} has no snapshot in {folder}/flow2.yaml "
+                f"(max_epochs {epochs}, snapshot every {every or '-'} epochs)"
+            )
+    return {
+        "configs": str(folder.resolve()),
+        "particle": particle,
+        "n_train": int(data2.get("n_simulated", 100_000)),
+        "n_reference": args.n_reference,
+        "flow2_epochs": epochs,
+        "snapshot_every": every,
+        "budgets": sorted(budgets),
+        "seed": args.seed,
+        "threads": args.threads,
+    }
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -128,8 +175,10 @@ class Steps:
             saved = json.loads(self.path.read_text())
             keys = ("configs", "particle", "n_train", "n_reference", "seed")
             if any(saved.get("setup", {}).get(k) != setup[k] for k in keys):
-                raise CaloflowError(f"--out {out}: holds a benchmark of another setup ({self.path}); "
-                                    "use another folder")
+                raise CaloflowError(
+                    f"--out {out}: holds a benchmark of another setup ({self.path}); "
+                    "use another folder"
+                )
             self.done = saved.get("steps", {})
         self.setup = setup
 
@@ -137,13 +186,17 @@ class Steps:
         """Run ``work()`` (returns a dict of outputs) unless ``name`` is done; record wall and CPU time."""
         record = self.done.get(name)
         if record and all(Path(p).exists() for p in record.get("paths", [])):
-            print(f"\n[{name}] done before ({record['wall_s'] / 60:.1f} min), reusing it", flush=True)
+            print(
+                f"\n[{name}] done before ({record['wall_s'] / 60:.1f} min), reusing it", flush=True
+            )
             return record
         wall, cpu = time.time(), time.process_time()
         record = dict(work())
         record.update(wall_s=time.time() - wall, cpu_s=time.process_time() - cpu, started=wall)
         self.done[name] = record
-        write_text_atomic(self.path, json.dumps({"setup": self.setup, "steps": self.done}, indent=1))
+        write_text_atomic(
+            self.path, json.dumps({"setup": self.setup, "steps": self.done}, indent=1)
+        )
         return record
 
 
@@ -154,11 +207,28 @@ def _train(steps: Steps, plan_: dict, out: Path) -> dict:
     reference = out / "data" / f"{plan_['particle']}_reference.hdf5"
 
     def simulate(n: int, seed_: int, path: Path):
-        return lambda: (run_caloflow(["simulate", "--particle", plan_["particle"], "--n", str(n), "--seed",
-                                      str(seed_), "--out", str(path), "--no-progress"]) or {"paths": [str(path)]})
+        return lambda: (
+            run_caloflow(
+                [
+                    "simulate",
+                    "--particle",
+                    plan_["particle"],
+                    "--n",
+                    str(n),
+                    "--seed",
+                    str(seed_),
+                    "--out",
+                    str(path),
+                    "--no-progress",
+                ]
+            )
+            or {"paths": [str(path)]}
+        )
 
     def fit(name: str):
-        return lambda: {"paths": [str(fit_config(folder / f"{name}.yaml", out / name, train, seed))]}
+        return lambda: {
+            "paths": [str(fit_config(folder / f"{name}.yaml", out / name, train, seed))]
+        }
 
     return {
         "simulate": steps.run("simulate", simulate(plan_["n_train"], seed, train)),
@@ -173,7 +243,9 @@ def _snapshot(flow2: dict, budget: int, plan_: dict) -> tuple[Path, float]:
     """The Flow II checkpoint after ``budget`` epochs and the fit's wall seconds up to it."""
     best = Path(flow2["paths"][0])
     path = best.parent / f"snapshot-epoch={budget - 1:03d}.ckpt"
-    if not path.is_file() and budget == plan_["flow2_epochs"]:  # a config without snapshots: the final model
+    if (
+        not path.is_file() and budget == plan_["flow2_epochs"]
+    ):  # a config without snapshots: the final model
         path = best.parent / "last.ckpt"
     if not path.is_file():
         raise CaloflowError(f"{path}: no snapshot after {budget} Flow II epochs (see --budgets)")
@@ -187,13 +259,41 @@ def _generate(steps: Steps, records: dict, plan_: dict, out: Path) -> dict[int, 
     for budget in plan_["budgets"]:
         snapshot, flow2_s = _snapshot(records["flow2"], budget, plan_)
         path = out / "generated" / f"caloflow_epochs{budget}.hdf5"
-        record = steps.run(f"generate-{budget}", lambda: run_caloflow(
-            ["generate", "--flow1", records["flow1"]["paths"][0], "--flow2", str(snapshot), "--energies", reference,
-             "--seed", str(plan_["seed"]), "--out", str(path), "--no-progress"]) or {"paths": [str(path)]})
-        parts = {"simulate": records["simulate"]["wall_s"], "flow1": records["flow1"]["wall_s"],
-                 "flow2": flow2_s, "generate": record["wall_s"]}
-        rows[budget] = {"flow2_epochs": budget, "flow2_checkpoint": str(snapshot), "samples": str(path),
-                        "wall_s": sum(parts.values()), "wall_s_parts": parts}
+        record = steps.run(
+            f"generate-{budget}",
+            lambda: (
+                run_caloflow(
+                    [
+                        "generate",
+                        "--flow1",
+                        records["flow1"]["paths"][0],
+                        "--flow2",
+                        str(snapshot),
+                        "--energies",
+                        reference,
+                        "--seed",
+                        str(plan_["seed"]),
+                        "--out",
+                        str(path),
+                        "--no-progress",
+                    ]
+                )
+                or {"paths": [str(path)]}
+            ),
+        )
+        parts = {
+            "simulate": records["simulate"]["wall_s"],
+            "flow1": records["flow1"]["wall_s"],
+            "flow2": flow2_s,
+            "generate": record["wall_s"],
+        }
+        rows[budget] = {
+            "flow2_epochs": budget,
+            "flow2_checkpoint": str(snapshot),
+            "samples": str(path),
+            "wall_s": sum(parts.values()),
+            "wall_s_parts": parts,
+        }
     return rows
 
 
@@ -202,12 +302,27 @@ def _score(rows: dict[int, dict], records: dict, args: argparse.Namespace, out: 
     preprocessings = ["unnormalized", "normalized"] if "dnn" in args.classifiers else ["normalized"]
     # one folder per set of budgets, so that scoring more budgets later keeps the earlier reports
     evaluation = out / ("evaluation-epochs" + "-".join(str(b) for b in rows))
-    run_caloflow(["evaluate", "--reference", records["reference"]["paths"][0],
-                  "--samples", *[f"epochs{b}={row['samples']}" for b, row in rows.items()],
-                  "--classifier", ",".join(args.classifiers), "--preprocessing", ",".join(preprocessings),
-                  "--runs", str(args.runs), "--seed", str(args.seed), "--out", str(evaluation),
-                  *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else []),
-                  *(["--patience", str(args.patience)] if args.patience else [])])
+    run_caloflow(
+        [
+            "evaluate",
+            "--reference",
+            records["reference"]["paths"][0],
+            "--samples",
+            *[f"epochs{b}={row['samples']}" for b, row in rows.items()],
+            "--classifier",
+            ",".join(args.classifiers),
+            "--preprocessing",
+            ",".join(preprocessings),
+            "--runs",
+            str(args.runs),
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(evaluation),
+            *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else []),
+            *(["--patience", str(args.patience)] if args.patience else []),
+        ]
+    )
     metrics = json.loads((evaluation / "metrics.json").read_text())
     for budget, row in rows.items():
         scores = metrics["samples"][f"epochs{budget}"].get("classifier", {})
@@ -216,23 +331,37 @@ def _score(rows: dict[int, dict], records: dict, args: argparse.Namespace, out: 
             result = scores.get(classifier, {}).get(key)
             if result:
                 row["auc"][f"{classifier}/{key}"] = {
-                    "mean": result["auc"]["mean"], "std": result["auc"]["std"], "converged": result["converged"],
+                    "mean": result["auc"]["mean"],
+                    "std": result["auc"]["std"],
+                    "converged": result["converged"],
                     "runs": [r["auc"] for r in result["runs"]],
-                    "best_epochs": [r["best_epoch"] for r in result["runs"]]}
+                    "best_epochs": [r["best_epoch"] for r in result["runs"]],
+                }
     return metrics
 
 
 def render(plan_: dict, rows: list[dict]) -> str:
     """The markdown table: one row per budget."""
-    head = ["particle", "Flow II epochs", "training showers", "wall [min]", "runs"] + [c[2] for c in COLUMNS]
+    head = ["particle", "Flow II epochs", "training showers", "wall [min]", "runs"] + [
+        c[2] for c in COLUMNS
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [plan_["particle"], str(row["flow2_epochs"]), f"{plan_['n_train']:,}", f"{row['wall_s'] / 60:.1f}",
-                 str(row.get("runs", "-"))]
+        cells = [
+            plan_["particle"],
+            str(row["flow2_epochs"]),
+            f"{plan_['n_train']:,}",
+            f"{row['wall_s'] / 60:.1f}",
+            str(row.get("runs", "-")),
+        ]
         for classifier, key, _ in COLUMNS:
             auc = row.get("auc", {}).get(f"{classifier}/{key}")
-            cells.append("-" if auc is None else f"{auc['mean']:.3f} +- {auc['std']:.3f}"
-                         + ("" if auc["converged"] else " (NOT CONVERGED)"))
+            cells.append(
+                "-"
+                if auc is None
+                else f"{auc['mean']:.3f} +- {auc['std']:.3f}"
+                + ("" if auc["converged"] else " (NOT CONVERGED)")
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -262,11 +391,18 @@ def run(args: argparse.Namespace) -> int:
         row["runs"] = args.runs
     rows = _merge(out / "fidelity.json", rows)
     table = render(plan_, list(rows.values()))
-    note = ("wall = simulation of the training showers + Flow I + Flow II up to the budget + generation of "
-            f"{plan_['n_reference']:,} showers (scoring extra); AUC: converged classifiers, mean +- std over "
-            "the runs given per row, against an independent reference from the embedded simulator (not GEANT4)")
-    result = {"plan": plan_, "machine": machine_info(), "rows": list(rows.values()), "note": note,
-              "steps": {k: {"wall_s": v["wall_s"], "cpu_s": v["cpu_s"]} for k, v in steps.done.items()}}
+    note = (
+        "wall = simulation of the training showers + Flow I + Flow II up to the budget + generation of "
+        f"{plan_['n_reference']:,} showers (scoring extra); AUC: converged classifiers, mean +- std over "
+        "the runs given per row, against an independent reference from the embedded simulator (not GEANT4)"
+    )
+    result = {
+        "plan": plan_,
+        "machine": machine_info(),
+        "rows": list(rows.values()),
+        "note": note,
+        "steps": {k: {"wall_s": v["wall_s"], "cpu_s": v["cpu_s"]} for k, v in steps.done.items()},
+    }
     write_text_atomic(out / "fidelity.json", json.dumps(result, indent=1))
     write_text_atomic(out / "fidelity.md", table + "\n" + note + "\n")
     print("\n" + table + "\n" + note)

@@ -7,6 +7,7 @@ before any work, and writes the file batch by batch (:class:`caloflow.data.io.Sh
 very checkpoints, checked by sha256): the latent points y are drawn per batch exactly as without a
 refiner, mapped to Phi(y, E_inc) and decoded (:mod:`refine.shower_refiner`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,27 +28,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--flow1", help="Flow I checkpoint (.ckpt)")
     model.add_argument("--flow2", help="Flow II checkpoint (.ckpt)")
     model.add_argument("--calogan", help="CaloGAN checkpoint (.ckpt)")
-    model.add_argument("--refiner", type=argtypes.existing_file,
-                       help="LaSeR refiner checkpoint (refiner.ckpt of python -m refine.laser) trained for these "
-                            "checkpoints: showers g(Phi(y, E_inc)) with y drawn as without it")
-    parser.add_argument("--n", type=argtypes.positive_int,
-                        help="number of showers (default: all energies of --energies)")
-    parser.add_argument("--energies", type=argtypes.existing_file, help="CaloGAN file whose incident energies are used")
-    parser.add_argument("--energy-range", nargs=2, type=argtypes.positive_float, default=(1.0, 100.0),
-                        metavar=("LOW", "HIGH"),
-                        help="uniform incident-energy range in GeV when --energies is not given (default 1 100)")
-    parser.add_argument("--batch-size", type=argtypes.positive_int, default=10_000,
-                        help="showers per batch (default 10000)")
-    parser.add_argument("--no-fast", dest="fast", action="store_false",
-                        help="sample Flow II with nflows' own inverse instead of the exact fast inverse")
-    parser.add_argument("--device", type=argtypes.device, default="cpu",
-                        help="torch device that this machine has: cpu, cuda, cuda:N (default cpu)")
+    model.add_argument(
+        "--refiner",
+        type=argtypes.existing_file,
+        help="LaSeR refiner checkpoint (refiner.ckpt of python -m refine.laser) trained for these "
+        "checkpoints: showers g(Phi(y, E_inc)) with y drawn as without it",
+    )
+    parser.add_argument(
+        "--n",
+        type=argtypes.positive_int,
+        help="number of showers (default: all energies of --energies)",
+    )
+    parser.add_argument(
+        "--energies",
+        type=argtypes.existing_file,
+        help="CaloGAN file whose incident energies are used",
+    )
+    parser.add_argument(
+        "--energy-range",
+        nargs=2,
+        type=argtypes.positive_float,
+        default=(1.0, 100.0),
+        metavar=("LOW", "HIGH"),
+        help="uniform incident-energy range in GeV when --energies is not given (default 1 100)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=argtypes.positive_int,
+        default=10_000,
+        help="showers per batch (default 10000)",
+    )
+    parser.add_argument(
+        "--no-fast",
+        dest="fast",
+        action="store_false",
+        help="sample Flow II with nflows' own inverse instead of the exact fast inverse",
+    )
+    parser.add_argument(
+        "--device",
+        type=argtypes.device,
+        default="cpu",
+        help="torch device that this machine has: cpu, cuda, cuda:N (default cpu)",
+    )
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, type=argtypes.output_file, help="output CaloGAN HDF5 file")
+    parser.add_argument(
+        "--out", required=True, type=argtypes.output_file, help="output CaloGAN HDF5 file"
+    )
     argtypes.add_progress_option(parser)
     argtypes.add_threads_option(parser, None)
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse (instead of warning) energies or a particle outside what the model was trained on")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (instead of warning) energies or a particle outside what the model was trained on",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,8 +101,12 @@ def run(args: argparse.Namespace) -> int:
         sampler, name = CaloGANSampler.load(args.calogan, args.device), "calogan"
     else:
         sampler, name = CaloFlow.load(args.flow1, args.flow2, args.device), "caloflow"
-    attrs = {"generator": name, "seed": args.seed, "fast_sampling": bool(args.fast),
-             "training_domain": sampler.domain.to_json()}
+    attrs = {
+        "generator": name,
+        "seed": args.seed,
+        "fast_sampling": bool(args.fast),
+        "training_domain": sampler.domain.to_json(),
+    }
     if refiner is not None:
         sampler = RefinedSampler(sampler, refiner)
         attrs.update(refiner=str(args.refiner), batch_size=args.batch_size)
@@ -77,11 +114,19 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     # batch by batch into the file: memory does not grow with --n; the file appears only when complete
     with ShowerWriter(args.out, attrs=attrs, expected_rows=len(energies)) as out:
-        sampler.sample(energies, generator, batch_size=args.batch_size, fast=args.fast, progress=args.progress,
-                       out=out)
+        sampler.sample(
+            energies,
+            generator,
+            batch_size=args.batch_size,
+            fast=args.fast,
+            progress=args.progress,
+            out=out,
+        )
         redraws = getattr(sampler, "redraws", 0)
         out.attrs["redrawn_nonfinite"] = redraws
-    print(f"caloflow generate: wrote {out.n} {name} showers to {out.path} ({redraws} non-finite showers redrawn)")
+    print(
+        f"caloflow generate: wrote {out.n} {name} showers to {out.path} ({redraws} non-finite showers redrawn)"
+    )
     return 0
 
 
@@ -90,22 +135,38 @@ def _check_refiner(args: argparse.Namespace):
     checkpoints (sha256)."""
     if not getattr(args, "refiner", None):
         return None
-    checkpoints = {"calogan": args.calogan} if args.calogan else {"flow1": args.flow1, "flow2": args.flow2}
+    checkpoints = (
+        {"calogan": args.calogan} if args.calogan else {"flow1": args.flow1, "flow2": args.flow2}
+    )
     return load_refiner(args.refiner, "--refiner", checkpoints)[0]
 
 
 def check_output(args: argparse.Namespace, n: int) -> None:
     """Refuse, before any work, an --out that is one of the inputs or whose showers would not fit on its disk."""
-    check_not_an_input(args.out, {"--energies": args.energies, "--flow1": args.flow1,
-                                  "--flow2": args.flow2, "--calogan": args.calogan,
-                                  "--refiner": getattr(args, "refiner", None)})
-    check_disk_space(args.out, n, f"--n {args.n}" if args.n is not None else f"--energies {args.energies} ({n} showers)")
+    check_not_an_input(
+        args.out,
+        {
+            "--energies": args.energies,
+            "--flow1": args.flow1,
+            "--flow2": args.flow2,
+            "--calogan": args.calogan,
+            "--refiner": getattr(args, "refiner", None),
+        },
+    )
+    check_disk_space(
+        args.out,
+        n,
+        f"--n {args.n}" if args.n is not None else f"--energies {args.energies} ({n} showers)",
+    )
 
 
 def check_domain(domain: Domain, energies_gev, args: argparse.Namespace) -> None:
     """Warn in one line (refuse with ``--strict``) before generating outside the model's training domain."""
-    what = f"--energies {args.energies}" if args.energies else f"--energy-range {args.energy_range[0]:g} " \
-                                                                f"{args.energy_range[1]:g}"
+    what = (
+        f"--energies {args.energies}"
+        if args.energies
+        else f"--energy-range {args.energy_range[0]:g} {args.energy_range[1]:g}"
+    )
     check_energies(domain, energies_gev, what, args.strict)
     if args.energies:
         check_particle(domain, of_file(args.energies), f"--energies {args.energies}", args.strict)

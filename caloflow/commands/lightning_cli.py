@@ -18,6 +18,7 @@ written, and a ``--ckpt_path`` that is not a readable checkpoint of the config's
 names a shipped config (``configs/smoke/flow1.yaml``, ``smoke/flow1``, ``flow2``) uses the installed
 file, so the README's commands work from any directory after ``pip install``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.checks import check_yaml_file, hyperparameter_problems
 from caloflow.commands.argtypes import NEGATIVE_NUMBER, output_dir, report_error
 from caloflow.configs import is_shipped, list_configs, shipped_config
-from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.errors import CaloflowError
 from caloflow.training import drop_lightning_tips
 
@@ -61,15 +62,24 @@ _TRAINER_RULES = {
     "accumulate_grad_batches": (_int_at_least(1), "an integer >= 1"),
     "num_sanity_val_steps": (_int_at_least(-1), "an integer >= 0, or -1 (all)"),
     "num_nodes": (_int_at_least(1), "an integer >= 1"),
-    "devices": (lambda v: not (isinstance(v, int) or str(v).lstrip("-").isdigit()) or int(v) == -1 or int(v) >= 1,
-                "a number >= 1, -1 (all), a list of device indices or auto"),
-    "gradient_clip_val": (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, "a number >= 0"),
+    "devices": (
+        lambda v: (
+            not (isinstance(v, int) or str(v).lstrip("-").isdigit()) or int(v) == -1 or int(v) >= 1
+        ),
+        "a number >= 1, -1 (all), a list of device indices or auto",
+    ),
+    "gradient_clip_val": (
+        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+        "a number >= 0",
+    ),
     "limit_train_batches": (_limit, "an integer >= 0 or a fraction in [0, 1]"),
     "limit_val_batches": (_limit, "an integer >= 0 or a fraction in [0, 1]"),
     "limit_test_batches": (_limit, "an integer >= 0 or a fraction in [0, 1]"),
     "limit_predict_batches": (_limit, "an integer >= 0 or a fraction in [0, 1]"),
-    "val_check_interval": (lambda v: _int_at_least(1)(v) or (isinstance(v, float) and 0.0 < v <= 1.0),
-                           "an integer >= 1 or a fraction in (0, 1]"),
+    "val_check_interval": (
+        lambda v: _int_at_least(1)(v) or (isinstance(v, float) and 0.0 < v <= 1.0),
+        "an integer >= 1 or a fraction in (0, 1]",
+    ),
 }
 
 
@@ -81,8 +91,10 @@ def _check_accelerator(name) -> None:
 
     names = ["cuda", "mps"] if name == "gpu" else [name]  # Lightning's "gpu": CUDA or MPS
     if any(n not in AcceleratorRegistry for n in names):
-        raise CaloflowError(f"--trainer.accelerator: unknown accelerator '{name}', expected auto, gpu or one of "
-                            f"{', '.join(sorted(AcceleratorRegistry))}")
+        raise CaloflowError(
+            f"--trainer.accelerator: unknown accelerator '{name}', expected auto, gpu or one of "
+            f"{', '.join(sorted(AcceleratorRegistry))}"
+        )
     available = False
     for n in names:
         try:
@@ -90,7 +102,9 @@ def _check_accelerator(name) -> None:
         except Exception:  # e.g. the TPU accelerator without torch_xla
             pass
     if not available:
-        raise CaloflowError(f"--trainer.accelerator {name}: not available on this machine (use cpu or auto)")
+        raise CaloflowError(
+            f"--trainer.accelerator {name}: not available on this machine (use cpu or auto)"
+        )
 
 
 class CaloflowCLI(LightningCLI):
@@ -145,19 +159,28 @@ class CaloflowCLI(LightningCLI):
     def _last_checkpoint(root, class_path: str) -> Path:
         """The newest ``last*.ckpt`` of ``class_path`` under the run's root (never under the cwd)."""
         if root is None:
-            raise CaloflowError("--ckpt_path last: no run root to search; set --trainer.default_root_dir "
-                                "(on the command line or in the config), or give the checkpoint's path")
-        candidates = sorted((p for p in Path(root).glob("**/checkpoints/last*.ckpt") if p.is_file()),
-                            key=lambda p: p.stat().st_mtime, reverse=True)
+            raise CaloflowError(
+                "--ckpt_path last: no run root to search; set --trainer.default_root_dir "
+                "(on the command line or in the config), or give the checkpoint's path"
+            )
+        candidates = sorted(
+            (p for p in Path(root).glob("**/checkpoints/last*.ckpt") if p.is_file()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
         others = []
         for candidate in candidates:
             ckpt = read_checkpoint(candidate, "--ckpt_path last:")
             if checkpoint_model_mismatch(ckpt, class_path) is None:
                 return candidate
-            others.append(str((ckpt.get("hyper_parameters") or {}).get("_class_path", "another model")))
+            others.append(
+                str((ckpt.get("hyper_parameters") or {}).get("_class_path", "another model"))
+            )
         if others:
-            raise CaloflowError(f"--ckpt_path last: no last*.ckpt of {class_path} under {root} (found only "
-                                f"{', '.join(sorted(set(others)))})")
+            raise CaloflowError(
+                f"--ckpt_path last: no last*.ckpt of {class_path} under {root} (found only "
+                f"{', '.join(sorted(set(others)))})"
+            )
         raise CaloflowError(f"--ckpt_path last: no last*.ckpt under {root}")
 
     # ---------------------------------------------------------------- LightningCLI's steps
@@ -173,7 +196,9 @@ class CaloflowCLI(LightningCLI):
             return
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        self.config = self.parser.parse_object(
+            {self.config.subcommand: {"model": hparams}}, self.config
+        )
 
     def _set_seed(self) -> None:
         # "Seed set to N" only once the classes are built: a refused option stays one line
@@ -194,7 +219,11 @@ class CaloflowCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; if it fails before the first optimizer step, remove the run folder it created."""
         log_dir = Path(self.trainer.log_dir) if self.trainer.log_dir else None
-        new = [p for p in (log_dir, Path(self.trainer.default_root_dir)) if p is not None and not p.exists()]
+        new = [
+            p
+            for p in (log_dir, Path(self.trainer.default_root_dir))
+            if p is not None and not p.exists()
+        ]
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
@@ -220,8 +249,13 @@ def join_negative_numbers(args: list[str]) -> list[str]:
     reports "expected one argument"; joined, the value reaches the checks that can name it."""
     out: list[str] = []
     for arg in args:
-        if (out and NEGATIVE_NUMBER.match(arg) and out[-1].startswith("--") and "=" not in out[-1]
-                and out[-1] not in ("--print_config",)):
+        if (
+            out
+            and NEGATIVE_NUMBER.match(arg)
+            and out[-1].startswith("--")
+            and "=" not in out[-1]
+            and out[-1] not in ("--print_config",)
+        ):
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)
@@ -238,7 +272,9 @@ def _config_file(value: str) -> str:
         return value
     if is_shipped(value):
         return str(shipped_config(value))
-    raise CaloflowError(f"--config {value}: no such file (shipped configs: {', '.join(list_configs())})")
+    raise CaloflowError(
+        f"--config {value}: no such file (shipped configs: {', '.join(list_configs())})"
+    )
 
 
 def resolve_configs(args: list[str]) -> list[str]:
@@ -313,8 +349,15 @@ def lightning_main(argv: list[str] | None = None, prog: str = "lightning") -> in
 
 
 #: lines of jsonargparse's nested messages that say nothing about what is wrong
-_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
-          "Problem with given class_path", "Parser key")
+_NOISE = (
+    "Does not validate against",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "Expected a <class 'NoneType'>",
+    "Problem with given class_path",
+    "Parser key",
+)
 
 
 def _literal(match: re.Match) -> str:
@@ -328,12 +371,23 @@ def _wording(line: str) -> str:
     line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
     line = re.sub(r"typing\.Literal\[([^\]]*)\]", _literal, line)
     line = re.sub(r"^Option '([^']+)' is not accepted$", r"unknown key '\1'", line)
-    line = re.sub(r"Expected a (int|float|bool|str)\b", lambda m: f"expected {'an' if m[1] == 'int' else 'a'} {m[1]}",
-                  line)
+    line = re.sub(
+        r"Expected a (int|float|bool|str)\b",
+        lambda m: f"expected {'an' if m[1] == 'int' else 'a'} {m[1]}",
+        line,
+    )
     line = re.sub(r"Expected an? ", "expected ", line)
     line = re.sub(r"\.? Got value: (.*)$", r", got \1", line)
-    line = re.sub(r"^Not of type \w+: (\S+) does not conform to restriction v>0$", r"must be > 0, got \1", line)
-    line = re.sub(r"^Not of type \w+: (\S+) does not conform to restriction v>=0$", r"must be >= 0, got \1", line)
+    line = re.sub(
+        r"^Not of type \w+: (\S+) does not conform to restriction v>0$",
+        r"must be > 0, got \1",
+        line,
+    )
+    line = re.sub(
+        r"^Not of type \w+: (\S+) does not conform to restriction v>=0$",
+        r"must be >= 0, got \1",
+        line,
+    )
     return line
 
 
@@ -347,14 +401,22 @@ def one_line(message: str) -> str:
         return f"--{unknown.group(1)}: unknown key"
     required = re.fullmatch(r"the following arguments are required: (.+)", first)
     if required and not keys:
-        names = [re.sub(r"^(fit|validate|test|predict)\.", "", n.strip()) for n in required.group(1).split(",")]
+        names = [
+            re.sub(r"^(fit|validate|test|predict)\.", "", n.strip())
+            for n in required.group(1).split(",")
+        ]
         return f"missing {', '.join('--' + n for n in names)} (give it in a config, -c, or on the command line)"
     details = [_wording(line) for line in lines if not line.startswith(_NOISE)]
-    given = [line.split(":", 1)[1].strip() for line in lines
-             if line.startswith("Given value:") and "NestedArg(" not in line]
+    given = [
+        line.split(":", 1)[1].strip()
+        for line in lines
+        if line.startswith("Given value:") and "NestedArg(" not in line
+    ]
     path = re.search(r"Expected a path but (\S+) either not accessible or invalid", message)
     if path:  # a class_path that does not import: say so, and why
-        details = [f"unknown class '{path.group(1)}'"] + [d for d in details if not d.startswith("expected path")]
+        details = [f"unknown class '{path.group(1)}'"] + [
+            d for d in details if not d.startswith("expected path")
+        ]
         details = [details[0] + (f" ({'; '.join(details[1:])})" if details[1:] else "")]
         given = []
     text = " or ".join(dict.fromkeys(details)) or _wording(first)
@@ -375,7 +437,15 @@ def _caloflow_cause(error: BaseException | None) -> CaloflowError | None:
     return None
 
 
-__all__ = ["CONFIG_OPTIONS", "CaloflowCLI", "join_negative_numbers", "resolve_configs", "cli_main", "lightning_main", "one_line"]
+__all__ = [
+    "CONFIG_OPTIONS",
+    "CaloflowCLI",
+    "join_negative_numbers",
+    "resolve_configs",
+    "cli_main",
+    "lightning_main",
+    "one_line",
+]
 
 
 if __name__ == "__main__":

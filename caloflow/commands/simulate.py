@@ -1,4 +1,5 @@
 """``caloflow simulate``: showers of the embedded simulator (:mod:`caloflow.data.simulate`) into a CaloGAN file."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particle", required=True, help=f"one of {', '.join(PARTICLES)}")
     parser.add_argument("--n", required=True, type=argtypes.positive_int, help="number of showers")
     parser.add_argument("--seed", default=0, type=argtypes.seed, help="random seed (default 0)")
-    parser.add_argument("--out", required=True, type=argtypes.output_file, help="output HDF5 file (CaloGAN format)")
-    parser.add_argument("--energy-range", nargs=2, default=[1.0, 100.0], type=argtypes.positive_float,
-                        metavar=("LOW", "HIGH"), help="incident energy range in GeV, uniform (default 1 100)")
+    parser.add_argument(
+        "--out", required=True, type=argtypes.output_file, help="output HDF5 file (CaloGAN format)"
+    )
+    parser.add_argument(
+        "--energy-range",
+        nargs=2,
+        default=[1.0, 100.0],
+        type=argtypes.positive_float,
+        metavar=("LOW", "HIGH"),
+        help="incident energy range in GeV, uniform (default 1 100)",
+    )
     argtypes.add_progress_option(parser)
 
 

@@ -7,6 +7,7 @@ without a leading ``configs/``: ``flow2``, ``smoke/flow1.yaml``, ``configs/laser
 ``lightning fit -c NAME`` falls back to the shipped file when ``NAME`` is not a file, and
 ``caloflow config NAME`` copies one where it can be edited.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,11 @@ _PREFIXES = ("caloflow/configs/", "configs/")
 
 def list_configs() -> list[str]:
     """The names of every shipped config, sorted (``calogan``, ``demo/flow1``, ...)."""
-    return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
-                  for p in CONFIG_DIR.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+    return sorted(
+        p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
+        for p in CONFIG_DIR.rglob("*")
+        if p.suffix in _SUFFIXES and p.is_file()
+    )
 
 
 def config_name(name: str) -> str:
@@ -31,7 +35,7 @@ def config_name(name: str) -> str:
         name = name[2:]
     for prefix in _PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     for suffix in _SUFFIXES:
         if name.endswith(suffix):
@@ -53,7 +57,9 @@ def shipped_config(name: str) -> Path:
     """
     key = config_name(name)
     if key not in list_configs():
-        raise CaloflowError(f"unknown config '{name}' (shipped configs: {', '.join(list_configs())})")
+        raise CaloflowError(
+            f"unknown config '{name}' (shipped configs: {', '.join(list_configs())})"
+        )
     return CONFIG_DIR / f"{key}.yaml"
 
 

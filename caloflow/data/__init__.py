@@ -1,11 +1,19 @@
 """CaloGAN-format data: geometry, HDF5 I/O, the embedded shower simulator and the DataModule."""
+
 from caloflow.data.geometry import LAYER_SHAPES, LAYER_SLICES, N_VOXELS
 from caloflow.data.io import Showers, count_showers, read_showers, write_showers
 from caloflow.errors import DataFormatError
 
 __all__ = [
-    "LAYER_SHAPES", "LAYER_SLICES", "N_VOXELS", "Showers", "count_showers", "read_showers",
-    "write_showers", "DataFormatError", "CaloDataModule",
+    "LAYER_SHAPES",
+    "LAYER_SLICES",
+    "N_VOXELS",
+    "Showers",
+    "count_showers",
+    "read_showers",
+    "write_showers",
+    "DataFormatError",
+    "CaloDataModule",
 ]
 
 

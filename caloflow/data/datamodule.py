@@ -32,6 +32,7 @@ processes draw the noise from their own generators). The global random states ar
 Data that no run can use (an empty file, too few showers to split) are refused in the
 constructor, before a Trainer creates its log folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,7 +62,11 @@ def default_cache_dir() -> Path:
 
 
 def embedded_dataset(
-    particle: str, n: int, seed: int = 0, energy_range: tuple[float, float] = (1.0, 100.0), cache_dir=None
+    particle: str,
+    n: int,
+    seed: int = 0,
+    energy_range: tuple[float, float] = (1.0, 100.0),
+    cache_dir=None,
 ) -> Path:
     """Path of the embedded-simulator dataset for these settings, simulating it once if it is not cached."""
     from caloflow.data.simulate import SIMULATOR_VERSION, simulate_to_file
@@ -72,7 +77,9 @@ def embedded_dataset(
     if path.exists():
         rank_zero_info(f"caloflow: using cached simulated dataset {path}")
     else:
-        rank_zero_info(f"caloflow: simulating {n} {particle} showers into {path} (done once, then reused)")
+        rank_zero_info(
+            f"caloflow: simulating {n} {particle} showers into {path} (done once, then reused)"
+        )
         simulate_to_file(path, particle, n, seed=seed, energy_range=(lo, hi))
     return path
 
@@ -105,7 +112,9 @@ class ShowerDataset(Dataset):
     ):
         self.voxels = torch.as_tensor(np.asarray(showers.voxels, dtype=np.float32))
         self.energy = torch.as_tensor(np.asarray(showers.energy, dtype=np.float32))
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))
+        self.labels = (
+            None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.float32))
+        )
         self.noise = noise_kev * KEV
         self.generator = torch.Generator().manual_seed(seed)
         self.fixed_noise = None
@@ -124,8 +133,14 @@ class ShowerDataset(Dataset):
         index = torch.as_tensor(indices, dtype=torch.long)
         voxels, energy = self.voxels[index], self.energy[index]
         if self.noise > 0:
-            voxels = voxels + (self._noise(voxels.shape) if self.fixed_noise is None else self.fixed_noise[index])
-        batch = {"voxels": voxels, "layer_energies": layer_energies(voxels.double()), "energy": energy}
+            voxels = voxels + (
+                self._noise(voxels.shape) if self.fixed_noise is None else self.fixed_noise[index]
+            )
+        batch = {
+            "voxels": voxels,
+            "layer_energies": layer_energies(voxels.double()),
+            "energy": energy,
+        }
         if self.labels is not None:
             batch["label"] = self.labels[index]
         return batch
@@ -144,7 +159,11 @@ def balanced_split(
     """
     n = min(len(reference), len(generated))
     n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    bounds = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, n),
+    }
     parts: dict[str, list[tuple[Showers, np.ndarray]]] = {name: [] for name in bounds}
     for label, showers in ((REFERENCE_LABEL, reference), (GENERATED_LABEL, generated)):
         index = rng.permutation(len(showers))[:n]
@@ -203,7 +222,11 @@ class CaloDataModule(L.LightningDataModule):
         counts = {}
         # fail at start-up, before the Trainer is built, when a given file is unusable (every row
         # that will be read is checked: keys, shapes, NaN/inf, negative energies)
-        for option, p in (("data.path", path), ("data.generated", generated), ("data.val_path", val_path)):
+        for option, p in (
+            ("data.path", path),
+            ("data.generated", generated),
+            ("data.val_path", val_path),
+        ):
             if p is not None:
                 try:
                     counts[option] = (p, check_showers(p, stop=max_showers))
@@ -222,10 +245,14 @@ class CaloDataModule(L.LightningDataModule):
         self._restored_noise: torch.Tensor | None = None
 
     @classmethod
-    def from_showers(cls, showers: Showers, generated: Showers | None = None, **kwargs) -> "CaloDataModule":
+    def from_showers(
+        cls, showers: Showers, generated: Showers | None = None, **kwargs
+    ) -> "CaloDataModule":
         """The same DataModule over showers already in memory (``showers`` plays the role of ``path``)."""
         dm = cls(**kwargs)
-        dm._in_memory = {"path": showers} if generated is None else {"path": showers, "generated": generated}
+        dm._in_memory = (
+            {"path": showers} if generated is None else {"path": showers, "generated": generated}
+        )
         return dm
 
     @property
@@ -238,7 +265,9 @@ class CaloDataModule(L.LightningDataModule):
         h = self.hparams
         if h.path is not None:
             return Path(h.path)
-        return embedded_dataset(h.particle, h.n_simulated, h.simulation_seed, tuple(h.energy_range), h.cache_dir)
+        return embedded_dataset(
+            h.particle, h.n_simulated, h.simulation_seed, tuple(h.energy_range), h.cache_dir
+        )
 
     def prepare_data(self) -> None:
         # on one process only: simulate the embedded default if it is not cached yet
@@ -263,16 +292,23 @@ class CaloDataModule(L.LightningDataModule):
         if self.labelled:
             generated = self._read("generated")
             if min(len(showers), len(generated)) < 10:
-                raise CaloflowError(f"need at least 10 showers of each kind, got {len(showers)} reference and "
-                                    f"{len(generated)} generated")
+                raise CaloflowError(
+                    f"need at least 10 showers of each kind, got {len(showers)} reference and "
+                    f"{len(generated)} generated"
+                )
             return balanced_split(showers, generated, h.split, np.random.default_rng(h.seed))
         if h.val_path is not None:
             return {"train": (showers, None), "val": (self._read("val_path"), None)}
         order = np.random.default_rng(h.seed).permutation(len(showers))
         n_val = int(round(h.val_fraction * len(showers)))
         if n_val == 0 or n_val == len(showers):
-            raise CaloflowError(f"{self.data_path}: {len(showers)} showers are too few to split {h.val_fraction:g}")
-        return {"train": (showers[np.sort(order[n_val:])], None), "val": (showers[np.sort(order[:n_val])], None)}
+            raise CaloflowError(
+                f"{self.data_path}: {len(showers)} showers are too few to split {h.val_fraction:g}"
+            )
+        return {
+            "train": (showers[np.sort(order[n_val:])], None),
+            "val": (showers[np.sort(order[:n_val])], None),
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -282,7 +318,10 @@ class CaloDataModule(L.LightningDataModule):
         for i, (name, (showers, labels)) in enumerate(self.split().items()):
             training = name == "train"
             self.datasets[name] = ShowerDataset(
-                showers, h.noise_kev if training else held_out_noise, fresh_noise=training, seed=h.seed + i,
+                showers,
+                h.noise_kev if training else held_out_noise,
+                fresh_noise=training,
+                seed=h.seed + i,
                 labels=labels,
             )
         if self._restored_noise is not None:
@@ -349,7 +388,9 @@ def _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_sho
     if not 0 < val_fraction < 1 and val_path is None:
         raise CaloflowError(f"--data.val_fraction must be in (0, 1), got {val_fraction}")
     if len(split) != 3 or min(split) < 0 or not 0 < split[0] < 1 or abs(sum(split) - 1) > 1e-6:
-        raise CaloflowError(f"--data.split must be three fractions >= 0 that sum to 1, got {list(split)}")
+        raise CaloflowError(
+            f"--data.split must be three fractions >= 0 that sum to 1, got {list(split)}"
+        )
     if noise_kev < 0:
         raise CaloflowError(f"--data.noise_kev must be >= 0, got {noise_kev}")
     if batch_size < 1:
@@ -358,25 +399,44 @@ def _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_sho
         raise CaloflowError(f"--data.max_showers must be >= 1, got {max_showers}")
 
 
-def _check_sizes(counts: dict[str, tuple[object, int]], max_showers, val_fraction, labelled: bool) -> None:
+def _check_sizes(
+    counts: dict[str, tuple[object, int]], max_showers, val_fraction, labelled: bool
+) -> None:
     """One-line errors for data that no run can use (``counts``: option -> (file, number of showers))."""
     for option, (path, n) in counts.items():
         if n < 1:
             raise CaloflowError(f"--{option} {path}: no showers to use")
-    used = {option: n if max_showers is None else min(n, max_showers) for option, (_, n) in counts.items()}
+    used = {
+        option: n if max_showers is None else min(n, max_showers)
+        for option, (_, n) in counts.items()
+    }
     key = "data.path" if "data.path" in counts else "data.n_simulated"
     if key not in counts:
         return
     n = used[key]
-    source = f"{counts[key][0]}: {n} showers" + (f" (--data.max_showers {max_showers})" if n < counts[key][1] else "")
+    source = f"{counts[key][0]}: {n} showers" + (
+        f" (--data.max_showers {max_showers})" if n < counts[key][1] else ""
+    )
     if labelled:
         if "data.generated" in used and min(n, used["data.generated"]) < 10:
-            raise CaloflowError(f"need at least 10 showers of each kind, got {n} reference and "
-                                f"{used['data.generated']} generated")
+            raise CaloflowError(
+                f"need at least 10 showers of each kind, got {n} reference and "
+                f"{used['data.generated']} generated"
+            )
     elif "data.val_path" not in used:
         n_val = int(round(val_fraction * n))
         if n_val == 0 or n_val == n:
-            raise CaloflowError(f"{source} are too few to split with --data.val_fraction {val_fraction:g}")
+            raise CaloflowError(
+                f"{source} are too few to split with --data.val_fraction {val_fraction:g}"
+            )
 
 
-__all__ = ["REFERENCE_LABEL", "GENERATED_LABEL", "default_cache_dir", "embedded_dataset", "ShowerDataset", "balanced_split", "CaloDataModule"]
+__all__ = [
+    "REFERENCE_LABEL",
+    "GENERATED_LABEL",
+    "default_cache_dir",
+    "embedded_dataset",
+    "ShowerDataset",
+    "balanced_split",
+    "CaloDataModule",
+]

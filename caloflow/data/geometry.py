@@ -3,6 +3,7 @@
 Energies inside caloflow are in MeV (voxels, layer energies, overflow), except the incident
 energy, which is in GeV as in the CaloGAN files. Lengths are in mm.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,8 @@ N_LAYERS = len(LAYER_SHAPES)
 N_VOXELS = sum(LAYER_SIZES)  # 504
 #: Start and stop index of each layer in the flattened 504-voxel vector.
 LAYER_SLICES: tuple[slice, ...] = tuple(
-    slice(int(a), int(b)) for a, b in zip(np.cumsum((0,) + LAYER_SIZES[:-1]), np.cumsum(LAYER_SIZES))
+    slice(int(a), int(b))
+    for a, b in zip(np.cumsum((0,) + LAYER_SIZES[:-1]), np.cumsum(LAYER_SIZES))
 )
 
 #: Transverse half-size of the readout and the longitudinal extent of the cube, mm.
@@ -75,4 +77,26 @@ def layer_energies(voxels):
     return torch.cat(parts, dim=1)
 
 
-__all__ = ["MEV", "KEV", "GEV", "LAYER_SHAPES", "LAYER_SIZES", "N_LAYERS", "N_VOXELS", "LAYER_SLICES", "HALF_WIDTH_MM", "LAYER_DEPTHS_MM", "PERIOD_MM", "NOISE_KEV", "THRESHOLD_KEV", "LAYER_KEYS", "ENERGY_KEY", "OVERFLOW_KEY", "voxel_edges", "voxel_centres", "split_layers", "join_layers", "layer_energies"]
+__all__ = [
+    "MEV",
+    "KEV",
+    "GEV",
+    "LAYER_SHAPES",
+    "LAYER_SIZES",
+    "N_LAYERS",
+    "N_VOXELS",
+    "LAYER_SLICES",
+    "HALF_WIDTH_MM",
+    "LAYER_DEPTHS_MM",
+    "PERIOD_MM",
+    "NOISE_KEV",
+    "THRESHOLD_KEV",
+    "LAYER_KEYS",
+    "ENERGY_KEY",
+    "OVERFLOW_KEY",
+    "voxel_edges",
+    "voxel_centres",
+    "split_layers",
+    "join_layers",
+    "layer_energies",
+]

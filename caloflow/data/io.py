@@ -4,6 +4,7 @@ A file holds ``layer_0`` (N, 3, 96), ``layer_1`` (N, 12, 12), ``layer_2`` (N, 12
 ``energy`` (N, 1) in GeV and ``overflow`` (N, 3) in MeV. Real GEANT4 files and generated files
 are read alike; any float dtype is accepted.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from caloflow.atomic import atomic_output, check_interrupted, deferred_signals
 from caloflow.data.geometry import (
     ENERGY_KEY,
     LAYER_KEYS,
@@ -26,7 +28,6 @@ from caloflow.data.geometry import (
     layer_energies,
     split_layers,
 )
-from caloflow.atomic import atomic_output, check_interrupted, deferred_signals
 from caloflow.errors import CaloflowError, DataFormatError
 
 REQUIRED_KEYS: tuple[str, ...] = LAYER_KEYS + (ENERGY_KEY,)
@@ -101,14 +102,20 @@ def validate_shapes(path, shapes: dict[str, tuple[int, ...]]) -> None:
         shape = shapes[key]
         expected = _expected_shape(key)
         if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected:
-            raise _fail(path, key, f"wrong shape {tuple(shape)}, expected (N, {', '.join(map(str, expected))})")
+            raise _fail(
+                path,
+                key,
+                f"wrong shape {tuple(shape)}, expected (N, {', '.join(map(str, expected))})",
+            )
         if n is None:
             n, first = shape[0], key
         elif shape[0] != n:
             raise _fail(path, key, f"has {shape[0]} rows but '{first}' has {n}")
 
 
-def validate_arrays(path, arrays: dict[str, np.ndarray], offset: int = 0, rows: np.ndarray | None = None) -> None:
+def validate_arrays(
+    path, arrays: dict[str, np.ndarray], offset: int = 0, rows: np.ndarray | None = None
+) -> None:
     """Check shapes, row counts and values; raise :class:`DataFormatError` at the first problem.
 
     ``offset`` is added to row numbers so that messages name rows of the file, not of a slice;
@@ -129,13 +136,18 @@ def validate_arrays(path, arrays: dict[str, np.ndarray], offset: int = 0, rows: 
             continue
         bad = arrays[key] < 0
         if bad.any():
-            raise _fail(path, key, f"negative energy {arrays[key][bad].min():.6g} MeV in row {row_of(bad)}")
+            raise _fail(
+                path, key, f"negative energy {arrays[key][bad].min():.6g} MeV in row {row_of(bad)}"
+            )
     if ENERGY_KEY not in arrays:
         return
     bad = arrays[ENERGY_KEY] <= 0
     if bad.any():
-        raise _fail(path, ENERGY_KEY,
-                    f"incident energy <= 0 ({arrays[ENERGY_KEY][bad].min():.6g} GeV) in row {row_of(bad)}")
+        raise _fail(
+            path,
+            ENERGY_KEY,
+            f"incident energy <= 0 ({arrays[ENERGY_KEY][bad].min():.6g} GeV) in row {row_of(bad)}",
+        )
 
 
 def _open(path) -> h5py.File:
@@ -161,14 +173,18 @@ def count_showers(path) -> int:
 def _check_keys(path, f: h5py.File) -> None:
     for key in REQUIRED_KEYS:
         if key not in f:
-            raise _fail(path, key, f"missing (file has: {', '.join(sorted(f.keys())) or 'no keys'})")
+            raise _fail(
+                path, key, f"missing (file has: {', '.join(sorted(f.keys())) or 'no keys'})"
+            )
         if not isinstance(f[key], h5py.Dataset):
             raise _fail(path, key, "is a group, expected a dataset")
         if f[key].dtype.kind not in "fiu":
             raise _fail(path, key, f"dtype {f[key].dtype} is not numeric")
 
 
-def read_showers(path, start: int | None = None, stop: int | None = None, dtype=np.float32) -> Showers:
+def read_showers(
+    path, start: int | None = None, stop: int | None = None, dtype=np.float32
+) -> Showers:
     """Read and validate showers ``[start:stop]`` of a CaloGAN HDF5 file.
 
     Args:
@@ -206,7 +222,9 @@ def _row_indices(rows, n: int, path) -> np.ndarray:
     """``rows`` as a strictly increasing int64 array inside [0, n)."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size and (rows.min() < 0 or rows.max() >= n):
-        raise CaloflowError(f"{path}: row index out of range [0, {n}) (got {rows.min()}..{rows.max()})")
+        raise CaloflowError(
+            f"{path}: row index out of range [0, {n}) (got {rows.min()}..{rows.max()})"
+        )
     if np.any(np.diff(rows) <= 0):
         raise ValueError("rows must be strictly increasing")
     return rows
@@ -216,7 +234,10 @@ def _read_indexed(f: h5py.File, keys, rows: np.ndarray, dtype) -> dict[str, np.n
     """The given ``rows`` of every key, read by index (h5py point selection): no other row is read."""
     out = {}
     for k in keys:
-        parts = [np.asarray(f[k][rows[i:i + _INDEX_BLOCK]], dtype=dtype) for i in range(0, len(rows), _INDEX_BLOCK)]
+        parts = [
+            np.asarray(f[k][rows[i : i + _INDEX_BLOCK]], dtype=dtype)
+            for i in range(0, len(rows), _INDEX_BLOCK)
+        ]
         out[k] = np.concatenate(parts) if parts else np.zeros((0, *f[k].shape[1:]), dtype=dtype)
     return out
 
@@ -237,7 +258,11 @@ def read_rows(path, rows, dtype=np.float32) -> Showers:
         rows = _row_indices(rows, f[ENERGY_KEY].shape[0], path)
         arrays = _read_indexed(f, keys, rows, dtype)
     validate_arrays(path, arrays, rows=rows)
-    voxels = join_layers([arrays[k] for k in LAYER_KEYS]) if len(rows) else np.zeros((0, N_VOXELS), dtype=dtype)
+    voxels = (
+        join_layers([arrays[k] for k in LAYER_KEYS])
+        if len(rows)
+        else np.zeros((0, N_VOXELS), dtype=dtype)
+    )
     return Showers(voxels, arrays[ENERGY_KEY][:, 0], arrays.get(OVERFLOW_KEY))
 
 
@@ -264,7 +289,9 @@ def write_showers(path, showers: Showers, dtype=np.float32, attrs: dict | None =
     """
     path = Path(path)
     if showers.voxels.shape[1:] != (N_VOXELS,):
-        raise DataFormatError(f"{path}: voxels have shape {showers.voxels.shape}, expected (N, {N_VOXELS})")
+        raise DataFormatError(
+            f"{path}: voxels have shape {showers.voxels.shape}, expected (N, {N_VOXELS})"
+        )
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         for key, image in zip(LAYER_KEYS, split_layers(np.asarray(showers.voxels))):
             f.create_dataset(key, data=np.ascontiguousarray(image, dtype=dtype))
@@ -275,8 +302,13 @@ def write_showers(path, showers: Showers, dtype=np.float32, attrs: dict | None =
     return path
 
 
-def iter_showers(path, block_rows: int = 8192, start: int | None = None, stop: int | None = None,
-                 dtype=np.float32) -> Iterator[Showers]:
+def iter_showers(
+    path,
+    block_rows: int = 8192,
+    start: int | None = None,
+    stop: int | None = None,
+    dtype=np.float32,
+) -> Iterator[Showers]:
     """Read and validate showers ``[start:stop]`` of a CaloGAN file in blocks of ``block_rows``
     (bounded memory); row numbers in error messages refer to the file."""
     lo, hi, _ = slice(start, stop).indices(count_showers(path))
@@ -334,8 +366,10 @@ def check_disk_space(path, n: int, what: str | None = None, dtype=np.float32) ->
         return  # nothing to measure against; the write itself will tell
     need = estimated_file_size(n, dtype)
     if need > free:
-        raise CaloflowError(f"{what or f'--n {n}'}: the output needs about {_size(need)} on disk but {folder} has only "
-                            f"{_size(free)} free")
+        raise CaloflowError(
+            f"{what or f'--n {n}'}: the output needs about {_size(need)} on disk but {folder} has only "
+            f"{_size(free)} free"
+        )
 
 
 class ShowerWriter:
@@ -364,8 +398,14 @@ class ShowerWriter:
             (a chunk is allocated whole).
     """
 
-    def __init__(self, path, dtype=np.float32, attrs: dict | None = None, block_rows: int = 4096,
-                 expected_rows: int | None = None):
+    def __init__(
+        self,
+        path,
+        dtype=np.float32,
+        attrs: dict | None = None,
+        block_rows: int = 4096,
+        expected_rows: int | None = None,
+    ):
         if block_rows < 1:
             raise ValueError(f"block_rows must be positive, got {block_rows}")
         self.path = Path(path)
@@ -385,7 +425,9 @@ class ShowerWriter:
 
     def _chunk_rows(self, row_shape) -> int:
         rows, row_bytes = self.block_rows, int(np.prod(row_shape)) * self.dtype.itemsize
-        while rows > 1 and rows * row_bytes > 2**20:  # chunks of at most 1 MiB that divide the block
+        while (
+            rows > 1 and rows * row_bytes > 2**20
+        ):  # chunks of at most 1 MiB that divide the block
             rows //= 2
         if self.expected_rows is not None:
             rows = max(1, min(rows, int(self.expected_rows)))
@@ -397,8 +439,13 @@ class ShowerWriter:
         try:
             self._file = h5py.File(tmp, "w")
             for key, shape in self._row_shapes().items():
-                self._file.create_dataset(key, shape=(0, *shape), maxshape=(None, *shape), dtype=self.dtype,
-                                          chunks=(self._chunk_rows(shape), *shape))
+                self._file.create_dataset(
+                    key,
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=self.dtype,
+                    chunks=(self._chunk_rows(shape), *shape),
+                )
                 self._buffer[key] = np.empty((self.block_rows, *shape), dtype=self.dtype)
         except BaseException:
             self._close_file()
@@ -419,12 +466,16 @@ class ShowerWriter:
             voxels = showers
         voxels = np.asarray(voxels)
         if voxels.ndim != 2 or voxels.shape[1] != N_VOXELS:
-            raise DataFormatError(f"{self.path}: voxels have shape {voxels.shape}, expected (N, {N_VOXELS})")
+            raise DataFormatError(
+                f"{self.path}: voxels have shape {voxels.shape}, expected (N, {N_VOXELS})"
+            )
         n = len(voxels)
         energy = np.asarray(energy).reshape(-1)
         overflow = np.zeros((n, N_LAYERS)) if overflow is None else np.asarray(overflow)
         if len(energy) != n or overflow.shape != (n, N_LAYERS):
-            raise DataFormatError(f"{self.path}: {n} voxel rows but energy {energy.shape} and overflow {overflow.shape}")
+            raise DataFormatError(
+                f"{self.path}: {n} voxel rows but energy {energy.shape} and overflow {overflow.shape}"
+            )
         arrays = dict(zip(LAYER_KEYS, split_layers(voxels)))
         arrays[ENERGY_KEY] = energy.reshape(-1, 1)
         arrays[OVERFLOW_KEY] = overflow
@@ -481,4 +532,20 @@ class ShowerWriter:
         return bool(self._atomic.__exit__(exc_type, exc, tb))
 
 
-__all__ = ["REQUIRED_KEYS", "Showers", "validate_shapes", "validate_arrays", "count_showers", "read_showers", "read_rows", "read_energies", "write_showers", "iter_showers", "check_showers", "VALUES_PER_SHOWER", "estimated_file_size", "check_disk_space", "ShowerWriter"]
+__all__ = [
+    "REQUIRED_KEYS",
+    "Showers",
+    "validate_shapes",
+    "validate_arrays",
+    "count_showers",
+    "read_showers",
+    "read_rows",
+    "read_energies",
+    "write_showers",
+    "iter_showers",
+    "check_showers",
+    "VALUES_PER_SHOWER",
+    "estimated_file_size",
+    "check_disk_space",
+    "ShowerWriter",
+]

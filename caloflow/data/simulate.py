@@ -39,6 +39,7 @@ its own generator seeded from ``(seed, k)`` and always simulates a full chunk, s
 ``n`` showers of a run do not depend on the total number requested: ``simulate(p, n, s)`` equals
 ``simulate(p, m, s)[:n]`` for every ``m >= n``.
 """
+
 from __future__ import annotations
 
 import math
@@ -203,7 +204,9 @@ def _em_showers(rng, spots: _Spots, shower, energy, z0, x0, y0, halo_spots=None)
     _em_halo(rng, spots, shower, z0, x0, y0, visible, t_core, core_counts, halo_spots)
 
 
-def _em_core(rng, spots: _Spots, shower, energy, z0, x0, y0, T, alpha, visible) -> tuple[np.ndarray, np.ndarray]:
+def _em_core(
+    rng, spots: _Spots, shower, energy, z0, x0, y0, T, alpha, visible
+) -> tuple[np.ndarray, np.ndarray]:
     """Core spots of the EM showers (GFlash): depths ``t`` [X0] from the spot profile, importance-
     weighted to the energy profile Gamma(alpha, T), radii from the core + tail radial profile.
 
@@ -222,14 +225,18 @@ def _em_core(rng, spots: _Spots, shower, energy, z0, x0, y0, T, alpha, visible) 
     t = np.maximum(rng.standard_gamma(alpha_s[c]) * (1.0 / beta_s)[c], 1e-6)
     # importance weight f(t) / f_s(t) (energy profile over spot profile; the per-shower
     # constants cancel in the normalisation) times an exponential per-spot fluctuation
-    w = np.exp((alpha - alpha_s)[c] * np.log(t) - (beta - beta_s)[c] * t) * rng.standard_exponential(m)
+    w = np.exp(
+        (alpha - alpha_s)[c] * np.log(t) - (beta - beta_s)[c] * t
+    ) * rng.standard_exponential(m)
     w *= ((1.0 - HALO_FRACTION) * visible / np.bincount(c, w, minlength=n))[c]
     # radial core + tail in Moliere units as functions of tau = t / T and ln E
     ln_e = np.log(e_gev)
     tau = t * (1.0 / T)[c]
     r_core = (0.0251 + 0.00319 * ln_e)[c] + (0.1162 - 0.000381 * Z_EFF) * tau
     d = tau - 0.645
-    r_tail = (0.659 - 0.00309 * Z_EFF) * (np.exp(-2.59 * d) + np.exp((0.3585 + 0.0412 * ln_e)[c] * d))
+    r_tail = (0.659 - 0.00309 * Z_EFF) * (
+        np.exp(-2.59 * d) + np.exp((0.3585 + 0.0412 * ln_e)[c] * d)
+    )
     p1, p2 = 2.632 - 0.00094 * Z_EFF, 0.401 + 0.00187 * Z_EFF
     q = (p2 - tau) * (1.0 / (1.313 - 0.0686 * ln_e))[c]
     is_core = rng.random(m) < p1 * np.exp(q - np.exp(q))
@@ -240,7 +247,9 @@ def _em_core(rng, spots: _Spots, shower, energy, z0, x0, y0, T, alpha, visible) 
     return t, counts
 
 
-def _em_halo(rng, spots: _Spots, shower, z0, x0, y0, visible, t_core, core_counts, halo_spots) -> None:
+def _em_halo(
+    rng, spots: _Spots, shower, z0, x0, y0, visible, t_core, core_counts, halo_spots
+) -> None:
     """Soft-photon halo: photons born on the axis at the core spots' depths (cycling through
     them), emitted isotropically and absorbed after an exponential path of mean HALO_PATH_MM;
     those leaving the stack are lost. Deposits HALO_FRACTION ``visible`` MeV per shower.
@@ -274,10 +283,16 @@ def _em_halo(rng, spots: _Spots, shower, z0, x0, y0, visible, t_core, core_count
     d = np.sqrt(d2)
     physical = np.exp(-d / HALO_PATH_MM) / (4.0 * np.pi * HALO_PATH_MM * d2)
     q1 = np.exp(-d / HALO_PROPOSAL_MM) / (4.0 * np.pi * HALO_PROPOSAL_MM * d2)
-    layer = (z_origin + dz >= LAYER_DEPTHS_MM[1]).astype(np.int64) + (z_origin + dz >= LAYER_DEPTHS_MM[2])
+    layer = (z_origin + dz >= LAYER_DEPTHS_MM[1]).astype(np.int64) + (
+        z_origin + dz >= LAYER_DEPTHS_MM[2]
+    )
     inside = (z_origin + dz >= 0.0) & (z_origin + dz < DEPTH_MM)
-    q2 = (inside * HALO_WIDE_MM**2 / (np.pi * (r**2 + HALO_WIDE_MM**2) ** 2)
-          * (_HALO_LAYER_ODDS[layer] / _LAYER_THICKNESS[layer]))
+    q2 = (
+        inside
+        * HALO_WIDE_MM**2
+        / (np.pi * (r**2 + HALO_WIDE_MM**2) ** 2)
+        * (_HALO_LAYER_ODDS[layer] / _LAYER_THICKNESS[layer])
+    )
     w = physical / (0.5 * q1 + 0.5 * q2) * rng.standard_exponential(m)
     w *= (HALO_FRACTION * visible / np.bincount(c, w, minlength=n))[c]
     x, y = _rotate(rng, r)
@@ -307,8 +322,16 @@ def _photons(rng, spots: _Spots, shower, energy, z0, x0, y0, halo_spots=None) ->
     two = lambda a: np.concatenate([a, a])  # noqa: E731 - both leptons share the photon's data
     if halo_spots is None:
         halo_spots = _halo_spots(energy)
-    _em_showers(rng, spots, two(shower), np.concatenate([x * energy, (1.0 - x) * energy]),
-                two(z_conv), two(x0), two(y0), np.concatenate([x * halo_spots, (1.0 - x) * halo_spots]))
+    _em_showers(
+        rng,
+        spots,
+        two(shower),
+        np.concatenate([x * energy, (1.0 - x) * energy]),
+        two(z_conv),
+        two(x0),
+        two(y0),
+        np.concatenate([x * halo_spots, (1.0 - x) * halo_spots]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,11 +407,22 @@ def _hadronic_showers(rng, spots: _Spots, h, e_sh, zi, xi, yi) -> None:
     two = lambda a: np.concatenate([a, a])  # noqa: E731
     spread = PI0_SPREAD_MM * rng.standard_normal((2, 2 * m))
     halo = PION_HALO_SCALE * _halo_spots(e_em)
-    _photons(rng, spots, two(h), np.concatenate([split * e_em, (1.0 - split) * e_em]),
-             two(zi), two(xi) + spread[0], two(yi) + spread[1], np.concatenate([split * halo, (1.0 - split) * halo]))
+    _photons(
+        rng,
+        spots,
+        two(h),
+        np.concatenate([split * e_em, (1.0 - split) * e_em]),
+        two(zi),
+        two(xi) + spread[0],
+        two(yi) + spread[1],
+        np.concatenate([split * halo, (1.0 - split) * halo]),
+    )
     # hadronic part: Gamma profile in lambda_I, invisible energy lost
-    invisible = rng.beta(INVISIBLE_MEAN * INVISIBLE_CONCENTRATION,
-                         (1.0 - INVISIBLE_MEAN) * INVISIBLE_CONCENTRATION, m)
+    invisible = rng.beta(
+        INVISIBLE_MEAN * INVISIBLE_CONCENTRATION,
+        (1.0 - INVISIBLE_MEAN) * INVISIBLE_CONCENTRATION,
+        m,
+    )
     e_had = (1.0 - f_em) * e_sh * (1.0 - invisible)
     alpha_h, beta_h = _grp_parameters(np.maximum(e_sh_gev, 0.1))
     counts = (HAD_SPOTS_MIN + HAD_SPOTS_PER_GEV * e_sh_gev**0.8 + rng.random(m)).astype(np.int64)
@@ -414,8 +448,11 @@ def _bin(spots: _Spots, n: int) -> tuple[np.ndarray, np.ndarray]:
     col = ((x + HALF_WIDTH_MM) * _COLS_PER_MM[layer]).astype(np.int64)
     inside = (np.abs(x) < HALF_WIDTH_MM) & (np.abs(y) < HALF_WIDTH_MM)
     # one bincount for everything: voxels [0, 504 n), overflow [504 n, 507 n), lost (the last bin)
-    index = np.where(inside, shower * N_VOXELS + _OFFSETS[layer] + row * _COLS[layer] + col,
-                     n * N_VOXELS + shower * N_LAYERS + layer)
+    index = np.where(
+        inside,
+        shower * N_VOXELS + _OFFSETS[layer] + row * _COLS[layer] + col,
+        n * N_VOXELS + shower * N_LAYERS + layer,
+    )
     index[(z < 0.0) | (z >= DEPTH_MM)] = n * (N_VOXELS + N_LAYERS)
     sums = np.bincount(index, e, minlength=n * (N_VOXELS + N_LAYERS) + 1)
     voxels = sums[: n * N_VOXELS].reshape(n, N_VOXELS)
@@ -423,7 +460,9 @@ def _bin(spots: _Spots, n: int) -> tuple[np.ndarray, np.ndarray]:
     return voxels, overflow
 
 
-def _simulate_chunk(particle: str, seed: int, chunk: int, energy_range: tuple[float, float]) -> Showers:
+def _simulate_chunk(
+    particle: str, seed: int, chunk: int, energy_range: tuple[float, float]
+) -> Showers:
     rng = np.random.default_rng([seed, chunk])
     n = CHUNK_SIZE
     # incident energies are rounded to float32 so that the file and the physics agree exactly
@@ -443,7 +482,9 @@ def _simulate_chunk(particle: str, seed: int, chunk: int, energy_range: tuple[fl
 
 def check_options(particle: str, n: int, seed: int, energy_range) -> tuple[float, float]:
     if particle not in PARTICLES:
-        raise CaloflowError(f"--particle: unknown particle '{particle}' (choose from {', '.join(PARTICLES)})")
+        raise CaloflowError(
+            f"--particle: unknown particle '{particle}' (choose from {', '.join(PARTICLES)})"
+        )
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise CaloflowError(f"--n: number of showers must be a positive integer, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -451,12 +492,16 @@ def check_options(particle: str, n: int, seed: int, energy_range) -> tuple[float
     try:
         lo, hi = (float(v) for v in energy_range)
     except (TypeError, ValueError):
-        raise CaloflowError(f"--energy-range: expected two numbers LOW HIGH in GeV, got {energy_range!r}") from None
+        raise CaloflowError(
+            f"--energy-range: expected two numbers LOW HIGH in GeV, got {energy_range!r}"
+        ) from None
     if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo < hi):
         raise CaloflowError(f"--energy-range: need 0 < LOW < HIGH (GeV), got {lo:g} {hi:g}")
     if hi > MAX_ENERGY_GEV:
-        raise CaloflowError(f"--energy-range: HIGH must be at most {MAX_ENERGY_GEV:g} GeV (the simulator's "
-                            f"limit), got {hi:g}")
+        raise CaloflowError(
+            f"--energy-range: HIGH must be at most {MAX_ENERGY_GEV:g} GeV (the simulator's "
+            f"limit), got {hi:g}"
+        )
     return lo, hi
 
 
@@ -496,7 +541,9 @@ def _parts(particle: str, n: int, seed: int, energy_range: tuple[float, float], 
     with tqdm(total=n, desc=f"simulate {particle}", unit="shower", disable=not progress) as bar:
         for chunk, start in enumerate(range(0, n, CHUNK_SIZE)):
             # the whole chunk is always simulated: its numbers must not depend on n
-            part = _simulate_chunk(particle, seed, chunk, energy_range)[: min(CHUNK_SIZE, n - start)]
+            part = _simulate_chunk(particle, seed, chunk, energy_range)[
+                : min(CHUNK_SIZE, n - start)
+            ]
             deposited = part.voxels.sum(1) + part.overflow.sum(1)
             # energy conservation is built in (albedo, invisible energy, leakage); guard it anyway
             if np.any(deposited > part.energy * GEV):
@@ -520,12 +567,57 @@ def simulate_to_file(
     grow with ``n``, and the file holds exactly the numbers of :func:`simulate` (in float32).
     """
     lo, hi = check_options(particle, n, seed, energy_range)
-    attrs = {"particle": particle, "seed": int(seed), "energy_range": np.array([lo, hi]),
-             "simulator": SIMULATOR_VERSION}
+    attrs = {
+        "particle": particle,
+        "seed": int(seed),
+        "energy_range": np.array([lo, hi]),
+        "simulator": SIMULATOR_VERSION,
+    }
     with ShowerWriter(path, attrs=attrs, expected_rows=int(n)) as out:
         for _, part in _parts(particle, int(n), int(seed), (lo, hi), progress):
             out.append(part)
     return Path(path)
 
 
-__all__ = ["SIMULATOR_VERSION", "PARTICLES", "CHUNK_SIZE", "X0_MM", "RM_MM", "LAMBDA_MM", "Z_EFF", "EC_MEV", "FS", "E_HAT", "DEPTH_MM", "N_PERIODS", "DEPTH_SCALE", "ALPHA_MIN", "SPOTS_MIN", "SPOTS_PER_GEV", "HALO_FRACTION", "HALO_SPOTS_MIN", "HALO_SPOTS_PER_GEV", "HALO_PATH_MM", "HALO_PROPOSAL_MM", "HALO_WIDE_MM", "HALO_LAYER_ODDS", "MAX_ENERGY_GEV", "ALBEDO_MIN", "ALBEDO_MEAN", "MIP_MPV_MEV", "MIP_WIDTH_MEV", "HAD_SPOTS_MIN", "HAD_SPOTS_PER_GEV", "HAD_R0_MM", "HAD_R_SLOPE", "INVISIBLE_MEAN", "INVISIBLE_CONCENTRATION", "EM_FRACTION_CONCENTRATION", "PION_HALO_SCALE", "PI0_SPREAD_MM", "check_options", "simulate", "simulate_to_file"]
+__all__ = [
+    "SIMULATOR_VERSION",
+    "PARTICLES",
+    "CHUNK_SIZE",
+    "X0_MM",
+    "RM_MM",
+    "LAMBDA_MM",
+    "Z_EFF",
+    "EC_MEV",
+    "FS",
+    "E_HAT",
+    "DEPTH_MM",
+    "N_PERIODS",
+    "DEPTH_SCALE",
+    "ALPHA_MIN",
+    "SPOTS_MIN",
+    "SPOTS_PER_GEV",
+    "HALO_FRACTION",
+    "HALO_SPOTS_MIN",
+    "HALO_SPOTS_PER_GEV",
+    "HALO_PATH_MM",
+    "HALO_PROPOSAL_MM",
+    "HALO_WIDE_MM",
+    "HALO_LAYER_ODDS",
+    "MAX_ENERGY_GEV",
+    "ALBEDO_MIN",
+    "ALBEDO_MEAN",
+    "MIP_MPV_MEV",
+    "MIP_WIDTH_MEV",
+    "HAD_SPOTS_MIN",
+    "HAD_SPOTS_PER_GEV",
+    "HAD_R0_MM",
+    "HAD_R_SLOPE",
+    "INVISIBLE_MEAN",
+    "INVISIBLE_CONCENTRATION",
+    "EM_FRACTION_CONCENTRATION",
+    "PION_HALO_SCALE",
+    "PI0_SPREAD_MM",
+    "check_options",
+    "simulate",
+    "simulate_to_file",
+]

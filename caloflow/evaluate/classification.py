@@ -29,6 +29,7 @@ isotonic calibration is fitted with the sample weights, and AUC (weighted ROC), 
 mean) and accuracy on test are weighted. The effective sample size (sum w)^2 / sum w^2 of the
 generated weights of each split is reported (``ess``). Without weights nothing changes.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,9 +85,14 @@ def _as_weights(weights, n_generated: int, max_showers: int | None) -> np.ndarra
     return w
 
 
-def classifier_data(reference: Showers | str | Path, generated: Showers | str | Path, batch_size: int = 1000,
-                    max_showers: int | None = None, seed: int = 0,
-                    weights: np.ndarray | None = None) -> CaloDataModule:
+def classifier_data(
+    reference: Showers | str | Path,
+    generated: Showers | str | Path,
+    batch_size: int = 1000,
+    max_showers: int | None = None,
+    seed: int = 0,
+    weights: np.ndarray | None = None,
+) -> CaloDataModule:
     """The classifier test's data: labelled, balanced, split 60/20/20, no added noise.
 
     With ``weights`` (one per generated shower, cut to ``max_showers`` like the showers) the module
@@ -97,11 +103,13 @@ def classifier_data(reference: Showers | str | Path, generated: Showers | str | 
     if weights is None:
         return CaloDataModule.from_showers(reference, generated, **kwargs)
     return WeightedCaloDataModule.from_weighted_showers(
-        reference, generated, _as_weights(weights, len(generated), max_showers), **kwargs)
+        reference, generated, _as_weights(weights, len(generated), max_showers), **kwargs
+    )
 
 
-def weighted_balanced_split(reference: Showers, generated: Showers, weights: np.ndarray, fractions,
-                            rng: np.random.Generator) -> dict[str, tuple[Showers, np.ndarray, np.ndarray]]:
+def weighted_balanced_split(
+    reference: Showers, generated: Showers, weights: np.ndarray, fractions, rng: np.random.Generator
+) -> dict[str, tuple[Showers, np.ndarray, np.ndarray]]:
     """:func:`caloflow.data.datamodule.balanced_split` with the generated showers' weights.
 
     The same showers land in the same splits as there (the same draws of ``rng``), so a weighted and
@@ -111,7 +119,11 @@ def weighted_balanced_split(reference: Showers, generated: Showers, weights: np.
     """
     n = min(len(reference), len(generated))
     n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    bounds = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, n),
+    }
     ref_index = rng.permutation(len(reference))[:n]
     gen_index = rng.permutation(len(generated))[:n]
     weights = np.asarray(weights, dtype=np.float64)
@@ -121,11 +133,17 @@ def weighted_balanced_split(reference: Showers, generated: Showers, weights: np.
         w = weights[g]
         total = float(w.sum())
         if total <= 0:
-            raise CaloflowError(f"classifier test: the {len(g)} generated showers of the {name} split all have "
-                                "weight 0; too few showers with a non-zero weight")
+            raise CaloflowError(
+                f"classifier test: the {len(g)} generated showers of the {name} split all have "
+                "weight 0; too few showers with a non-zero weight"
+            )
         showers = Showers.concatenate([reference[r], generated[g]])
-        labels = np.concatenate([np.full(len(r), REFERENCE_LABEL, np.float32),
-                                 np.full(len(g), GENERATED_LABEL, np.float32)])
+        labels = np.concatenate(
+            [
+                np.full(len(r), REFERENCE_LABEL, np.float32),
+                np.full(len(g), GENERATED_LABEL, np.float32),
+            ]
+        )
         out[name] = (showers, labels, np.concatenate([np.ones(len(r)), w * (len(r) / total)]))
     return out
 
@@ -156,12 +174,15 @@ class WeightedCaloDataModule(CaloDataModule):
     generated_weights: np.ndarray
 
     @classmethod
-    def from_weighted_showers(cls, reference: Showers, generated: Showers, weights: np.ndarray,
-                              **kwargs) -> "WeightedCaloDataModule":
+    def from_weighted_showers(
+        cls, reference: Showers, generated: Showers, weights: np.ndarray, **kwargs
+    ) -> "WeightedCaloDataModule":
         dm = cls.from_showers(reference, generated, **kwargs)
         dm.generated_weights = np.asarray(weights, dtype=np.float64)
         if len(dm.generated_weights) != len(generated):
-            raise ValueError(f"{len(dm.generated_weights)} weights for {len(generated)} generated showers")
+            raise ValueError(
+                f"{len(dm.generated_weights)} weights for {len(generated)} generated showers"
+            )
         return dm
 
     def setup(self, stage: str | None = None) -> None:
@@ -169,17 +190,28 @@ class WeightedCaloDataModule(CaloDataModule):
             return
         h = self.hparams
         reference, generated = self._read("path"), self._read("generated")
-        weights = self.generated_weights[:len(generated)]  # _read cuts to max_showers: the same rows
+        weights = self.generated_weights[
+            : len(generated)
+        ]  # _read cuts to max_showers: the same rows
         if min(len(reference), len(generated)) < 10:
-            raise CaloflowError(f"need at least 10 showers of each kind, got {len(reference)} reference and "
-                                f"{len(generated)} generated")
+            raise CaloflowError(
+                f"need at least 10 showers of each kind, got {len(reference)} reference and "
+                f"{len(generated)} generated"
+            )
         held_out_noise = h.noise_kev if h.noise_validation else 0.0
-        parts = weighted_balanced_split(reference, generated, weights, h.split, np.random.default_rng(h.seed))
+        parts = weighted_balanced_split(
+            reference, generated, weights, h.split, np.random.default_rng(h.seed)
+        )
         for i, (name, (showers, labels, w)) in enumerate(parts.items()):
             training = name == "train"
             self.datasets[name] = WeightedShowerDataset(
-                showers, labels, w, noise_kev=h.noise_kev if training else held_out_noise, fresh_noise=training,
-                seed=h.seed + i)
+                showers,
+                labels,
+                w,
+                noise_kev=h.noise_kev if training else held_out_noise,
+                fresh_noise=training,
+                seed=h.seed + i,
+            )
         if self._restored_noise is not None:
             self.train_set.generator.set_state(self._restored_noise)
             self._restored_noise = None
@@ -203,11 +235,21 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: ShowerDataset, model: ShowerClassifier, chunk: int = 10_000):
         if dataset.noise > 0:
-            raise ValueError("EncodedDataset needs a noise-free dataset: noise changes the inputs every epoch")
+            raise ValueError(
+                "EncodedDataset needs a noise-free dataset: noise changes the inputs every epoch"
+            )
         self.dataset, self.key = dataset, model.input_key
         n = len(dataset)
-        self.inputs = torch.cat([model.encode(dataset.__getitems__(range(i, min(i + chunk, n))))
-                                 for i in range(0, n, chunk)]) if n else torch.zeros(0)
+        self.inputs = (
+            torch.cat(
+                [
+                    model.encode(dataset.__getitems__(range(i, min(i + chunk, n))))
+                    for i in range(0, n, chunk)
+                ]
+            )
+            if n
+            else torch.zeros(0)
+        )
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -266,8 +308,14 @@ def jsd_from_bce(bce: float) -> float:
     return (math.log(2.0) - bce) / math.log(2.0)
 
 
-def calibrated_metrics(p_val: np.ndarray, y_val: np.ndarray, p_test: np.ndarray, y_test: np.ndarray,
-                       w_val: np.ndarray | None = None, w_test: np.ndarray | None = None) -> dict:
+def calibrated_metrics(
+    p_val: np.ndarray,
+    y_val: np.ndarray,
+    p_test: np.ndarray,
+    y_test: np.ndarray,
+    w_val: np.ndarray | None = None,
+    w_test: np.ndarray | None = None,
+) -> dict:
     """Isotonic calibration fitted on validation, AUC and JSD on test (appendix A).
 
     With sample weights (``w_val`` and ``w_test``, both or neither) the calibration is fitted with
@@ -277,8 +325,14 @@ def calibrated_metrics(p_val: np.ndarray, y_val: np.ndarray, p_test: np.ndarray,
     if (w_val is None) != (w_test is None):
         raise ValueError("give both w_val and w_test, or neither")
     if w_val is not None:
-        return _weighted_calibrated_metrics(p_val, y_val, p_test, y_test, np.asarray(w_val, dtype=np.float64),
-                                            np.asarray(w_test, dtype=np.float64))
+        return _weighted_calibrated_metrics(
+            p_val,
+            y_val,
+            p_test,
+            y_test,
+            np.asarray(w_val, dtype=np.float64),
+            np.asarray(w_test, dtype=np.float64),
+        )
     iso = IsotonicRegression(out_of_bounds="clip", y_min=EPS, y_max=1 - EPS).fit(p_val, y_val)
     p_cal = iso.predict(p_test)
     jsd_raw = jsd_from_bce(binary_cross_entropy(p_cal, y_test))
@@ -292,8 +346,12 @@ def calibrated_metrics(p_val: np.ndarray, y_val: np.ndarray, p_test: np.ndarray,
     }
 
 
-def _weighted_calibrated_metrics(p_val, y_val, p_test, y_test, w_val: np.ndarray, w_test: np.ndarray) -> dict:
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=EPS, y_max=1 - EPS).fit(p_val, y_val, sample_weight=w_val)
+def _weighted_calibrated_metrics(
+    p_val, y_val, p_test, y_test, w_val: np.ndarray, w_test: np.ndarray
+) -> dict:
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=EPS, y_max=1 - EPS).fit(
+        p_val, y_val, sample_weight=w_val
+    )
     p_cal = iso.predict(p_test)
     jsd_raw = jsd_from_bce(binary_cross_entropy(p_cal, y_test, w_test))
     correct = ((p_cal > 0.5) == (np.asarray(y_test) > 0.5)).astype(np.float64)
@@ -323,8 +381,14 @@ class Schedule:
     steps_per_epoch: int
 
     @classmethod
-    def converging(cls, n_train: int, batch_size: int, architecture: str = "dnn", max_epochs: int | None = None,
-                   patience: int | None = None) -> "Schedule":
+    def converging(
+        cls,
+        n_train: int,
+        batch_size: int,
+        architecture: str = "dnn",
+        max_epochs: int | None = None,
+        patience: int | None = None,
+    ) -> "Schedule":
         """The default: early stopping, and a budget that does not shrink with the data set (module docstring)."""
         steps = max(1, math.ceil(n_train / batch_size))
         if max_epochs is None:
@@ -339,8 +403,13 @@ class Schedule:
         return cls(int(epochs), None, max(1, math.ceil(n_train / batch_size)))
 
 
-def schedule_for(datamodule: CaloDataModule, architecture: str, epochs: int | None = None,
-                 max_epochs: int | None = None, patience: int | None = None) -> Schedule:
+def schedule_for(
+    datamodule: CaloDataModule,
+    architecture: str,
+    epochs: int | None = None,
+    max_epochs: int | None = None,
+    patience: int | None = None,
+) -> Schedule:
     """The :class:`Schedule` of a classifier on this data: fixed ``epochs`` if given, else converging."""
     datamodule.setup("fit")
     n_train, batch_size = len(datamodule.train_set), datamodule.hparams.batch_size
@@ -349,54 +418,96 @@ def schedule_for(datamodule: CaloDataModule, architecture: str, epochs: int | No
     return Schedule.converging(n_train, batch_size, architecture, max_epochs, patience)
 
 
-def fit_classifier(model: ShowerClassifier, datamodule: CaloDataModule, schedule: Schedule, log_dir, name, version,
-                   progress, keep: str = "val_acc", encode_inputs: bool = True) -> dict:
+def fit_classifier(
+    model: ShowerClassifier,
+    datamodule: CaloDataModule,
+    schedule: Schedule,
+    log_dir,
+    name,
+    version,
+    progress,
+    keep: str = "val_acc",
+    encode_inputs: bool = True,
+) -> dict:
     """Fit ``model`` on the datamodule's train split with the ``schedule`` (early stopping on the validation
     loss when it has a patience) and keep its best epoch by ``keep``: ``"val_acc"`` (highest validation
     accuracy: the classifier test of CaloFlow appendix A) or ``"val_loss"`` (lowest validation BCE: the
     best-calibrated f, for weights w = f / (1 - f)). ``encode_inputs``: encode the noise-free splits once
-    (:func:`encode_once`; the same classifier, faster) instead of in every batch. Returns ``{"model": that model (reloaded),
-    "trainer", "info": best_epoch, best_val_acc or best_val_loss, epochs_run, updates, converged, ...}``."""
+    (:func:`encode_once`; the same classifier, faster) instead of in every batch. Returns
+    ``{"model": that model (reloaded), "trainer", "info": best_epoch, best_val_acc or best_val_loss,
+    epochs_run, updates, converged, ...}``."""
     if keep not in ("val_acc", "val_loss"):
         raise ValueError(f"keep must be 'val_acc' or 'val_loss', not {keep!r}")
     with tempfile.TemporaryDirectory(prefix="caloflow-classifier-") as ckpt_dir:
         # the checkpoint of the best epoch only lives until it has been reloaded
-        best = ModelCheckpoint(dirpath=ckpt_dir, monitor=keep, mode="max" if keep == "val_acc" else "min",
-                               save_top_k=1, filename="best-{epoch}")
+        best = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            monitor=keep,
+            mode="max" if keep == "val_acc" else "min",
+            save_top_k=1,
+            filename="best-{epoch}",
+        )
         callbacks: list[Callback] = [best, _EpochProgress(progress)]
         if schedule.patience is not None:
-            callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=schedule.patience,
-                                           min_delta=MIN_DELTA))
-        trainer = make_trainer(schedule.max_epochs, log_dir, name, version, callbacks=callbacks,
-                               checkpointing=True, log_every_n_steps=1, accelerator="auto")
+            callbacks.append(
+                EarlyStopping(
+                    monitor="val_loss", mode="min", patience=schedule.patience, min_delta=MIN_DELTA
+                )
+            )
+        trainer = make_trainer(
+            schedule.max_epochs,
+            log_dir,
+            name,
+            version,
+            callbacks=callbacks,
+            checkpointing=True,
+            log_every_n_steps=1,
+            accelerator="auto",
+        )
         if encode_inputs:
             encode_once(datamodule, model)
         trainer.fit(model, datamodule=datamodule)
         best_epoch = int(Path(best.best_model_path).stem.split("=")[-1]) + 1
         epochs_run = int(trainer.current_epoch)
         info = {
-            "best_epoch": best_epoch, f"best_{keep}": float(best.best_model_score), "epochs_run": epochs_run,
-            "max_epochs": schedule.max_epochs, "patience": schedule.patience,
-            "steps_per_epoch": schedule.steps_per_epoch, "updates": epochs_run * schedule.steps_per_epoch,
+            "best_epoch": best_epoch,
+            f"best_{keep}": float(best.best_model_score),
+            "epochs_run": epochs_run,
+            "max_epochs": schedule.max_epochs,
+            "patience": schedule.patience,
+            "steps_per_epoch": schedule.steps_per_epoch,
+            "updates": epochs_run * schedule.steps_per_epoch,
             "stopped_early": epochs_run < schedule.max_epochs,
-            "converged": schedule.patience is not None and epochs_run < schedule.max_epochs
-                         and best_epoch < schedule.max_epochs,
+            "converged": schedule.patience is not None
+            and epochs_run < schedule.max_epochs
+            and best_epoch < schedule.max_epochs,
         }
         model = ShowerClassifier.load_from_checkpoint(best.best_model_path, map_location="cpu")
     return {"model": model, "trainer": trainer, "info": info}
 
 
-def run_classifier(datamodule: CaloDataModule, architecture: str = "dnn", preprocessing: str = "unnormalized",
-                   epochs: int | None = None, seed: int = 0, lr: float = 5e-4, log_dir: str | Path | None = None,
-                   name: str = "classifier", version: str | int | None = None, progress=None,
-                   max_epochs: int | None = None, patience: int | None = None) -> dict:
+def run_classifier(
+    datamodule: CaloDataModule,
+    architecture: str = "dnn",
+    preprocessing: str = "unnormalized",
+    epochs: int | None = None,
+    seed: int = 0,
+    lr: float = 5e-4,
+    log_dir: str | Path | None = None,
+    name: str = "classifier",
+    version: str | int | None = None,
+    progress=None,
+    max_epochs: int | None = None,
+    patience: int | None = None,
+) -> dict:
     """Train one classifier (to convergence unless ``epochs`` is given), keep its best-validation-accuracy
     epoch, return calibrated test metrics.
 
     Args:
         datamodule: labelled, balanced, split showers (:func:`classifier_data`).
         architecture: ``dnn``, ``cnn`` or ``features``.
-        preprocessing: voxel input preprocessing of ``dnn``/``cnn`` (:data:`~caloflow.models.classifiers.PREPROCESSINGS`).
+        preprocessing: voxel input preprocessing of ``dnn``/``cnn``
+            (:data:`~caloflow.models.classifiers.PREPROCESSINGS`).
         epochs: a fixed number of epochs without early stopping; None: train to convergence.
         seed: network initialisation and order of the training batches.
         log_dir: TensorBoard logs go to ``log_dir/name/version``; None: no logging.
@@ -411,7 +522,9 @@ def run_classifier(datamodule: CaloDataModule, architecture: str = "dnn", prepro
         the metrics being weighted (module docstring).
     """
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown classifier '{architecture}', choose from {', '.join(ARCHITECTURES)}")
+        raise ValueError(
+            f"unknown classifier '{architecture}', choose from {', '.join(ARCHITECTURES)}"
+        )
     schedule = schedule_for(datamodule, architecture, epochs, max_epochs, patience)
     L.seed_everything(seed, verbose=False)
     model = ShowerClassifier(architecture, preprocessing, lr=lr)
@@ -419,25 +532,52 @@ def run_classifier(datamodule: CaloDataModule, architecture: str = "dnn", prepro
     model, trainer = fitted["model"], fitted["trainer"]
     val, test = _split_batch(datamodule, "val"), _split_batch(datamodule, "test")
     weighted = isinstance(datamodule, WeightedCaloDataModule)
-    weights = ({"w_val": datamodule.datasets["val"].sample_weights,
-                "w_test": datamodule.datasets["test"].sample_weights} if weighted else {})
-    metrics = calibrated_metrics(model.predict_proba(val), val["label"].numpy(),
-                                 model.predict_proba(test), test["label"].numpy(), **weights)
+    weights = (
+        {
+            "w_val": datamodule.datasets["val"].sample_weights,
+            "w_test": datamodule.datasets["test"].sample_weights,
+        }
+        if weighted
+        else {}
+    )
+    metrics = calibrated_metrics(
+        model.predict_proba(val),
+        val["label"].numpy(),
+        model.predict_proba(test),
+        test["label"].numpy(),
+        **weights,
+    )
     metrics.update(fitted["info"], seed=seed)
     if weighted:
         metrics.update(weighted=True, ess=datamodule.effective_sample_sizes())
     if trainer.logger:
-        scalars = {f"test_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        scalars = {
+            f"test_{k}": float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and v is not None
+        }
         trainer.logger.log_metrics(scalars, step=trainer.global_step)
         trainer.logger.finalize("success")
     return metrics
 
 
-def classifier_test(reference: Showers | str | Path, generated: Showers | str | Path, architecture: str = "dnn",
-                    preprocessing: str = "unnormalized", runs: int = 1, epochs: int | None = None, seed: int = 0,
-                    max_showers: int | None = None, batch_size: int = 1000, log_dir: str | Path | None = None,
-                    name: str = "classifier", progress=None, max_epochs: int | None = None,
-                    patience: int | None = None, weights: np.ndarray | None = None) -> dict:
+def classifier_test(
+    reference: Showers | str | Path,
+    generated: Showers | str | Path,
+    architecture: str = "dnn",
+    preprocessing: str = "unnormalized",
+    runs: int = 1,
+    epochs: int | None = None,
+    seed: int = 0,
+    max_showers: int | None = None,
+    batch_size: int = 1000,
+    log_dir: str | Path | None = None,
+    name: str = "classifier",
+    progress=None,
+    max_epochs: int | None = None,
+    patience: int | None = None,
+    weights: np.ndarray | None = None,
+) -> dict:
     """``runs`` independent classifiers (seeds ``seed, seed + 1, ...``: split and initialisation).
 
     ``weights``: one per generated shower (cut to ``max_showers`` like the showers): a weighted test
@@ -453,10 +593,24 @@ def classifier_test(reference: Showers | str | Path, generated: Showers | str | 
     weights = _as_weights(weights, len(generated), max_showers)
     results, data = [], {}
     for r in range(runs):
-        dm = classifier_data(reference, generated, batch_size=batch_size, seed=seed + r, weights=weights)
-        results.append(run_classifier(dm, architecture, preprocessing, epochs=epochs, seed=seed + r, log_dir=log_dir,
-                                      name=name, version=f"run{r}", progress=progress, max_epochs=max_epochs,
-                                      patience=patience))
+        dm = classifier_data(
+            reference, generated, batch_size=batch_size, seed=seed + r, weights=weights
+        )
+        results.append(
+            run_classifier(
+                dm,
+                architecture,
+                preprocessing,
+                epochs=epochs,
+                seed=seed + r,
+                log_dir=log_dir,
+                name=name,
+                version=f"run{r}",
+                progress=progress,
+                max_epochs=max_epochs,
+                patience=patience,
+            )
+        )
         sizes = {split: len(ds) for split, ds in dm.datasets.items()}
         data = {"n_per_class": sum(sizes.values()) // 2, **sizes, "batch_size": batch_size}
     summary: dict = {}
@@ -466,10 +620,34 @@ def classifier_test(reference: Showers | str | Path, generated: Showers | str | 
     summary["converged"] = all(m["converged"] for m in results)
     if weights is not None:
         summary["weighted"] = True
-        summary["ess"] = {split: float(np.mean([m["ess"][split] for m in results])) for split in results[0]["ess"]}
+        summary["ess"] = {
+            split: float(np.mean([m["ess"][split] for m in results])) for split in results[0]["ess"]
+        }
     summary["data"] = data
     summary["runs"] = results
     return summary
 
 
-__all__ = ["DEFAULT_EPOCHS", "PAPER_UPDATES", "PATIENCE_UPDATES", "MIN_PATIENCE_EPOCHS", "MIN_DELTA", "SPLIT_FRACTIONS", "EPS", "classifier_data", "weighted_balanced_split", "WeightedShowerDataset", "WeightedCaloDataModule", "EncodedDataset", "encode_once", "binary_cross_entropy", "jsd_from_bce", "calibrated_metrics", "Schedule", "schedule_for", "fit_classifier", "run_classifier", "classifier_test"]
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "PAPER_UPDATES",
+    "PATIENCE_UPDATES",
+    "MIN_PATIENCE_EPOCHS",
+    "MIN_DELTA",
+    "SPLIT_FRACTIONS",
+    "EPS",
+    "classifier_data",
+    "weighted_balanced_split",
+    "WeightedShowerDataset",
+    "WeightedCaloDataModule",
+    "EncodedDataset",
+    "encode_once",
+    "binary_cross_entropy",
+    "jsd_from_bce",
+    "calibrated_metrics",
+    "Schedule",
+    "schedule_for",
+    "fit_classifier",
+    "run_classifier",
+    "classifier_test",
+]

@@ -5,6 +5,7 @@ Every figure is written as PNG and PDF, atomically (temporary file, then rename)
 normalised to unit area, the reference is the filled grey histogram, every sample a line, with
 the ratio sample / reference below each panel. Energies are shown in GeV where the paper does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,11 @@ N_BINS = 50
 FIGURE_LAYOUTS: dict[str, tuple[str, list[list[str]]]] = {
     "flow1_features": (
         "Layer energies (Flow I)",
-        [["E0", "E1", "E2", "E_hat"], ["E0_frac", "E1_frac", "E2_frac"], ["l_d", "s_d", "sigma_sd"]],
+        [
+            ["E0", "E1", "E2", "E_hat"],
+            ["E0_frac", "E1_frac", "E2_frac"],
+            ["l_d", "s_d", "sigma_sd"],
+        ],
     ),
     "depth_response": (
         "Deepest layer with energy and energy response",
@@ -37,7 +42,10 @@ FIGURE_LAYOUTS: dict[str, tuple[str, list[list[str]]]] = {
     ),
     "flow2_voxels": (
         "Brightest voxels, E_ratio and sparsity (Flow II)",
-        [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("brightest", "second", "E_ratio", "sparsity")],
+        [
+            [f"{f}{k}" for k in range(N_LAYERS)]
+            for f in ("brightest", "second", "E_ratio", "sparsity")
+        ],
     ),
     "flow2_brightest_3_5": (
         "3rd to 5th brightest voxels (Flow II)",
@@ -113,7 +121,9 @@ def _integer_edges(datasets: list[np.ndarray]) -> np.ndarray:
     return np.arange(lo - 0.5, hi + 1.0, 1.0)
 
 
-def clipped_histogram(values: np.ndarray, edges: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def clipped_histogram(
+    values: np.ndarray, edges: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Counts of the finite ``values`` in ``edges``, with values outside put into the end bins; with
     ``weights`` (one per value) the sum of the weights in each bin."""
     if weights is None:
@@ -124,7 +134,9 @@ def clipped_histogram(values: np.ndarray, edges: np.ndarray, weights: np.ndarray
     if w.shape != v.shape:
         raise ValueError(f"{len(w)} weights for {len(v)} values")
     keep = np.isfinite(v)
-    return np.histogram(np.clip(v[keep], edges[0], edges[-1]), edges, weights=w[keep])[0].astype(np.float64)
+    return np.histogram(np.clip(v[keep], edges[0], edges[-1]), edges, weights=w[keep])[0].astype(
+        np.float64
+    )
 
 
 def _weights_of(weights: dict[str, np.ndarray] | None, name: str) -> np.ndarray | None:
@@ -141,9 +153,13 @@ def _fractions(counts: np.ndarray) -> np.ndarray:
     return counts / total if total > 0 else counts
 
 
-def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[str, np.ndarray]],
-                    out_dir: str | Path, reference_name: str = "Reference",
-                    weights: dict[str, np.ndarray] | None = None) -> dict[str, list[Path]]:
+def feature_figures(
+    reference: dict[str, np.ndarray],
+    samples: dict[str, dict[str, np.ndarray]],
+    out_dir: str | Path,
+    reference_name: str = "Reference",
+    weights: dict[str, np.ndarray] | None = None,
+) -> dict[str, list[Path]]:
     """One figure per layout of :data:`FIGURE_LAYOUTS`, every panel with its ratio panel below.
 
     A feature missing from ``reference`` (``E_hat_over_E_inc`` without incident energies) is left
@@ -158,8 +174,16 @@ def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[st
             continue
         n_cols = max(len(r) for r in rows)
         fig = plt.figure(figsize=(4.2 * n_cols, 4.0 * len(rows)))
-        outer = fig.add_gridspec(len(rows), n_cols, hspace=0.3, wspace=0.32, left=0.07, right=0.98,
-                                 bottom=0.06, top=1 - 0.2 / len(rows))
+        outer = fig.add_gridspec(
+            len(rows),
+            n_cols,
+            hspace=0.3,
+            wspace=0.32,
+            left=0.07,
+            right=0.98,
+            bottom=0.06,
+            top=1 - 0.2 / len(rows),
+        )
         for i, row in enumerate(rows):
             for j, name in enumerate(row):
                 cell = outer[i, j].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
@@ -171,7 +195,9 @@ def feature_figures(reference: dict[str, np.ndarray], samples: dict[str, dict[st
     return out
 
 
-def _feature_panel(ax, rax, name: str, reference, samples, reference_name: str, weights=None) -> None:
+def _feature_panel(
+    ax, rax, name: str, reference, samples, reference_name: str, weights=None
+) -> None:
     info = FEATURES[name]
     scale = info.plot_scale
     samples = {n: s for n, s in samples.items() if name in s}
@@ -217,8 +243,12 @@ def response_edges(incident_gev: list[np.ndarray], bins: int = N_RESPONSE_BINS) 
     return np.linspace(lo, hi, bins + 1)
 
 
-def response_profile(incident_gev: np.ndarray, response: np.ndarray, edges: np.ndarray,
-                     weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def response_profile(
+    incident_gev: np.ndarray,
+    response: np.ndarray,
+    edges: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Profile of ``response`` in bins of ``incident_gev``: per bin the mean and (population) std of the
     finite responses and their count; mean NaN for an empty bin, std NaN for fewer than 2 entries.
     Incident energies outside ``edges`` are left out. With ``weights`` (one per shower) the weighted
@@ -227,7 +257,9 @@ def response_profile(incident_gev: np.ndarray, response: np.ndarray, edges: np.n
     r = np.asarray(response, dtype=np.float64).reshape(-1)
     keep = np.isfinite(e) & np.isfinite(r) & (e >= edges[0]) & (e <= edges[-1])
     if weights is not None:
-        return _weighted_profile(e[keep], r[keep], np.asarray(weights, dtype=np.float64).reshape(-1)[keep], edges)
+        return _weighted_profile(
+            e[keep], r[keep], np.asarray(weights, dtype=np.float64).reshape(-1)[keep], edges
+        )
     e, r = e[keep], r[keep]
     index = np.clip(np.searchsorted(edges, e, side="right") - 1, 0, len(edges) - 2)
     n_bins = len(edges) - 1
@@ -240,22 +272,32 @@ def response_profile(incident_gev: np.ndarray, response: np.ndarray, edges: np.n
     return {"mean": mean, "std": std, "n": count}
 
 
-def _weighted_profile(e: np.ndarray, r: np.ndarray, w: np.ndarray, edges: np.ndarray) -> dict[str, np.ndarray]:
+def _weighted_profile(
+    e: np.ndarray, r: np.ndarray, w: np.ndarray, edges: np.ndarray
+) -> dict[str, np.ndarray]:
     index = np.clip(np.searchsorted(edges, e, side="right") - 1, 0, len(edges) - 2)
     n_bins = len(edges) - 1
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
     sum_w = np.bincount(index, weights=w, minlength=n_bins)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(sum_w > 0, np.bincount(index, weights=w * r, minlength=n_bins) / sum_w, np.nan)
+        mean = np.where(
+            sum_w > 0, np.bincount(index, weights=w * r, minlength=n_bins) / sum_w, np.nan
+        )
         square = np.bincount(index, weights=w * (r - mean[index]) ** 2, minlength=n_bins)
         std = np.where((count > 1) & (sum_w > 0), np.sqrt(square / sum_w), np.nan)
     return {"mean": mean, "std": std, "n": count}
 
 
-def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, dict[str, np.ndarray]],
-                           reference_incident_gev: np.ndarray, sample_incident_gev: dict[str, np.ndarray],
-                           out_dir: str | Path, reference_name: str = "Reference",
-                           bins: int = N_RESPONSE_BINS, weights: dict[str, np.ndarray] | None = None) -> list[Path]:
+def energy_response_figure(
+    reference: dict[str, np.ndarray],
+    samples: dict[str, dict[str, np.ndarray]],
+    reference_incident_gev: np.ndarray,
+    sample_incident_gev: dict[str, np.ndarray],
+    out_dir: str | Path,
+    reference_name: str = "Reference",
+    bins: int = N_RESPONSE_BINS,
+    weights: dict[str, np.ndarray] | None = None,
+) -> list[Path]:
     """E_hat/E_inc vs E_inc: mean (left) and standard deviation (right) of E_hat/E_inc in bins of E_inc,
     reference (grey band: mean ± std) against each sample, with the ratio sample / reference below.
 
@@ -269,34 +311,75 @@ def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, 
     Writes ``energy_response.png`` and ``.pdf`` in ``out_dir``; returns their paths.
     """
     ref_response = energy_response(reference["E_hat"], reference_incident_gev)
-    responses = {n: (np.asarray(sample_incident_gev[n]).reshape(-1),
-                     energy_response(f["E_hat"], sample_incident_gev[n])) for n, f in samples.items()}
-    edges = response_edges([np.asarray(reference_incident_gev)] + [e for e, _ in responses.values()], bins)
+    responses = {
+        n: (
+            np.asarray(sample_incident_gev[n]).reshape(-1),
+            energy_response(f["E_hat"], sample_incident_gev[n]),
+        )
+        for n, f in samples.items()
+    }
+    edges = response_edges(
+        [np.asarray(reference_incident_gev)] + [e for e, _ in responses.values()], bins
+    )
     centres = 0.5 * (edges[1:] + edges[:-1])
     ref = response_profile(reference_incident_gev, ref_response, edges)
     fig = plt.figure(figsize=(11, 5.2))
     outer = fig.add_gridspec(1, 2, wspace=0.3, left=0.08, right=0.98, bottom=0.11, top=0.9)
     panels = []
-    for j, (stat, ylabel) in enumerate((("mean", r"mean of $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$"),
-                                        ("std", r"std of $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$"))):
+    for j, (stat, ylabel) in enumerate(
+        (
+            ("mean", r"mean of $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$"),
+            ("std", r"std of $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$"),
+        )
+    ):
         cell = outer[0, j].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
         ax = fig.add_subplot(cell[0])
         rax = fig.add_subplot(cell[1], sharex=ax)
         panels.append((stat, ax, rax))
         if stat == "mean":
-            ax.fill_between(centres, ref["mean"] - ref["std"], ref["mean"] + ref["std"], step="mid",
-                            label=f"{reference_name} (± std)", **REFERENCE_STYLE)
-        ax.step(centres, ref[stat], where="mid", color="0.35", lw=1.2,
-                label=reference_name if stat == "std" else None)
+            ax.fill_between(
+                centres,
+                ref["mean"] - ref["std"],
+                ref["mean"] + ref["std"],
+                step="mid",
+                label=f"{reference_name} (± std)",
+                **REFERENCE_STYLE,
+            )
+        ax.step(
+            centres,
+            ref[stat],
+            where="mid",
+            color="0.35",
+            lw=1.2,
+            label=reference_name if stat == "std" else None,
+        )
         width = edges[1] - edges[0]
-        for i, (color, (sample_name, (inc, resp))) in enumerate(zip(SAMPLE_COLORS * 10, responses.items())):
+        for i, (color, (sample_name, (inc, resp))) in enumerate(
+            zip(SAMPLE_COLORS * 10, responses.items())
+        ):
             prof = response_profile(inc, resp, edges, _weights_of(weights, sample_name))
             offset = (i + 1) * 0.08 * width / max(len(responses), 1)
             if stat == "mean":
-                ax.errorbar(centres + offset, prof["mean"], yerr=prof["std"], fmt="o", ms=3.5, color=color,
-                            capsize=2, lw=1.0, label=f"{_label(sample_name, weights)} (± std)")
+                ax.errorbar(
+                    centres + offset,
+                    prof["mean"],
+                    yerr=prof["std"],
+                    fmt="o",
+                    ms=3.5,
+                    color=color,
+                    capsize=2,
+                    lw=1.0,
+                    label=f"{_label(sample_name, weights)} (± std)",
+                )
             else:
-                ax.plot(centres + offset, prof["std"], "o", ms=3.5, color=color, label=_label(sample_name, weights))
+                ax.plot(
+                    centres + offset,
+                    prof["std"],
+                    "o",
+                    ms=3.5,
+                    color=color,
+                    label=_label(sample_name, weights),
+                )
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(ref[stat] > 0, prof[stat] / ref[stat], np.nan)
             rax.plot(centres + offset, ratio, "o-", ms=3, lw=1.0, color=color)
@@ -307,14 +390,21 @@ def energy_response_figure(reference: dict[str, np.ndarray], samples: dict[str, 
         rax.set_ylim(*((0.9, 1.1) if stat == "mean" else (0.5, 1.5)))
         rax.set_ylabel("ratio", fontsize=8)
         rax.set_xlabel(r"$E_{\mathrm{inc}}$ [GeV]")
-    fig.suptitle(r"Energy response $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$ in bins of $E_{\mathrm{inc}}$ "
-                 "(after the voxel cut)")
+    fig.suptitle(
+        r"Energy response $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$ in bins of $E_{\mathrm{inc}}$ "
+        "(after the voxel cut)"
+    )
     return save_figure(fig, Path(out_dir) / "energy_response")
 
 
-def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray], out_dir: str | Path,
-                   reference_name: str = "Reference", threshold_kev: float = 10.0,
-                   weights: dict[str, np.ndarray] | None = None) -> list[Path]:
+def average_images(
+    reference_voxels: np.ndarray,
+    samples: dict[str, np.ndarray],
+    out_dir: str | Path,
+    reference_name: str = "Reference",
+    threshold_kev: float = 10.0,
+    weights: dict[str, np.ndarray] | None = None,
+) -> list[Path]:
     """Average energy per voxel (MeV, log colour scale): rows reference and samples, columns layers.
 
     ``weights``: per-shower weights of some samples (by name), whose averages are then weighted."""
@@ -324,9 +414,13 @@ def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray],
         w = _weights_of(weights, name) if name in samples else None
         return layer.mean(0) if w is None else np.average(layer, axis=0, weights=w)
 
-    means = {name: [mean(name, layer) for layer in split_layers(apply_threshold(v, threshold_kev))]
-             for name, v in rows.items()}
-    fig, axes = plt.subplots(len(rows), N_LAYERS, figsize=(4.2 * N_LAYERS, 3.4 * len(rows)), squeeze=False)
+    means = {
+        name: [mean(name, layer) for layer in split_layers(apply_threshold(v, threshold_kev))]
+        for name, v in rows.items()
+    }
+    fig, axes = plt.subplots(
+        len(rows), N_LAYERS, figsize=(4.2 * N_LAYERS, 3.4 * len(rows)), squeeze=False
+    )
     extent = (-HALF_WIDTH_MM, HALF_WIDTH_MM, -HALF_WIDTH_MM, HALF_WIDTH_MM)
     for k in range(N_LAYERS):
         positive = np.concatenate([m[k][m[k] > 0] for m in means.values()] + [np.array([1e-3])])
@@ -336,9 +430,18 @@ def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray],
             cmap = plt.get_cmap("viridis").copy()
             cmap.set_bad("white")  # voxels that are zero in every shower stand out
             image = np.ma.masked_less_equal(layers[k], 0)
-            im = ax.imshow(image, norm=norm, cmap=cmap, extent=extent, aspect="auto", origin="lower",
-                           interpolation="nearest")
-            ax.set_title(f"{_label(name, weights) if name in samples else name}, layer {k}", fontsize=10)
+            im = ax.imshow(
+                image,
+                norm=norm,
+                cmap=cmap,
+                extent=extent,
+                aspect="auto",
+                origin="lower",
+                interpolation="nearest",
+            )
+            ax.set_title(
+                f"{_label(name, weights) if name in samples else name}, layer {k}", fontsize=10
+            )
             ax.set_xlabel(r"$\eta$ [mm]")
             ax.set_ylabel(r"$\phi$ [mm]")
             fig.colorbar(im, ax=ax, label="mean energy [MeV]")
@@ -346,8 +449,9 @@ def average_images(reference_voxels: np.ndarray, samples: dict[str, np.ndarray],
     return save_figure(fig, Path(out_dir) / "average_images")
 
 
-def pick_reference_showers(energy: np.ndarray, targets=(5.0, 10.0, 20.0, 50.0, 95.0), seed: int = 0,
-                           candidates: int = 20) -> np.ndarray:
+def pick_reference_showers(
+    energy: np.ndarray, targets=(5.0, 10.0, 20.0, 50.0, 95.0), seed: int = 0, candidates: int = 20
+) -> np.ndarray:
     """Index of one reference shower near each target energy (GeV), drawn among the closest ones."""
     rng = np.random.default_rng(seed)
     energy = np.asarray(energy, dtype=np.float64)
@@ -358,9 +462,16 @@ def pick_reference_showers(energy: np.ndarray, targets=(5.0, 10.0, 20.0, 50.0, 9
     return np.array(picks)
 
 
-def nearest_neighbours(reference_voxels: np.ndarray, reference_energy: np.ndarray, index: np.ndarray,
-                       sample_voxels: np.ndarray, sample_energy: np.ndarray, pool: int = 2000,
-                       window: float = 0.05, min_candidates: int = 10) -> list[dict]:
+def nearest_neighbours(
+    reference_voxels: np.ndarray,
+    reference_energy: np.ndarray,
+    index: np.ndarray,
+    sample_voxels: np.ndarray,
+    sample_energy: np.ndarray,
+    pool: int = 2000,
+    window: float = 0.05,
+    min_candidates: int = 10,
+) -> list[dict]:
     """Euclidean nearest neighbour (504-dim, MeV) of each chosen reference shower among generated
     showers of similar incident energy (section 5.1: 2000 samples at the same energy).
 
@@ -377,16 +488,31 @@ def nearest_neighbours(reference_voxels: np.ndarray, reference_energy: np.ndarra
         diff = sample_voxels[candidates].astype(np.float64) - reference_voxels[i].astype(np.float64)
         d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
         best = int(candidates[np.argmin(d)])
-        out.append({"reference_index": int(i), "reference_energy_gev": e, "neighbour_index": best,
-                    "neighbour_energy_gev": float(sample_energy[best]), "distance_mev": float(d.min()),
-                    "energy_window_gev": [float(sample_energy[candidates].min()),
-                                          float(sample_energy[candidates].max())]})
+        out.append(
+            {
+                "reference_index": int(i),
+                "reference_energy_gev": e,
+                "neighbour_index": best,
+                "neighbour_energy_gev": float(sample_energy[best]),
+                "distance_mev": float(d.min()),
+                "energy_window_gev": [
+                    float(sample_energy[candidates].min()),
+                    float(sample_energy[candidates].max()),
+                ],
+            }
+        )
     return out
 
 
-def nearest_neighbour_figure(reference_voxels: np.ndarray, reference_energy: np.ndarray, index: np.ndarray,
-                             neighbours: dict[str, list[dict]], sample_voxels: dict[str, np.ndarray],
-                             out_dir: str | Path, reference_name: str = "Reference") -> list[Path]:
+def nearest_neighbour_figure(
+    reference_voxels: np.ndarray,
+    reference_energy: np.ndarray,
+    index: np.ndarray,
+    neighbours: dict[str, list[dict]],
+    sample_voxels: dict[str, np.ndarray],
+    out_dir: str | Path,
+    reference_name: str = "Reference",
+) -> list[Path]:
     """Rows: the chosen reference showers; columns: reference layers 0-2, then each sample's neighbour."""
     sources = [reference_name] + list(neighbours)
     n_rows, n_cols = len(index), N_LAYERS * len(sources)
@@ -395,32 +521,67 @@ def nearest_neighbour_figure(reference_voxels: np.ndarray, reference_energy: np.
     cmap = plt.get_cmap("viridis").copy()
     cmap.set_bad("white")
     for r, i in enumerate(index):
-        showers = [reference_voxels[i]] + [sample_voxels[n][neighbours[n][r]["neighbour_index"]] for n in neighbours]
-        images = [split_layers(np.asarray(s, dtype=np.float64)[None])[k][0] for s in showers for k in range(N_LAYERS)]
+        showers = [reference_voxels[i]] + [
+            sample_voxels[n][neighbours[n][r]["neighbour_index"]] for n in neighbours
+        ]
+        images = [
+            split_layers(np.asarray(s, dtype=np.float64)[None])[k][0]
+            for s in showers
+            for k in range(N_LAYERS)
+        ]
         for k in range(N_LAYERS):
             layer_images = images[k::N_LAYERS]
             positive = np.concatenate([im[im > 0] for im in layer_images] + [np.array([1e-2])])
             norm = LogNorm(vmin=max(positive.min(), 1e-2), vmax=max(positive.max(), 1e-1))
             for s, (source, image) in enumerate(zip(sources, layer_images)):
                 ax = axes[r, s * N_LAYERS + k]
-                ax.imshow(np.ma.masked_less_equal(image, 0), norm=norm, cmap=cmap, extent=extent, aspect="auto",
-                          origin="lower", interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_less_equal(image, 0),
+                    norm=norm,
+                    cmap=cmap,
+                    extent=extent,
+                    aspect="auto",
+                    origin="lower",
+                    interpolation="nearest",
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if s == 0:
                     title = f"{source} L{k}, {reference_energy[i]:.1f} GeV"
                 else:
                     nb = neighbours[source][r]
-                    title = f"{source} L{k}, {nb['neighbour_energy_gev']:.1f} GeV\nd = {nb['distance_mev'] / 1e3:.2f} GeV"
+                    title = (
+                        f"{source} L{k}, {nb['neighbour_energy_gev']:.1f} GeV\n"
+                        f"d = {nb['distance_mev'] / 1e3:.2f} GeV"
+                    )
                 ax.set_title(title, fontsize=7)
                 if s * N_LAYERS + k == 0:
                     ax.set_ylabel(r"$\phi$ (480 mm)", fontsize=7)
                 if r == n_rows - 1:
                     ax.set_xlabel(r"$\eta$ (480 mm)", fontsize=7)
-    fig.suptitle("Reference showers and their Euclidean nearest neighbours (504 voxels, log colour scale, MeV)",
-                 fontsize=10)
+    fig.suptitle(
+        "Reference showers and their Euclidean nearest neighbours (504 voxels, log colour scale, MeV)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return save_figure(fig, Path(out_dir) / "nearest_neighbours")
 
 
-__all__ = ["REFERENCE_STYLE", "SAMPLE_COLORS", "N_BINS", "FIGURE_LAYOUTS", "save_figure", "histogram_edges", "clipped_histogram", "feature_figures", "N_RESPONSE_BINS", "response_edges", "response_profile", "energy_response_figure", "average_images", "pick_reference_showers", "nearest_neighbours", "nearest_neighbour_figure"]
+__all__ = [
+    "REFERENCE_STYLE",
+    "SAMPLE_COLORS",
+    "N_BINS",
+    "FIGURE_LAYOUTS",
+    "save_figure",
+    "histogram_edges",
+    "clipped_histogram",
+    "feature_figures",
+    "N_RESPONSE_BINS",
+    "response_edges",
+    "response_profile",
+    "energy_response_figure",
+    "average_images",
+    "pick_reference_showers",
+    "nearest_neighbours",
+    "nearest_neighbour_figure",
+]

@@ -1,4 +1,5 @@
 """Separation power between two histograms (CaloFlow paper section 5; docs/physics.md section 7)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,9 @@ def histogram_separation(h1: np.ndarray, h2: np.ndarray) -> float:
     return float(0.5 * np.sum((h1[used] - h2[used]) ** 2 / total[used]))
 
 
-def separation_power(a: np.ndarray, b: np.ndarray, bins: int | np.ndarray = 50, range=None) -> float:
+def separation_power(
+    a: np.ndarray, b: np.ndarray, bins: int | np.ndarray = 50, range=None
+) -> float:
     """Separation power of the histograms of two samples, on common bins.
 
     Args:

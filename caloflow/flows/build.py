@@ -8,13 +8,18 @@ for all three (:data:`REFERENCE_SPLINE`, set by the paper configs). Flow I: 6 bl
 random permutations between blocks. Flow II: 8 blocks on the 504 voxels, alternately a
 layer-wise reversal and a layer-wise random permutation between blocks.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
-from nflows.transforms import CompositeTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform, Transform
+from nflows.transforms import (
+    CompositeTransform,
+    MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+    Transform,
+)
 from nflows.transforms.splines.rational_quadratic import (
     DEFAULT_MIN_BIN_HEIGHT,
     DEFAULT_MIN_BIN_WIDTH,
@@ -22,7 +27,11 @@ from nflows.transforms.splines.rational_quadratic import (
 )
 
 from caloflow.data.geometry import LAYER_SIZES
-from caloflow.flows.permutations import LayerwiseRandomPermutation, LayerwiseReversal, SeededRandomPermutation
+from caloflow.flows.permutations import (
+    LayerwiseRandomPermutation,
+    LayerwiseReversal,
+    SeededRandomPermutation,
+)
 
 #: RQS settings shared by both flows: the logit of [alpha, 1-alpha] lies inside +-13.82.
 TAIL_BOUND = 14.0
@@ -47,7 +56,9 @@ def made_rqs_block(
     if min(min_bin_width, min_bin_height, min_derivative) <= 0:
         raise ValueError("min_bin_width, min_bin_height and min_derivative must be positive")
     if max(min_bin_width, min_bin_height) * num_bins >= 1:
-        raise ValueError(f"min_bin_width and min_bin_height must be below 1 / num_bins = {1 / num_bins:g}")
+        raise ValueError(
+            f"min_bin_width and min_bin_height must be below 1 / num_bins = {1 / num_bins:g}"
+        )
     return MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
         features=features,
         hidden_features=hidden_features,
@@ -82,10 +93,19 @@ def made_stack(
     """``n_blocks`` MADE-RQS blocks with ``permutation(i)`` after block ``i`` (not after the last)."""
     transforms: list[Transform] = []
     for i in range(n_blocks):
-        transforms.append(made_rqs_block(
-            features, context_features, hidden_features, num_blocks, num_bins, dropout,
-            min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
-        ))
+        transforms.append(
+            made_rqs_block(
+                features,
+                context_features,
+                hidden_features,
+                num_blocks,
+                num_bins,
+                dropout,
+                min_bin_width=min_bin_width,
+                min_bin_height=min_bin_height,
+                min_derivative=min_derivative,
+            )
+        )
         if i < n_blocks - 1:
             transforms.append(permutation(i))
     return Flow(CompositeTransform(transforms), StandardNormal([features]))
@@ -106,9 +126,17 @@ def build_flow1(
 ) -> Flow:
     """Flow I: p(u_logit | log10(E_inc / 10 GeV)). Paper size: 79,134 parameters."""
     return made_stack(
-        features, context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout,
+        features,
+        context_features,
+        n_blocks,
+        hidden_features,
+        num_blocks,
+        num_bins,
+        dropout,
         lambda i: SeededRandomPermutation(features, seed=permutation_seed + i),
-        min_bin_width, min_bin_height, min_derivative,
+        min_bin_width,
+        min_bin_height,
+        min_derivative,
     )
 
 
@@ -133,9 +161,25 @@ def build_flow2(
         return LayerwiseRandomPermutation(layer_sizes, seed=permutation_seed + i)
 
     return made_stack(
-        sum(layer_sizes), context_features, n_blocks, hidden_features, num_blocks, num_bins, dropout, permutation,
-        min_bin_width, min_bin_height, min_derivative,
+        sum(layer_sizes),
+        context_features,
+        n_blocks,
+        hidden_features,
+        num_blocks,
+        num_bins,
+        dropout,
+        permutation,
+        min_bin_width,
+        min_bin_height,
+        min_derivative,
     )
 
 
-__all__ = ["TAIL_BOUND", "REFERENCE_SPLINE", "made_rqs_block", "made_stack", "build_flow1", "build_flow2"]
+__all__ = [
+    "TAIL_BOUND",
+    "REFERENCE_SPLINE",
+    "made_rqs_block",
+    "made_stack",
+    "build_flow1",
+    "build_flow2",
+]

@@ -32,6 +32,7 @@ By default the inverse runs without autograd. ``fast_inverse(..., differentiable
 graph, so that gradients w.r.t. the latent point and the context flow through it (LaSeR's HMC in
 latent space, :mod:`refine.showers`); it writes no buffer in place and costs a little more.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,18 @@ _AFFINE = MaskedAffineAutoregressiveTransform
 
 #: Activations that act elementwise, so that a hidden unit can be evaluated on its own.
 _ELEMENTWISE = {
-    F.relu, torch.relu, F.elu, F.selu, F.gelu, F.silu, F.leaky_relu, F.softplus, F.tanh, torch.tanh,
-    torch.sigmoid, F.sigmoid,
+    F.relu,
+    torch.relu,
+    F.elu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.leaky_relu,
+    F.softplus,
+    F.tanh,
+    torch.tanh,
+    torch.sigmoid,
+    F.sigmoid,
 }
 
 
@@ -79,7 +90,9 @@ class _RQSSpec:
     min_bin_width: float
     min_bin_height: float
     min_derivative: float
-    logit_scale: float | None  # nflows divides width/height logits by sqrt(net.hidden_features) if set
+    logit_scale: (
+        float | None
+    )  # nflows divides width/height logits by sqrt(net.hidden_features) if set
 
     @property
     def tail_constant(self) -> float:
@@ -124,19 +137,19 @@ def _rqs_inverse(z: Tensor, params: Tensor, spec: _RQSSpec, const: _RQSConstants
     per feature group, so the number of kernel launches is what costs at small batch.
     """
     nb = spec.num_bins
-    logits = params[..., :2 * nb].unflatten(-1, (2, nb))  # (B, n, 2, K): widths, heights
+    logits = params[..., : 2 * nb].unflatten(-1, (2, nb))  # (B, n, 2, K): widths, heights
     if spec.logit_scale is not None:
         logits = logits / spec.logit_scale
     if spec.linear_tails:
         lo, hi = -spec.tail_bound, spec.tail_bound
-        derivs = F.pad(params[..., 2 * nb:], (1, 1), value=spec.tail_constant)
+        derivs = F.pad(params[..., 2 * nb :], (1, 1), value=spec.tail_constant)
         inside = z.abs() <= hi
         y = z.clamp(lo, hi)
     else:
         lo, hi = 0.0, 1.0
         if bool(((z < lo) | (z > hi)).any()):
             raise InputOutsideDomain()
-        derivs, y = params[..., 2 * nb:], z
+        derivs, y = params[..., 2 * nb :], z
     # softmax written out: torch.softmax over a short last axis (K = 8) is slower on CPU (same values up to rounding)
     e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
     sizes = torch.addcmul(const.min_size, e / e.sum(dim=-1, keepdim=True), const.free_size)
@@ -235,18 +248,28 @@ def _unsupported(transform: Transform, reason: str) -> NotImplementedError:
 def _masked_layers(made: MADE, owner: Transform) -> tuple[bool, list]:
     """The MADE's linear layers in evaluation order, after checking the architecture."""
     if type(made).forward is not MADE.forward:
-        raise _unsupported(owner, f"its autoregressive net {type(made).__name__} overrides MADE.forward")
+        raise _unsupported(
+            owner, f"its autoregressive net {type(made).__name__} overrides MADE.forward"
+        )
     if made.activation not in _ELEMENTWISE:
-        raise _unsupported(owner, f"activation {made.activation!r} is not a known elementwise function")
+        raise _unsupported(
+            owner, f"activation {made.activation!r} is not a known elementwise function"
+        )
     layers = [made.initial_layer]
     for block in made.blocks:
-        if isinstance(block, MaskedFeedforwardBlock) and type(block).forward is MaskedFeedforwardBlock.forward:
+        if (
+            isinstance(block, MaskedFeedforwardBlock)
+            and type(block).forward is MaskedFeedforwardBlock.forward
+        ):
             if block.batch_norm is not None:
                 raise _unsupported(owner, "batch normalisation inside the MADE")
             if block.activation is not made.activation:
                 raise _unsupported(owner, "blocks with an activation different from the MADE's")
             layers.append(block.linear)
-        elif isinstance(block, MaskedResidualBlock) and type(block).forward is MaskedResidualBlock.forward:
+        elif (
+            isinstance(block, MaskedResidualBlock)
+            and type(block).forward is MaskedResidualBlock.forward
+        ):
             if block.use_batch_norm:
                 raise _unsupported(owner, "batch normalisation inside the MADE")
             if block.activation is not made.activation:
@@ -281,7 +304,9 @@ def _element_spec(transform: Transform, made: MADE) -> _RQSSpec | _AffineSpec:
     )
 
 
-def _masked_weights(transform: Transform, layers: list, features: int, K: int) -> tuple[list, list, list]:
+def _masked_weights(
+    transform: Transform, layers: list, features: int, K: int
+) -> tuple[list, list, list]:
     """Per linear layer: output degrees, masked weight and bias, after checking nflows' degree rule.
 
     Every mask must be the degree rule (hidden unit of degree d sees inputs 1..d; output of feature
@@ -330,15 +355,19 @@ def _sort_by_degree(degrees: list, weights: list, biases: list) -> tuple[list, l
     return perms, sorted_deg, w_sorted, b_sorted
 
 
-def _plan_waves(sorted_deg: list, w_sorted: list, b_sorted: list, features: int, K: int) -> list[_Wave]:
+def _plan_waves(
+    sorted_deg: list, w_sorted: list, b_sorted: list, features: int, K: int
+) -> list[_Wave]:
     """Group the features into waves: each wave inverts every feature whose parameters need only
     hidden units computable from the features already known, and computes each unit once."""
     last = sorted_deg[-1]
-    # cnt[l][k]: number of units of layer l with degree <= k (k = 0..features).
+    # cnt[layer][k]: number of units of layer layer with degree <= k (k = 0..features).
     ks = torch.arange(features + 1, device=last.device)
     cnt = [torch.searchsorted(d.contiguous(), ks, right=True).tolist() for d in sorted_deg]
     # need[f]: the features that output f (1-based) depends on: max degree of the last hidden units < f.
-    below = torch.searchsorted(last.contiguous(), torch.arange(1, features + 1, device=last.device), right=False)
+    below = torch.searchsorted(
+        last.contiguous(), torch.arange(1, features + 1, device=last.device), right=False
+    )
     need = [int(last[n - 1]) if n > 0 else 0 for n in below.tolist()]
 
     waves, known, done = [], 0, [0] * len(sorted_deg)
@@ -347,19 +376,36 @@ def _plan_waves(sorted_deg: list, w_sorted: list, b_sorted: list, features: int,
         while f1 < features and need[f1] <= known:  # need[f1] is feature f1 + 1
             f1 += 1
         steps = []
-        for l in range(len(sorted_deg)):
-            lo, hi = done[l], cnt[l][known]
+        for layer in range(len(sorted_deg)):
+            lo, hi = done[layer], cnt[layer][known]
             if hi > lo:
-                n_in = known if l == 0 else cnt[l - 1][known]
-                steps.append([_LayerStep(lo, hi, n_in, w_sorted[l][lo:hi, :n_in].t().contiguous(),
-                                         b_sorted[l][lo:hi].contiguous())])
+                n_in = known if layer == 0 else cnt[layer - 1][known]
+                steps.append(
+                    [
+                        _LayerStep(
+                            lo,
+                            hi,
+                            n_in,
+                            w_sorted[layer][lo:hi, :n_in].t().contiguous(),
+                            b_sorted[layer][lo:hi].contiguous(),
+                        )
+                    ]
+                )
             else:
                 steps.append([])
-            done[l] = hi
+            done[layer] = hi
         n_last = cnt[-1][known]
         rows = slice(known * K, f1 * K)
-        waves.append(_Wave(known, f1, steps, n_last, w_sorted[-1][rows, :n_last].t().contiguous(),
-                           b_sorted[-1][rows].contiguous()))
+        waves.append(
+            _Wave(
+                known,
+                f1,
+                steps,
+                n_last,
+                w_sorted[-1][rows, :n_last].t().contiguous(),
+                b_sorted[-1][rows].contiguous(),
+            )
+        )
         known = f1
     return waves
 
@@ -368,7 +414,9 @@ def _build_made_plan(transform: Transform) -> _MadePlan:
     """The plan of one MADE block (RQS or affine): its weights regrouped into waves of features."""
     made = transform.autoregressive_net
     if not isinstance(made, MADE):
-        raise _unsupported(transform, f"autoregressive net {type(made).__name__} is not an nflows MADE")
+        raise _unsupported(
+            transform, f"autoregressive net {type(made).__name__} is not an nflows MADE"
+        )
     residual, layers = _masked_layers(made, transform)
     features = made.initial_layer.in_features
     spec = _element_spec(transform, made)
@@ -399,7 +447,10 @@ def _build_made_plan(transform: Transform) -> _MadePlan:
 
 def _build_plans(transform: Transform, fallback: bool) -> list:
     """Flatten ``transform`` into the list of per-block plans, in forward order."""
-    if isinstance(transform, CompositeTransform) and type(transform).inverse is CompositeTransform.inverse:
+    if (
+        isinstance(transform, CompositeTransform)
+        and type(transform).inverse is CompositeTransform.inverse
+    ):
         plans = []
         for sub in transform._transforms:
             plans.extend(_build_plans(sub, fallback))
@@ -413,7 +464,9 @@ def _build_plans(transform: Transform, fallback: bool) -> list:
             if type(transform).inverse is not Permutation.inverse:
                 raise _unsupported(transform, "it overrides inverse")
             if transform._dim != 1:
-                raise _unsupported(transform, f"permutation along dim {transform._dim} (only dim 1)")
+                raise _unsupported(
+                    transform, f"permutation along dim {transform._dim} (only dim 1)"
+                )
             return [_PermutationPlan(torch.argsort(transform._permutation))]
         raise _unsupported(transform, "not a MADE, permutation or composite transform")
     except NotImplementedError as err:
@@ -430,7 +483,12 @@ def _signature(transform: Transform) -> tuple:
     """Everything a plan depends on: identity and version of every tensor, and scalar settings."""
     tensors = list(transform.parameters()) + list(transform.buffers())
     settings = tuple(
-        (id(m), tuple((k, v) for k, v in vars(m).items() if k != "training" and isinstance(v, _SCALARS)))
+        (
+            id(m),
+            tuple(
+                (k, v) for k, v in vars(m).items() if k != "training" and isinstance(v, _SCALARS)
+            ),
+        )
         for m in transform.modules()
     )
     return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors), settings
@@ -475,7 +533,9 @@ class _Columns:
             self.buffer[:, lo:hi] = value
             return
         if lo != self.width:
-            raise AssertionError(f"columns {lo}:{hi} written after {self.width}: blocks must come in order")
+            raise AssertionError(
+                f"columns {lo}:{hi} written after {self.width}: blocks must come in order"
+            )
         self.parts.append(value)
         self.width = hi
 
@@ -493,7 +553,9 @@ class _Columns:
         return self.parts[0]
 
 
-def _invert_made(plan: _MadePlan, z: Tensor, context: Tensor | None, in_place: bool = True) -> Tensor:
+def _invert_made(
+    plan: _MadePlan, z: Tensor, context: Tensor | None, in_place: bool = True
+) -> Tensor:
     B, D = z.shape
     act = plan.activation
     spec = plan.element_spec
@@ -510,47 +572,76 @@ def _invert_made(plan: _MadePlan, z: Tensor, context: Tensor | None, in_place: b
     first_base = None
     if context is not None:
         if plan.context_layer is None:
-            raise ValueError("fast_inverse got a context, but the MADE was built without context_features")
+            raise ValueError(
+                "fast_inverse got a context, but the MADE was built without context_features"
+            )
         first_base = act(plan.context_layer(context))[:, plan.perms[0]] + plan.first_bias
 
     if not plan.residual:
         for wave in plan.waves:
-            for l, steps in enumerate(wave.layer_steps):
+            for layer, steps in enumerate(wave.layer_steps):
                 for st in steps:
-                    src = x if l == 0 else hidden[l - 1]
-                    bias = st.bias if (l > 0 or first_base is None) else first_base[:, st.lo:st.hi]
-                    hidden[l].write(st.lo, st.hi, act(torch.addmm(bias, src.read(0, st.n_in), st.weight_t)))
+                    src = x if layer == 0 else hidden[layer - 1]
+                    bias = (
+                        st.bias
+                        if (layer > 0 or first_base is None)
+                        else first_base[:, st.lo : st.hi]
+                    )
+                    hidden[layer].write(
+                        st.lo, st.hi, act(torch.addmm(bias, src.read(0, st.n_in), st.weight_t))
+                    )
             params = torch.addmm(wave.out_bias, hidden[-1].read(0, wave.n_last), wave.out_weight_t)
-            x.write(wave.f0, wave.f1, elementwise_inverse(
-                z[:, wave.f0:wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const))
+            x.write(
+                wave.f0,
+                wave.f1,
+                elementwise_inverse(
+                    z[:, wave.f0 : wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const
+                ),
+            )
         return x.full()
 
     # Residual MADE: t_0 = W_0 x + b_0 + act(ctx); per block t' = t + W_1 act(W_0 act(t) + b_0 + C c) + b_1.
     # hidden[0] holds t_0; hidden[2j+1] the inner units of block j; hidden[2j+2] its output t.
     block_extra = []
     for layer in plan.block_context_layers:
-        block_extra.append(layer(context)[:, plan.perms[0]] if (layer is not None and context is not None) else None)
-    activated = [_Columns(z, h, in_place) for h in plan.hidden_sizes[0:-1:2]]  # act(t) of each residual stream
+        block_extra.append(
+            layer(context)[:, plan.perms[0]]
+            if (layer is not None and context is not None)
+            else None
+        )
+    activated = [
+        _Columns(z, h, in_place) for h in plan.hidden_sizes[0:-1:2]
+    ]  # act(t) of each residual stream
     for wave in plan.waves:
-        for l, steps in enumerate(wave.layer_steps):
+        for layer, steps in enumerate(wave.layer_steps):
             for st in steps:
                 sl = slice(st.lo, st.hi)
-                if l == 0:
+                if layer == 0:
                     bias = st.bias if first_base is None else first_base[:, sl]
                     out = torch.addmm(bias, x.read(0, st.n_in), st.weight_t)
-                elif l % 2 == 1:  # inner layer of block (l - 1) // 2
-                    extra = block_extra[(l - 1) // 2]
+                elif layer % 2 == 1:  # inner layer of block (layer - 1) // 2
+                    extra = block_extra[(layer - 1) // 2]
                     bias = st.bias if extra is None else extra[:, sl] + st.bias
-                    out = act(torch.addmm(bias, activated[(l - 1) // 2].read(0, st.n_in), st.weight_t))
+                    out = act(
+                        torch.addmm(bias, activated[(layer - 1) // 2].read(0, st.n_in), st.weight_t)
+                    )
                 else:  # block output: residual stream plus the block's increment
-                    out = hidden[l - 2].read(st.lo, st.hi) + torch.addmm(
-                        st.bias, hidden[l - 1].read(0, st.n_in), st.weight_t)
-                hidden[l].write(st.lo, st.hi, out)
-                if l % 2 == 0 and l < n_layers - 1:  # the last stream feeds the output layer as is
-                    activated[l // 2].write(st.lo, st.hi, act(out))
+                    out = hidden[layer - 2].read(st.lo, st.hi) + torch.addmm(
+                        st.bias, hidden[layer - 1].read(0, st.n_in), st.weight_t
+                    )
+                hidden[layer].write(st.lo, st.hi, out)
+                if (
+                    layer % 2 == 0 and layer < n_layers - 1
+                ):  # the last stream feeds the output layer as is
+                    activated[layer // 2].write(st.lo, st.hi, act(out))
         params = torch.addmm(wave.out_bias, hidden[-1].read(0, wave.n_last), wave.out_weight_t)
-        x.write(wave.f0, wave.f1, elementwise_inverse(
-            z[:, wave.f0:wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const))
+        x.write(
+            wave.f0,
+            wave.f1,
+            elementwise_inverse(
+                z[:, wave.f0 : wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const
+            ),
+        )
     return x.full()
 
 
@@ -594,9 +685,14 @@ def fast_inverse(
         raise ValueError(f"fast_inverse expects z of shape (batch, features), got {tuple(z.shape)}")
     if context is not None and context.shape[0] != z.shape[0]:
         raise ValueError(f"context has {context.shape[0]} rows but z has {z.shape[0]}")
-    if transform.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in transform.modules()):
-        warnings.warn("fast_inverse evaluates the MADE without dropout (as in eval mode), "
-                      "but the transform is in training mode", stacklevel=2)
+    if transform.training and any(
+        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in transform.modules()
+    ):
+        warnings.warn(
+            "fast_inverse evaluates the MADE without dropout (as in eval mode), "
+            "but the transform is in training mode",
+            stacklevel=2,
+        )
     ref = next(iter(transform.parameters()), None)
     if ref is not None and ref.dtype != z.dtype:
         raise ValueError(f"z is {z.dtype} but the transform's weights are {ref.dtype}")
@@ -611,7 +707,9 @@ def fast_inverse(
                 x = x.index_select(1, plan.inverse_index)
             elif isinstance(plan, _MadePlan):
                 if x.shape[1] != plan.features:
-                    raise ValueError(f"z has {x.shape[1]} features, the MADE expects {plan.features}")
+                    raise ValueError(
+                        f"z has {x.shape[1]} features, the MADE expects {plan.features}"
+                    )
                 x = _invert_made(plan, x, context, in_place)
             else:
                 x = plan.transform.inverse(x, context)[0]
@@ -643,13 +741,16 @@ def fast_sample(
         if num_samples is not None and num_samples != context.shape[0]:
             raise ValueError(
                 f"fast_sample draws one sample per context row: got num_samples={num_samples} "
-                f"and {context.shape[0]} context rows (repeat the context rows to draw several)")
+                f"and {context.shape[0]} context rows (repeat the context rows to draw several)"
+            )
         num_samples = context.shape[0]
     elif num_samples is None:
         raise ValueError("fast_sample needs num_samples when no context is given")
     dist = flow._distribution
     if isinstance(dist, StandardNormal):
-        noise = torch.randn(num_samples, *dist._shape, generator=generator, dtype=ref.dtype, device=ref.device)
+        noise = torch.randn(
+            num_samples, *dist._shape, generator=generator, dtype=ref.dtype, device=ref.device
+        )
     elif generator is None:
         with torch.no_grad():
             if context is None:
@@ -657,6 +758,8 @@ def fast_sample(
             else:
                 noise = dist.sample(1, context=flow._embedding_net(context))[:, 0]
     else:
-        raise NotImplementedError(f"fast_sample supports a generator only with a StandardNormal base, "
-                                  f"not {type(dist).__name__}")
+        raise NotImplementedError(
+            f"fast_sample supports a generator only with a StandardNormal base, "
+            f"not {type(dist).__name__}"
+        )
     return fast_inverse(flow, noise, context)

@@ -41,6 +41,7 @@ runs on CPU tensors (where it was measured, ``benchmarks/training.py``); on an a
 autocast and for an empty batch an installed transform runs nflows' forward. Double backward
 (``create_graph=True``) is not supported by the faster forward.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,7 +54,15 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-__all__ = ["install", "uninstall", "installed", "adam", "masked_linear", "rqs_forward", "GROUP_COST"]
+__all__ = [
+    "install",
+    "uninstall",
+    "installed",
+    "adam",
+    "masked_linear",
+    "rqs_forward",
+    "GROUP_COST",
+]
 
 _RQS = MaskedPiecewiseRationalQuadraticAutoregressiveTransform
 
@@ -87,7 +96,7 @@ def _plan_groups(reach: np.ndarray, group_cost: float = GROUP_COST) -> list[tupl
     best = np.zeros(R + 1)
     choice = np.zeros(R + 1, dtype=np.int64)
     for e in range(1, R + 1):  # best split of runs 0:e, the last group being runs s:e
-        kmax = np.maximum.accumulate(run_k[e - 1::-1])[::-1]  # kmax[s] = max(run_k[s:e])
+        kmax = np.maximum.accumulate(run_k[e - 1 :: -1])[::-1]  # kmax[s] = max(run_k[s:e])
         rows = bounds[e] - bounds[:e]
         cost = best[:e] + rows * kmax + group_cost
         s = int(np.argmin(cost))
@@ -124,7 +133,9 @@ class _LinearPlan:
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if key != self._weight_key:
             with torch.no_grad():
-                self._weight_blocks = [weight[r0:r1, :k] * m for (r0, r1, k), m in zip(self.groups, self.mask_blocks)]
+                self._weight_blocks = [
+                    weight[r0:r1, :k] * m for (r0, r1, k), m in zip(self.groups, self.mask_blocks)
+                ]
             self._weight_key = key
         return self._weight_blocks
 
@@ -186,7 +197,9 @@ class _MaskedLinearFunction(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def masked_linear(layer: MaskedLinear, x: Tensor, plans: dict, group_cost: float = GROUP_COST) -> Tensor:
+def masked_linear(
+    layer: MaskedLinear, x: Tensor, plans: dict, group_cost: float = GROUP_COST
+) -> Tensor:
     """``layer(x)`` of an nflows ``MaskedLinear`` computed on the blocks its mask reaches."""
     key = _mask_key(layer.mask, layer.weight.dtype)
     plan = plans.get(id(layer))
@@ -227,17 +240,19 @@ class _SplineKnots(torch.autograd.Function):
             sl = slice(s, min(s + _CHUNK, N))
             n = sl.stop - s
             t = params[sl].t().contiguous()  # (P, n): every row below is one contiguous vector
-            logits = t[:2 * K].view(2, K, n)
+            logits = t[: 2 * K].view(2, K, n)
             if scale is not None:
                 logits = logits / scale
             e = (logits - logits.amax(dim=1, keepdim=True)).exp_()
-            prob = torch.div(e, e.sum(dim=1, keepdim=True), out=prob_all[:, :, sl])  # softmax over the bins
+            prob = torch.div(
+                e, e.sum(dim=1, keepdim=True), out=prob_all[:, :, sl]
+            )  # softmax over the bins
             cum = torch.cumsum(prob * free + mins, dim=1)
             table = params.new_empty(3, K + 1, n)  # knots of widths, heights; derivatives
             table[:2, 0] = lo
-            torch.add(cum[:, :K - 1] * (hi - lo), lo, out=table[:2, 1:K])
+            torch.add(cum[:, : K - 1] * (hi - lo), lo, out=table[:2, 1:K])
             table[:2, K] = hi
-            dlogits = t[2 * K:]
+            dlogits = t[2 * K :]
             if linear_tails:
                 table[2, 0] = boundary
                 table[2, K] = boundary
@@ -245,8 +260,12 @@ class _SplineKnots(torch.autograd.Function):
             else:
                 torch.add(F.softplus(dlogits), min_d, out=table[2])
             torch.sigmoid(dlogits, out=slope_all[:, sl])
-            k = torch.sum(xc[sl].unsqueeze(0) >= table[0, 1:K], dim=0, out=k_all[sl])  # nflows' searchsorted
-            torch.gather(table, 1, torch.stack([k, k + 1]).unsqueeze(0).expand(3, 2, n), out=out[:, :, sl])
+            k = torch.sum(
+                xc[sl].unsqueeze(0) >= table[0, 1:K], dim=0, out=k_all[sl]
+            )  # nflows' searchsorted
+            torch.gather(
+                table, 1, torch.stack([k, k + 1]).unsqueeze(0).expand(3, 2, n), out=out[:, :, sl]
+            )
         ctx.spec = spec
         ctx.save_for_backward(prob_all, k_all, slope_all)
         return out
@@ -258,7 +277,9 @@ class _SplineKnots(torch.autograd.Function):
         prob_all, k_all, slope_all = ctx.saved_tensors
         N = k_all.shape[0]
         P = 2 * K + slope_all.shape[0]
-        free = prob_all.new_tensor([(1 - min_w * K) * (hi - lo), (1 - min_h * K) * (hi - lo)]).view(2, 1, 1)
+        free = prob_all.new_tensor([(1 - min_w * K) * (hi - lo), (1 - min_h * K) * (hi - lo)]).view(
+            2, 1, 1
+        )
         j = torch.arange(K, device=k_all.device).unsqueeze(1)  # (K, 1)
         g_params = grad.new_empty(N, P)
         for s in range(0, N, _CHUNK):
@@ -270,17 +291,21 @@ class _SplineKnots(torch.autograd.Function):
             g1 = torch.where(k < K - 1, g[:2, 1], 0.0)  # (2, n)
             below = (j < k).to(grad.dtype)  # (K, n)
             at = (j == k).to(grad.dtype)
-            g_prob = torch.addcmul(at * g1.unsqueeze(1), below, (g[:2, 0] + g1).unsqueeze(1)).mul_(free)
+            g_prob = torch.addcmul(at * g1.unsqueeze(1), below, (g[:2, 0] + g1).unsqueeze(1)).mul_(
+                free
+            )
             gp = grad.new_empty(P, n)
-            g_logits = gp[:2 * K].view(2, K, n)
-            torch.mul(prob, g_prob - (prob * g_prob).sum(dim=1, keepdim=True), out=g_logits)  # softmax backward
+            g_logits = gp[: 2 * K].view(2, K, n)
+            torch.mul(
+                prob, g_prob - (prob * g_prob).sum(dim=1, keepdim=True), out=g_logits
+            )  # softmax backward
             if scale is not None:
                 g_logits.div_(scale)
             # derivatives: d_k and d_k+1 of a point are entries k and k+1 of its derivative row
             g_deriv = grad.new_zeros(K + 1, n)
             g_deriv.scatter_add_(0, k.unsqueeze(0), g[2, 0].unsqueeze(0))
             g_deriv.scatter_add_(0, (k + 1).unsqueeze(0), g[2, 1].unsqueeze(0))
-            torch.mul(g_deriv[1:K] if linear_tails else g_deriv, slope_all[:, sl], out=gp[2 * K:])
+            torch.mul(g_deriv[1:K] if linear_tails else g_deriv, slope_all[:, sl], out=gp[2 * K :])
             g_params[sl] = gp.t()
         return g_params, None, None
 
@@ -310,8 +335,16 @@ def _spline_spec(transform: _RQS) -> tuple:
     # nflows 0.14 divides the width and height logits only ``if hasattr(net, "hidden_features")``.
     hidden = getattr(made, "hidden_features", None)
     scale = float(np.sqrt(hidden)) if hidden is not None else None
-    return (int(transform.num_bins), linear, lo, hi, float(transform.min_bin_width),
-            float(transform.min_bin_height), float(transform.min_derivative), scale)
+    return (
+        int(transform.num_bins),
+        linear,
+        lo,
+        hi,
+        float(transform.min_bin_width),
+        float(transform.min_bin_height),
+        float(transform.min_derivative),
+        scale,
+    )
 
 
 def rqs_forward(transform: _RQS, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -330,7 +363,9 @@ def rqs_forward(transform: _RQS, inputs: Tensor, params: Tensor) -> tuple[Tensor
         if bool(((x < lo) | (x > hi)).any()):
             raise InputOutsideDomain()
         xc = x
-    x0, x1, y0, y1, d0, d1 = _SplineKnots.apply(params.reshape(B * D, -1), xc, spec).reshape(6, -1).unbind(0)
+    x0, x1, y0, y1, d0, d1 = (
+        _SplineKnots.apply(params.reshape(B * D, -1), xc, spec).reshape(6, -1).unbind(0)
+    )
 
     # nflows' expressions (rational_quadratic_spline, forward direction) on the gathered values
     input_bin_widths = x1 - x0
@@ -359,8 +394,12 @@ def _supported(transform) -> bool:
     if not isinstance(transform, _RQS):
         return False
     cls = type(transform)
-    if (cls.forward is not AutoregressiveTransform.forward or cls._elementwise_forward is not _RQS._elementwise_forward
-            or cls._elementwise is not _RQS._elementwise or transform.tails not in ("linear", None)):
+    if (
+        cls.forward is not AutoregressiveTransform.forward
+        or cls._elementwise_forward is not _RQS._elementwise_forward
+        or cls._elementwise is not _RQS._elementwise
+        or transform.tails not in ("linear", None)
+    ):
         return False
     made = transform.autoregressive_net
     if type(made) is not MADE or made.use_residual_blocks:
@@ -396,7 +435,9 @@ class FastForward:
             temps = temps + made.activation(made.context_layer(context))
         temps = made.activation(temps)
         for block in made.blocks:
-            temps = block.dropout(block.activation(masked_linear(block.linear, temps, self.plans, self.group_cost)))
+            temps = block.dropout(
+                block.activation(masked_linear(block.linear, temps, self.plans, self.group_cost))
+            )
         params = masked_linear(made.final_layer, temps, self.plans, self.group_cost)
         return rqs_forward(self.transform, inputs, params)
 
@@ -470,8 +511,11 @@ def adam(params, lr: float, fast: bool = True, **kwargs) -> torch.optim.Adam:
     params = list(params)
     if fast:
         tensors = [p for p in params if isinstance(p, Tensor)] or [
-            p for group in params if isinstance(group, dict) for p in group["params"]]
-        if tensors and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors):
+            p for group in params if isinstance(group, dict) for p in group["params"]
+        ]
+        if tensors and all(
+            p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors
+        ):
             kwargs.setdefault("fused", True)
         else:
             kwargs.setdefault("foreach", True)

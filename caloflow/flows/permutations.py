@@ -5,6 +5,7 @@ layer 1 in positions 289 to 432 and [...] layer 2 in the last 72 positions throu
 permutation/inversion". Both classes are plain nflows ``Permutation`` transforms (the index is a
 buffer, so it is saved with the checkpoint).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,7 +28,9 @@ class LayerwiseReversal(Permutation):
     """Reverse the order of the features inside each block of ``sizes`` (default: the three layers)."""
 
     def __init__(self, sizes: Sequence[int] = LAYER_SIZES):
-        index = torch.cat([torch.arange(o + n - 1, o - 1, -1) for o, n in zip(_offsets(sizes), sizes)])
+        index = torch.cat(
+            [torch.arange(o + n - 1, o - 1, -1) for o, n in zip(_offsets(sizes), sizes)]
+        )
         super().__init__(index)
 
 
@@ -36,7 +39,9 @@ class LayerwiseRandomPermutation(Permutation):
 
     def __init__(self, sizes: Sequence[int] = LAYER_SIZES, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        index = torch.cat([o + torch.randperm(n, generator=g) for o, n in zip(_offsets(sizes), sizes)])
+        index = torch.cat(
+            [o + torch.randperm(n, generator=g) for o, n in zip(_offsets(sizes), sizes)]
+        )
         super().__init__(index)
 
 

@@ -21,6 +21,7 @@ Training (manual optimisation, the published order): a discriminator step on a r
 one on a fake-only batch, then two generator steps with fresh z and energies uniform in
 [1, 100] GeV. Adam with beta1 = 0.5, lr 2e-5 (discriminator) and 2e-4 (generator).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -69,16 +70,26 @@ def _keras_dense(in_features: int, out_features: int) -> nn.Linear:
 class GeneratorStream(nn.Module):
     """One calorimeter layer of the generator: latent (B, latent_dim) -> image (B, 1, rows, cols), GeV, before ReLU."""
 
-    def __init__(self, shape: tuple[int, int], latent_dim: int, dense_channels: int = 36,
-                 conv_channels: int = 16, lc_channels: int = 6) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        latent_dim: int,
+        dense_channels: int = 36,
+        conv_channels: int = 16,
+        lc_channels: int = 6,
+    ) -> None:
         super().__init__()
         rows, cols = shape
         self.grid = (dense_channels, rows + 2, cols + 2)
         self.dense = _keras_dense(latent_dim, dense_channels * (rows + 2) * (cols + 2))
         self.conv = _keras_conv(dense_channels, conv_channels, he_uniform_)
         self.norm = _keras_batchnorm(conv_channels)
-        self.lc1 = LocallyConnected2d(conv_channels, lc_channels, (rows + 2, cols + 2), 2, init="he_uniform")
-        self.lc2 = LocallyConnected2d(lc_channels, 1, self.lc1.output_size, 2, bias=False, init="glorot_normal")
+        self.lc1 = LocallyConnected2d(
+            conv_channels, lc_channels, (rows + 2, cols + 2), 2, init="he_uniform"
+        )
+        self.lc2 = LocallyConnected2d(
+            lc_channels, 1, self.lc1.output_size, 2, bias=False, init="glorot_normal"
+        )
 
     def forward(self, h: Tensor) -> Tensor:
         x = self.dense(h).reshape(-1, *self.grid)
@@ -100,17 +111,27 @@ def resize_layer1_to_layer2(image: Tensor) -> Tensor:
 class CaloGANGenerator(nn.Module):
     """(z (B, latent_dim), E_inc (B,) GeV) -> three non-negative layer images [(B, r, c)] in GeV."""
 
-    def __init__(self, latent_dim: int = 1024, dense_channels: int = 36, conv_channels: int = 16,
-                 lc_channels: int = 6, attention: bool = True) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 1024,
+        dense_channels: int = 36,
+        conv_channels: int = 16,
+        lc_channels: int = 6,
+        attention: bool = True,
+    ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.streams = nn.ModuleList(
-            GeneratorStream(shape, latent_dim, dense_channels, conv_channels, lc_channels) for shape in LAYER_SHAPES
+            GeneratorStream(shape, latent_dim, dense_channels, conv_channels, lc_channels)
+            for shape in LAYER_SHAPES
         )
         # layer 0 paints into layer 1, layer 1 (after its attention) into layer 2
         self.attention = (
-            nn.ModuleList([InpaintingAttention(LAYER_SHAPES[1]), InpaintingAttention(LAYER_SHAPES[2])])
-            if attention else None
+            nn.ModuleList(
+                [InpaintingAttention(LAYER_SHAPES[1]), InpaintingAttention(LAYER_SHAPES[2])]
+            )
+            if attention
+            else None
         )
 
     def forward(self, z: Tensor, energy_gev: Tensor) -> list[Tensor]:
@@ -136,8 +157,14 @@ class DiscriminatorStream(nn.Module):
     these features and on the occupancy (fraction of cells > 0), and the occupancy itself.
     """
 
-    def __init__(self, shape: tuple[int, int], conv_channels: int = 64,
-                 lc_channels: Sequence[int] = (16, 8, 8), mbd_kernels: int = 10, mbd_dim: int = 10) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        conv_channels: int = 64,
+        lc_channels: Sequence[int] = (16, 8, 8),
+        mbd_kernels: int = 10,
+        mbd_dim: int = 10,
+    ) -> None:
         super().__init__()
         c1, c2, c3 = lc_channels
         self.conv = _keras_conv(1, conv_channels)
@@ -162,11 +189,17 @@ class DiscriminatorStream(nn.Module):
 class CaloGANDiscriminator(nn.Module):
     """(three layer images [(B, r, c)] GeV, E_inc (B,) GeV) -> (real/fake logit (B,), E_hat (B,) GeV)."""
 
-    def __init__(self, conv_channels: int = 64, lc_channels: Sequence[int] = (16, 8, 8),
-                 mbd_kernels: int = 10, mbd_dim: int = 10) -> None:
+    def __init__(
+        self,
+        conv_channels: int = 64,
+        lc_channels: Sequence[int] = (16, 8, 8),
+        mbd_kernels: int = 10,
+        mbd_dim: int = 10,
+    ) -> None:
         super().__init__()
         self.streams = nn.ModuleList(
-            DiscriminatorStream(shape, conv_channels, lc_channels, mbd_kernels, mbd_dim) for shape in LAYER_SHAPES
+            DiscriminatorStream(shape, conv_channels, lc_channels, mbd_kernels, mbd_dim)
+            for shape in LAYER_SHAPES
         )
         self.mbd_energy = MinibatchDiscrimination(len(LAYER_SHAPES), mbd_kernels, mbd_dim)
         n_head = sum(s.n_features for s in self.streams) + len(LAYER_SHAPES) + 3 + mbd_kernels
@@ -180,7 +213,15 @@ class CaloGANDiscriminator(nn.Module):
         well = (total - energy_gev.reshape(-1, 1)).abs()
         too_big = 10.0 * (well > 5.0).to(well.dtype)
         head_in = torch.cat(
-            [features, energies / 10.0, total / ENERGY_SCALE_GEV, well, too_big, self.mbd_energy(energies)], dim=1
+            [
+                features,
+                energies / 10.0,
+                total / ENERGY_SCALE_GEV,
+                well,
+                too_big,
+                self.mbd_energy(energies),
+            ],
+            dim=1,
         )
         return self.head(head_in).squeeze(1), total.squeeze(1)
 
@@ -224,8 +265,12 @@ class CaloGAN(RemembersDomain, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator = CaloGANGenerator(latent_dim, gen_dense_channels, gen_conv_channels, gen_lc_channels, attention)
-        self.discriminator = CaloGANDiscriminator(disc_conv_channels, disc_lc_channels, mbd_kernels, mbd_dim)
+        self.generator = CaloGANGenerator(
+            latent_dim, gen_dense_channels, gen_conv_channels, gen_lc_channels, attention
+        )
+        self.discriminator = CaloGANDiscriminator(
+            disc_conv_channels, disc_lc_channels, mbd_kernels, mbd_dim
+        )
 
     # -- helpers ---------------------------------------------------------------------------------
     def _draw(self, n: int) -> tuple[Tensor, Tensor]:
@@ -311,8 +356,12 @@ class CaloGAN(RemembersDomain, L.LightningModule):
         logit_fake, total_fake = self.discriminator(fake, energy)
         self.log_dict(
             {
-                "val/d_loss_real": F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real)),
-                "val/d_loss_fake": F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)),
+                "val/d_loss_real": F.binary_cross_entropy_with_logits(
+                    logit_real, torch.ones_like(logit_real)
+                ),
+                "val/d_loss_fake": F.binary_cross_entropy_with_logits(
+                    logit_fake, torch.zeros_like(logit_fake)
+                ),
                 "val/g_energy_mae_gev": self._energy_mae(total_fake, energy),
             },
             batch_size=energy.shape[0],
@@ -320,8 +369,12 @@ class CaloGAN(RemembersDomain, L.LightningModule):
 
     def configure_optimizers(self):
         betas = (self.hparams.beta1, self.hparams.beta2)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_discriminator, betas=betas)
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_generator, betas=betas)
+        opt_d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=self.hparams.lr_discriminator, betas=betas
+        )
+        opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=self.hparams.lr_generator, betas=betas
+        )
         return [opt_d, opt_g]
 
     # -- generation ------------------------------------------------------------------------------
@@ -345,7 +398,12 @@ class CaloGAN(RemembersDomain, L.LightningModule):
             out = []
             for chunk in energies.split(self.hparams.sample_batch_size):
                 noise_device = generator.device if generator is not None else self.device
-                z = torch.randn(chunk.shape[0], self.hparams.latent_dim, generator=generator, device=noise_device)
+                z = torch.randn(
+                    chunk.shape[0],
+                    self.hparams.latent_dim,
+                    generator=generator,
+                    device=noise_device,
+                )
                 out.append(self.generator.decode(z.to(self.device), chunk.to(self.device)).cpu())
         finally:
             self.generator.train(was_training)
@@ -353,4 +411,14 @@ class CaloGAN(RemembersDomain, L.LightningModule):
         return voxels
 
 
-__all__ = ["LEAKY_SLOPE", "ENERGY_SCALE_GEV", "GeneratorStream", "resize_layer0_to_layer1", "resize_layer1_to_layer2", "CaloGANGenerator", "DiscriminatorStream", "CaloGANDiscriminator", "CaloGAN"]
+__all__ = [
+    "LEAKY_SLOPE",
+    "ENERGY_SCALE_GEV",
+    "GeneratorStream",
+    "resize_layer0_to_layer1",
+    "resize_layer1_to_layer2",
+    "CaloGANGenerator",
+    "DiscriminatorStream",
+    "CaloGANDiscriminator",
+    "CaloGAN",
+]

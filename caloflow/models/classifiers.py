@@ -32,6 +32,7 @@ trained network. A batch may carry the encoding already, under the backbone's :a
 noise-free showers once instead of in every epoch (:class:`caloflow.evaluate.classification.EncodedDataset`),
 and a batch encoded for another backbone is ignored.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -47,7 +48,12 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from caloflow.data.geometry import GEV, LAYER_SHAPES, LAYER_SIZES, N_VOXELS
 from caloflow.nn import mlp
 from caloflow.training import adam_with_decay
-from caloflow.transforms import LayerNormalization, LogitTransform, encode_incident_energy, encode_layer_energies
+from caloflow.transforms import (
+    LayerNormalization,
+    LogitTransform,
+    encode_incident_energy,
+    encode_layer_energies,
+)
 
 #: Voxel preprocessings of section 5.4 and appendix B. Voxels are in units of 100 GeV
 #: ("unnormalized"), divided by their layer sum ("normalized"), or logit(x)/10 of either.
@@ -61,8 +67,11 @@ N_INPUTS = N_VOXELS + N_CONDITIONS  # 508
 VOXEL_UNIT_MEV = 100 * GEV
 
 
-def classifier_inputs(voxels: np.ndarray | Tensor, incident_gev: np.ndarray | Tensor,
-                      preprocessing: str = "unnormalized") -> Tensor:
+def classifier_inputs(
+    voxels: np.ndarray | Tensor,
+    incident_gev: np.ndarray | Tensor,
+    preprocessing: str = "unnormalized",
+) -> Tensor:
     """The 508 classifier inputs of appendix A (float32).
 
     Args:
@@ -86,13 +95,17 @@ def classifier_inputs(voxels: np.ndarray | Tensor, incident_gev: np.ndarray | Te
         x = voxels / VOXEL_UNIT_MEV
     if preprocessing.startswith("logit"):
         x = LogitTransform().forward(x) / 10.0
-    conditions = torch.cat([encode_incident_energy(incident), encode_layer_energies(layer_energies)], dim=1)
+    conditions = torch.cat(
+        [encode_incident_energy(incident), encode_layer_energies(layer_energies)], dim=1
+    )
     return torch.cat([x, conditions], dim=1).to(torch.float32)
 
 
 def _check_preprocessing(preprocessing: str) -> None:
     if preprocessing not in PREPROCESSINGS:
-        raise ValueError(f"unknown preprocessing '{preprocessing}', choose from {', '.join(PREPROCESSINGS)}")
+        raise ValueError(
+            f"unknown preprocessing '{preprocessing}', choose from {', '.join(PREPROCESSINGS)}"
+        )
 
 
 class Backbone(nn.Module):
@@ -121,8 +134,13 @@ class Backbone(nn.Module):
 class DNN(Backbone):
     """Fully connected classifier of appendix A: 508 -> 512 -> 512 -> 512 -> 1 (logit) on showers."""
 
-    def __init__(self, preprocessing: str = "unnormalized", hidden: int = 512, n_hidden_layers: int = 3,
-                 slope: float = 0.01):
+    def __init__(
+        self,
+        preprocessing: str = "unnormalized",
+        hidden: int = 512,
+        n_hidden_layers: int = 3,
+        slope: float = 0.01,
+    ):
         super().__init__()
         _check_preprocessing(preprocessing)
         self.preprocessing = preprocessing
@@ -139,11 +157,15 @@ def _conv_block(first: tuple[dict, dict], pool1, slope: float) -> nn.Sequential:
     """conv 1->128, conv 128->64, pool to 6x6, conv 64->64 twice (shape kept), pool to 2x2."""
     act = lambda: nn.LeakyReLU(slope)  # noqa: E731
     return nn.Sequential(
-        nn.Conv2d(1, 128, **first[0]), act(),
-        nn.Conv2d(128, 64, **first[1]), act(),
+        nn.Conv2d(1, 128, **first[0]),
+        act(),
+        nn.Conv2d(128, 64, **first[1]),
+        act(),
         nn.MaxPool2d(pool1),
-        nn.Conv2d(64, 64, kernel_size=3, padding=1), act(),
-        nn.Conv2d(64, 64, kernel_size=3, padding=1), act(),
+        nn.Conv2d(64, 64, kernel_size=3, padding=1),
+        act(),
+        nn.Conv2d(64, 64, kernel_size=3, padding=1),
+        act(),
         nn.MaxPool2d(3),
     )
 
@@ -156,17 +178,27 @@ class CNN(Backbone):
         _check_preprocessing(preprocessing)
         self.preprocessing = preprocessing
         square = ({"kernel_size": 3, "padding": 1}, {"kernel_size": 3, "padding": 1})
-        self.stacks = nn.ModuleList([
-            # (3, 96) -> (5, 90) -> (6, 84) -> pool (1, 14) -> (6, 6)
-            _conv_block(({"kernel_size": (3, 7), "padding": (2, 0)}, {"kernel_size": (4, 7), "padding": (2, 0)}),
-                        (1, 14), slope),
-            _conv_block(square, 2, slope),  # (12, 12) -> (6, 6)
-            _conv_block(square, (2, 1), slope),  # (12, 6) -> (6, 6)
-        ])
+        self.stacks = nn.ModuleList(
+            [
+                # (3, 96) -> (5, 90) -> (6, 84) -> pool (1, 14) -> (6, 6)
+                _conv_block(
+                    (
+                        {"kernel_size": (3, 7), "padding": (2, 0)},
+                        {"kernel_size": (4, 7), "padding": (2, 0)},
+                    ),
+                    (1, 14),
+                    slope,
+                ),
+                _conv_block(square, 2, slope),  # (12, 12) -> (6, 6)
+                _conv_block(square, (2, 1), slope),  # (12, 6) -> (6, 6)
+            ]
+        )
         n_flat = len(LAYER_SHAPES) * 64 * 2 * 2 + N_CONDITIONS  # 772
         self.head = nn.Sequential(
-            nn.Linear(n_flat, hidden), nn.LeakyReLU(slope),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(slope),
+            nn.Linear(n_flat, hidden),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(slope),
             nn.Linear(hidden, 1),
         )
 
@@ -209,14 +241,29 @@ class PointMLP(Backbone):
     checkpoint), so raw data units can be fed.
     """
 
-    def __init__(self, n_features: int = 2, hidden: int = 96, n_hidden: int = 8, slope: float = 0.01,
-                 shift: Sequence[float] | None = None, scale: Sequence[float] | None = None):
+    def __init__(
+        self,
+        n_features: int = 2,
+        hidden: int = 96,
+        n_hidden: int = 8,
+        slope: float = 0.01,
+        shift: Sequence[float] | None = None,
+        scale: Sequence[float] | None = None,
+    ):
         super().__init__()
         self.net = mlp(n_features, 1, hidden, n_hidden, slope)
-        self.register_buffer("shift", torch.as_tensor(shift if shift is not None else [0.0] * n_features,
-                                                      dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scale if scale is not None else [1.0] * n_features,
-                                                      dtype=torch.float32))
+        self.register_buffer(
+            "shift",
+            torch.as_tensor(
+                shift if shift is not None else [0.0] * n_features, dtype=torch.float32
+            ),
+        )
+        self.register_buffer(
+            "scale",
+            torch.as_tensor(
+                scale if scale is not None else [1.0] * n_features, dtype=torch.float32
+            ),
+        )
 
     def encode(self, batch: Batch) -> Tensor:
         return (batch["x"] - self.shift) / self.scale
@@ -226,7 +273,12 @@ class PointMLP(Backbone):
 
 
 #: backbone name -> class; ``ShowerClassifier(backbone=NAME, backbone_args={...})``.
-BACKBONES: dict[str, type[Backbone]] = {"dnn": DNN, "cnn": CNN, "features": FeatureDNN, "mlp": PointMLP}
+BACKBONES: dict[str, type[Backbone]] = {
+    "dnn": DNN,
+    "cnn": CNN,
+    "features": FeatureDNN,
+    "mlp": PointMLP,
+}
 
 
 class ShowerClassifier(L.LightningModule):
@@ -248,8 +300,15 @@ class ShowerClassifier(L.LightningModule):
         backbone_args: further arguments of the backbone class (:data:`BACKBONES`).
     """
 
-    def __init__(self, backbone: str = "dnn", preprocessing: str = "unnormalized", lr: float = 5e-4,
-                 lr_decay: float = 1.0, weight_decay: float = 0.0, backbone_args: dict | None = None):
+    def __init__(
+        self,
+        backbone: str = "dnn",
+        preprocessing: str = "unnormalized",
+        lr: float = 5e-4,
+        lr_decay: float = 1.0,
+        weight_decay: float = 0.0,
+        backbone_args: dict | None = None,
+    ):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown classifier '{backbone}', choose from {', '.join(BACKBONES)}")
@@ -288,7 +347,14 @@ class ShowerClassifier(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["label"]),
+        )
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -322,8 +388,10 @@ class ShowerClassifier(L.LightningModule):
         was_training = self.training
         self.eval()
         n = len(next(iter(batch.values())))
-        out = [self({k: v[i:i + batch_size].to(self.device) for k, v in batch.items()}).cpu()
-               for i in range(0, n, batch_size)]
+        out = [
+            self({k: v[i : i + batch_size].to(self.device) for k, v in batch.items()}).cpu()
+            for i in range(0, n, batch_size)
+        ]
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -332,4 +400,18 @@ class ShowerClassifier(L.LightningModule):
         return torch.sigmoid(self.logits(batch, batch_size).double()).numpy()
 
 
-__all__ = ["PREPROCESSINGS", "ARCHITECTURES", "N_CONDITIONS", "N_INPUTS", "VOXEL_UNIT_MEV", "classifier_inputs", "Backbone", "DNN", "CNN", "FeatureDNN", "PointMLP", "BACKBONES", "ShowerClassifier"]
+__all__ = [
+    "PREPROCESSINGS",
+    "ARCHITECTURES",
+    "N_CONDITIONS",
+    "N_INPUTS",
+    "VOXEL_UNIT_MEV",
+    "classifier_inputs",
+    "Backbone",
+    "DNN",
+    "CNN",
+    "FeatureDNN",
+    "PointMLP",
+    "BACKBONES",
+    "ShowerClassifier",
+]

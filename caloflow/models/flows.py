@@ -7,6 +7,7 @@ hyperparameters saved in the checkpoint), encodes the physical showers that
 minimise the negative log-likelihood of their representation with Adam and a step-wise
 learning-rate schedule. A checkpoint alone is enough to sample.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,8 @@ from caloflow.flows.build import (
     build_flow1,
     build_flow2,
 )
-from caloflow.flows.fast_training import adam, install as install_fast_training
+from caloflow.flows.fast_training import adam
+from caloflow.flows.fast_training import install as install_fast_training
 from caloflow.transforms import ALPHA, FlowIIPreprocessing, FlowIPreprocessing
 
 Batch = dict[str, Tensor]
@@ -73,12 +75,17 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
 
     def configure_optimizers(self):
         # fast_training: fused Adam (same update up to float rounding; caloflow.flows.fast_training)
-        optimizer = adam(self.parameters(), self.hparams.lr, fast=self.hparams.get("fast_training", False))
+        optimizer = adam(
+            self.parameters(), self.hparams.lr, fast=self.hparams.get("fast_training", False)
+        )
         # paper: the learning rate is multiplied by 0.5 after the listed epochs
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(self.hparams.milestones), gamma=self.hparams.gamma
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
     def invert(self, z: Tensor, context: Tensor) -> Tensor:
         """x = f^-1(z | context) with nflows' own inverse (one MADE pass per feature); autograd as the caller's."""
@@ -174,9 +181,17 @@ class FlowI(ConditionalFlowModule):
         self.save_hyperparameters()
         self.preprocessing = FlowIPreprocessing(alpha)
         self.flow = build_flow1(
-            self.preprocessing.features, self.preprocessing.context_features, n_blocks, hidden_features,
-            num_blocks, num_bins, dropout, permutation_seed,
-            min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
+            self.preprocessing.features,
+            self.preprocessing.context_features,
+            n_blocks,
+            hidden_features,
+            num_blocks,
+            num_bins,
+            dropout,
+            permutation_seed,
+            min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height,
+            min_derivative=min_derivative,
         )
         if fast_training:
             install_fast_training(self.flow)
@@ -187,7 +202,9 @@ class FlowI(ConditionalFlowModule):
 
     def log_prob(self, layer_energies: Tensor, incident_gev: Tensor) -> Tensor:
         """log p(x(E0, E1, E2) | E_inc) per shower (nats, in the representation); energies in MeV and GeV."""
-        return self.flow.log_prob(*self.encode({"layer_energies": layer_energies, "energy": incident_gev}))
+        return self.flow.log_prob(
+            *self.encode({"layer_energies": layer_energies, "energy": incident_gev})
+        )
 
     def decode(self, z: Tensor, incident_gev: Tensor, differentiable: bool = False) -> Tensor:
         """Layer energies (E0, E1, E2) (N, 3) in MeV of the latent points ``z`` (N, 3), given E_inc (N,) in GeV.
@@ -220,7 +237,9 @@ class FlowI(ConditionalFlowModule):
     @torch.no_grad()
     def compare_batch(self, batch: Batch, generator: torch.Generator | None = None):
         """Data and generated layer energies (MeV) for the same incident energies, for monitoring."""
-        return {"layer_energies": batch["layer_energies"]}, {"layer_energies": self.sample(batch["energy"], generator)}
+        return {"layer_energies": batch["layer_energies"]}, {
+            "layer_energies": self.sample(batch["energy"], generator)
+        }
 
 
 class FlowII(ConditionalFlowModule):
@@ -272,9 +291,17 @@ class FlowII(ConditionalFlowModule):
         self.save_hyperparameters()
         self.preprocessing = FlowIIPreprocessing(LAYER_SIZES, alpha, threshold_kev)
         self.flow = build_flow2(
-            LAYER_SIZES, self.preprocessing.context_features, n_blocks, hidden_features, num_blocks, num_bins,
-            dropout, permutation_seed,
-            min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
+            LAYER_SIZES,
+            self.preprocessing.context_features,
+            n_blocks,
+            hidden_features,
+            num_blocks,
+            num_bins,
+            dropout,
+            permutation_seed,
+            min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height,
+            min_derivative=min_derivative,
         )
         if fast_training:
             install_fast_training(self.flow)
@@ -287,7 +314,9 @@ class FlowII(ConditionalFlowModule):
         """log p(x(voxels) | E_inc, E_k) per shower (nats, in the representation); voxels in MeV, E_inc in GeV."""
         return self.flow.log_prob(*self.encode({"voxels": voxels, "energy": incident_gev}))
 
-    def invert(self, z: Tensor, context: Tensor, fast: bool | None = None, differentiable: bool = False) -> Tensor:
+    def invert(
+        self, z: Tensor, context: Tensor, fast: bool | None = None, differentiable: bool = False
+    ) -> Tensor:
         """x = f^-1(z | context): the exact fast inverse (``fast``, default ``fast_sampling``) or nflows' own.
 
         ``differentiable`` keeps the fast inverse's autograd graph (nflows' inverse always follows the
@@ -323,7 +352,9 @@ class FlowII(ConditionalFlowModule):
             layer_energies = torch.as_tensor(layer_energies, device=self.device).to(z.dtype)
             context = self.preprocessing.context(incident_gev, layer_energies).to(z.dtype)
             x = self.invert(z, context, fast=fast, differentiable=differentiable)
-            return self._mark_nonfinite(x, self.preprocessing.inverse(x, layer_energies, threshold=threshold))
+            return self._mark_nonfinite(
+                x, self.preprocessing.inverse(x, layer_energies, threshold=threshold)
+            )
 
     @torch.no_grad()
     def sample(

@@ -9,6 +9,7 @@
 * :func:`glorot_uniform_`, :func:`he_uniform_`, :func:`glorot_normal_`: Keras initialisers with
   Keras' fan convention, so that the port starts from the published initial scales.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,11 @@ def glorot_normal_(weight: Tensor, fan_in: int, fan_out: int) -> Tensor:
         return nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
 
 
-INITIALISERS = {"glorot_uniform": glorot_uniform_, "he_uniform": he_uniform_, "glorot_normal": glorot_normal_}
+INITIALISERS = {
+    "glorot_uniform": glorot_uniform_,
+    "he_uniform": he_uniform_,
+    "glorot_normal": glorot_normal_,
+}
 
 
 class LocallyConnected2d(nn.Module):
@@ -77,32 +82,51 @@ class LocallyConnected2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.input_size = _pair(input_size)
-        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
-        (h, w), (kh, kw), (sh, sw), (ph, pw) = self.input_size, self.kernel_size, self.stride, self.padding
+        self.kernel_size, self.stride, self.padding = (
+            _pair(kernel_size),
+            _pair(stride),
+            _pair(padding),
+        )
+        (h, w), (kh, kw), (sh, sw), (ph, pw) = (
+            self.input_size,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+        )
         self.output_size = ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
         if min(self.output_size) < 1:
-            raise ValueError(f"kernel {self.kernel_size} does not fit the padded input {(h + 2 * ph, w + 2 * pw)}")
+            raise ValueError(
+                f"kernel {self.kernel_size} does not fit the padded input {(h + 2 * ph, w + 2 * pw)}"
+            )
         n_pos = self.output_size[0] * self.output_size[1]
         patch = self.in_channels * kh * kw
         # (position, patch, filter): the patch axis is ordered (channel, u, v) like F.unfold
         self.weight = nn.Parameter(torch.empty(n_pos, patch, self.out_channels))
-        self.bias = nn.Parameter(torch.zeros(self.out_channels, *self.output_size)) if bias else None
+        self.bias = (
+            nn.Parameter(torch.zeros(self.out_channels, *self.output_size)) if bias else None
+        )
         INITIALISERS[init](self.weight, patch, self.out_channels * kh * kw)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_channels, rows, cols) -> (B, out_channels, *output_size)."""
         if tuple(x.shape[-2:]) != self.input_size or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"expected input (B, {self.in_channels}, {self.input_size[0]}, {self.input_size[1]}), got {tuple(x.shape)}"
+                f"expected input (B, {self.in_channels}, {self.input_size[0]}, "
+                f"{self.input_size[1]}), got {tuple(x.shape)}"
             )
-        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (B, patch, positions)
-        out = torch.einsum("bkl,lkf->bfl", cols, self.weight).reshape(x.shape[0], self.out_channels, *self.output_size)
+        cols = F.unfold(
+            x, self.kernel_size, padding=self.padding, stride=self.stride
+        )  # (B, patch, positions)
+        out = torch.einsum("bkl,lkf->bfl", cols, self.weight).reshape(
+            x.shape[0], self.out_channels, *self.output_size
+        )
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
         return (
-            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, output_size={self.output_size}, bias={self.bias is not None}"
+            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"output_size={self.output_size}, bias={self.bias is not None}"
         )
 
 
@@ -153,4 +177,12 @@ class InpaintingAttention(nn.Module):
         return (torch.cat([own, carry], dim=1) * self.weights(own, carry)).sum(1, keepdim=True)
 
 
-__all__ = ["glorot_uniform_", "he_uniform_", "glorot_normal_", "INITIALISERS", "LocallyConnected2d", "MinibatchDiscrimination", "InpaintingAttention"]
+__all__ = [
+    "glorot_uniform_",
+    "he_uniform_",
+    "glorot_normal_",
+    "INITIALISERS",
+    "LocallyConnected2d",
+    "MinibatchDiscrimination",
+    "InpaintingAttention",
+]
