@@ -21,7 +21,8 @@ Init arguments that follow from the data are set by the protocol, not the config
 ``n_features``/``shift``/``scale``, the classifier backbone's ``n_features``/``shift``/``scale``,
 the refiner's ``latent_dim`` (and ``context_dim``: the toys' refiners are unconditional).
 ``quick`` is a partial config in the same format, merged over the rest by ``--quick``
-(jsonargparse's merge of a second config: ``init_args`` alone update the class already chosen). Types are checked, unknown keys rejected; every error is reported as one line
+(jsonargparse's merge of a second config: ``init_args`` alone update the class already chosen).
+Types are checked, unknown keys rejected; every error is reported as one line
 naming the key (:class:`ConfigError`); so are values of the right type that no run can use
 (a learning rate <= 0, a size < 1, a NaN or infinite step, ...: :func:`_check_values`), all before
 any training.
