@@ -30,19 +30,8 @@ from caloflow.models.calogan import (
 )
 from caloflow.models.layers import InpaintingAttention, LocallyConnected2d, MinibatchDiscrimination
 from caloflow.nn import count_parameters
-from tests.helpers import HANG_GUARD_S
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = dict(
-    latent_dim=8,
-    gen_dense_channels=2,
-    gen_conv_channels=3,
-    gen_lc_channels=2,
-    disc_conv_channels=3,
-    disc_lc_channels=(2, 2, 2),
-    mbd_kernels=3,
-    mbd_dim=2,
-)
+from tests.helpers import HANG_GUARD_S, REPO
+from tests.helpers import TINY_GAN as TINY
 
 
 @pytest.fixture(scope="module")

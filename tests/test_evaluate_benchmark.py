@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import lightning
 import pytest
 import torch
 
@@ -13,35 +12,12 @@ from caloflow.commands.benchmark import Generator, estimate_seconds, time_genera
 from caloflow.commands.cli import main as cli_main
 from caloflow.models.calogan import CaloGAN
 from caloflow.models.flows import FlowI, FlowII
-from tests.helpers import run_cli
+from tests.helpers import TINY_GAN, run_cli, save_checkpoint
 
-TINY_GAN = dict(
-    latent_dim=8,
-    gen_dense_channels=2,
-    gen_conv_channels=3,
-    gen_lc_channels=2,
-    disc_conv_channels=3,
-    disc_lc_channels=(2, 2, 2),
-    mbd_kernels=3,
-    mbd_dim=2,
-)
 #: the two measured batch sizes, small: Flow II always has the detector's voxels, and nflows' inverse
 #: makes one MADE pass per voxel even for a tiny Flow II
 SMALL, LARGE = 3, 10
 HUGE = 10_000_000  # a batch no test may ever run: it must come out estimated
-
-
-def save_checkpoint(module: lightning.LightningModule, path) -> str:
-    """A checkpoint that ``load_from_checkpoint`` reads (weights and constructor arguments)."""
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return str(path)
 
 
 @pytest.fixture(scope="module")
