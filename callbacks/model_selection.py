@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from caloflow.data.geometry import KEV, LAYER_SHAPES, N_LAYERS, layer_energies, split_layers
 from caloflow.evaluate.separation import separation_power
+from caloflow.geometry import KEV, LAYER_SHAPES, N_LAYERS, layer_energies, split_layers
 
 #: Energies are histogrammed as log10(E / MeV), floored at 1 keV, like the paper's log axes.
 ENERGY_FLOOR_MEV = 1.0 * KEV

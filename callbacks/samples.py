@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
-from caloflow.data.geometry import LAYER_SHAPES, LAYER_SLICES  # noqa: E402
+from caloflow.geometry import LAYER_SHAPES, LAYER_SLICES  # noqa: E402
 
 
 def average_images_figure(data: np.ndarray, generated: np.ndarray) -> plt.Figure:

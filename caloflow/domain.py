@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from caloflow.data.geometry import LAYER_SHAPES
 from caloflow.errors import CaloflowError
+from caloflow.geometry import LAYER_SHAPES
 
 #: the only geometry the CaloGAN format knows
 GEOMETRY = "CaloGAN " + ", ".join(f"{r}x{c}" for r, c in LAYER_SHAPES)

@@ -12,7 +12,7 @@ and differ only in units, transformations and what an undefined quantity becomes
 
 Units of :func:`compute_features`: energies (``E0 E1 E2 E_hat l_d``) are in MeV; centroids,
 centroid differences and widths in mm, measured from the voxel centres of
-:func:`caloflow.data.geometry.voxel_centres`; everything else is a ratio or an index.
+:func:`caloflow.geometry.voxel_centres`; everything else is a ratio or an index.
 
 Empty layers: a layer without any voxel above the threshold has no brightest voxel, centroid or
 width. Those features (``brightest{k} second{k} brightest3{k} brightest4{k} brightest5{k}
@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from caloflow.data.geometry import (
+from caloflow.data.io import Showers, read_showers
+from caloflow.errors import DataFormatError
+from caloflow.geometry import (
     GEV,
     KEV,
     N_LAYERS,
@@ -41,8 +43,6 @@ from caloflow.data.geometry import (
     split_layers,
     voxel_centres,
 )
-from caloflow.data.io import Showers, read_showers
-from caloflow.errors import DataFormatError
 from caloflow.transforms import encode_incident_energy
 
 #: The brightest voxels kept per layer (1st .. 5th), as in the reference classifier.

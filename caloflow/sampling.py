@@ -18,10 +18,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
-from caloflow.data.geometry import N_VOXELS
 from caloflow.data.io import Showers, ShowerWriter, count_showers, iter_showers
 from caloflow.domain import Domain
 from caloflow.errors import CaloflowError
+from caloflow.geometry import N_VOXELS
 
 log = logging.getLogger("caloflow")
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from caloflow.data.geometry import GEV, KEV, LAYER_SIZES, THRESHOLD_KEV
+from caloflow.geometry import GEV, KEV, LAYER_SIZES, THRESHOLD_KEV
 
 #: Logit offset of eq. (4.3): 0 and 1 map to -+13.82.
 ALPHA = 1e-6

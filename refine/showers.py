@@ -18,7 +18,7 @@ that the protocol's ``decode(z)`` works, for every z with that many rows or for 
 energy is given) or per call, ``decode(z, incident_gev)``. (:func:`refine.generate` splits z into
 batches but not the energies: with per-row energies, decode all rows in one batch or call ``decode``
 per batch with its energies.) Units: E_inc in GeV, showers (N, 504) in MeV, flattened as
-:func:`caloflow.data.geometry.join_layers`.
+:func:`caloflow.geometry.join_layers`.
 
 Both decodes are differentiable in z (HMC needs grad_z [log N(z) + log w(g(z))]). CaloFlow's keeps
 the graph when grad mode is on and z (or E_inc) requires grad, and otherwise runs on the fast,

@@ -19,9 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks.model_selection import histogram_score
 from caloflow.data import CaloDataModule
-from caloflow.data.geometry import LAYER_SHAPES, join_layers, layer_energies
 from caloflow.data.io import read_showers
 from caloflow.data.simulate import simulate_to_file
+from caloflow.geometry import LAYER_SHAPES, join_layers, layer_energies
 from caloflow.models.calogan import (
     CaloGAN,
     CaloGANDiscriminator,

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from caloflow.data import CaloDataModule, read_showers
-from caloflow.data.geometry import LAYER_SLICES
 from caloflow.data.io import Showers
 from caloflow.errors import CaloflowError, DataFormatError
+from caloflow.geometry import LAYER_SLICES
 
 
 def dm(path, **kw) -> CaloDataModule:

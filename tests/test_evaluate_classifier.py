@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from caloflow.data.geometry import join_layers, split_layers
 from caloflow.data.io import Showers
 from caloflow.data.simulate import simulate
 from caloflow.evaluate.classification import (
@@ -17,6 +16,7 @@ from caloflow.evaluate.classification import (
     classifier_test,
     jsd_from_bce,
 )
+from caloflow.geometry import join_layers, split_layers
 from caloflow.models.classifiers import CNN, DNN, ShowerClassifier, classifier_inputs
 from caloflow.nn import count_parameters
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from caloflow.commands.cli import main
-from caloflow.data.geometry import join_layers, split_layers
 from caloflow.data.io import Showers, write_showers
 from caloflow.data.simulate import simulate
 from caloflow.features import FEATURE_NAMES
+from caloflow.geometry import join_layers, split_layers
 from tests.helpers import HANG_GUARD_S
 
 N = 1200

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from caloflow.data.geometry import N_VOXELS, join_layers, split_layers, voxel_centres
 from caloflow.data.io import Showers, read_showers, write_showers
 from caloflow.data.simulate import simulate
 from caloflow.evaluate import figures
@@ -23,6 +22,7 @@ from caloflow.features import (
     high_level_inputs,
     shower_features,
 )
+from caloflow.geometry import N_VOXELS, join_layers, split_layers, voxel_centres
 
 OLD_NAMES = [
     "E0",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from caloflow.data import DataFormatError, Showers, count_showers, read_showers, write_showers
-from caloflow.data.geometry import LAYER_SHAPES, N_VOXELS, join_layers, split_layers, voxel_centres
+from caloflow.geometry import LAYER_SHAPES, N_VOXELS, join_layers, split_layers, voxel_centres
 
 
 def make_showers(n=7, seed=0) -> Showers:

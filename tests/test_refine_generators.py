@@ -85,7 +85,7 @@ def test_omnifold_makes_weights_a_function_of_z(tmp_path):
 def test_flow_generator_refines_caloflow_flow2():
     """CaloFlow's Flow II behind the generator protocol: decode(z) is the shower model's own inverse
     (same showers as ``FlowII.sample`` for the same noise), differentiable for HMC."""
-    from caloflow.data.geometry import layer_energies
+    from caloflow.geometry import layer_energies
     from caloflow.models import FlowII
     from refine.mcmc import laser_log_prob
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from caloflow.commands.cli import main as cli_main
-from caloflow.data.geometry import layer_energies as layer_sums
 from caloflow.data.io import read_showers
 from caloflow.flows.fast_inverse import fast_inverse
+from caloflow.geometry import layer_energies as layer_sums
 from caloflow.models.calogan import CaloGAN
 from caloflow.models.flows import FlowI, FlowII
 from caloflow.sampling import CaloGANSampler

@@ -10,15 +10,6 @@ import h5py
 import numpy as np
 import pytest
 
-from caloflow.data.geometry import (
-    GEV,
-    KEV,
-    LAYER_KEYS,
-    LAYER_SLICES,
-    THRESHOLD_KEV,
-    split_layers,
-    voxel_centres,
-)
 from caloflow.data.io import read_showers
 from caloflow.data.simulate import (
     CHUNK_SIZE,
@@ -30,6 +21,15 @@ from caloflow.data.simulate import (
     simulate_to_file,
 )
 from caloflow.errors import CaloflowError
+from caloflow.geometry import (
+    GEV,
+    KEV,
+    LAYER_KEYS,
+    LAYER_SLICES,
+    THRESHOLD_KEV,
+    split_layers,
+    voxel_centres,
+)
 from tests.helpers import HANG_GUARD_S
 
 N = 2560

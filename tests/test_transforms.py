@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from caloflow.data.geometry import LAYER_SLICES
+from caloflow.geometry import LAYER_SLICES
 from caloflow.transforms import (
     EnergyToU,
     FlowIIPreprocessing,

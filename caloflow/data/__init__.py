@@ -1,8 +1,8 @@
 """CaloGAN-format data: geometry, HDF5 I/O, the embedded shower simulator and the DataModule."""
 
-from caloflow.data.geometry import LAYER_SHAPES, LAYER_SLICES, N_VOXELS
 from caloflow.data.io import Showers, count_showers, read_showers, write_showers
 from caloflow.errors import DataFormatError
+from caloflow.geometry import LAYER_SHAPES, LAYER_SLICES, N_VOXELS
 
 __all__ = [
     "LAYER_SHAPES",

@@ -46,9 +46,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from caloflow.data.geometry import KEV, layer_energies
 from caloflow.data.io import Showers, check_showers, read_showers
 from caloflow.errors import CaloflowError, DataFormatError
+from caloflow.geometry import KEV, layer_energies
 
 Particle = Literal["eplus", "gamma", "piplus"]
 #: Label of reference (real) showers; generated showers get 0. One convention for every classifier.

@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 from caloflow.atomic import atomic_output, check_interrupted, deferred_signals
-from caloflow.data.geometry import (
+from caloflow.errors import CaloflowError, DataFormatError
+from caloflow.geometry import (
     ENERGY_KEY,
     LAYER_KEYS,
     LAYER_SHAPES,
@@ -28,7 +29,6 @@ from caloflow.data.geometry import (
     layer_energies,
     split_layers,
 )
-from caloflow.errors import CaloflowError, DataFormatError
 
 REQUIRED_KEYS: tuple[str, ...] = LAYER_KEYS + (ENERGY_KEY,)
 

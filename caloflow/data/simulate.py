@@ -47,7 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-from caloflow.data.geometry import (
+from caloflow.data.io import Showers, ShowerWriter
+from caloflow.errors import CaloflowError
+from caloflow.geometry import (
     GEV,
     HALF_WIDTH_MM,
     LAYER_DEPTHS_MM,
@@ -56,8 +58,6 @@ from caloflow.data.geometry import (
     N_VOXELS,
     PERIOD_MM,
 )
-from caloflow.data.io import Showers, ShowerWriter
-from caloflow.errors import CaloflowError
 
 #: Identifies the physics of this module in the files it writes; bump when the numbers change.
 SIMULATOR_VERSION = "caloflow-gflash-1.0"

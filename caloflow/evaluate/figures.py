@@ -19,8 +19,8 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from caloflow.atomic import atomic_output  # noqa: E402
-from caloflow.data.geometry import HALF_WIDTH_MM, N_LAYERS, split_layers  # noqa: E402
 from caloflow.features import FEATURES, apply_threshold, energy_response  # noqa: E402
+from caloflow.geometry import HALF_WIDTH_MM, N_LAYERS, split_layers  # noqa: E402
 
 REFERENCE_STYLE = {"color": "0.6", "alpha": 0.6}
 SAMPLE_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")

@@ -26,12 +26,12 @@ from nflows.transforms.splines.rational_quadratic import (
     DEFAULT_MIN_DERIVATIVE,
 )
 
-from caloflow.data.geometry import LAYER_SIZES
 from caloflow.flows.permutations import (
     LayerwiseRandomPermutation,
     LayerwiseReversal,
     SeededRandomPermutation,
 )
+from caloflow.geometry import LAYER_SIZES
 
 #: RQS settings shared by both flows: the logit of [alpha, 1-alpha] lies inside +-13.82.
 TAIL_BOUND = 14.0

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from nflows.transforms import Permutation
 
-from caloflow.data.geometry import LAYER_SIZES
+from caloflow.geometry import LAYER_SIZES
 
 
 def _offsets(sizes: Sequence[int]) -> list[int]:

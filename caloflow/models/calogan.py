@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from caloflow.data.geometry import GEV, LAYER_SHAPES, N_VOXELS, split_layers
 from caloflow.domain import RemembersDomain
+from caloflow.geometry import GEV, LAYER_SHAPES, N_VOXELS, split_layers
 from caloflow.models.layers import (
     InpaintingAttention,
     LocallyConnected2d,
@@ -143,7 +143,7 @@ class CaloGANGenerator(nn.Module):
         return [torch.relu(image).squeeze(1) for image in images]
 
     def decode(self, z: Tensor, energy_gev: Tensor) -> Tensor:
-        """Showers (B, 504) in MeV (float32, the :func:`caloflow.data.geometry.join_layers` order) of
+        """Showers (B, 504) in MeV (float32, the :func:`caloflow.geometry.join_layers` order) of
         the latent points ``z`` (B, latent_dim) at E_inc (B,) GeV; differentiable in ``z``. The
         caller chooses the mode (eval for generation: BatchNorm with its running averages)."""
         return torch.cat([image.flatten(1) for image in self(z, energy_gev)], dim=1).float() * GEV
@@ -389,7 +389,7 @@ class CaloGAN(RemembersDomain, L.LightningModule):
 
         Returns:
             (N, 504) voxel energies in MeV, float32, non-negative, in the CaloGAN flattening order
-            (layer 0, 1, 2; each row-major over (phi, eta), as :func:`caloflow.data.geometry.join_layers`).
+            (layer 0, 1, 2; each row-major over (phi, eta), as :func:`caloflow.geometry.join_layers`).
         """
         energies = torch.as_tensor(energies_gev, dtype=torch.float32).reshape(-1)
         was_training = self.generator.training

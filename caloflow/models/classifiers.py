@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from caloflow.data.geometry import GEV, LAYER_SHAPES, LAYER_SIZES, N_VOXELS
+from caloflow.geometry import GEV, LAYER_SHAPES, LAYER_SIZES, N_VOXELS
 from caloflow.nn import mlp
 from caloflow.training import adam_with_decay
 from caloflow.transforms import (

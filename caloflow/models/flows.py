@@ -18,7 +18,6 @@ import torch
 from nflows.flows import Flow
 from torch import Tensor, nn
 
-from caloflow.data.geometry import LAYER_SIZES, THRESHOLD_KEV
 from caloflow.domain import RemembersDomain
 from caloflow.flows.build import (
     DEFAULT_MIN_BIN_HEIGHT,
@@ -29,6 +28,7 @@ from caloflow.flows.build import (
 )
 from caloflow.flows.fast_training import adam
 from caloflow.flows.fast_training import install as install_fast_training
+from caloflow.geometry import LAYER_SIZES, THRESHOLD_KEV
 from caloflow.transforms import ALPHA, FlowIIPreprocessing, FlowIPreprocessing
 
 Batch = dict[str, Tensor]
