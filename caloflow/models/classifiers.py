@@ -21,6 +21,7 @@ log10((E_i + 1 keV) / 100 GeV) + 2 for the three layer energies (eq. 4.5).
 * :class:`FeatureDNN`: 41 high-level features of the shower (the reference code's feature
   classifier) -> 3 x 512 LeakyReLU(0.01) -> 1.
 * :class:`PointMLP`: an MLP on standardised points ``batch["x"]`` (the LaSeR toys, latent spaces).
+* :class:`VectorDNN`: an MLP on a precomputed vector ``batch["inputs"]`` (the CaloChallenge inputs).
 
 All return a logit; the sigmoid of the appendix is applied in the loss (``BCEWithLogits``,
 numerically safer, same model) and in :meth:`ShowerClassifier.predict_proba`.
@@ -234,6 +235,35 @@ class FeatureDNN(Backbone):
         return self.net(inputs).squeeze(-1)
 
 
+class VectorDNN(Backbone):
+    """An MLP on a precomputed input vector ``batch["inputs"]`` (N, n_inputs): n_hidden_layers x
+    ``hidden`` LeakyReLU(``slope``) -> 1 (logit), with optional dropout after every activation. The
+    CaloChallenge classifiers (:mod:`caloflow.evaluate.challenge`) feed it their ``cls-*`` inputs."""
+
+    def __init__(
+        self,
+        n_inputs: int = 1,
+        hidden: int = 512,
+        n_hidden_layers: int = 3,
+        slope: float = 0.01,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.net = mlp(n_inputs, 1, hidden, n_hidden_layers, slope)
+        if dropout > 0:
+            parts = list(self.net)
+            for i in range(len(parts) - 1, 0, -1):
+                if isinstance(parts[i], nn.LeakyReLU):
+                    parts.insert(i + 1, nn.Dropout(dropout))
+            self.net = nn.Sequential(*parts)
+
+    def encode(self, batch: Batch) -> Tensor:
+        return batch["inputs"]
+
+    def classify(self, inputs: Tensor) -> Tensor:
+        return self.net(inputs).squeeze(-1)
+
+
 class PointMLP(Backbone):
     """MLP on points ``batch["x"]`` (N, n_features), standardised by a fixed ``shift`` and ``scale``.
 
@@ -278,6 +308,7 @@ BACKBONES: dict[str, type[Backbone]] = {
     "cnn": CNN,
     "features": FeatureDNN,
     "mlp": PointMLP,
+    "vector": VectorDNN,
 }
 
 
@@ -292,7 +323,8 @@ class ShowerClassifier(L.LightningModule):
 
     Args:
         backbone: ``dnn`` or ``cnn`` (appendix A, on voxels), ``features`` (41 high-level features of the
-            reference code, on showers) or ``mlp`` (on points ``batch["x"]``).
+            reference code, on showers), ``mlp`` (on points ``batch["x"]``) or ``vector`` (on
+            ``batch["inputs"]``).
         preprocessing: voxel input preprocessing of the ``dnn`` and ``cnn`` backbones.
         lr: Adam learning rate (appendix A: 5e-4; LaSeR: 1e-3).
         lr_decay: learning-rate factor per epoch (LaSeR: 0.999; 1 = constant).
@@ -412,6 +444,7 @@ __all__ = [
     "CNN",
     "FeatureDNN",
     "PointMLP",
+    "VectorDNN",
     "BACKBONES",
     "ShowerClassifier",
 ]
