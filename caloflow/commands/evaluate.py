@@ -24,11 +24,14 @@ from tqdm.auto import tqdm
 from caloflow.commands import argtypes
 from caloflow.data.io import count_showers, read_showers
 from caloflow.errors import CaloflowError, DataFormatError
+from caloflow.geometry import CHALLENGE_FORMAT
 
 #: Defaults of the paper (appendix A: both architectures, 10 runs; section 5.4 / appendix B).
 DEFAULT_CLASSIFIERS = "dnn,cnn"
 DEFAULT_PREPROCESSINGS = "unnormalized,normalized,logit"
 VOXEL_CLASSIFIERS = ("dnn", "cnn")
+#: The classifiers of CaloChallenge files (caloflow.radial_features.CLASSIFIER_INPUTS).
+CHALLENGE_CLASSIFIERS = ("cls-low", "cls-low-normed", "cls-high")
 #: the "preprocessing" key of the feature classifier's results
 FEATURE_INPUTS = "high-level"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -56,15 +59,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--classifier",
-        default=DEFAULT_CLASSIFIERS,
-        help="comma-separated classifiers: dnn, cnn (voxels, appendix A), features (41 high-level "
-        f"features) or 'none' (default: {DEFAULT_CLASSIFIERS})",
+        default=None,
+        help="comma-separated classifiers or 'none'. CaloGAN files: dnn, cnn (voxels, appendix A), "
+        f"features (41 high-level features) (default: {DEFAULT_CLASSIFIERS}); CaloChallenge files: "
+        f"{', '.join(CHALLENGE_CLASSIFIERS)} (default: all three)",
     )
     parser.add_argument(
         "--preprocessing",
-        default=DEFAULT_PREPROCESSINGS,
-        help="comma-separated classifier input preprocessings: unnormalized, normalized, logit, "
-        f"logit-normalized (default: {DEFAULT_PREPROCESSINGS})",
+        default=None,
+        help="CaloGAN files: comma-separated classifier input preprocessings: unnormalized, "
+        f"normalized, logit, logit-normalized (default: {DEFAULT_PREPROCESSINGS})",
+    )
+    parser.add_argument(
+        "--protocol",
+        default="converged",
+        choices=("converged", "calochallenge"),
+        help="how the classifiers of CaloChallenge files are trained: 'converged' (early stopping, "
+        "--runs runs, mean ± std) or 'calochallenge' (the challenge evaluator's: 50 epochs, best "
+        "test-accuracy epoch; for comparison with published numbers) (default: converged)",
+    )
+    parser.add_argument(
+        "--min-energy",
+        type=_non_negative_mev,
+        default=None,
+        metavar="MEV",
+        help="CaloChallenge files: voxels below this (MeV) are set to zero in every file before "
+        "features and classifiers (default: 1 for dataset 1, 0.5e-3 / 0.033 otherwise)",
+    )
+    parser.add_argument(
+        "--geometry",
+        default=None,
+        help="CaloChallenge files of a geometry that is neither built in nor stored in the files: "
+        "its binning XML (default: from the files)",
     )
     parser.add_argument(
         "--runs",
@@ -122,6 +148,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     argtypes.add_progress_option(parser)
 
 
+def _non_negative_mev(value: str) -> float:
+    x = argtypes.finite_float(value)
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (MeV), got '{value}'")
+    return x
+
+
 def _parse_list(
     value: str, allowed: tuple[str, ...], option: str, allow_none: bool = False
 ) -> list[str]:
@@ -155,7 +188,34 @@ def _check_args(args) -> tuple[dict[str, Path], dict[str, np.ndarray], list[str]
     weight_paths = _parse_weights(args, samples)
     if args.max_showers is not None and args.max_showers < 10:
         raise CaloflowError(f"--max-showers must be >= 10, got {args.max_showers}")
-    # every file is checked (keys, shapes) before any long computation starts; errors name the option
+    geometry = _check_files(args, samples)
+    if geometry.file_format == CHALLENGE_FORMAT:
+        _refuse_calogan_options(args, weight_paths)
+    else:
+        _refuse_challenge_options(args)
+    weights = _load_weights(weight_paths, samples, args.max_showers)
+    # torch and lightning load only once the files are known to be good
+    from caloflow.models.classifiers import ARCHITECTURES, PREPROCESSINGS
+
+    challenge = geometry.file_format == CHALLENGE_FORMAT
+    default = ",".join(CHALLENGE_CLASSIFIERS) if challenge else DEFAULT_CLASSIFIERS
+    allowed = ARCHITECTURES + CHALLENGE_CLASSIFIERS
+    classifiers = _parse_list(args.classifier or default, allowed, "--classifier", allow_none=True)
+    _check_classifier_family(classifiers, challenge, geometry)
+    preprocessings = _parse_list(
+        args.preprocessing or DEFAULT_PREPROCESSINGS, PREPROCESSINGS, "--preprocessing"
+    )
+    args.geometry_found = geometry
+    return samples, weights, classifiers, preprocessings
+
+
+def _check_files(args, samples: dict[str, Path]):
+    """Every file checked (keys, shapes, at least 10 showers) before any long computation starts,
+    errors naming the option; all files must share one geometry, which is returned."""
+    from caloflow.data.io import file_geometry
+
+    expected = _expected_geometry(args)
+    found = None
     for option, path in [
         ("--reference", Path(args.reference)),
         *((f"--samples {n}=", p) for n, p in samples.items()),
@@ -166,18 +226,73 @@ def _check_args(args) -> tuple[dict[str, Path], dict[str, np.ndarray], list[str]
                 f"{shown}: {'is a directory, expected a file' if path.is_dir() else 'no such file'}"
             )
         try:
-            n = count_showers(path)
+            n = count_showers(path, expected)
+            geometry = file_geometry(path, expected)
         except DataFormatError as e:
             raise DataFormatError(f"{option.rstrip('=').split()[0]}: {e}") from None
         if n < 10:
             raise CaloflowError(f"{shown}: has {n} showers, need at least 10")
-    weights = _load_weights(weight_paths, samples, args.max_showers)
-    # torch and lightning load only once the files are known to be good
-    from caloflow.models.classifiers import ARCHITECTURES, PREPROCESSINGS
+        if found is not None and geometry != found:
+            raise CaloflowError(
+                f"{shown}: showers of the {geometry.name} geometry, but the reference's are "
+                f"{found.name}; compare files of one geometry"
+            )
+        found = geometry
+    return found
 
-    classifiers = _parse_list(args.classifier, ARCHITECTURES, "--classifier", allow_none=True)
-    preprocessings = _parse_list(args.preprocessing, PREPROCESSINGS, "--preprocessing")
-    return samples, weights, classifiers, preprocessings
+
+def _expected_geometry(args):
+    if getattr(args, "geometry", None) is None:
+        return None
+    from caloflow.geometry import get_geometry
+
+    geometry = get_geometry(args.geometry)
+    if geometry.file_format != CHALLENGE_FORMAT:
+        raise CaloflowError(
+            f"--geometry {args.geometry}: only CaloChallenge geometries need naming; CaloGAN "
+            "files are recognised from their keys"
+        )
+    return geometry
+
+
+def _refuse_calogan_options(args, weight_paths) -> None:
+    """One line for each CaloGAN-only option given with CaloChallenge files."""
+    if weight_paths:
+        raise CaloflowError("--weights: weighted samples are evaluated for CaloGAN files only")
+    if args.threshold_reference:
+        raise CaloflowError(
+            "--threshold-reference: CaloGAN files only; CaloChallenge files get --min-energy "
+            "on every file"
+        )
+    if args.preprocessing is not None:
+        raise CaloflowError(
+            "--preprocessing: CaloGAN files only; the CaloChallenge classifiers have their "
+            f"inputs ({', '.join(CHALLENGE_CLASSIFIERS)})"
+        )
+
+
+def _refuse_challenge_options(args) -> None:
+    """One line for each CaloChallenge-only option given with CaloGAN files."""
+    if args.protocol != "converged":
+        raise CaloflowError(
+            f"--protocol {args.protocol}: CaloChallenge files only (CaloGAN files are judged "
+            "with the converged protocol)"
+        )
+    if args.min_energy is not None:
+        raise CaloflowError(
+            "--min-energy: CaloChallenge files only (CaloGAN files: the sampler's 10 keV cut, "
+            "see --threshold-reference)"
+        )
+
+
+def _check_classifier_family(classifiers: list[str], challenge: bool, geometry) -> None:
+    wrong = [c for c in classifiers if (c in CHALLENGE_CLASSIFIERS) != challenge]
+    if wrong:
+        allowed = CHALLENGE_CLASSIFIERS if challenge else ("dnn", "cnn", "features")
+        raise CaloflowError(
+            f"--classifier: {','.join(wrong)} is not for {geometry.name} files; use "
+            f"{', '.join(allowed)} or 'none'"
+        )
 
 
 def _parse_weights(args, samples: dict[str, Path]) -> dict[str, Path]:
@@ -211,6 +326,10 @@ def run(args) -> int:
     """
     samples_paths, weights, classifiers, preprocessings = _check_args(args)
     _check_particles(args.reference, samples_paths, args.strict)
+    if args.geometry_found.file_format == CHALLENGE_FORMAT:
+        from caloflow.commands.evaluate_challenge import run_challenge
+
+        return run_challenge(args, samples_paths, args.geometry_found, classifiers)
     # heavy imports only after the arguments are known to be good
     from caloflow.training import quiet_lightning
 

@@ -139,6 +139,37 @@ def kpd(
     return float(np.median(values)), float(iqr(values, rng=(16.275, 83.725)) / 2)
 
 
+def sample_sizes(n: int) -> dict[str, dict[str, int]]:
+    """jetnet's subsample sizes, or for sets smaller than FPD's ``min_samples`` (n showers in the
+    smaller set) FPD sizes from 0.4 n to n and KPD batches of min(n, 5000), so that a small test
+    stays cheap and does not draw many times more showers than it has."""
+    if n >= FPD_MIN_SAMPLES:
+        fpd_sizes = {"min_samples": FPD_MIN_SAMPLES, "max_samples": FPD_MAX_SAMPLES}
+    else:
+        fpd_sizes = {"min_samples": max(2, int(0.4 * n)), "max_samples": max(3, n)}
+    return {"fpd": fpd_sizes, "kpd": {"batch_size": max(2, min(n, KPD_BATCH_SIZE))}}
+
+
+def physics_distances(real, gen) -> dict:
+    """FPD and KPD of ``gen`` to ``real`` with :func:`sample_sizes` and otherwise jetnet's defaults:
+    ``{"fpd": {"value", "error"}, "kpd": {"value", "error"}, "settings": the arguments}``."""
+    n = min(len(real), len(gen))
+    sizes = sample_sizes(n)
+    fpd_value, fpd_error = fpd(real, gen, **sizes["fpd"])
+    kpd_value, kpd_error = kpd(real, gen, **sizes["kpd"])
+    settings = {
+        "fpd": {**sizes["fpd"], "num_batches": FPD_NUM_BATCHES, "num_points": FPD_NUM_POINTS},
+        "kpd": {**sizes["kpd"], "num_batches": KPD_NUM_BATCHES},
+        "normalise": True,
+        "seed": SEED,
+    }
+    return {
+        "fpd": {"value": fpd_value, "error": fpd_error},
+        "kpd": {"value": kpd_value, "error": kpd_error},
+        "settings": settings,
+    }
+
+
 __all__ = [
     "FPD_MIN_SAMPLES",
     "FPD_MAX_SAMPLES",
@@ -154,4 +185,6 @@ __all__ = [
     "mmd_poly_unbiased",
     "fpd",
     "kpd",
+    "sample_sizes",
+    "physics_distances",
 ]
