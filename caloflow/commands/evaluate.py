@@ -6,6 +6,11 @@
 writes ``OUT/figures/`` (PNG and PDF), ``OUT/metrics.json``, ``OUT/report.md`` and the
 classifiers' TensorBoard logs under ``OUT/tensorboard/``.
 
+CaloChallenge files (a polar geometry, found from the files; all of one geometry) are evaluated as
+the challenge's evaluator does (:mod:`caloflow.commands.evaluate_challenge`): its features,
+separation powers, FPD/KPD and the classifiers ``cls-low``, ``cls-low-normed``, ``cls-high`` under
+``--protocol converged|calochallenge``.
+
 ``--weights NAME=PATH`` gives per-shower weights (e.g. DCTR weights) of the sample NAME: an HDF5
 file with a 1-D dataset ``weight`` or a ``.npy`` file, one weight per shower in the sample's order
 (cut like the showers by ``--max-showers``). That sample's classifier test, feature histograms,
@@ -42,14 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference",
         required=True,
         type=argtypes.existing_file,
-        help="reference (e.g. GEANT4) showers, CaloGAN HDF5 file",
+        help="reference (e.g. GEANT4) showers, CaloGAN or CaloChallenge HDF5 file",
     )
     parser.add_argument(
         "--samples",
         required=True,
         nargs="+",
         metavar="NAME=PATH",
-        help="generated showers to judge, each as NAME=PATH (CaloGAN HDF5)",
+        help="generated showers to judge, each as NAME=PATH (HDF5 of the reference's geometry)",
     )
     parser.add_argument(
         "--out",
