@@ -641,7 +641,7 @@ def _range(energy_range) -> tuple[float, float]:
         )
     if hi > MAX_ENERGY_GEV:
         raise CaloflowError(
-            f"--energy-range: HIGH must be at most {MAX_ENERGY_GEV:g} GeV (2^22 MeV), got {hi:g}"
+            f"--energy-range: HIGH must be at most {MAX_ENERGY_GEV:.10g} GeV (2^22 MeV), got {hi:g}"
         )
     return lo, hi
 
@@ -654,7 +654,7 @@ def _energies(energies, n: int) -> np.ndarray:
     if bad.any():
         raise CaloflowError(
             f"--energies: incident energy {e[bad][0]:g} GeV outside [{MIN_ENERGY_GEV:g}, "
-            f"{MAX_ENERGY_GEV:g}] GeV"
+            f"{MAX_ENERGY_GEV:.10g}] GeV"
         )
     return e
 
@@ -771,14 +771,14 @@ def simulate_barrel_to_file(
     plan, particle, e, energy_range = check_barrel_options(
         geometry, n, seed, energies, energy_range, particle
     )
+    if energy_range is not None:
+        described = f"log-uniform {energy_range[0]:.10g} {energy_range[1]:.10g} GeV"
+    else:
+        described = energies if isinstance(energies, str) else "given"
     attrs = {
         "particle": particle,
         "seed": int(seed),
-        "energies": "challenge"
-        if energy_range is None and isinstance(energies, str)
-        else "given"
-        if energy_range is None
-        else f"log-uniform {energy_range[0]:g} {energy_range[1]:g} GeV",
+        "energies": described,
         "simulator": SIMULATOR_VERSION,
     }
     with ShowerWriter(path, attrs=attrs, expected_rows=int(n), geometry=geometry) as out:
