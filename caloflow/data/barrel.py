@@ -5,7 +5,7 @@ This is a *stand-in* for the ATLAS GEANT4 showers of dataset 1 (photons and char
 caloflow's dataset-1 path (files, training, evaluation) showers with the right format, units and
 physically sensible correlations, fluctuations and leakage without the official files. The official
 files are read by :func:`caloflow.data.io.read_showers` exactly like the files written here
-(docs/physics.md, section "The barrel stand-in", has the parameters and the measured look).
+(docs/physics.md section 9 has the parameters and the measured look).
 
 The detector is a sequence of depth segments, each with a range in radiation lengths X0 (what EM
 showers see) and in nuclear interaction lengths lambda_I (what hadronic showers see); the active
