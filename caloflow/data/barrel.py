@@ -423,52 +423,63 @@ def _radial(c: _Component, seg: int, energy_mev: np.ndarray):
     return r, 3.0 * r, np.ones_like(r)
 
 
+def _mixture_radii(j, v, shift, r_core, r_tail, p) -> tuple[np.ndarray, np.ndarray]:
+    """Radii (C, n) of spots ``j`` (stratum j + v of n) from the defensive mixture of the core, the
+    tail and a profile WIDE_FACTOR times wider than the tail (share WIDE_SHARE; the lattice
+    j * _G2 + shift picks the part), and their importance weights f / q (target over mixture)."""
+    n = len(j)
+    r_core, r_tail, p = r_core[:, None], r_tail[:, None], p[:, None]
+    r_wide = WIDE_FACTOR * r_tail
+    u = np.clip((j + v) / n, 1e-9, 1.0 - 1e-9)
+    which = (j * _G2 + shift) % 1.0
+    core = which < p * (1.0 - WIDE_SHARE)
+    wide = which >= 1.0 - WIDE_SHARE
+    r = np.where(core, r_core, np.where(wide, r_wide, r_tail)) * np.sqrt(u / (1.0 - u))
+    f = p * _cauchy(r, r_core) + (1.0 - p) * _cauchy(r, r_tail)
+    q = (1.0 - WIDE_SHARE) * f + WIDE_SHARE * _cauchy(r, r_wide)
+    return r, np.where(q > 0.0, f / np.where(q > 0.0, q, 1.0), 1.0)
+
+
+def _blobs(kind: str, e_gev, pick, centres, z, r_core, r_tail, x, y, w):
+    """A share CLUSTER_SCALE * E^-0.25 (at most CLUSTER_MAX; none for a track) of the spots, those
+    with ``pick`` below it, moves into CLUSTERS blobs of size CLUSTER_SIZE * r_core + 1 mm around
+    points drawn from the tail profile at random angles (``centres``); they weigh 1."""
+    share = np.minimum(CLUSTER_SCALE[kind == "had"] * e_gev**-0.25, CLUSTER_MAX)
+    if kind == "track":
+        share = np.zeros_like(e_gev)
+    in_blob = pick < share[:, None]
+    k = (pick / np.maximum(share, 1e-12)[:, None] * CLUSTERS).astype(np.int64)
+    k = np.minimum(k, CLUSTERS - 1)
+    u = np.clip(centres[:, 0], 1e-9, 1.0 - 1e-9)
+    r = r_tail[:, None] * np.sqrt(u / (1.0 - u))
+    a = 2.0 * np.pi * centres[:, 1]
+    size = (CLUSTER_SIZE * r_core + 1.0)[:, None]
+    bx = np.take_along_axis(r * np.cos(a), k, 1) + size * z[0]
+    by = np.take_along_axis(r * np.sin(a), k, 1) + size * z[1]
+    return np.where(in_blob, bx, x), np.where(in_blob, by, y), np.where(in_blob, 1.0, w)
+
+
 def _spots(rng, c: _Component, seg: int, n: int):
     """``n`` spots per shower of component ``c`` in segment ``seg``: (x, y) in mm and weights in
     MeV (C, n), the weights summing to the component's energy there."""
     energy = c.energy[:, seg]
-    C = len(energy)
-    j = np.arange(n)
-    v, pick, blob_u = rng.random((3, C, n))
-    shifts = rng.random((C, 3))
+    C, j = len(energy), np.arange(n)
+    v, pick = rng.random((2, C, n))
+    shifts = rng.random((C, 2))
     centres = rng.random((C, 2, CLUSTERS))
     z = rng.standard_normal((3, C, n))
     z_width = rng.standard_normal(C)
     e_gev = np.maximum(energy / GEV, 1e-6)
-    width = _lognormal(
-        z_width, np.minimum(np.sqrt(WIDTH_SPREAD_MIN**2 + WIDTH_SPREAD_GEV**2 / e_gev), 0.5)
-    )
-    r_core, r_tail, p = (a * width if k < 2 else a for k, a in enumerate(_radial(c, seg, energy)))
-    r_wide = WIDE_FACTOR * r_tail
-    # radii: stratified quantiles of a defensive mixture (core, tail, wide), weighted f / q
-    u = np.clip((j + v) / n, 1e-9, 1.0 - 1e-9)
-    which = (j * _G2 + shifts[:, :1]) % 1.0
-    core = which < (p * (1.0 - WIDE_SHARE))[:, None]
-    wide = which >= 1.0 - WIDE_SHARE
-    R = np.where(core, r_core[:, None], np.where(wide, r_wide[:, None], r_tail[:, None]))
-    r = R * np.sqrt(u / (1.0 - u))
-    f = p[:, None] * _cauchy(r, r_core[:, None]) + (1.0 - p)[:, None] * _cauchy(r, r_tail[:, None])
-    q = (1.0 - WIDE_SHARE) * f + WIDE_SHARE * _cauchy(r, r_wide[:, None])
-    w = np.where(q > 0.0, f / np.where(q > 0.0, q, 1.0), 1.0)
+    # this shower's widths in this sampling fluctuate, less at higher energy
+    spread = np.minimum(np.sqrt(WIDTH_SPREAD_MIN**2 + WIDTH_SPREAD_GEV**2 / e_gev), 0.5)
+    width = _lognormal(z_width, spread)
+    r_core, r_tail, p = _radial(c, seg, energy)
+    r_core, r_tail = r_core * width, r_tail * width
+    r, w = _mixture_radii(j, v, shifts[:, :1], r_core, r_tail, p)
+    # the angles of a rank-1 lattice, turned by a random angle per shower and sampling
     alpha = 2.0 * np.pi * ((j * _G1 + shifts[:, 1:2]) % 1.0)
     x, y = r * np.cos(alpha), r * np.sin(alpha)
-    # blobs: a share of the spots gathers around CLUSTERS points at random angles
-    share = np.minimum(CLUSTER_SCALE[c.kind == "had"] * e_gev**-0.25, CLUSTER_MAX)
-    if c.kind == "track":
-        share = np.zeros(C)
-    in_blob = pick < share[:, None]
-    k = np.minimum(
-        (pick / np.maximum(share, 1e-12)[:, None] * CLUSTERS).astype(np.int64), CLUSTERS - 1
-    )
-    u_c = np.clip(centres[:, 0], 1e-9, 1.0 - 1e-9)
-    r_c = r_tail[:, None] * np.sqrt(u_c / (1.0 - u_c))
-    a_c = 2.0 * np.pi * centres[:, 1]
-    bx = np.take_along_axis(r_c * np.cos(a_c), k, 1)
-    by = np.take_along_axis(r_c * np.sin(a_c), k, 1)
-    size = (CLUSTER_SIZE * r_core + 1.0)[:, None]
-    x = np.where(in_blob, bx + size * z[0], x)
-    y = np.where(in_blob, by + size * z[1], y)
-    w = np.where(in_blob, 1.0, w)
+    x, y, w = _blobs(c.kind, e_gev, pick, centres, z[:2], r_core, r_tail, x, y, w)
     # per-spot weight fluctuations, smaller at higher energy; then the sampling's energy exactly
     sigma = np.sqrt(np.log1p(np.minimum(WEIGHT_SPREAD * n / e_gev, 4.0)))[:, None]
     w = w * _lognormal(z[2], sigma)
