@@ -231,3 +231,18 @@ def test_the_datamodule_serves_the_files_geometry(tmp_path):
         data_geometry({"data.path": str(path), "data.val_path": str(pions)})
     with pytest.raises(DataFormatError, match="--data.path: .*expected a calogan file"):
         CaloDataModule(path=str(path), geometry="calogan")
+
+
+def test_the_embedded_dataset_of_a_challenge_geometry(tmp_path):
+    dm = CaloDataModule(
+        geometry="ds1-pions", n_simulated=60, cache_dir=str(tmp_path), batch_size=16
+    )
+    dm.prepare_data()
+    (path,) = tmp_path.glob("ds1-pions_n60_seed0_challenge_*.hdf5")
+    assert file_geometry(path) == DS1_PIONS
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["voxels"].shape == (16, DS1_PIONS.n_voxels)
+    # the challenge's energies: powers of two in MeV
+    mev = batch["energy"].double().numpy() * 1000.0
+    np.testing.assert_allclose(mev, 2.0 ** np.round(np.log2(mev)), rtol=1e-6)
