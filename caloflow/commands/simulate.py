@@ -5,6 +5,9 @@ CaloGAN file. ``--dataset ds1-photons | ds1-pions``, or ``--geometry FILE.xml`` 
 binning with dataset-1 samplings): the ATLAS-like barrel (:mod:`caloflow.data.barrel`), a
 CaloChallenge file; incident energies from the official dataset-1 mix scaled to ``--n``
 (``--energies challenge``, the default) or log-uniform in ``--energy-range``.
+
+``--energies FILE`` (either detector) takes the incident energies of a shower file, in order, as
+``caloflow generate --energies FILE`` does.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from caloflow.checks import check_not_an_input
 from caloflow.commands import argtypes
 from caloflow.data import barrel
 from caloflow.data.io import check_disk_space
-from caloflow.data.simulate import PARTICLES, check_options, simulate_to_file
+from caloflow.data.simulate import PARTICLES, check_energies, check_options, simulate_to_file
 from caloflow.errors import CaloflowError
 from caloflow.geometry import BUILTIN, CALOGAN, DS1_PHOTONS, DS1_PIONS, Geometry, read_binning_xml
+from caloflow.sampling import requested_energies
 
 #: --dataset: the detectors an embedded simulator knows.
 DATASETS: dict[str, Geometry] = {g.name: g for g in (CALOGAN, DS1_PHOTONS, DS1_PIONS)}
@@ -46,7 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"calogan: one of {', '.join(PARTICLES)} (required); dataset 1: "
         f"{' or '.join(barrel.PARTICLES)} (implied by --dataset)",
     )
-    parser.add_argument("--n", required=True, type=argtypes.positive_int, help="number of showers")
+    parser.add_argument(
+        "--n",
+        type=argtypes.positive_int,
+        help="number of showers (required, except with --energies FILE: all its energies)",
+    )
     parser.add_argument("--seed", default=0, type=argtypes.seed, help="random seed (default 0)")
     parser.add_argument(
         "--out",
@@ -54,13 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=argtypes.output_file,
         help="output HDF5 file (CaloGAN or CaloChallenge format, after the detector)",
     )
-    parser.add_argument(
-        "--energies",
-        choices=["challenge"],
-        default=None,
-        help="dataset 1: 'challenge', the official 15 energies 2^8..2^22 MeV with their counts "
-        "scaled to --n (the default without --energy-range)",
-    )
+    argtypes.add_energies_option(parser)  # dataset 1: 'challenge' by default
     parser.add_argument(
         "--energy-range",
         nargs=2,
@@ -88,24 +93,46 @@ def _geometry(args: argparse.Namespace) -> Geometry:
     return DATASETS[args.dataset or CALOGAN.name]
 
 
+def _given_energies(args: argparse.Namespace) -> tuple[int, np.ndarray | None]:
+    """(n, the incident energies in GeV of --energies FILE or None), refused in one line when
+    --n is missing or the file has too few showers."""
+    if args.energies is not None and args.energies != argtypes.CHALLENGE_ENERGIES:
+        if args.energy_range is not None:
+            raise CaloflowError("--energies: give either --energies or --energy-range")
+        check_not_an_input(args.out, {"--energies": args.energies})
+        energies = requested_energies(args.n, args.energies, None, args.seed)
+        return len(energies), energies
+    if args.n is None:
+        raise CaloflowError("--n: required unless --energies FILE gives the energies")
+    return args.n, None
+
+
 def _run_calogan(args: argparse.Namespace) -> int:
     if args.particle is None:
         raise CaloflowError(f"--particle: required for calogan (one of {', '.join(PARTICLES)})")
-    if args.energies is not None:
-        raise CaloflowError("--energies: the official energy mix belongs to dataset 1")
-    n, seed, out = args.n, args.seed, Path(args.out)
+    if args.energies == argtypes.CHALLENGE_ENERGIES:
+        raise CaloflowError(
+            "--energies challenge: the official energy mix belongs to dataset 1 (--dataset "
+            "ds1-photons or ds1-pions)"
+        )
+    n, given = _given_energies(args)
+    seed, out = args.seed, Path(args.out)
     lo, hi = check_options(args.particle, n, seed, tuple(args.energy_range or CALOGAN_RANGE))
+    check_energies(given, n)
     check_disk_space(out, n)
-    path = simulate_to_file(out, args.particle, n, seed, (lo, hi), progress=args.progress)
+    path = simulate_to_file(
+        out, args.particle, n, seed, (lo, hi), progress=args.progress, energies=given
+    )
     print(f"wrote {n} {args.particle} showers to {path}")
     return 0
 
 
 def _run_barrel(args: argparse.Namespace, geometry: Geometry) -> int:
     if args.energies is not None and args.energy_range is not None:
-        raise CaloflowError("--energies: give either --energies challenge or --energy-range")
-    energies = None if args.energy_range is not None else "challenge"
-    n, seed, out = args.n, args.seed, Path(args.out)
+        raise CaloflowError("--energies: give either --energies or --energy-range")
+    n, given = _given_energies(args)
+    energies = given if given is not None else None if args.energy_range else "challenge"
+    seed, out = args.seed, Path(args.out)
     # everything that can be refused is refused before the first shower
     _, particle, _, _ = barrel.check_barrel_options(
         geometry, n, seed, energies, args.energy_range, args.particle
