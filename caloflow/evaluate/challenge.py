@@ -17,10 +17,10 @@ reference, 0 = generated) with its ``vector`` backbone on the same inputs; they 
   evaluator needs the same number of showers in both files; caloflow uses a random subset of the
   larger one.
 * ``converged``: the project's protocol of :mod:`caloflow.evaluate.classification`: balanced
-  60/20/20 train / validation / test, the inputs standardised with the training split's mean and
-  standard deviation, the ``vector`` backbone's 3 x 512 network (float32), Adam 5e-4, batches of
-  1000, early stopping on the validation loss, best validation-accuracy epoch, isotonic calibration
-  on validation, AUC and JSD on test.
+  60/20/20 train / validation / test, the inputs centred and scaled to [-1, 1] on the training
+  split (:func:`standardised`), the ``vector`` backbone's 3 x 512 network (float32), Adam 5e-4,
+  batches of 1000, early stopping on the validation loss, best validation-accuracy epoch, isotonic
+  calibration on validation, AUC and JSD on test.
 
 Each run draws its split, initialisation and batch order from its seed (``seed + r`` for run r);
 the result is the mean and standard deviation over the runs and every run's numbers.
@@ -257,14 +257,20 @@ class VectorDataModule(L.LightningDataModule):
 
 
 def standardised(split: Split) -> Split:
-    """Every split's inputs shifted and scaled by the training split's mean and standard deviation
-    per column (a constant column is only shifted): the raw inputs span many orders of magnitude
-    (log10 E_inc ~ 2.4-6.6 next to voxel fractions ~ 1e-6), which slows the converged protocol's
-    smaller network down enough for early stopping to end it before it has learnt."""
+    """Every split's inputs centred on the training split's mean and divided by the largest
+    |deviation| from it in the training split, per column (a constant column is only centred).
+
+    The raw inputs span many orders of magnitude (voxel fractions ~ 1e-6 next to log10 E_inc ~ 6),
+    which slows the converged protocol's network down enough for early stopping to end it before it
+    has learnt; dividing by the standard deviation instead blows up the rare non-zero values of
+    mostly empty voxels. On a 5 % shift of one layer's energy (20k dataset-1 photons each) cls-high
+    reached AUC 0.536 raw, 0.583 with the standard deviation and 0.762 with this scaling.
+    """
     x_train = split["train"][0]
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return {name: ((x - mean) / std, y) for name, (x, y) in split.items()}
+    mean = x_train.mean(axis=0)
+    scale = np.abs(x_train - mean).max(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    return {name: ((x - mean) / scale, y) for name, (x, y) in split.items()}
 
 
 def converged_run(
