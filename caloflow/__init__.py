@@ -1,7 +1,7 @@
 """caloflow: fast calorimeter shower generation with normalizing flows.
 
 CaloFlow (Krause & Shih, arXiv:2106.05285): Flow I learns the layer energies given the incident
-energy, Flow II the 504-voxel shower shape given the energies; :class:`CaloFlow` chains them.
+energy, Flow II the voxels of the shower given the energies; :class:`CaloFlow` chains them.
 """
 
 __version__ = "0.1.0"
