@@ -1,7 +1,8 @@
-"""Physics features of showers: the quantities of the CaloFlow paper sections 5.2 and 5.3, and the
-41 inputs of the high-level-feature classifier of the authors' reference code.
+"""Physics features of CaloGAN showers: the quantities of the CaloFlow paper sections 5.2 and 5.3,
+and the 41 inputs of the high-level-feature classifier of the authors' reference code. (The
+features of the CaloChallenge kind, for (r, alpha) geometries, are in their own module.)
 
-Every feature is computed per shower, vectorised over an (N, 504) voxel array, after the paper's
+Every feature is computed per shower, vectorised over an (N, V) CaloGAN voxel array, after the paper's
 10 keV cut (voxels below the threshold are set to zero first, as in the post-processing of
 section 4.3, so that real and generated showers are judged alike).
 
@@ -35,10 +36,9 @@ from torch import Tensor
 from caloflow.data.io import Showers, read_showers
 from caloflow.errors import DataFormatError
 from caloflow.geometry import (
+    CALOGAN,
     GEV,
     KEV,
-    N_LAYERS,
-    N_VOXELS,
     THRESHOLD_KEV,
     split_layers,
     voxel_centres,
@@ -72,7 +72,7 @@ _ORDINAL = {1: "", 2: "2nd ", 3: "3rd ", 4: "4th ", 5: "5th "}
 
 def _layer_infos() -> dict[str, FeatureInfo]:
     infos = {}
-    for k in range(N_LAYERS):
+    for k in range(CALOGAN.n_layers):
         for rank in range(1, N_BRIGHTEST + 1):
             infos[_brightest_name(rank, k)] = FeatureInfo(
                 f"{_ORDINAL[rank]}brightest voxel / $E_{k}$ (layer {k})", group="voxels"
@@ -110,12 +110,13 @@ def _centroid_diff_infos() -> dict[str, FeatureInfo]:
 #: ``E_hat_over_E_inc`` is only computed when the incident energy is known.
 FEATURES: dict[str, FeatureInfo] = {
     **{
-        f"E{k}": FeatureInfo(f"$E_{k}$ [GeV]", log_x=True, plot_scale=1e-3) for k in range(N_LAYERS)
+        f"E{k}": FeatureInfo(f"$E_{k}$ [GeV]", log_x=True, plot_scale=1e-3)
+        for k in range(CALOGAN.n_layers)
     },
     "E_hat": FeatureInfo("$\\hat{E}_{\\mathrm{tot}}$ [GeV]", log_x=True, plot_scale=1e-3),
     **{
         f"E{k}_frac": FeatureInfo(f"$E_{k}/\\hat{{E}}_{{\\mathrm{{tot}}}}$", log_x=True)
-        for k in range(N_LAYERS)
+        for k in range(CALOGAN.n_layers)
     },
     "l_d": FeatureInfo("$l_d$ [GeV]", log_x=True, plot_scale=1e-3),
     "s_d": FeatureInfo("shower depth $s_d$"),
@@ -137,21 +138,21 @@ HIGH_LEVEL_LOG_OFFSET = 1e-8
 
 #: Names of the 41 inputs of :func:`high_level_inputs`, in order.
 HIGH_LEVEL_INPUTS: tuple[str, ...] = (
-    *(f"log10_E{k}" for k in range(N_LAYERS)),
+    *(f"log10_E{k}" for k in range(CALOGAN.n_layers)),
     "log10_E_hat",
-    *(f"log10_E{k}_frac" for k in range(N_LAYERS)),
+    *(f"log10_E{k}_frac" for k in range(CALOGAN.n_layers)),
     "log10_l_d",
-    *(f"log10_phi_width{k}" for k in range(N_LAYERS)),
+    *(f"log10_phi_width{k}" for k in range(CALOGAN.n_layers)),
     "s_d",
     "sigma_sd",
     *(
         f"{_brightest_name(rank, k)}_x10"
-        for k in range(N_LAYERS)
+        for k in range(CALOGAN.n_layers)
         for rank in range(1, N_BRIGHTEST + 1)
     ),
-    *(f"E_ratio{k}" for k in range(N_LAYERS)),
-    *(f"sparsity{k}" for k in range(N_LAYERS)),
-    *(f"{axis}_centroid{k}_100mm" for k in range(N_LAYERS) for axis in ("phi", "eta")),
+    *(f"E_ratio{k}" for k in range(CALOGAN.n_layers)),
+    *(f"sparsity{k}" for k in range(CALOGAN.n_layers)),
+    *(f"{axis}_centroid{k}_100mm" for k in range(CALOGAN.n_layers) for axis in ("phi", "eta")),
     "log10_E_inc_over_10GeV",
 )
 assert len(HIGH_LEVEL_INPUTS) == 41
@@ -188,7 +189,7 @@ def _shower_quantities(v: Tensor, fill: float) -> dict[str, Tensor]:
     """Every feature of :data:`FEATURE_NAMES` but ``E_hat_over_E_inc`` from thresholded voxels.
 
     Args:
-        v: (N, 504) float64 voxels in MeV, already thresholded (every voxel >= 0).
+        v: (N, V) float64 voxels in MeV, already thresholded (every voxel >= 0).
         fill: the value of an undefined quantity (empty layer or shower): NaN for the
             histograms, 0 for the classifier inputs.
 
@@ -267,8 +268,8 @@ def energy_response(e_hat_mev, incident_gev):
 
 
 def _check_voxels(shape, exc=ValueError) -> None:
-    if len(shape) != 2 or shape[1] != N_VOXELS:
-        raise exc(f"voxels must have shape (N, {N_VOXELS}), got {tuple(shape)}")
+    if len(shape) != 2 or shape[1] != CALOGAN.n_voxels:
+        raise exc(f"voxels must have shape (N, {CALOGAN.n_voxels}), got {tuple(shape)}")
 
 
 def _check_incident(incident: Tensor | np.ndarray, n: int) -> None:
@@ -296,7 +297,7 @@ def compute_features(
     """All features of section 5.2-5.3 (and a few more the reference plots) for each shower.
 
     Args:
-        voxels: (N, 504) deposited energies in MeV (CaloGAN flattening order).
+        voxels: (N, V) deposited energies in MeV (CaloGAN flattening order).
         threshold_kev: voxels below this are zeroed first (10 keV, section 4.3).
         incident_gev: (N,) incident energies in GeV; without them ``E_hat_over_E_inc`` is left out.
 
@@ -340,7 +341,7 @@ def high_level_inputs(
     resp. flows to the chosen voxels).
 
     Args:
-        voxels: (N, 504) deposited energies in MeV (tensor or array).
+        voxels: (N, V) deposited energies in MeV (tensor or array).
         incident_gev: (N,) or (N, 1) incident energies in GeV.
         threshold_kev: the voxel cut (10 keV, section 4.3).
 
@@ -370,20 +371,22 @@ def high_level_inputs(
     _check_incident(incident, v.shape[0])
     q = _shower_quantities(threshold_voxels(v, threshold_kev), fill=0.0)
     e_unit, l_unit = HIGH_LEVEL_ENERGY_UNIT_MEV, HIGH_LEVEL_LENGTH_UNIT_MM
-    logged = [q[f"E{k}"] / e_unit for k in range(N_LAYERS)] + [q["E_hat"] / e_unit]
-    logged += [q[f"E{k}_frac"] for k in range(N_LAYERS)] + [q["l_d"] / e_unit]
-    logged += [q[f"phi_width{k}"] / l_unit for k in range(N_LAYERS)]
+    logged = [q[f"E{k}"] / e_unit for k in range(CALOGAN.n_layers)] + [q["E_hat"] / e_unit]
+    logged += [q[f"E{k}_frac"] for k in range(CALOGAN.n_layers)] + [q["l_d"] / e_unit]
+    logged += [q[f"phi_width{k}"] / l_unit for k in range(CALOGAN.n_layers)]
     columns = [torch.log10(x + HIGH_LEVEL_LOG_OFFSET) for x in logged]
     columns += [q["s_d"], q["sigma_sd"]]
     columns += [
         10.0 * q[_brightest_name(rank, k)]
-        for k in range(N_LAYERS)
+        for k in range(CALOGAN.n_layers)
         for rank in range(1, N_BRIGHTEST + 1)
     ]
-    columns += [q[f"E_ratio{k}"] for k in range(N_LAYERS)]
-    columns += [q[f"sparsity{k}"] for k in range(N_LAYERS)]
+    columns += [q[f"E_ratio{k}"] for k in range(CALOGAN.n_layers)]
+    columns += [q[f"sparsity{k}"] for k in range(CALOGAN.n_layers)]
     columns += [
-        q[f"{axis}_centroid{k}"] / l_unit for k in range(N_LAYERS) for axis in ("phi", "eta")
+        q[f"{axis}_centroid{k}"] / l_unit
+        for k in range(CALOGAN.n_layers)
+        for axis in ("phi", "eta")
     ]
     x = torch.stack(columns, dim=1)
     x = torch.cat([x, encode_incident_energy(incident)], dim=1)
@@ -395,7 +398,7 @@ def shower_features(
     threshold_kev: float = THRESHOLD_KEV,
     max_showers: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """:func:`compute_features` of a :class:`Showers`, an (N, 504) array in MeV or a CaloGAN file.
+    """:func:`compute_features` of a :class:`Showers`, an (N, V) array in MeV or a CaloGAN file.
 
     Showers and files carry the incident energies, so their features include ``E_hat_over_E_inc``.
     """

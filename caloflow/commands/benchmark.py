@@ -6,7 +6,7 @@ Rows are generators, columns batch sizes, entries milliseconds per shower:
   threshold, copy to host) with Flow II inverted by :func:`caloflow.flows.fast_inverse.fast_inverse`;
 * ``caloflow-nflows``: the same pipeline with nflows' own inverse (one MADE pass per feature, the
   sampler the paper timed);
-* ``calogan``: the CaloGAN generator and the flattening of its three layers to voxels;
+* ``calogan``: the CaloGAN generator and the flattening to the CaloGAN voxels;
 * ``simulator``: the embedded shower simulator (numpy, CPU), ``batch`` showers per call.
 
 Each generator gets one untimed warm-up call first (thread pools, allocator, the fast sampler's

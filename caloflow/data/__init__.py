@@ -1,14 +1,12 @@
-"""CaloGAN-format data: geometry, HDF5 I/O, the embedded shower simulator and the DataModule."""
+"""Shower data: HDF5 I/O (CaloGAN and CaloChallenge formats), the embedded shower simulators and
+the DataModule."""
 
-from caloflow.data.io import Showers, count_showers, read_showers, write_showers
+from caloflow.data.io import Showers, count_showers, file_geometry, read_showers, write_showers
 from caloflow.errors import DataFormatError
-from caloflow.geometry import LAYER_SHAPES, LAYER_SLICES, N_VOXELS
 
 __all__ = [
-    "LAYER_SHAPES",
-    "LAYER_SLICES",
-    "N_VOXELS",
     "Showers",
+    "file_geometry",
     "count_showers",
     "read_showers",
     "write_showers",

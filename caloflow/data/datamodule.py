@@ -4,13 +4,16 @@ Flow I, Flow II, the CaloGAN baseline and the real-vs-generated classifiers all 
 same batches of physical showers; each model encodes them into its own representation (the
 preprocessing modules it owns), so nothing here depends on the model. A batch is
 
-    {"voxels": (B, 504) MeV float32, "layer_energies": (B, 3) MeV float64, "energy": (B,) GeV}
+    {"voxels": (B, V) MeV float32, "layer_energies": (B, n_layers) MeV float64, "energy": (B,) GeV}
+
+in the detector geometry of the data (:attr:`CaloDataModule.geometry`, from the files: CaloGAN or
+a CaloChallenge geometry)
 
 plus ``"label"`` (1 = reference, 0 = generated) when the module serves a classifier.
 
 Two ways to use it:
 
-* **one file** (generators): a CaloGAN file (or the embedded simulator's default, simulated
+* **one file** (generators): a CaloGAN or CaloChallenge file (or the embedded simulator's default, simulated
   once into a cache) split 70/30 into training and validation, or a separate validation file;
 * **reference + generated** (classifiers, ``generated=...``): the same number of showers of each
   kind, labelled, split 60/20/20 into training, validation and test per class so that every split
@@ -46,9 +49,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from caloflow.data.io import Showers, check_showers, read_showers
+from caloflow.data.io import Showers, check_showers, file_geometry, read_showers
 from caloflow.errors import CaloflowError, DataFormatError
-from caloflow.geometry import KEV, layer_energies
+from caloflow.geometry import CALOGAN, KEV, Geometry, get_geometry
 
 Particle = Literal["eplus", "gamma", "piplus"]
 #: Label of reference (real) showers; generated showers get 0. One convention for every classifier.
@@ -110,6 +113,7 @@ class ShowerDataset(Dataset):
         seed: int = 0,
         labels: np.ndarray | None = None,
     ):
+        self.geometry = showers.geometry
         self.voxels = torch.as_tensor(np.asarray(showers.voxels, dtype=np.float32))
         self.energy = torch.as_tensor(np.asarray(showers.energy, dtype=np.float32))
         self.labels = (
@@ -138,7 +142,7 @@ class ShowerDataset(Dataset):
             )
         batch = {
             "voxels": voxels,
-            "layer_energies": layer_energies(voxels.double()),
+            "layer_energies": self.geometry.layer_energies(voxels.double()),
             "energy": energy,
         }
         if self.labels is not None:
@@ -176,10 +180,10 @@ def balanced_split(
 
 
 class CaloDataModule(L.LightningDataModule):
-    """CaloGAN-format physical showers for every model of caloflow (see the module docstring).
+    """Physical showers for every model of caloflow (see the module docstring).
 
     Args:
-        path: CaloGAN HDF5 file (with ``generated``: the reference file). ``None``: the embedded
+        path: CaloGAN or CaloChallenge HDF5 file (with ``generated``: the reference file). ``None``: the embedded
             default, simulated once for ``particle`` into ``cache_dir`` and reused.
         particle: ``eplus``, ``gamma`` or ``piplus`` (names the embedded dataset).
         generated: generated showers to tell from ``path`` (classifier mode, labelled batches).
@@ -196,6 +200,10 @@ class CaloDataModule(L.LightningDataModule):
         simulation_seed: seed of the embedded dataset (part of its cache name).
         energy_range: incident-energy range in GeV of the embedded dataset.
         cache_dir: where the embedded dataset is kept (default ``$CALOFLOW_CACHE`` or ``~/.cache/caloflow``).
+        geometry: the detector the data must be in (a built-in name such as ``calogan`` or
+            ``ds1-photons``, or a binning ``.xml`` file); ``None``: whatever the files hold (all
+            files must agree). Needed for CaloChallenge files of a geometry that is neither
+            built in nor stored in the file.
     """
 
     def __init__(
@@ -216,22 +224,22 @@ class CaloDataModule(L.LightningDataModule):
         simulation_seed: int = 0,
         energy_range: tuple[float, float] = (1.0, 100.0),
         cache_dir: str | None = None,
+        geometry: str | None = None,
     ):
         super().__init__()
         _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_showers)
+        files = {"data.path": path, "data.generated": generated, "data.val_path": val_path}
+        files = {option: p for option, p in files.items() if p is not None}
+        #: the detector of every file served (:func:`data_geometry`)
+        self.geometry = data_geometry(files, geometry)
         counts = {}
         # fail at start-up, before the Trainer is built, when a given file is unusable (every row
         # that will be read is checked: keys, shapes, NaN/inf, negative energies)
-        for option, p in (
-            ("data.path", path),
-            ("data.generated", generated),
-            ("data.val_path", val_path),
-        ):
-            if p is not None:
-                try:
-                    counts[option] = (p, check_showers(p, stop=max_showers))
-                except DataFormatError as e:
-                    raise DataFormatError(f"--{option}: {e}") from None
+        for option, p in files.items():
+            try:
+                counts[option] = (p, check_showers(p, stop=max_showers, geometry=self.geometry))
+            except DataFormatError as e:
+                raise DataFormatError(f"--{option}: {e}") from None
         if path is None:
             counts["data.n_simulated"] = ("(embedded dataset)", n_simulated)
         # before the Trainer's logger creates a version folder that would stay empty
@@ -250,6 +258,12 @@ class CaloDataModule(L.LightningDataModule):
     ) -> "CaloDataModule":
         """The same DataModule over showers already in memory (``showers`` plays the role of ``path``)."""
         dm = cls(**kwargs)
+        if generated is not None and generated.geometry != showers.geometry:
+            raise CaloflowError(
+                f"generated showers of the {generated.geometry.name} geometry, reference "
+                f"{showers.geometry.name}"
+            )
+        dm.geometry = showers.geometry
         dm._in_memory = (
             {"path": showers} if generated is None else {"path": showers, "generated": generated}
         )
@@ -280,7 +294,7 @@ class CaloDataModule(L.LightningDataModule):
             showers = self._in_memory[key]
             return showers if stop is None else showers[:stop]
         path = self.data_path if key == "path" else Path(self.hparams[key])
-        showers = read_showers(path, stop=stop)
+        showers = read_showers(path, stop=stop, geometry=self.geometry)
         if len(showers) == 0:
             raise CaloflowError(f"--data.{key} {path}: no showers to use")
         return showers
@@ -383,6 +397,40 @@ class CaloDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
 
+def data_geometry(files: dict[str, str], geometry: str | None = None) -> Geometry:
+    """The one geometry of the files ``{option: path}``: ``geometry`` if given (every file must be
+    in it), else what the files hold (they must agree); CaloGAN when there are no files (the
+    embedded default).
+
+    Raises:
+        CaloflowError: an unknown geometry, a file in another geometry, or files that disagree,
+            in one line naming the option.
+    """
+    expected = None if geometry is None else get_geometry(geometry)
+    found: dict[str, Geometry] = {}
+    for option, p in files.items():
+        try:
+            found[option] = file_geometry(p, expected)
+        except DataFormatError as e:
+            raise DataFormatError(f"--{option}: {e}") from None
+    if expected is None and found:
+        first, expected = next(iter(found.items()))
+        for option, g in found.items():
+            if g != expected:
+                raise CaloflowError(
+                    f"--{option} {files[option]}: showers of the {g.name} geometry, but "
+                    f"--{first} holds {expected.name}"
+                )
+    if expected is None:
+        expected = CALOGAN
+    if not files and expected != CALOGAN:
+        raise CaloflowError(
+            f"--data.path is required for the {expected.name} geometry (the embedded default "
+            f"dataset is CaloGAN's)"
+        )
+    return expected
+
+
 def _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_showers) -> None:
     """One-line errors for option values no run can use."""
     if not 0 < val_fraction < 1 and val_path is None:
@@ -438,5 +486,6 @@ __all__ = [
     "embedded_dataset",
     "ShowerDataset",
     "balanced_split",
+    "data_geometry",
     "CaloDataModule",
 ]

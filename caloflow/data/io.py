@@ -1,12 +1,18 @@
-"""Read, validate and write the CaloGAN HDF5 format (docs/physics.md section 2).
+"""Read, validate and write shower files in the CaloGAN and CaloChallenge HDF5 formats.
 
-A file holds ``layer_0`` (N, 3, 96), ``layer_1`` (N, 12, 12), ``layer_2`` (N, 12, 6) in MeV,
-``energy`` (N, 1) in GeV and ``overflow`` (N, 3) in MeV. Real GEANT4 files and generated files
-are read alike; any float dtype is accepted.
+* CaloGAN (docs/physics.md section 2): ``layer_0`` .. ``layer_2`` images in MeV, ``energy`` (N, 1)
+  in GeV and an optional ``overflow`` (N, n_layers) in MeV.
+* CaloChallenge (docs/data.md): ``showers`` (N, V) in MeV in the geometry's flat order and
+  ``incident_energies`` (N, 1) in MeV; written gzip-compressed with float64 energies, as the
+  challenge wrote its own files. caloflow also stores the geometry as a JSON attribute.
+
+The format is found from the keys; GEANT4 files and generated files are read alike, in any float
+dtype. Inside caloflow the incident energy is in GeV: CaloChallenge files are converted here.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -19,61 +25,80 @@ import numpy as np
 from caloflow.atomic import atomic_output, check_interrupted, deferred_signals
 from caloflow.errors import CaloflowError, DataFormatError
 from caloflow.geometry import (
+    CALOGAN,
+    CALOGAN_FORMAT,
+    CHALLENGE_FORMAT,
     ENERGY_KEY,
+    GEV,
+    INCIDENT_KEY,
     LAYER_KEYS,
-    LAYER_SHAPES,
-    N_LAYERS,
-    N_VOXELS,
     OVERFLOW_KEY,
-    join_layers,
-    layer_energies,
-    split_layers,
+    SHOWERS_KEY,
+    Geometry,
+    challenge_geometry_for_width,
+    get_geometry,
 )
 
+#: Keys every CaloGAN file holds (``overflow`` is optional).
 REQUIRED_KEYS: tuple[str, ...] = LAYER_KEYS + (ENERGY_KEY,)
+#: Keys every CaloChallenge file holds.
+CHALLENGE_KEYS: tuple[str, ...] = (SHOWERS_KEY, INCIDENT_KEY)
+#: The file attribute where caloflow stores a file's geometry (JSON of Geometry.to_dict).
+GEOMETRY_ATTR = "geometry"
 
 
 @dataclass
 class Showers:
-    """A set of showers.
+    """A set of showers in one detector geometry.
 
     Attributes:
-        voxels: (N, 504) deposited energy per voxel in MeV, layers 0, 1, 2 flattened in order.
-        energy: (N,) incident energy in GeV.
-        overflow: (N, 3) energy per layer outside the readout in MeV (zeros for generated showers).
+        voxels: (N, V) deposited energy per voxel in MeV, in the geometry's flat order.
+        energy: (N,) incident energy in GeV (float64 when read from a CaloChallenge file, so that
+            the file's MeV values come back exactly when written).
+        overflow: (N, n_layers) energy per layer outside the readout in MeV (zeros where the
+            format has none: generated showers, CaloChallenge files).
+        geometry: the detector the voxels belong to.
     """
 
     voxels: np.ndarray
     energy: np.ndarray
     overflow: np.ndarray | None = field(default=None)
+    geometry: Geometry = field(default=CALOGAN)
 
     def __post_init__(self) -> None:
         self.energy = np.asarray(self.energy).reshape(-1)
         if self.overflow is None:
-            self.overflow = np.zeros((len(self.energy), N_LAYERS), dtype=self.voxels.dtype)
+            n_layers = self.geometry.n_layers
+            self.overflow = np.zeros((len(self.energy), n_layers), dtype=self.voxels.dtype)
 
     def __len__(self) -> int:
         return len(self.energy)
 
     @property
     def layers(self) -> list[np.ndarray]:
-        """Per-layer images [(N, 3, 96), (N, 12, 12), (N, 12, 6)] in MeV."""
-        return split_layers(self.voxels)
+        """One (N, rows, cols) image per layer in MeV (:meth:`Geometry.split_layers`)."""
+        return self.geometry.split_layers(self.voxels)
 
     @property
     def layer_energies(self) -> np.ndarray:
-        """(N, 3) energy deposited in each layer, MeV."""
-        return layer_energies(self.voxels)
+        """(N, n_layers) energy deposited in each layer, MeV."""
+        return self.geometry.layer_energies(self.voxels)
 
     def __getitem__(self, index) -> "Showers":
-        return Showers(self.voxels[index], self.energy[index], self.overflow[index])
+        return Showers(self.voxels[index], self.energy[index], self.overflow[index], self.geometry)
 
     @staticmethod
     def concatenate(parts: list["Showers"]) -> "Showers":
+        geometries = {p.geometry for p in parts}
+        if len(geometries) > 1:
+            raise ValueError(
+                f"cannot concatenate showers of geometries {sorted(g.name for g in geometries)}"
+            )
         return Showers(
             np.concatenate([p.voxels for p in parts]),
             np.concatenate([p.energy for p in parts]),
             np.concatenate([p.overflow for p in parts]),
+            parts[0].geometry,
         )
 
 
@@ -87,26 +112,140 @@ def _first_bad_row(mask: np.ndarray) -> int:
     return int(rows[0])
 
 
-def _expected_shape(key: str) -> tuple[int, ...]:
-    if key == ENERGY_KEY:
-        return (1,)
-    if key == OVERFLOW_KEY:
-        return (N_LAYERS,)
-    return LAYER_SHAPES[LAYER_KEYS.index(key)]
+# ------------------------------------------------------------------------------ the two layouts
+@dataclass(frozen=True)
+class Layout:
+    """How one geometry's showers sit in an HDF5 file: the keys, their row shapes, the key of the
+    incident energy and its unit (GeV in CaloGAN files, MeV in CaloChallenge files)."""
+
+    geometry: Geometry
+
+    @property
+    def challenge(self) -> bool:
+        return self.geometry.file_format == CHALLENGE_FORMAT
+
+    @property
+    def energy_key(self) -> str:
+        return INCIDENT_KEY if self.challenge else ENERGY_KEY
+
+    @property
+    def energy_unit(self) -> str:
+        return "MeV" if self.challenge else "GeV"
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return CHALLENGE_KEYS if self.challenge else REQUIRED_KEYS
+
+    def row_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every key the layout writes and the shape of one row of it."""
+        g = self.geometry
+        if self.challenge:
+            return {SHOWERS_KEY: (g.n_voxels,), INCIDENT_KEY: (1,)}
+        return {
+            **dict(zip(LAYER_KEYS, g.layer_shapes)),
+            ENERGY_KEY: (1,),
+            OVERFLOW_KEY: (g.n_layers,),
+        }
+
+    def keys_in(self, f: h5py.File) -> tuple[str, ...]:
+        """The keys to read from ``f``: the required ones and ``overflow`` where present."""
+        optional = () if self.challenge or OVERFLOW_KEY not in f else (OVERFLOW_KEY,)
+        return self.required + optional
+
+    def to_showers(self, arrays: dict[str, np.ndarray], dtype) -> Showers:
+        """File arrays -> :class:`Showers` (incident energy in GeV)."""
+        g = self.geometry
+        if self.challenge:
+            energy = arrays[INCIDENT_KEY][:, 0].astype(np.float64) / GEV
+            return Showers(arrays[SHOWERS_KEY].astype(dtype, copy=False), energy, geometry=g)
+        n = len(arrays[ENERGY_KEY])
+        if n:
+            voxels = g.join_layers([arrays[k] for k in LAYER_KEYS])
+        else:  # an empty file or slice: no rows to join
+            voxels = np.zeros((0, g.n_voxels), dtype=dtype)
+        return Showers(voxels, arrays[ENERGY_KEY][:, 0], arrays.get(OVERFLOW_KEY), g)
+
+    def to_arrays(self, voxels: np.ndarray, energy: np.ndarray, overflow) -> dict[str, np.ndarray]:
+        """Voxels (n, V) MeV, energy (n,) GeV, overflow (n, n_layers) MeV -> file arrays."""
+        energy = np.asarray(energy).reshape(-1, 1)
+        if self.challenge:
+            return {SHOWERS_KEY: voxels, INCIDENT_KEY: energy.astype(np.float64) * GEV}
+        arrays = dict(zip(LAYER_KEYS, self.geometry.split_layers(voxels)))
+        arrays[ENERGY_KEY] = energy
+        arrays[OVERFLOW_KEY] = overflow
+        return arrays
+
+    def file_dtype(self, key: str, dtype) -> np.dtype:
+        """CaloChallenge incident energies are stored in float64 (exact powers of two in MeV)."""
+        return np.dtype(np.float64) if key == INCIDENT_KEY else np.dtype(dtype)
 
 
-def validate_shapes(path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Check every key's shape and that all keys have as many rows as 'energy'."""
+def _file_format(path, f: h5py.File) -> str:
+    keys = set(f.keys())
+    if keys & set(CHALLENGE_KEYS):
+        return CHALLENGE_FORMAT
+    if keys & set(REQUIRED_KEYS):
+        return CALOGAN_FORMAT
+    raise _fail(
+        path,
+        None,
+        f"neither a CaloGAN file (layer_0..2, energy) nor a CaloChallenge file (showers, "
+        f"incident_energies); it has: {', '.join(sorted(keys)) or 'no keys'}",
+    )
+
+
+def _stored_geometry(path, f: h5py.File) -> Geometry | None:
+    text = f.attrs.get(GEOMETRY_ATTR)
+    if text is None:
+        return None
+    try:
+        return get_geometry(json.loads(text))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _fail(path, None, f"unreadable attribute '{GEOMETRY_ATTR}' ({e})") from None
+
+
+def _layout(path, f: h5py.File, geometry: Geometry | None) -> Layout:
+    """The layout of an open file: its format from the keys, its geometry from ``geometry`` (what
+    the caller expects), the file's own ``geometry`` attribute, or the width of ``showers``."""
+    fmt = _file_format(path, f)
+    if fmt == CALOGAN_FORMAT:
+        if geometry is not None and geometry.file_format != CALOGAN_FORMAT:
+            raise _fail(path, None, f"is a CaloGAN file, expected a {geometry.name} file")
+        return Layout(CALOGAN)
+    _check_keys(path, f, CHALLENGE_KEYS)
+    width = f[SHOWERS_KEY].shape[1] if len(f[SHOWERS_KEY].shape) == 2 else None
+    found = geometry or _stored_geometry(path, f) or challenge_geometry_for_width(width or -1)
+    if found is None and width is None:
+        raise _fail(path, SHOWERS_KEY, f"wrong shape {f[SHOWERS_KEY].shape}, expected (N, V)")
+    if found is None:
+        raise _fail(
+            path,
+            SHOWERS_KEY,
+            f"{width} voxels per shower match no built-in geometry; pass the binning with "
+            f"--geometry FILE.xml",
+        )
+    if found.file_format != CHALLENGE_FORMAT:
+        raise _fail(path, None, f"is a CaloChallenge file, expected a {found.name} file")
+    return Layout(found)
+
+
+def _expected_shape(layout: Layout, key: str) -> tuple[int, ...]:
+    return layout.row_shapes()[key]
+
+
+def validate_shapes(path, shapes: dict[str, tuple[int, ...]], layout: Layout | None = None) -> None:
+    """Check every key's shape against the layout (CaloGAN by default) and that all keys have as
+    many rows as the incident energy."""
+    layout = layout or Layout(CALOGAN)
     n = None
-    for key in sorted(shapes, key=lambda k: k != ENERGY_KEY):
+    for key in sorted(shapes, key=lambda k: k != layout.energy_key):
         shape = shapes[key]
-        expected = _expected_shape(key)
+        expected = _expected_shape(layout, key)
         if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected:
-            raise _fail(
-                path,
-                key,
-                f"wrong shape {tuple(shape)}, expected (N, {', '.join(map(str, expected))})",
-            )
+            what = f"wrong shape {tuple(shape)}, expected (N, {', '.join(map(str, expected))})"
+            if layout.challenge and key == SHOWERS_KEY:
+                what += f" for the {layout.geometry.name} geometry"
+            raise _fail(path, key, what)
         if n is None:
             n, first = shape[0], key
         elif shape[0] != n:
@@ -114,14 +253,19 @@ def validate_shapes(path, shapes: dict[str, tuple[int, ...]]) -> None:
 
 
 def validate_arrays(
-    path, arrays: dict[str, np.ndarray], offset: int = 0, rows: np.ndarray | None = None
+    path,
+    arrays: dict[str, np.ndarray],
+    offset: int = 0,
+    rows: np.ndarray | None = None,
+    layout: Layout | None = None,
 ) -> None:
     """Check shapes, row counts and values; raise :class:`DataFormatError` at the first problem.
 
     ``offset`` is added to row numbers so that messages name rows of the file, not of a slice;
     ``rows`` (the file row of every array row, for rows read by index) replaces it.
     """
-    validate_shapes(path, {k: a.shape for k, a in arrays.items()})
+    layout = layout or Layout(CALOGAN)
+    validate_shapes(path, {k: a.shape for k, a in arrays.items()}, layout)
 
     def row_of(mask: np.ndarray) -> int:
         first = _first_bad_row(mask)
@@ -131,22 +275,24 @@ def validate_arrays(
         bad = ~np.isfinite(a)
         if bad.any():
             raise _fail(path, key, f"non-finite value (NaN or inf) in row {row_of(bad)}")
+    energy_key = layout.energy_key
     for key in arrays:
-        if key == ENERGY_KEY:
+        if key == energy_key:
             continue
         bad = arrays[key] < 0
         if bad.any():
             raise _fail(
                 path, key, f"negative energy {arrays[key][bad].min():.6g} MeV in row {row_of(bad)}"
             )
-    if ENERGY_KEY not in arrays:
+    if energy_key not in arrays:
         return
-    bad = arrays[ENERGY_KEY] <= 0
+    bad = arrays[energy_key] <= 0
     if bad.any():
+        low = arrays[energy_key][bad].min()
         raise _fail(
             path,
-            ENERGY_KEY,
-            f"incident energy <= 0 ({arrays[ENERGY_KEY][bad].min():.6g} GeV) in row {row_of(bad)}",
+            energy_key,
+            f"incident energy <= 0 ({low:.6g} {layout.energy_unit}) in row {row_of(bad)}",
         )
 
 
@@ -162,16 +308,8 @@ def _open(path) -> h5py.File:
         raise _fail(path, None, "not an HDF5 file") from None
 
 
-def count_showers(path) -> int:
-    """Number of showers in a CaloGAN file (after checking its keys and row counts)."""
-    with _open(path) as f:
-        _check_keys(path, f)
-        validate_shapes(path, {k: f[k].shape for k in REQUIRED_KEYS})
-        return int(f[ENERGY_KEY].shape[0])
-
-
-def _check_keys(path, f: h5py.File) -> None:
-    for key in REQUIRED_KEYS:
+def _check_keys(path, f: h5py.File, keys) -> None:
+    for key in keys:
         if key not in f:
             raise _fail(
                 path, key, f"missing (file has: {', '.join(sorted(f.keys())) or 'no keys'})"
@@ -182,36 +320,63 @@ def _check_keys(path, f: h5py.File) -> None:
             raise _fail(path, key, f"dtype {f[key].dtype} is not numeric")
 
 
+def _open_layout(path, f: h5py.File, geometry) -> tuple[Layout, tuple[str, ...]]:
+    """The file's layout and the keys to read, after checking keys, shapes and row counts (on
+    the metadata, before any data is read)."""
+    layout = _layout(path, f, None if geometry is None else get_geometry(geometry))
+    _check_keys(path, f, layout.required)
+    keys = layout.keys_in(f)
+    validate_shapes(path, {k: f[k].shape for k in keys}, layout)
+    return layout, keys
+
+
+def file_geometry(path, geometry: "Geometry | str | None" = None) -> Geometry:
+    """The geometry of a shower file: CaloGAN for CaloGAN files; for CaloChallenge files the
+    ``geometry`` given, the file's own ``geometry`` attribute, or the built-in geometry with as
+    many voxels. Keys and shapes are checked; no data is read.
+
+    Raises:
+        DataFormatError: not a shower file, or a width that matches no (or not the given) geometry.
+    """
+    with _open(path) as f:
+        return _open_layout(path, f, geometry)[0].geometry
+
+
+def count_showers(path, geometry: "Geometry | str | None" = None) -> int:
+    """Number of showers in a file (after checking its keys, shapes and row counts)."""
+    with _open(path) as f:
+        layout, _ = _open_layout(path, f, geometry)
+        return int(f[layout.energy_key].shape[0])
+
+
 def read_showers(
-    path, start: int | None = None, stop: int | None = None, dtype=np.float32
+    path,
+    start: int | None = None,
+    stop: int | None = None,
+    dtype=np.float32,
+    geometry: "Geometry | str | None" = None,
 ) -> Showers:
-    """Read and validate showers ``[start:stop]`` of a CaloGAN HDF5 file.
+    """Read and validate showers ``[start:stop]`` of a CaloGAN or CaloChallenge HDF5 file.
+
+    The format is found from the keys; the geometry as in :func:`file_geometry`.
 
     Args:
         path: the file.
         start, stop: row slice (Python semantics); the whole file by default.
-        dtype: float dtype of the returned arrays (the file may hold any float or int dtype).
+        dtype: float dtype of the returned voxels (the file may hold any float or int dtype).
+        geometry: the geometry the caller expects (needed for CaloChallenge files of a
+            geometry that is not built in and not stored in the file).
     Raises:
         DataFormatError: missing file, not HDF5, missing key, wrong shape, disagreeing row
             counts, NaN/inf, negative voxel energy or incident energy <= 0.
     """
     with _open(path) as f:
-        _check_keys(path, f)
-        arrays = {}
-        keys = REQUIRED_KEYS + ((OVERFLOW_KEY,) if OVERFLOW_KEY in f else ())
-        # shapes and row counts are checked on the metadata, before any data is read
-        shapes = {k: f[k].shape for k in keys}
-        validate_shapes(path, shapes)
-        n = shapes[ENERGY_KEY][0]
+        layout, keys = _open_layout(path, f, geometry)
+        n = f[layout.energy_key].shape[0]
         lo, hi, _ = slice(start, stop).indices(n)
-        for k in keys:
-            arrays[k] = np.asarray(f[k][lo:hi], dtype=dtype)
-    validate_arrays(path, arrays, offset=lo)
-    if hi > lo:
-        voxels = join_layers([arrays[k] for k in LAYER_KEYS])
-    else:  # an empty file or slice: no rows to join
-        voxels = np.zeros((0, N_VOXELS), dtype=dtype)
-    return Showers(voxels, arrays[ENERGY_KEY][:, 0], arrays.get(OVERFLOW_KEY))
+        arrays = {k: np.asarray(f[k][lo:hi], dtype=layout.file_dtype(k, dtype)) for k in keys}
+    validate_arrays(path, arrays, offset=lo, layout=layout)
+    return layout.to_showers(arrays, dtype)
 
 
 #: rows per h5py point selection in :func:`read_rows` (bounded selection cost)
@@ -242,7 +407,7 @@ def _read_indexed(f: h5py.File, keys, rows: np.ndarray, dtype) -> dict[str, np.n
     return out
 
 
-def read_rows(path, rows, dtype=np.float32) -> Showers:
+def read_rows(path, rows, dtype=np.float32, geometry: "Geometry | str | None" = None) -> Showers:
     """Read and validate the showers of the file rows ``rows`` (strictly increasing indices).
 
     Only those rows are read from the file (by index), so the values of every other row never
@@ -252,52 +417,67 @@ def read_rows(path, rows, dtype=np.float32) -> Showers:
         DataFormatError: as :func:`read_showers`, for the rows read.
     """
     with _open(path) as f:
-        _check_keys(path, f)
-        keys = REQUIRED_KEYS + ((OVERFLOW_KEY,) if OVERFLOW_KEY in f else ())
-        validate_shapes(path, {k: f[k].shape for k in keys})
-        rows = _row_indices(rows, f[ENERGY_KEY].shape[0], path)
-        arrays = _read_indexed(f, keys, rows, dtype)
-    validate_arrays(path, arrays, rows=rows)
-    voxels = (
-        join_layers([arrays[k] for k in LAYER_KEYS])
-        if len(rows)
-        else np.zeros((0, N_VOXELS), dtype=dtype)
-    )
-    return Showers(voxels, arrays[ENERGY_KEY][:, 0], arrays.get(OVERFLOW_KEY))
+        layout, keys = _open_layout(path, f, geometry)
+        rows = _row_indices(rows, f[layout.energy_key].shape[0], path)
+        arrays = {k: _read_indexed(f, (k,), rows, layout.file_dtype(k, dtype))[k] for k in keys}
+    validate_arrays(path, arrays, rows=rows, layout=layout)
+    return layout.to_showers(arrays, dtype)
 
 
 def read_energies(path, rows, dtype=np.float32) -> np.ndarray:
     """The incident energies (GeV) of the file rows ``rows`` (strictly increasing), read by index and
     validated; the voxels of the file are not read."""
     with _open(path) as f:
-        _check_keys(path, f)
-        validate_shapes(path, {k: f[k].shape for k in REQUIRED_KEYS})
-        rows = _row_indices(rows, f[ENERGY_KEY].shape[0], path)
-        arrays = _read_indexed(f, (ENERGY_KEY,), rows, dtype)
-    validate_arrays(path, arrays, rows=rows)
-    return arrays[ENERGY_KEY][:, 0]
+        layout, _ = _open_layout(path, f, None)
+        key = layout.energy_key
+        rows = _row_indices(rows, f[key].shape[0], path)
+        arrays = _read_indexed(f, (key,), rows, layout.file_dtype(key, dtype))
+    validate_arrays(path, arrays, rows=rows, layout=layout)
+    energy = arrays[key][:, 0]
+    return energy / GEV if layout.challenge else energy
+
+
+def _check_voxels(path, voxels: np.ndarray, geometry: Geometry) -> None:
+    if voxels.ndim != 2 or voxels.shape[1] != geometry.n_voxels:
+        raise DataFormatError(
+            f"{path}: voxels have shape {voxels.shape}, expected (N, {geometry.n_voxels}) for the "
+            f"{geometry.name} geometry"
+        )
+
+
+def _dataset_options(layout: Layout) -> dict:
+    # CaloChallenge files are gzip-compressed, as the challenge wrote its own
+    return {"compression": "gzip"} if layout.challenge else {}
+
+
+def _geometry_attrs(geometry: Geometry) -> dict:
+    """The geometry stored with a CaloChallenge file (CaloGAN files are recognised by their keys)."""
+    if geometry.file_format != CHALLENGE_FORMAT:
+        return {}
+    return {GEOMETRY_ATTR: json.dumps(geometry.to_dict())}
 
 
 def write_showers(path, showers: Showers, dtype=np.float32, attrs: dict | None = None) -> Path:
-    """Write showers to ``path`` in the CaloGAN format, atomically (temporary file, then rename).
+    """Write showers to ``path`` in their geometry's format, atomically (temporary file, then
+    rename).
 
     Args:
         path: destination; parent directories are created.
-        showers: voxels in MeV, energy in GeV, overflow in MeV.
-        dtype: on-disk float dtype.
+        showers: voxels in MeV, energy in GeV, overflow in MeV; a CaloChallenge geometry is
+            written as ``showers`` and ``incident_energies`` (MeV, float64), gzip-compressed.
+        dtype: on-disk float dtype of the voxels.
         attrs: optional file attributes (e.g. the generator and seed), stored as HDF5 attributes.
     """
     path = Path(path)
-    if showers.voxels.shape[1:] != (N_VOXELS,):
-        raise DataFormatError(
-            f"{path}: voxels have shape {showers.voxels.shape}, expected (N, {N_VOXELS})"
-        )
+    layout = Layout(showers.geometry)
+    voxels = np.asarray(showers.voxels)
+    _check_voxels(path, voxels, showers.geometry)
+    arrays = layout.to_arrays(voxels, showers.energy, showers.overflow)
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        for key, image in zip(LAYER_KEYS, split_layers(np.asarray(showers.voxels))):
-            f.create_dataset(key, data=np.ascontiguousarray(image, dtype=dtype))
-        f.create_dataset(ENERGY_KEY, data=np.asarray(showers.energy, dtype=dtype).reshape(-1, 1))
-        f.create_dataset(OVERFLOW_KEY, data=np.asarray(showers.overflow, dtype=dtype))
-        for k, v in (attrs or {}).items():
+        for key, a in arrays.items():
+            data = np.ascontiguousarray(a, dtype=layout.file_dtype(key, dtype))
+            f.create_dataset(key, data=data, **_dataset_options(layout))
+        for k, v in {**_geometry_attrs(showers.geometry), **(attrs or {})}.items():
             f.attrs[k] = v
     return path
 
@@ -308,16 +488,17 @@ def iter_showers(
     start: int | None = None,
     stop: int | None = None,
     dtype=np.float32,
+    geometry: "Geometry | str | None" = None,
 ) -> Iterator[Showers]:
-    """Read and validate showers ``[start:stop]`` of a CaloGAN file in blocks of ``block_rows``
+    """Read and validate showers ``[start:stop]`` of a shower file in blocks of ``block_rows``
     (bounded memory); row numbers in error messages refer to the file."""
-    lo, hi, _ = slice(start, stop).indices(count_showers(path))
+    lo, hi, _ = slice(start, stop).indices(count_showers(path, geometry))
     for begin in range(lo, hi, block_rows):
-        yield read_showers(path, begin, min(begin + block_rows, hi), dtype=dtype)
+        yield read_showers(path, begin, min(begin + block_rows, hi), dtype=dtype, geometry=geometry)
 
 
-def check_showers(path, stop: int | None = None) -> int:
-    """Validate the showers ``[:stop]`` of a CaloGAN file (all of them by default) block by block,
+def check_showers(path, stop: int | None = None, geometry: "Geometry | str | None" = None) -> int:
+    """Validate the showers ``[:stop]`` of a shower file (all of them by default) block by block,
     with the checks of :func:`read_showers`, in bounded memory; returns the file's number of showers.
 
     For commands that must refuse a bad file before any expensive work (building a Trainer, training).
@@ -325,21 +506,24 @@ def check_showers(path, stop: int | None = None) -> int:
     Raises:
         DataFormatError: as :func:`read_showers`, naming the file, the key and the first bad row.
     """
-    n = count_showers(path)
-    for _ in iter_showers(path, stop=stop):
+    n = count_showers(path, geometry)
+    for _ in iter_showers(path, stop=stop, geometry=geometry):
         pass
     return n
 
 
 # ------------------------------------------------------------------------------ streaming output
-#: values per shower in a file: 504 voxels, the incident energy and 3 overflow values
-VALUES_PER_SHOWER = N_VOXELS + 1 + N_LAYERS
+def values_per_shower(geometry: Geometry = CALOGAN) -> int:
+    """Values one shower takes in a file: its voxels, the incident energy and (CaloGAN) the
+    overflow of every layer."""
+    return sum(int(np.prod(shape)) for shape in Layout(geometry).row_shapes().values())
 
 
-def estimated_file_size(n: int, dtype=np.float32) -> int:
-    """Bytes that ``n`` showers take in a file written here: the values, 2 % and 16 MiB for HDF5's
-    metadata and the last, partly filled chunks."""
-    return int(n * VALUES_PER_SHOWER * np.dtype(dtype).itemsize * 1.02) + 16 * 2**20
+def estimated_file_size(n: int, dtype=np.float32, geometry: Geometry = CALOGAN) -> int:
+    """Bytes that ``n`` showers take in a file written here (uncompressed): the values, 2 % and
+    16 MiB for HDF5's metadata and the last, partly filled chunks."""
+    itemsize = np.dtype(dtype).itemsize
+    return int(n * values_per_shower(geometry) * itemsize * 1.02) + 16 * 2**20
 
 
 def _size(n_bytes: float) -> str:
@@ -350,7 +534,9 @@ def _size(n_bytes: float) -> str:
     raise AssertionError
 
 
-def check_disk_space(path, n: int, what: str | None = None, dtype=np.float32) -> None:
+def check_disk_space(
+    path, n: int, what: str | None = None, dtype=np.float32, geometry: Geometry = CALOGAN
+) -> None:
     """Refuse, before any work, ``n`` showers whose file would not fit on the disk that holds ``path``.
 
     Raises:
@@ -364,7 +550,7 @@ def check_disk_space(path, n: int, what: str | None = None, dtype=np.float32) ->
         free = shutil.disk_usage(folder).free
     except OSError:
         return  # nothing to measure against; the write itself will tell
-    need = estimated_file_size(n, dtype)
+    need = estimated_file_size(n, dtype, geometry)
     if need > free:
         raise CaloflowError(
             f"{what or f'--n {n}'}: the output needs about {_size(need)} on disk but {folder} has only "
@@ -373,7 +559,7 @@ def check_disk_space(path, n: int, what: str | None = None, dtype=np.float32) ->
 
 
 class ShowerWriter:
-    """Write a CaloGAN file block by block, in bounded memory, atomically.
+    """Write a shower file (the geometry's format) block by block, in bounded memory, atomically.
 
     ::
 
@@ -396,6 +582,8 @@ class ShowerWriter:
         block_rows: showers held in memory before a write.
         expected_rows: the number of showers, if known: small files then get small HDF5 chunks
             (a chunk is allocated whole).
+        geometry: the detector; a CaloChallenge geometry writes ``showers`` and
+            ``incident_energies`` (MeV, float64), gzip-compressed, and stores the geometry.
     """
 
     def __init__(
@@ -405,12 +593,15 @@ class ShowerWriter:
         attrs: dict | None = None,
         block_rows: int = 4096,
         expected_rows: int | None = None,
+        geometry: Geometry = CALOGAN,
     ):
         if block_rows < 1:
             raise ValueError(f"block_rows must be positive, got {block_rows}")
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
-        self.attrs = dict(attrs or {})
+        self.geometry = geometry
+        self._layout = Layout(geometry)
+        self.attrs = {**_geometry_attrs(geometry), **(attrs or {})}
         self.block_rows = int(block_rows)
         self.expected_rows = expected_rows
         self.n = 0  # showers appended so far (written or buffered)
@@ -421,7 +612,7 @@ class ShowerWriter:
 
     # --- layout
     def _row_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {**dict(zip(LAYER_KEYS, LAYER_SHAPES)), ENERGY_KEY: (1,), OVERFLOW_KEY: (N_LAYERS,)}
+        return self._layout.row_shapes()
 
     def _chunk_rows(self, row_shape) -> int:
         rows, row_bytes = self.block_rows, int(np.prod(row_shape)) * self.dtype.itemsize
@@ -439,14 +630,16 @@ class ShowerWriter:
         try:
             self._file = h5py.File(tmp, "w")
             for key, shape in self._row_shapes().items():
+                dtype = self._layout.file_dtype(key, self.dtype)
                 self._file.create_dataset(
                     key,
                     shape=(0, *shape),
                     maxshape=(None, *shape),
-                    dtype=self.dtype,
+                    dtype=dtype,
                     chunks=(self._chunk_rows(shape), *shape),
+                    **_dataset_options(self._layout),
                 )
-                self._buffer[key] = np.empty((self.block_rows, *shape), dtype=self.dtype)
+                self._buffer[key] = np.empty((self.block_rows, *shape), dtype=dtype)
         except BaseException:
             self._close_file()
             if not self._atomic.__exit__(*sys.exc_info()):
@@ -455,30 +648,30 @@ class ShowerWriter:
 
     # --- writing
     def append(self, showers: Showers | np.ndarray, energy=None, overflow=None) -> None:
-        """Append showers: a :class:`Showers`, or voxels (n, 504) MeV, energy (n,) GeV and overflow
-        (n, 3) MeV (zeros if omitted)."""
+        """Append showers: a :class:`Showers` of the writer's geometry, or voxels (n, V) MeV,
+        energy (n,) GeV and overflow (n, n_layers) MeV (zeros if omitted)."""
         if self._file is None:
             raise RuntimeError("ShowerWriter.append outside its 'with' block")
         check_interrupted()
         if isinstance(showers, Showers):
+            if showers.geometry != self.geometry:
+                raise DataFormatError(
+                    f"{self.path}: showers of the {showers.geometry.name} geometry, the file is "
+                    f"{self.geometry.name}"
+                )
             voxels, energy, overflow = showers.voxels, showers.energy, showers.overflow
         else:
             voxels = showers
         voxels = np.asarray(voxels)
-        if voxels.ndim != 2 or voxels.shape[1] != N_VOXELS:
-            raise DataFormatError(
-                f"{self.path}: voxels have shape {voxels.shape}, expected (N, {N_VOXELS})"
-            )
-        n = len(voxels)
+        _check_voxels(self.path, voxels, self.geometry)
+        n, n_layers = len(voxels), self.geometry.n_layers
         energy = np.asarray(energy).reshape(-1)
-        overflow = np.zeros((n, N_LAYERS)) if overflow is None else np.asarray(overflow)
-        if len(energy) != n or overflow.shape != (n, N_LAYERS):
+        overflow = np.zeros((n, n_layers)) if overflow is None else np.asarray(overflow)
+        if len(energy) != n or overflow.shape != (n, n_layers):
             raise DataFormatError(
                 f"{self.path}: {n} voxel rows but energy {energy.shape} and overflow {overflow.shape}"
             )
-        arrays = dict(zip(LAYER_KEYS, split_layers(voxels)))
-        arrays[ENERGY_KEY] = energy.reshape(-1, 1)
-        arrays[OVERFLOW_KEY] = overflow
+        arrays = self._layout.to_arrays(voxels, energy, overflow)
         done = 0
         while done < n:
             take = min(n - done, self.block_rows - self._buffered)
@@ -494,7 +687,7 @@ class ShowerWriter:
         if not self._buffered:
             return
         check_interrupted()
-        start = self._file[ENERGY_KEY].shape[0]
+        start = self._file[self._layout.energy_key].shape[0]
         for key, buffer in self._buffer.items():
             dataset = self._file[key]
             dataset.resize(start + self._buffered, axis=0)
@@ -544,7 +737,11 @@ __all__ = [
     "write_showers",
     "iter_showers",
     "check_showers",
-    "VALUES_PER_SHOWER",
+    "CHALLENGE_KEYS",
+    "GEOMETRY_ATTR",
+    "Layout",
+    "file_geometry",
+    "values_per_shower",
     "estimated_file_size",
     "check_disk_space",
     "ShowerWriter",

@@ -50,12 +50,11 @@ import numpy as np
 from caloflow.data.io import Showers, ShowerWriter
 from caloflow.errors import CaloflowError
 from caloflow.geometry import (
+    CALOGAN,
     GEV,
     HALF_WIDTH_MM,
     LAYER_DEPTHS_MM,
     LAYER_SHAPES,
-    N_LAYERS,
-    N_VOXELS,
     PERIOD_MM,
 )
 
@@ -440,23 +439,25 @@ def _hadronic_showers(rng, spots: _Spots, h, e_sh, zi, xi, yi) -> None:
 # Binning and the chunk loop
 # ---------------------------------------------------------------------------------------------
 def _bin(spots: _Spots, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spots -> (voxels (n, 504), overflow (n, 3)) in MeV; spots deeper than 480 mm are lost."""
+    """Spots -> (voxels (n, V), overflow (n, 3)) in MeV; spots deeper than 480 mm are lost."""
     shower, x, y, z, e = spots.arrays()
     layer = (z >= LAYER_DEPTHS_MM[1]).astype(np.int64) + (z >= LAYER_DEPTHS_MM[2])
     # rows are phi (y), columns eta (x), as in the CaloGAN arrays; outside cells are sorted out below
     row = ((y + HALF_WIDTH_MM) * _ROWS_PER_MM[layer]).astype(np.int64)
     col = ((x + HALF_WIDTH_MM) * _COLS_PER_MM[layer]).astype(np.int64)
     inside = (np.abs(x) < HALF_WIDTH_MM) & (np.abs(y) < HALF_WIDTH_MM)
-    # one bincount for everything: voxels [0, 504 n), overflow [504 n, 507 n), lost (the last bin)
+    # one bincount for everything: voxels [0, V n), overflow [V n, (V + 3) n), lost (the last bin)
     index = np.where(
         inside,
-        shower * N_VOXELS + _OFFSETS[layer] + row * _COLS[layer] + col,
-        n * N_VOXELS + shower * N_LAYERS + layer,
+        shower * CALOGAN.n_voxels + _OFFSETS[layer] + row * _COLS[layer] + col,
+        n * CALOGAN.n_voxels + shower * CALOGAN.n_layers + layer,
     )
-    index[(z < 0.0) | (z >= DEPTH_MM)] = n * (N_VOXELS + N_LAYERS)
-    sums = np.bincount(index, e, minlength=n * (N_VOXELS + N_LAYERS) + 1)
-    voxels = sums[: n * N_VOXELS].reshape(n, N_VOXELS)
-    overflow = sums[n * N_VOXELS : n * (N_VOXELS + N_LAYERS)].reshape(n, N_LAYERS)
+    index[(z < 0.0) | (z >= DEPTH_MM)] = n * (CALOGAN.n_voxels + CALOGAN.n_layers)
+    sums = np.bincount(index, e, minlength=n * (CALOGAN.n_voxels + CALOGAN.n_layers) + 1)
+    voxels = sums[: n * CALOGAN.n_voxels].reshape(n, CALOGAN.n_voxels)
+    overflow = sums[n * CALOGAN.n_voxels : n * (CALOGAN.n_voxels + CALOGAN.n_layers)].reshape(
+        n, CALOGAN.n_layers
+    )
     return voxels, overflow
 
 
@@ -514,7 +515,7 @@ def simulate(
 ) -> Showers:
     """Simulate ``n`` showers of ``particle`` ('eplus', 'gamma' or 'piplus').
 
-    Incident energies are uniform in ``energy_range`` (GeV). Returns voxels (n, 504) and overflow
+    Incident energies are uniform in ``energy_range`` (GeV). Returns voxels (n, V) and overflow
     (n, 3) in MeV (float64), energy (n,) in GeV. The same seed gives the same numbers, and a run
     of ``n`` showers is the prefix of any longer run with the same seed.
 
@@ -523,9 +524,9 @@ def simulate(
     """
     lo, hi = check_options(particle, n, seed, energy_range)
     n = int(n)
-    voxels = np.empty((n, N_VOXELS))
+    voxels = np.empty((n, CALOGAN.n_voxels))
     energy = np.empty(n)
-    overflow = np.empty((n, N_LAYERS))
+    overflow = np.empty((n, CALOGAN.n_layers))
     for start, part in _parts(particle, n, int(seed), (lo, hi), progress):
         stop = start + len(part)
         voxels[start:stop] = part.voxels
