@@ -93,8 +93,17 @@ def sample_in_batches(
     ``out`` (an open :class:`caloflow.data.io.ShowerWriter`) each batch is appended to it as soon as
     it is drawn and nothing is kept: memory does not grow with the number of showers, and the
     showers returned are ``None``. The batches, and so the showers, are the same either way.
-    ``geometry`` is the generator's detector (V = ``geometry.n_voxels``; the width of no showers).
+    ``geometry`` is the generator's detector (V = ``geometry.n_voxels``): the showers returned
+    carry it, and ``out`` must be a writer of the same geometry.
+
+    Raises:
+        CaloflowError: ``out`` writes another geometry (checked before any shower is drawn).
     """
+    if out is not None and out.geometry != geometry:
+        raise CaloflowError(
+            f"{out.path}: the file is written in the {out.geometry.name} geometry but the model "
+            f"generates {geometry.name} showers"
+        )
     if not isinstance(energies_gev, IncidentEnergies):
         energies_gev = torch.as_tensor(np.asarray(energies_gev), dtype=torch.float32).reshape(-1)
     parts, energies, redraws = [], [], 0
@@ -113,9 +122,8 @@ def sample_in_batches(
     if out is not None:
         return None, redraws
     voxels = np.concatenate(parts) if parts else np.zeros((0, geometry.n_voxels), np.float32)
-    return Showers(
-        voxels, np.concatenate(energies) if energies else np.zeros(0, np.float32)
-    ), redraws
+    energy = np.concatenate(energies) if energies else np.zeros(0, np.float32)
+    return Showers(voxels, energy, geometry=geometry), redraws
 
 
 class CaloFlow:
