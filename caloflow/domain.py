@@ -184,6 +184,21 @@ class RemembersDomain:
         super().on_load_checkpoint(checkpoint)
 
 
+def carry_geometry(module, geometry: "str | Path | dict | Geometry") -> Geometry:
+    """Resolve a model's ``geometry`` init argument and keep its :meth:`Geometry.to_dict` in
+    ``module.hparams``, so that the checkpoint holds the detector itself (layers and bin edges, not
+    the name of an XML file that may be gone) and ``load_from_checkpoint`` rebuilds the model from it.
+
+    The model calls ``self.save_hyperparameters(ignore=["geometry"])`` first: the geometry is then
+    in the checkpoint's hyperparameters but not in the initial ones Lightning logs, where it would
+    clash with the DataModule's own ``geometry`` argument (Lightning refuses a key that the model
+    and the DataModule log with different values).
+    """
+    resolved = get_geometry(geometry)
+    module.hparams["geometry"] = resolved.to_dict()
+    return resolved
+
+
 def check_data_geometry(geometry: Geometry, datamodule, train) -> None:
     """Refuse, in one line, training data of another detector than the model's ``geometry``: the
     DataModule's own ``geometry`` when it has one, else the width of its training voxels.
@@ -231,6 +246,7 @@ __all__ = [
     "report",
     "check_energies",
     "check_particle",
+    "carry_geometry",
     "check_data_geometry",
     "RemembersDomain",
 ]

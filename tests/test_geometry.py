@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from nflows.transforms import Permutation
 
 from caloflow.checkpoints import read_checkpoint
@@ -183,11 +184,13 @@ def _ds1_showers(n: int, seed: int = 0) -> Showers:
 def test_a_fitted_checkpoint_keeps_the_geometry(tmp_path, cls):
     dm = CaloDataModule.from_showers(_ds1_showers(24), batch_size=8, val_fraction=0.25)
     model = cls(n_blocks=1, hidden_features=4, num_blocks=1, num_bins=2, geometry="ds1-photons")
+    # a logger: Lightning logs the model's and the DataModule's hyperparameters together, and
+    # both take a ``geometry``
     trainer = L.Trainer(
         max_steps=1,
         limit_val_batches=1,
         accelerator="cpu",
-        logger=False,
+        logger=CSVLogger(tmp_path),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -195,6 +198,7 @@ def test_a_fitted_checkpoint_keeps_the_geometry(tmp_path, cls):
     )
     trainer.fit(model, dm)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
+    assert (Path(trainer.logger.log_dir) / "hparams.yaml").is_file()
     # stored as plain data (read with weights_only=True), the geometry itself, not its name
     assert read_checkpoint(tmp_path / "m.ckpt")["hyper_parameters"]["geometry"] == (
         DS1_PHOTONS.to_dict()

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from caloflow.domain import RemembersDomain
+from caloflow.domain import RemembersDomain, carry_geometry
 from caloflow.errors import CaloflowError
 from caloflow.geometry import CALOGAN, GEV, Geometry, get_geometry
 from caloflow.models.layers import (
@@ -276,10 +276,9 @@ class CaloGAN(RemembersDomain, L.LightningModule):
                 "only (--model.geometry calogan)"
             )
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["geometry"])
         #: the detector (always CaloGAN), kept in the hyperparameters as a dict like every model's
-        self.geometry: Geometry = resolved
-        self.hparams["geometry"] = resolved.to_dict()
+        self.geometry: Geometry = carry_geometry(self, resolved)
         self.automatic_optimization = False
         self.generator = CaloGANGenerator(
             latent_dim, gen_dense_channels, gen_conv_channels, gen_lc_channels, attention

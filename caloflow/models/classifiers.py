@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from caloflow.domain import carry_geometry
 from caloflow.errors import CaloflowError
 from caloflow.geometry import CALOGAN, GEV, Geometry, get_geometry
 from caloflow.nn import mlp
@@ -364,10 +365,9 @@ class ShowerClassifier(L.LightningModule):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown classifier '{backbone}', choose from {', '.join(BACKBONES)}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["geometry"])
         #: the detector; kept in the hyperparameters as a dict, so the checkpoint holds it
-        self.geometry = get_geometry(geometry)
-        self.hparams["geometry"] = self.geometry.to_dict()
+        self.geometry = carry_geometry(self, geometry)
         args = dict(backbone_args or {})
         if backbone in ("dnn", "cnn"):
             args.setdefault("preprocessing", preprocessing)

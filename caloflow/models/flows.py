@@ -25,7 +25,7 @@ import torch
 from nflows.flows import Flow
 from torch import Tensor, nn
 
-from caloflow.domain import RemembersDomain
+from caloflow.domain import RemembersDomain, carry_geometry
 from caloflow.flows.build import (
     DEFAULT_MIN_BIN_HEIGHT,
     DEFAULT_MIN_BIN_WIDTH,
@@ -35,7 +35,7 @@ from caloflow.flows.build import (
 )
 from caloflow.flows.fast_training import adam
 from caloflow.flows.fast_training import install as install_fast_training
-from caloflow.geometry import THRESHOLD_KEV, Geometry, get_geometry
+from caloflow.geometry import THRESHOLD_KEV, Geometry
 from caloflow.transforms import ALPHA, FlowIIPreprocessing, FlowIPreprocessing
 
 Batch = dict[str, Tensor]
@@ -58,13 +58,6 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
     preprocessing: nn.Module
     #: the detector the model is built for
     geometry: Geometry
-
-    def _carry_geometry(self, geometry: str | dict[str, Any]) -> Geometry:
-        """Resolve ``geometry`` and keep it in the hyperparameters as a dict (the checkpoint then
-        holds the detector itself, not the name of a file that may be gone)."""
-        self.geometry = get_geometry(geometry)
-        self.hparams["geometry"] = self.geometry.to_dict()
-        return self.geometry
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(x, context) of a batch of physical showers in the flow's representation (float32)."""
@@ -198,8 +191,8 @@ class FlowI(ConditionalFlowModule):
         geometry: str | dict[str, Any] = "calogan",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self._carry_geometry(geometry)
+        self.save_hyperparameters(ignore=["geometry"])
+        self.geometry = carry_geometry(self, geometry)
         self.preprocessing = FlowIPreprocessing(self.geometry.n_layers, alpha)
         self.flow = build_flow1(
             self.geometry,
@@ -313,8 +306,8 @@ class FlowII(ConditionalFlowModule):
         geometry: str | dict[str, Any] = "calogan",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self._carry_geometry(geometry)
+        self.save_hyperparameters(ignore=["geometry"])
+        self.geometry = carry_geometry(self, geometry)
         self.preprocessing = FlowIIPreprocessing(self.geometry.layer_sizes, alpha, threshold_kev)
         self.flow = build_flow2(
             self.geometry,
