@@ -14,9 +14,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from nflows.transforms import Permutation
 
+from callbacks.model_selection import histogram_score
 from caloflow.checkpoints import read_checkpoint
 from caloflow.data.datamodule import CaloDataModule
-from caloflow.data.io import Showers
+from caloflow.data.io import Showers, ShowerWriter, write_showers
+from caloflow.domain import geometry_label, of_file
 from caloflow.errors import CaloflowError
 from caloflow.flows.build import build_flow2
 from caloflow.flows.fast_inverse import fast_inverse
@@ -27,6 +29,7 @@ from caloflow.models.classifiers import CNN, ShowerClassifier
 from caloflow.models.flows import FlowI, FlowII
 from caloflow.sampling import CaloFlow
 from caloflow.transforms import EnergyToU
+from refine.showers import CaloFlowGenerator
 from tests.helpers import REPO, TINY_GAN, perturb, save_checkpoint
 
 # ------------------------------------------------------------------ nobody else knows the counts
@@ -285,6 +288,16 @@ def test_sampler_refuses_flows_of_different_geometries_in_one_line():
     flow1 = FlowI(n_blocks=1, hidden_features=4, num_blocks=1, num_bins=2)
     message = _one_line_error(lambda: CaloFlow(flow1, tiny_flow2("ds1-photons")))
     assert "calogan" in message and "ds1-photons" in message
+    with pytest.raises(ValueError, match="calogan geometry, Flow II for ds1-photons"):
+        CaloFlowGenerator(flow1, tiny_flow2("ds1-photons"))
+
+
+def test_sampler_refuses_a_writer_of_another_geometry_before_drawing(tmp_path):
+    flow1 = FlowI(n_blocks=1, hidden_features=4, num_blocks=1, num_bins=2, geometry=DS1_PHOTONS)
+    sampler = CaloFlow(flow1, tiny_flow2(DS1_PHOTONS))
+    with ShowerWriter(tmp_path / "out.hdf5", expected_rows=2) as out:  # a CaloGAN file
+        message = _one_line_error(lambda: sampler.sample(np.ones(2, np.float32), out=out))
+    assert "calogan" in message and "ds1-photons" in message and out.n == 0
 
 
 def test_sampler_returns_showers_of_the_flows_geometry():
@@ -298,3 +311,34 @@ def test_sampler_returns_showers_of_the_flows_geometry():
     # energy conservation: the layer energies sum to at most E_inc, the 10 keV cut only removes
     total = showers.voxels.astype(np.float64).sum(1)
     assert (showers.voxels >= 0).all() and (total <= incident * 1e3 * (1 + 1e-5)).all()
+
+
+def test_laser_generator_latent_is_layers_then_voxels():
+    flow1 = FlowI(n_blocks=1, hidden_features=4, num_blocks=1, num_bins=2, geometry=DS1_PIONS)
+    generator = CaloFlowGenerator(flow1, tiny_flow2(DS1_PIONS))
+    assert generator.geometry == DS1_PIONS
+    assert generator.split == (DS1_PIONS.n_layers, DS1_PIONS.n_voxels)
+
+
+def test_histogram_score_has_the_layers_of_the_geometry():
+    """Identical samples score 0. Showers with all their energy in the first layer against showers
+    with all of it in the last: E_0 / E_hat is 1 against 0, E_{L-1} / E_hat 0 against 1, so those
+    two histograms separate completely (separation power 1) and a middle layer's (0 and 0) not."""
+    rng = np.random.default_rng(3)
+    real = rng.gamma(0.5, 20.0, (200, DS1_PIONS.n_voxels))
+    score, per_feature = histogram_score(real, real.copy(), bins=10, geometry=DS1_PIONS)
+    names = {f"{kind}_{k}" for kind in ("log10E", "frac") for k in range(DS1_PIONS.n_layers)}
+    assert set(per_feature) == names and score == 0.0
+    first, last = DS1_PIONS.layer_slices[0], DS1_PIONS.layer_slices[-1]
+    in_first, in_last = np.zeros_like(real), np.zeros_like(real)
+    in_first[:, first], in_last[:, last] = real[:, first], real[:, last]
+    _, per_feature = histogram_score(in_first, in_last, bins=10, geometry=DS1_PIONS)
+    last_k = DS1_PIONS.n_layers - 1
+    assert per_feature["frac_0"] == pytest.approx(1.0)
+    assert per_feature[f"frac_{last_k}"] == pytest.approx(1.0) and per_feature["frac_1"] == 0.0
+
+
+def test_the_domain_of_a_ds1_file_names_the_models_geometry(tmp_path):
+    path = write_showers(tmp_path / "ds1.hdf5", _ds1_showers(3))
+    assert of_file(path).geometry == geometry_label(DS1_PHOTONS) != geometry_label(CALOGAN)
+    assert geometry_label(CALOGAN).startswith("CaloGAN ")
