@@ -230,6 +230,17 @@ def test_a_model_of_a_binning_xml_loads_without_the_file(tmp_path):
     assert loaded.geometry == get_geometry(model.geometry.to_dict()) == model.geometry
 
 
+def test_a_checkpoint_from_before_geometries_loads_as_calogan(tmp_path):
+    """Checkpoints written before models took a geometry have none in their hyperparameters."""
+    model = FlowI(n_blocks=1, hidden_features=4, num_blocks=1, num_bins=2)
+    path = tmp_path / "old.ckpt"
+    save_checkpoint(model, path)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["hyper_parameters"]["geometry"]
+    torch.save(ckpt, path)
+    assert FlowI.load_from_checkpoint(path).geometry == CALOGAN
+
+
 def test_a_model_refuses_data_of_another_geometry(tmp_path):
     dm = CaloDataModule.from_showers(_ds1_showers(24), batch_size=8, val_fraction=0.25)
     trainer = L.Trainer(
