@@ -66,6 +66,35 @@ def check_simulate(stdout: str) -> None:
             and number(r["showers/s (best wall)"]) >= number(r["showers/s (median wall)"]) > 0
         )
         assert 0 < number(r["voxels > 0"]) <= 1
+    ds1 = parse_table(
+        stdout,
+        [
+            "detector",
+            "energies",
+            "n",
+            "best wall [s]",
+            "showers/s (best wall)",
+            "showers/s (CPU time)",
+            "spots per shower",
+            "voxels > 0",
+        ],
+    )
+    assert [(r["detector"], r["energies"]) for r in ds1] == [
+        ("ds1-photons", "challenge mix"),
+        ("ds1-pions", "challenge mix"),
+        ("ds1-photons", "4194.304 GeV"),
+    ]
+    for r in ds1:
+        assert r["n"] == "512" and number(r["showers/s (CPU time)"]) > 0
+        assert 0 < number(r["voxels > 0"]) <= 1
+    # the same work per shower at the highest energy as at the challenge mix
+    assert ds1[0]["spots per shower"] == ds1[2]["spots per shower"]
+    memory = parse_table(
+        stdout,
+        ["file", "n", "wall [s] (written)", "showers/s (CPU time)", "peak traced memory [MiB]"],
+    )
+    assert [r["n"] for r in memory] == ["256", "1024"]
+    assert all(number(r["peak traced memory [MiB]"]) > 0 for r in memory)
 
 
 def check_training(stdout: str) -> None:

@@ -231,3 +231,58 @@ def test_the_datamodule_serves_the_files_geometry(tmp_path):
         data_geometry({"data.path": str(path), "data.val_path": str(pions)})
     with pytest.raises(DataFormatError, match="--data.path: .*expected a calogan file"):
         CaloDataModule(path=str(path), geometry="calogan")
+
+
+def test_the_embedded_dataset_of_a_challenge_geometry(tmp_path):
+    dm = CaloDataModule(
+        geometry="ds1-pions", n_simulated=60, cache_dir=str(tmp_path), batch_size=16
+    )
+    dm.prepare_data()
+    (path,) = tmp_path.glob("ds1-pions_n60_seed0_challenge_*.hdf5")
+    assert file_geometry(path) == DS1_PIONS
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["voxels"].shape == (16, DS1_PIONS.n_voxels)
+    # the challenge's energies: powers of two in MeV
+    mev = batch["energy"].double().numpy() * 1000.0
+    np.testing.assert_allclose(mev, 2.0 ** np.round(np.log2(mev)), rtol=1e-6)
+
+
+def test_simulate_takes_the_energies_of_a_file_in_both_detectors(tmp_path):
+    from caloflow.data.simulate import simulate
+    from tests.helpers import run_cli
+
+    challenge = _challenge_file(
+        tmp_path / "ref.hdf5", np.zeros((6, DS1_PIONS.n_voxels)), [2.0**k for k in range(8, 14)]
+    )
+    calogan = tmp_path / "calogan.hdf5"
+    for args, out in (
+        (("--dataset", "ds1-pions", "--energies", str(challenge)), "a.hdf5"),
+        (("--particle", "eplus", "--energies", str(challenge), "--n", "4"), "b.hdf5"),
+    ):
+        done = run_cli("caloflow", "simulate", *args, "--out", str(tmp_path / out), "--no-progress")
+        assert done.returncode == 0, done.stderr
+    a, b = read_showers(tmp_path / "a.hdf5"), read_showers(tmp_path / "b.hdf5")
+    np.testing.assert_array_equal(a.energy * 1000.0, 2.0 ** np.arange(8, 14))  # exact, in order
+    np.testing.assert_array_equal(b.energy, np.float32(2.0 ** np.arange(8, 12) / 1000.0))
+    # given energies change the energies only: the same showers as simulate() with them
+    again = simulate("eplus", 4, 0, energies=2.0 ** np.arange(8, 12) / 1000.0, progress=False)
+    np.testing.assert_array_equal(b.voxels, again.voxels.astype(np.float32))
+    bad = run_cli(
+        "caloflow",
+        "simulate",
+        "--particle",
+        "eplus",
+        "--energies",
+        "challenge",
+        "--n",
+        "3",
+        "--out",
+        str(calogan),
+    )
+    assert (
+        bad.returncode != 0
+        and "belongs to dataset 1" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
+    assert not calogan.exists()

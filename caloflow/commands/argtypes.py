@@ -143,6 +143,28 @@ def existing_file(value: str) -> str:
     return value
 
 
+#: --energies value for the official CaloChallenge dataset-1 energy mix.
+CHALLENGE_ENERGIES = "challenge"
+
+
+def energies_source(value: str) -> str:
+    """``--energies``: ``challenge`` or the path of an existing shower file."""
+    return value if value == CHALLENGE_ENERGIES else existing_file(value)
+
+
+def add_energies_option(parser: argparse.ArgumentParser) -> None:
+    """``--energies challenge|FILE``, with the same meaning in every command that makes showers."""
+    parser.add_argument(
+        "--energies",
+        type=energies_source,
+        metavar="challenge|FILE",
+        help="incident energies: FILE, a shower file (CaloGAN or CaloChallenge) whose incident "
+        "energies are used in order (the first --n; all by default); or 'challenge', the "
+        "official dataset-1 mix, 2^8..2^22 MeV (0.256..4194.304 GeV) with the challenge's counts "
+        "scaled to --n (dataset-1 geometries only)",
+    )
+
+
 def _creatable_dir(path: Path, value: str) -> None:
     """``path`` is, or can be made, a directory: its first existing ancestor is a writable directory."""
     for ancestor in (path, *path.parents):
@@ -239,6 +261,9 @@ def comma_list(
 
 
 __all__ = [
+    "CHALLENGE_ENERGIES",
+    "energies_source",
+    "add_energies_option",
     "ArgumentParser",
     "NEGATIVE_NUMBER",
     "add_progress_option",

@@ -70,20 +70,32 @@ def embedded_dataset(
     seed: int = 0,
     energy_range: tuple[float, float] = (1.0, 100.0),
     cache_dir=None,
+    geometry: Geometry = CALOGAN,
 ) -> Path:
-    """Path of the embedded-simulator dataset for these settings, simulating it once if it is not cached."""
-    from caloflow.data.simulate import SIMULATOR_VERSION, simulate_to_file
+    """Path of the embedded-simulator dataset for these settings, simulating it once if it is not
+    cached: the CaloGAN simulator for ``particle`` in ``energy_range`` (GeV), or for a
+    CaloChallenge geometry the barrel simulator at the challenge's energy mix (``particle`` and
+    ``energy_range`` then follow from the geometry)."""
+    if geometry == CALOGAN:
+        from caloflow.data.simulate import SIMULATOR_VERSION, simulate_to_file
 
-    lo, hi = energy_range
-    name = f"{particle}_n{n}_seed{seed}_E{lo:g}-{hi:g}_sim{SIMULATOR_VERSION}.hdf5"
+        lo, hi = energy_range
+        name = f"{particle}_n{n}_seed{seed}_E{lo:g}-{hi:g}_sim{SIMULATOR_VERSION}.hdf5"
+        what = f"{n} {particle} showers"
+    else:
+        from caloflow.data.barrel import SIMULATOR_VERSION, simulate_barrel_to_file
+
+        name = f"{geometry.name}_n{n}_seed{seed}_challenge_sim{SIMULATOR_VERSION}.hdf5"
+        what = f"{n} {geometry.name} showers"
     path = Path(cache_dir or default_cache_dir()) / name
     if path.exists():
         rank_zero_info(f"caloflow: using cached simulated dataset {path}")
-    else:
-        rank_zero_info(
-            f"caloflow: simulating {n} {particle} showers into {path} (done once, then reused)"
-        )
+        return path
+    rank_zero_info(f"caloflow: simulating {what} into {path} (done once, then reused)")
+    if geometry == CALOGAN:
         simulate_to_file(path, particle, n, seed=seed, energy_range=(lo, hi))
+    else:
+        simulate_barrel_to_file(path, geometry, n, seed=seed, progress=False)
     return path
 
 
@@ -280,7 +292,12 @@ class CaloDataModule(L.LightningDataModule):
         if h.path is not None:
             return Path(h.path)
         return embedded_dataset(
-            h.particle, h.n_simulated, h.simulation_seed, tuple(h.energy_range), h.cache_dir
+            h.particle,
+            h.n_simulated,
+            h.simulation_seed,
+            tuple(h.energy_range),
+            h.cache_dir,
+            self.geometry,
         )
 
     def prepare_data(self) -> None:
@@ -399,8 +416,8 @@ class CaloDataModule(L.LightningDataModule):
 
 def data_geometry(files: dict[str, str], geometry: str | None = None) -> Geometry:
     """The one geometry of the files ``{option: path}``: ``geometry`` if given (every file must be
-    in it), else what the files hold (they must agree); CaloGAN when there are no files (the
-    embedded default).
+    in it), else what the files hold (they must agree); CaloGAN when there are no files and no
+    ``geometry`` (the embedded default).
 
     Raises:
         CaloflowError: an unknown geometry, a file in another geometry, or files that disagree,
@@ -421,14 +438,7 @@ def data_geometry(files: dict[str, str], geometry: str | None = None) -> Geometr
                     f"--{option} {files[option]}: showers of the {g.name} geometry, but "
                     f"--{first} holds {expected.name}"
                 )
-    if expected is None:
-        expected = CALOGAN
-    if not files and expected != CALOGAN:
-        raise CaloflowError(
-            f"--data.path is required for the {expected.name} geometry (the embedded default "
-            f"dataset is CaloGAN's)"
-        )
-    return expected
+    return CALOGAN if expected is None else expected
 
 
 def _check_options(val_fraction, val_path, split, noise_kev, batch_size, max_showers) -> None:

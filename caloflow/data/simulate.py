@@ -462,12 +462,18 @@ def _bin(spots: _Spots, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _simulate_chunk(
-    particle: str, seed: int, chunk: int, energy_range: tuple[float, float]
+    particle: str,
+    seed: int,
+    chunk: int,
+    energy_range: tuple[float, float],
+    given: np.ndarray | None = None,
 ) -> Showers:
     rng = np.random.default_rng([seed, chunk])
     n = CHUNK_SIZE
     # incident energies are rounded to float32 so that the file and the physics agree exactly
     energy_gev = rng.uniform(*energy_range, n).astype(np.float32).astype(np.float64)
+    if given is not None:  # drawn anyway: the chunk's random stream is the same either way
+        energy_gev[: len(given)] = np.asarray(given, np.float32)
     spots = _Spots()
     rows = np.arange(n)
     zeros = np.zeros(n)
@@ -479,6 +485,27 @@ def _simulate_chunk(
         _pions(rng, spots, energy_gev)
     voxels, overflow = _bin(spots, n)
     return Showers(voxels, energy_gev, overflow)
+
+
+def check_energies(energies, n: int) -> np.ndarray | None:
+    """The first ``n`` of the given incident energies (GeV) as float64, or None.
+
+    Raises:
+        CaloflowError: fewer than ``n`` energies, or one outside (0, :data:`MAX_ENERGY_GEV`].
+    """
+    if energies is None:
+        return None
+    e = np.asarray(energies, dtype=np.float64).reshape(-1)
+    if len(e) < n:
+        raise CaloflowError(f"--energies: {len(e)} incident energies, fewer than --n {n}")
+    e = e[:n]
+    bad = ~((e > 0) & (e <= MAX_ENERGY_GEV))
+    if bad.any():
+        raise CaloflowError(
+            f"--energies: incident energy {e[bad][0]:.6g} GeV outside (0, {MAX_ENERGY_GEV:g}] GeV, "
+            f"the range of the CaloGAN simulator"
+        )
+    return e
 
 
 def check_options(particle: str, n: int, seed: int, energy_range) -> tuple[float, float]:
@@ -512,10 +539,12 @@ def simulate(
     seed: int = 0,
     energy_range: tuple[float, float] = (1.0, 100.0),
     progress: bool = True,
+    energies: np.ndarray | None = None,
 ) -> Showers:
     """Simulate ``n`` showers of ``particle`` ('eplus', 'gamma' or 'piplus').
 
-    Incident energies are uniform in ``energy_range`` (GeV). Returns voxels (n, V) and overflow
+    Incident energies are uniform in ``energy_range`` (GeV), or the first ``n`` of ``energies``
+    (GeV, each in (0, 1000]; rounded to float32). Returns voxels (n, V) and overflow
     (n, 3) in MeV (float64), energy (n,) in GeV. The same seed gives the same numbers, and a run
     of ``n`` showers is the prefix of any longer run with the same seed.
 
@@ -523,11 +552,12 @@ def simulate(
         CaloflowError: unknown particle, ``n <= 0``, negative seed or a bad energy range.
     """
     lo, hi = check_options(particle, n, seed, energy_range)
+    given = check_energies(energies, n)
     n = int(n)
     voxels = np.empty((n, CALOGAN.n_voxels))
     energy = np.empty(n)
     overflow = np.empty((n, CALOGAN.n_layers))
-    for start, part in _parts(particle, n, int(seed), (lo, hi), progress):
+    for start, part in _parts(particle, n, int(seed), (lo, hi), progress, given):
         stop = start + len(part)
         voxels[start:stop] = part.voxels
         energy[start:stop] = part.energy
@@ -535,14 +565,22 @@ def simulate(
     return Showers(voxels, energy, overflow)
 
 
-def _parts(particle: str, n: int, seed: int, energy_range: tuple[float, float], progress: bool):
+def _parts(
+    particle: str,
+    n: int,
+    seed: int,
+    energy_range: tuple[float, float],
+    progress: bool,
+    given: np.ndarray | None = None,
+):
     """(first row, showers) of a run of ``n``, chunk by chunk (the last one cut to ``n``)."""
     from tqdm.auto import tqdm
 
     with tqdm(total=n, desc=f"simulate {particle}", unit="shower", disable=not progress) as bar:
         for chunk, start in enumerate(range(0, n, CHUNK_SIZE)):
             # the whole chunk is always simulated: its numbers must not depend on n
-            part = _simulate_chunk(particle, seed, chunk, energy_range)[
+            chunk_energies = None if given is None else given[start : start + CHUNK_SIZE]
+            part = _simulate_chunk(particle, seed, chunk, energy_range, chunk_energies)[
                 : min(CHUNK_SIZE, n - start)
             ]
             deposited = part.voxels.sum(1) + part.overflow.sum(1)
@@ -560,27 +598,30 @@ def simulate_to_file(
     seed: int = 0,
     energy_range: tuple[float, float] = (1.0, 100.0),
     progress: bool = True,
+    energies: np.ndarray | None = None,
 ) -> Path:
     """Simulate and write a CaloGAN-format file (float32) with attributes particle, seed,
-    energy_range and simulator (:data:`SIMULATOR_VERSION`).
+    energy_range (or energies = "given") and simulator (:data:`SIMULATOR_VERSION`); the incident
+    energies as in :func:`simulate`.
 
     The showers are written chunk by chunk (:class:`caloflow.data.io.ShowerWriter`): memory does not
     grow with ``n``, and the file holds exactly the numbers of :func:`simulate` (in float32).
     """
     lo, hi = check_options(particle, n, seed, energy_range)
-    attrs = {
-        "particle": particle,
-        "seed": int(seed),
-        "energy_range": np.array([lo, hi]),
-        "simulator": SIMULATOR_VERSION,
-    }
+    given = check_energies(energies, n)
+    attrs = {"particle": particle, "seed": int(seed), "simulator": SIMULATOR_VERSION}
+    if given is None:
+        attrs["energy_range"] = np.array([lo, hi])
+    else:
+        attrs["energies"] = "given"
     with ShowerWriter(path, attrs=attrs, expected_rows=int(n)) as out:
-        for _, part in _parts(particle, int(n), int(seed), (lo, hi), progress):
+        for _, part in _parts(particle, int(n), int(seed), (lo, hi), progress, given):
             out.append(part)
     return Path(path)
 
 
 __all__ = [
+    "check_energies",
     "SIMULATOR_VERSION",
     "PARTICLES",
     "CHUNK_SIZE",
