@@ -184,7 +184,7 @@ class RemembersDomain:
         super().on_load_checkpoint(checkpoint)
 
 
-def carry_geometry(module, geometry: "str | Path | dict | Geometry") -> Geometry:
+def carry_geometry(module, geometry: str | Path | dict | Geometry) -> Geometry:
     """Resolve a model's ``geometry`` init argument and keep its :meth:`Geometry.to_dict` in
     ``module.hparams``, so that the checkpoint holds the detector itself (layers and bin edges, not
     the name of an XML file that may be gone) and ``load_from_checkpoint`` rebuilds the model from it.
