@@ -1,9 +1,10 @@
 """Generating showers: the CaloFlow pipeline (paper section 4.3), the CaloGAN sampler, incident energies.
 
-E_inc -> Flow I -> inverse u-transform -> (E0, E1, E2) -> Flow II -> inverse logit -> renormalise
-each layer -> scale by E_i -> 10 keV threshold. Both inverse steps are the preprocessing objects
-the flows were trained with (:mod:`caloflow.transforms`). A shower that comes out non-finite is
-drawn again (and counted), so no NaN or inf reaches a file.
+E_inc -> Flow I -> inverse u-transform -> (E_0 .. E_{L-1}) -> Flow II -> inverse logit ->
+renormalise each layer -> scale by E_i -> 10 keV threshold. Both inverse steps are the preprocessing
+objects the flows were trained with (:mod:`caloflow.transforms`). A shower that comes out
+non-finite is drawn again (and counted), so no NaN or inf reaches a file. The detector is the
+models' (``geometry``, saved in their checkpoints); the two flows must agree on it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.data.io import Showers, ShowerWriter, count_showers, iter_showers
 from caloflow.domain import Domain
 from caloflow.errors import CaloflowError
-from caloflow.geometry import N_VOXELS
+from caloflow.geometry import Geometry
 
 log = logging.getLogger("caloflow")
 
@@ -82,15 +83,27 @@ def sample_in_batches(
     batch_size: int,
     progress: bool = False,
     out: ShowerWriter | None = None,
+    *,
+    geometry: Geometry,
 ) -> tuple[Showers | None, int]:
-    """Run ``draw(chunk) -> (voxels (n, 504) MeV, redraws)`` over the incident energies (GeV) in batches.
+    """Run ``draw(chunk) -> (voxels (n, V) MeV, redraws)`` over the incident energies (GeV) in batches.
 
     ``energies_gev`` is an array or an :class:`IncidentEnergies` (read or drawn batch by batch).
     Returns the showers and the number of non-finite showers that were drawn again (logged). With
     ``out`` (an open :class:`caloflow.data.io.ShowerWriter`) each batch is appended to it as soon as
     it is drawn and nothing is kept: memory does not grow with the number of showers, and the
     showers returned are ``None``. The batches, and so the showers, are the same either way.
+    ``geometry`` is the generator's detector (V = ``geometry.n_voxels``): the showers returned
+    carry it, and ``out`` must be a writer of the same geometry.
+
+    Raises:
+        CaloflowError: ``out`` writes another geometry (checked before any shower is drawn).
     """
+    if out is not None and out.geometry != geometry:
+        raise CaloflowError(
+            f"{out.path}: the file is written in the {out.geometry.name} geometry but the model "
+            f"generates {geometry.name} showers"
+        )
     if not isinstance(energies_gev, IncidentEnergies):
         energies_gev = torch.as_tensor(np.asarray(energies_gev), dtype=torch.float32).reshape(-1)
     parts, energies, redraws = [], [], 0
@@ -108,10 +121,9 @@ def sample_in_batches(
         log.warning("caloflow: %d non-finite showers were drawn again", redraws)
     if out is not None:
         return None, redraws
-    voxels = np.concatenate(parts) if parts else np.zeros((0, N_VOXELS), np.float32)
-    return Showers(
-        voxels, np.concatenate(energies) if energies else np.zeros(0, np.float32)
-    ), redraws
+    voxels = np.concatenate(parts) if parts else np.zeros((0, geometry.n_voxels), np.float32)
+    energy = np.concatenate(energies) if energies else np.zeros(0, np.float32)
+    return Showers(voxels, energy, geometry=geometry), redraws
 
 
 class CaloFlow:
@@ -119,12 +131,25 @@ class CaloFlow:
 
     Args:
         flow1: a trained :class:`caloflow.models.FlowI`.
-        flow2: a trained :class:`caloflow.models.FlowII`.
+        flow2: a trained :class:`caloflow.models.FlowII` of the same geometry.
+
+    Raises:
+        CaloflowError: the two flows are built for different geometries.
     """
 
     def __init__(self, flow1, flow2):
+        if flow1.geometry != flow2.geometry:
+            raise CaloflowError(
+                f"Flow I is built for the {flow1.geometry.name} geometry and Flow II for "
+                f"{flow2.geometry.name}: both flows must be trained on the same detector"
+            )
         self.flow1 = flow1.eval()
         self.flow2 = flow2.eval()
+
+    @property
+    def geometry(self) -> Geometry:
+        """The detector of both flows."""
+        return self.flow2.geometry
 
     @property
     def domain(self) -> Domain:
@@ -149,7 +174,7 @@ class CaloFlow:
         fast: bool = True,
         threshold: bool = True,
     ) -> tuple[Tensor, Tensor, int]:
-        """One shower per incident energy (GeV): (voxels (N, 504) MeV, layer energies (N, 3) MeV, redraws)."""
+        """One shower per incident energy (GeV): (voxels (N, V) MeV, layer energies (N, L) MeV, redraws)."""
         energies_gev = torch.as_tensor(energies_gev, dtype=torch.float32).reshape(-1)
         layer_energies, n1 = redraw_nonfinite(
             lambda e: self.flow1.sample(e, generator), energies_gev
@@ -183,7 +208,9 @@ class CaloFlow:
             voxels, _, redraws = self.sample_batch(chunk, generator, fast=fast)
             return voxels, redraws
 
-        showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress, out=out)
+        showers, self.redraws = sample_in_batches(
+            draw, energies_gev, batch_size, progress, out=out, geometry=self.geometry
+        )
         return showers
 
 
@@ -196,6 +223,11 @@ class CaloGANSampler:
     @property
     def domain(self) -> Domain:
         return self.model.domain
+
+    @property
+    def geometry(self) -> Geometry:
+        """The detector of the model (the CaloGAN baseline knows only CaloGAN)."""
+        return self.model.geometry
 
     @classmethod
     def load(cls, ckpt, device: str = "cpu") -> "CaloGANSampler":
@@ -216,7 +248,9 @@ class CaloGANSampler:
         def draw(chunk: Tensor) -> tuple[Tensor, int]:
             return redraw_nonfinite(lambda e: self.model.sample(e, generator), chunk)
 
-        showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress, out=out)
+        showers, self.redraws = sample_in_batches(
+            draw, energies_gev, batch_size, progress, out=out, geometry=self.geometry
+        )
         return showers
 
 
