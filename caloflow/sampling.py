@@ -69,12 +69,15 @@ def redraw_nonfinite(
 
 
 def _energy_batches(energies_gev, batch_size: int):
-    """The incident energies (GeV) as float32 tensors of ``batch_size`` (the last one shorter)."""
+    """The incident energies (GeV) in batches of ``batch_size`` (the last one shorter): (float32
+    tensor for the model, the energies as given for the file; a CaloChallenge file's float64
+    energies are written back exactly)."""
     if isinstance(energies_gev, IncidentEnergies):
         for batch in energies_gev.batches(batch_size):
-            yield torch.as_tensor(batch, dtype=torch.float32)
+            yield torch.as_tensor(batch, dtype=torch.float32), batch
         return
-    yield from energies_gev.split(batch_size)
+    for chunk in energies_gev.split(batch_size):
+        yield chunk, chunk.numpy()
 
 
 def sample_in_batches(
@@ -108,13 +111,13 @@ def sample_in_batches(
         energies_gev = torch.as_tensor(np.asarray(energies_gev), dtype=torch.float32).reshape(-1)
     parts, energies, redraws = [], [], 0
     with tqdm(total=len(energies_gev), unit="shower", desc="generate", disable=not progress) as bar:
-        for chunk in _energy_batches(energies_gev, batch_size):
+        for chunk, given in _energy_batches(energies_gev, batch_size):
             voxels, n = draw(chunk)
             if out is not None:
-                out.append(voxels.cpu().numpy(), chunk.numpy())
+                out.append(voxels.cpu().numpy(), given)
             else:
                 parts.append(voxels.cpu().numpy())
-                energies.append(chunk.numpy())
+                energies.append(given)
             redraws += n
             bar.update(len(chunk))
     if redraws:
@@ -255,25 +258,37 @@ class CaloGANSampler:
 
 
 class IncidentEnergies:
-    """The incident energies (GeV, float32) of a generation run, produced batch by batch.
+    """The incident energies (GeV) of a generation run, produced batch by batch.
 
-    The first ``n`` of ``energies_file`` (all if ``n`` is None), read and validated in blocks of
-    :attr:`READ_ROWS` showers, or ``n`` uniform draws in ``energy_range`` from
-    ``numpy.random.default_rng(seed)``, drawn in blocks (the same numbers as one draw of ``n``).
-    Only the file's row count is read at construction; :meth:`batches` streams the energies, and
-    ``numpy.asarray(energies)`` gives them all at once (4 bytes per shower).
+    The given ``values``; else the first ``n`` of ``energies_file`` (all if ``n`` is None), read
+    and validated in blocks of :attr:`READ_ROWS` showers (float64 for a CaloChallenge file, whose
+    MeV energies then come back exactly when written, float32 for a CaloGAN file); or ``n``
+    float32 uniform draws in ``energy_range`` from ``numpy.random.default_rng(seed)``, drawn in
+    blocks (the same numbers as one draw of ``n``). Only the file's row count is read at
+    construction; :meth:`batches` streams the energies, and ``numpy.asarray(energies)`` gives them
+    all at once.
 
     Raises:
         CaloflowError: no ``n`` and no file, a file with no showers or fewer than ``n``.
-        DataFormatError: the file is not a valid CaloGAN file (when counting, or in the block read).
+        DataFormatError: the file is not a valid shower file (when counting, or in the block read).
     """
 
     READ_ROWS = 8192
     DRAW_ROWS = 1 << 16
 
-    def __init__(self, n: int | None, energies_file: str | None, energy_range, seed: int):
+    def __init__(
+        self,
+        n: int | None,
+        energies_file: str | None,
+        energy_range,
+        seed: int,
+        values: np.ndarray | None = None,
+    ):
         self.file, self.energy_range, self.seed = energies_file, energy_range, seed
-        if energies_file is not None:
+        self.values = None if values is None else np.asarray(values).reshape(-1)
+        if self.values is not None:
+            self.n = len(self.values)
+        elif energies_file is not None:
             available = count_showers(energies_file)
             if available == 0:
                 raise CaloflowError(f"--energies {energies_file}: holds no showers")
@@ -291,6 +306,9 @@ class IncidentEnergies:
         return self.n
 
     def _blocks(self):
+        if self.values is not None:
+            yield self.values
+            return
         if self.file is not None:
             for showers in iter_showers(self.file, self.READ_ROWS, stop=self.n):
                 yield showers.energy
