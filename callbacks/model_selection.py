@@ -21,34 +21,42 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from caloflow.evaluate.separation import separation_power
-from caloflow.geometry import KEV, LAYER_SHAPES, N_LAYERS, layer_energies, split_layers
+from caloflow.geometry import KEV, POLAR, Geometry, get_geometry
 
 #: Energies are histogrammed as log10(E / MeV), floored at 1 keV, like the paper's log axes.
 ENERGY_FLOOR_MEV = 1.0 * KEV
 
 
-def histogram_features(voxels_mev: np.ndarray) -> dict[str, np.ndarray]:
+def histogram_features(
+    voxels_mev: np.ndarray, geometry: Geometry | str = "calogan"
+) -> dict[str, np.ndarray]:
     """Per-shower features compared by :func:`histogram_score`.
 
     Args:
-        voxels_mev: (N, 504) voxel energies in MeV.
+        voxels_mev: (N, V) voxel energies in MeV, the flat order of ``geometry``.
+        geometry: the detector (its layers).
 
     Returns:
         ``log10E_k`` (log10 of the layer energy in MeV, floored at 1 keV) and ``frac_k``
-        (E_k / E_hat, 0 for an empty shower) for k = 0, 1, 2.
+        (E_k / E_hat, 0 for an empty shower) for every layer position k = 0 .. L-1.
     """
-    e = layer_energies(np.asarray(voxels_mev, dtype=np.float64))
+    geometry = get_geometry(geometry)
+    e = geometry.layer_energies(np.asarray(voxels_mev, dtype=np.float64))
     total = e.sum(1, keepdims=True)
     frac = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
     features = {
-        f"log10E_{k}": np.log10(np.maximum(e[:, k], ENERGY_FLOOR_MEV)) for k in range(N_LAYERS)
+        f"log10E_{k}": np.log10(np.maximum(e[:, k], ENERGY_FLOOR_MEV))
+        for k in range(geometry.n_layers)
     }
-    features.update({f"frac_{k}": frac[:, k] for k in range(N_LAYERS)})
+    features.update({f"frac_{k}": frac[:, k] for k in range(geometry.n_layers)})
     return features
 
 
 def histogram_score(
-    real_mev: np.ndarray, fake_mev: np.ndarray, bins: int = 50
+    real_mev: np.ndarray,
+    fake_mev: np.ndarray,
+    bins: int = 50,
+    geometry: Geometry | str = "calogan",
 ) -> tuple[float, dict[str, float]]:
     """Mean separation power of the layer-energy and layer-fraction histograms (0 best, 1 worst).
 
@@ -59,7 +67,7 @@ def histogram_score(
     Returns:
         (mean score, score per feature).
     """
-    real, fake = histogram_features(real_mev), histogram_features(fake_mev)
+    real, fake = histogram_features(real_mev, geometry), histogram_features(fake_mev, geometry)
     scores = {}
     for name, a in real.items():
         lo, hi = float(a.min()), float(a.max())
@@ -76,20 +84,27 @@ def histogram_score(
     return float(np.mean(list(scores.values()))), scores
 
 
-def average_images_figure(real_mev: np.ndarray, fake_mev: np.ndarray):
-    """Matplotlib figure: average image per layer (columns) for reference and generated (rows), log colour scale."""
+def average_images_figure(
+    real_mev: np.ndarray, fake_mev: np.ndarray, geometry: Geometry | str = "calogan"
+):
+    """Matplotlib figure: average image per layer (columns) for reference and generated (rows), log
+    colour scale; (N, V) voxels in MeV of ``geometry``, each layer as its (rows, cols) grid."""
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.5), dpi=80)
-    axes = fig.subplots(2, N_LAYERS, gridspec_kw={"width_ratios": [2, 1, 1]})
+    geometry = get_geometry(geometry)
+    fig = Figure(figsize=(max(10, 3 * geometry.n_layers), 4.5), dpi=80)
+    # the widest layer gets twice the width of the others
+    cols = [shape[1] for shape in geometry.layer_shapes]
+    ratios = [2 if c == max(cols) and c > min(cols) else 1 for c in cols]
+    axes = fig.subplots(2, geometry.n_layers, gridspec_kw={"width_ratios": ratios}, squeeze=False)
     # one colour scale per layer, set by the reference, so that generated averages read against it
     vmax = [
         max(float(image.mean(0).max()), 1e-3)
-        for image in split_layers(np.asarray(real_mev, dtype=np.float64))
+        for image in geometry.split_layers(np.asarray(real_mev, dtype=np.float64))
     ]
     for row, (label, voxels) in enumerate((("reference", real_mev), ("generated", fake_mev))):
-        for k, image in enumerate(split_layers(np.asarray(voxels, dtype=np.float64))):
+        for k, image in enumerate(geometry.split_layers(np.asarray(voxels, dtype=np.float64))):
             mean, top = image.mean(0), vmax[k]
             ax = axes[row, k]
             im = ax.imshow(
@@ -99,9 +114,11 @@ def average_images_figure(real_mev: np.ndarray, fake_mev: np.ndarray):
                 interpolation="nearest",
                 origin="lower",
             )
-            ax.set_title(f"{label}, layer {k} {LAYER_SHAPES[k]}", fontsize=8)
-            ax.set_xlabel("eta bin", fontsize=7)
-            ax.set_ylabel("phi bin", fontsize=7)
+            layer = geometry.layers[k]
+            ax.set_title(f"{label}, layer {layer.id} {layer.shape}", fontsize=8)
+            polar = layer.kind == POLAR
+            ax.set_xlabel("r bin" if polar else "eta bin", fontsize=7)
+            ax.set_ylabel("alpha bin" if polar else "phi bin", fontsize=7)
             fig.colorbar(im, ax=ax, label="MeV")
     fig.tight_layout()
     return fig
@@ -119,8 +136,9 @@ def figure_to_array(fig) -> np.ndarray:
 class HistogramSelection(Callback):
     """Score each validation epoch by histogram agreement; keep the best as ``best_histogram.ckpt``.
 
-    The LightningModule must provide ``sample(energies_gev, generator=None) -> (N, 504) MeV``;
-    validation batches must be dicts with ``voxels`` (B, 504) MeV and ``energy`` (B,) GeV.
+    The LightningModule must provide ``sample(energies_gev, generator=None) -> (N, V) MeV`` and its
+    ``geometry`` (:class:`caloflow.geometry.Geometry`, V voxels); validation batches must be dicts
+    with ``voxels`` (B, V) MeV and ``energy`` (B,) GeV.
 
     Args:
         monitor: name of the logged score.
@@ -185,20 +203,22 @@ class HistogramSelection(Callback):
             .cpu()
             .numpy()
         )
-        score, per_feature = histogram_score(real, fake, self.bins)
+        score, per_feature = histogram_score(real, fake, self.bins, pl_module.geometry)
         pl_module.log(self.monitor, score, on_epoch=True, prog_bar=True)
         for name, value in per_feature.items():
             pl_module.log(f"{self.monitor}/{name}", value, on_epoch=True)
         if score < self.best_score:
             self.best_score, self.best_epoch, self._improved = score, trainer.current_epoch, True
         if self.log_images and trainer.is_global_zero:
-            self._log_images(trainer, real, fake)
+            self._log_images(trainer, real, fake, pl_module.geometry)
 
-    def _log_images(self, trainer: L.Trainer, real: np.ndarray, fake: np.ndarray) -> None:
+    def _log_images(
+        self, trainer: L.Trainer, real: np.ndarray, fake: np.ndarray, geometry: Geometry
+    ) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
-        image = figure_to_array(average_images_figure(real, fake))
+        image = figure_to_array(average_images_figure(real, fake, geometry))
         for lg in loggers:
             lg.experiment.add_image(
                 "val/average_images", image, trainer.global_step, dataformats="HWC"

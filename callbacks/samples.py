@@ -1,4 +1,8 @@
-"""TensorBoard monitoring of what a generator produces: average images and feature histograms."""
+"""TensorBoard monitoring of what a generator produces: average images and feature histograms.
+
+The layers are those of the monitored module's detector (``pl_module.geometry``,
+:class:`caloflow.geometry.Geometry`).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,29 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
-from caloflow.geometry import LAYER_SHAPES, LAYER_SLICES  # noqa: E402
+from caloflow.geometry import POLAR, Geometry, get_geometry  # noqa: E402
 
 
-def average_images_figure(data: np.ndarray, generated: np.ndarray) -> plt.Figure:
-    """Average data and generated shower per calorimeter layer (MeV per voxel, log colour scale)."""
+def average_images_figure(
+    data: np.ndarray, generated: np.ndarray, geometry: Geometry | str = "calogan"
+) -> plt.Figure:
+    """Average data and generated shower per calorimeter layer (MeV per voxel, log colour scale).
+
+    ``data`` and ``generated`` are (N, V) voxels of ``geometry``; each layer is shown as its
+    (rows, cols) grid: (phi, eta) cells, or (alpha, r) bins of a CaloChallenge layer.
+    """
+    geometry = get_geometry(geometry)
+    cols = np.array([shape[1] for shape in geometry.layer_shapes], dtype=float)
     fig, axes = plt.subplots(
-        2, len(LAYER_SHAPES), figsize=(12, 5), gridspec_kw={"width_ratios": [4, 1.5, 1]}
+        2,
+        geometry.n_layers,
+        figsize=(max(12, 3 * geometry.n_layers), 5),
+        # wide layers get wide panels, softened by the square root
+        gridspec_kw={"width_ratios": list(np.sqrt(cols / cols.min()))},
+        squeeze=False,
     )
-    for k, (s, shape) in enumerate(zip(LAYER_SLICES, LAYER_SHAPES)):
+    layers = zip(geometry.layer_slices, geometry.layer_shapes, geometry.layers)
+    for k, (s, shape, layer) in enumerate(layers):
         images = [v[:, s].mean(0).reshape(shape) for v in (data, generated)]
         positive = np.concatenate([im[im > 0] for im in images])
         vmin, vmax = (positive.min(), positive.max()) if positive.size else (1e-3, 1.0)
@@ -31,18 +49,20 @@ def average_images_figure(data: np.ndarray, generated: np.ndarray) -> plt.Figure
                 interpolation="nearest",
                 norm=matplotlib.colors.LogNorm(vmin=vmin, vmax=max(vmax, vmin * 1.0001)),
             )
-            ax.set_title(f"{name}, layer {k}")
-            ax.set_xlabel(r"$\eta$ cell")
-            ax.set_ylabel(r"$\phi$ cell")
+            ax.set_title(f"{name}, layer {layer.id}")
+            ax.set_xlabel("r bin" if layer.kind == POLAR else r"$\eta$ cell")
+            ax.set_ylabel(r"$\alpha$ bin" if layer.kind == POLAR else r"$\phi$ cell")
             fig.colorbar(shown, ax=ax, label="mean energy [MeV]")
     fig.tight_layout()
     return fig
 
 
 def layer_fractions_figure(data: np.ndarray, generated: np.ndarray) -> plt.Figure:
-    """Histograms of E_k / E_hat, data vs generated, log-x as in the paper's figures."""
-    fig, axes = plt.subplots(1, data.shape[1], figsize=(12, 3.5))
-    for k, ax in enumerate(axes):
+    """Histograms of E_k / E_hat, data vs generated, log-x as in the paper's figures; (N, L) in MeV."""
+    fig, axes = plt.subplots(
+        1, data.shape[1], figsize=(max(12, 3 * data.shape[1]), 3.5), squeeze=False
+    )
+    for k, ax in enumerate(axes[0]):
         fractions = [e[:, k] / np.maximum(e.sum(1), 1e-12) for e in (data, generated)]
         lo = max(min(f[f > 0].min() if (f > 0).any() else 1e-6 for f in fractions), 1e-6)
         bins = np.logspace(np.log10(lo), 0, 40)
@@ -61,7 +81,8 @@ class SampleMonitor(L.Callback):
     """Every ``every_n_epochs``, compare generated and data showers of the first validation batches.
 
     The module must provide ``compare_batch(batch, generator) -> (data, generated)``, two dicts
-    with ``"layer_energies"`` (N, 3) in MeV and optionally ``"voxels"`` (N, 504) in MeV. Logs to
+    with ``"layer_energies"`` (N, L) in MeV and optionally ``"voxels"`` (N, V) in MeV, and a
+    ``geometry`` (:class:`caloflow.geometry.Geometry`; L layers, V voxels). Logs to
     TensorBoard: average images per layer (when voxels are given), E_k/E_hat histograms as a
     figure and as TensorBoard histograms.
 
@@ -108,7 +129,7 @@ class SampleMonitor(L.Callback):
         writer = trainer.logger.experiment
         step = trainer.current_epoch
         if "voxels" in data:
-            fig = average_images_figure(data["voxels"], generated["voxels"])
+            fig = average_images_figure(data["voxels"], generated["voxels"], pl_module.geometry)
             writer.add_figure("samples/average_images", fig, step)
         fig = layer_fractions_figure(data["layer_energies"], generated["layer_energies"])
         writer.add_figure("samples/layer_fractions", fig, step)

@@ -1,9 +1,10 @@
 """Generating showers: the CaloFlow pipeline (paper section 4.3), the CaloGAN sampler, incident energies.
 
-E_inc -> Flow I -> inverse u-transform -> (E0, E1, E2) -> Flow II -> inverse logit -> renormalise
-each layer -> scale by E_i -> 10 keV threshold. Both inverse steps are the preprocessing objects
-the flows were trained with (:mod:`caloflow.transforms`). A shower that comes out non-finite is
-drawn again (and counted), so no NaN or inf reaches a file.
+E_inc -> Flow I -> inverse u-transform -> (E_0 .. E_{L-1}) -> Flow II -> inverse logit ->
+renormalise each layer -> scale by E_i -> 10 keV threshold. Both inverse steps are the preprocessing
+objects the flows were trained with (:mod:`caloflow.transforms`). A shower that comes out
+non-finite is drawn again (and counted), so no NaN or inf reaches a file. The detector is the
+models' (``geometry``, saved in their checkpoints); the two flows must agree on it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from caloflow.checkpoints import checkpoint_model_mismatch, read_checkpoint
 from caloflow.data.io import Showers, ShowerWriter, count_showers, iter_showers
 from caloflow.domain import Domain
 from caloflow.errors import CaloflowError
-from caloflow.geometry import N_VOXELS
+from caloflow.geometry import Geometry
 
 log = logging.getLogger("caloflow")
 
@@ -68,12 +69,15 @@ def redraw_nonfinite(
 
 
 def _energy_batches(energies_gev, batch_size: int):
-    """The incident energies (GeV) as float32 tensors of ``batch_size`` (the last one shorter)."""
+    """The incident energies (GeV) in batches of ``batch_size`` (the last one shorter): (float32
+    tensor for the model, the energies as given for the file; a CaloChallenge file's float64
+    energies are written back exactly)."""
     if isinstance(energies_gev, IncidentEnergies):
         for batch in energies_gev.batches(batch_size):
-            yield torch.as_tensor(batch, dtype=torch.float32)
+            yield torch.as_tensor(batch, dtype=torch.float32), batch
         return
-    yield from energies_gev.split(batch_size)
+    for chunk in energies_gev.split(batch_size):
+        yield chunk, chunk.numpy()
 
 
 def sample_in_batches(
@@ -82,36 +86,47 @@ def sample_in_batches(
     batch_size: int,
     progress: bool = False,
     out: ShowerWriter | None = None,
+    *,
+    geometry: Geometry,
 ) -> tuple[Showers | None, int]:
-    """Run ``draw(chunk) -> (voxels (n, 504) MeV, redraws)`` over the incident energies (GeV) in batches.
+    """Run ``draw(chunk) -> (voxels (n, V) MeV, redraws)`` over the incident energies (GeV) in batches.
 
     ``energies_gev`` is an array or an :class:`IncidentEnergies` (read or drawn batch by batch).
     Returns the showers and the number of non-finite showers that were drawn again (logged). With
     ``out`` (an open :class:`caloflow.data.io.ShowerWriter`) each batch is appended to it as soon as
     it is drawn and nothing is kept: memory does not grow with the number of showers, and the
     showers returned are ``None``. The batches, and so the showers, are the same either way.
+    ``geometry`` is the generator's detector (V = ``geometry.n_voxels``): the showers returned
+    carry it, and ``out`` must be a writer of the same geometry.
+
+    Raises:
+        CaloflowError: ``out`` writes another geometry (checked before any shower is drawn).
     """
+    if out is not None and out.geometry != geometry:
+        raise CaloflowError(
+            f"{out.path}: the file is written in the {out.geometry.name} geometry but the model "
+            f"generates {geometry.name} showers"
+        )
     if not isinstance(energies_gev, IncidentEnergies):
         energies_gev = torch.as_tensor(np.asarray(energies_gev), dtype=torch.float32).reshape(-1)
     parts, energies, redraws = [], [], 0
     with tqdm(total=len(energies_gev), unit="shower", desc="generate", disable=not progress) as bar:
-        for chunk in _energy_batches(energies_gev, batch_size):
+        for chunk, given in _energy_batches(energies_gev, batch_size):
             voxels, n = draw(chunk)
             if out is not None:
-                out.append(voxels.cpu().numpy(), chunk.numpy())
+                out.append(voxels.cpu().numpy(), given)
             else:
                 parts.append(voxels.cpu().numpy())
-                energies.append(chunk.numpy())
+                energies.append(given)
             redraws += n
             bar.update(len(chunk))
     if redraws:
         log.warning("caloflow: %d non-finite showers were drawn again", redraws)
     if out is not None:
         return None, redraws
-    voxels = np.concatenate(parts) if parts else np.zeros((0, N_VOXELS), np.float32)
-    return Showers(
-        voxels, np.concatenate(energies) if energies else np.zeros(0, np.float32)
-    ), redraws
+    voxels = np.concatenate(parts) if parts else np.zeros((0, geometry.n_voxels), np.float32)
+    energy = np.concatenate(energies) if energies else np.zeros(0, np.float32)
+    return Showers(voxels, energy, geometry=geometry), redraws
 
 
 class CaloFlow:
@@ -119,12 +134,25 @@ class CaloFlow:
 
     Args:
         flow1: a trained :class:`caloflow.models.FlowI`.
-        flow2: a trained :class:`caloflow.models.FlowII`.
+        flow2: a trained :class:`caloflow.models.FlowII` of the same geometry.
+
+    Raises:
+        CaloflowError: the two flows are built for different geometries.
     """
 
     def __init__(self, flow1, flow2):
+        if flow1.geometry != flow2.geometry:
+            raise CaloflowError(
+                f"Flow I is built for the {flow1.geometry.name} geometry and Flow II for "
+                f"{flow2.geometry.name}: both flows must be trained on the same detector"
+            )
         self.flow1 = flow1.eval()
         self.flow2 = flow2.eval()
+
+    @property
+    def geometry(self) -> Geometry:
+        """The detector of both flows."""
+        return self.flow2.geometry
 
     @property
     def domain(self) -> Domain:
@@ -149,7 +177,7 @@ class CaloFlow:
         fast: bool = True,
         threshold: bool = True,
     ) -> tuple[Tensor, Tensor, int]:
-        """One shower per incident energy (GeV): (voxels (N, 504) MeV, layer energies (N, 3) MeV, redraws)."""
+        """One shower per incident energy (GeV): (voxels (N, V) MeV, layer energies (N, L) MeV, redraws)."""
         energies_gev = torch.as_tensor(energies_gev, dtype=torch.float32).reshape(-1)
         layer_energies, n1 = redraw_nonfinite(
             lambda e: self.flow1.sample(e, generator), energies_gev
@@ -183,7 +211,9 @@ class CaloFlow:
             voxels, _, redraws = self.sample_batch(chunk, generator, fast=fast)
             return voxels, redraws
 
-        showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress, out=out)
+        showers, self.redraws = sample_in_batches(
+            draw, energies_gev, batch_size, progress, out=out, geometry=self.geometry
+        )
         return showers
 
 
@@ -196,6 +226,11 @@ class CaloGANSampler:
     @property
     def domain(self) -> Domain:
         return self.model.domain
+
+    @property
+    def geometry(self) -> Geometry:
+        """The detector of the model (the CaloGAN baseline knows only CaloGAN)."""
+        return self.model.geometry
 
     @classmethod
     def load(cls, ckpt, device: str = "cpu") -> "CaloGANSampler":
@@ -216,30 +251,44 @@ class CaloGANSampler:
         def draw(chunk: Tensor) -> tuple[Tensor, int]:
             return redraw_nonfinite(lambda e: self.model.sample(e, generator), chunk)
 
-        showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress, out=out)
+        showers, self.redraws = sample_in_batches(
+            draw, energies_gev, batch_size, progress, out=out, geometry=self.geometry
+        )
         return showers
 
 
 class IncidentEnergies:
-    """The incident energies (GeV, float32) of a generation run, produced batch by batch.
+    """The incident energies (GeV) of a generation run, produced batch by batch.
 
-    The first ``n`` of ``energies_file`` (all if ``n`` is None), read and validated in blocks of
-    :attr:`READ_ROWS` showers, or ``n`` uniform draws in ``energy_range`` from
-    ``numpy.random.default_rng(seed)``, drawn in blocks (the same numbers as one draw of ``n``).
-    Only the file's row count is read at construction; :meth:`batches` streams the energies, and
-    ``numpy.asarray(energies)`` gives them all at once (4 bytes per shower).
+    The given ``values``; else the first ``n`` of ``energies_file`` (all if ``n`` is None), read
+    and validated in blocks of :attr:`READ_ROWS` showers (float64 for a CaloChallenge file, whose
+    MeV energies then come back exactly when written, float32 for a CaloGAN file); or ``n``
+    float32 uniform draws in ``energy_range`` from ``numpy.random.default_rng(seed)``, drawn in
+    blocks (the same numbers as one draw of ``n``). Only the file's row count is read at
+    construction; :meth:`batches` streams the energies, and ``numpy.asarray(energies)`` gives them
+    all at once.
 
     Raises:
         CaloflowError: no ``n`` and no file, a file with no showers or fewer than ``n``.
-        DataFormatError: the file is not a valid CaloGAN file (when counting, or in the block read).
+        DataFormatError: the file is not a valid shower file (when counting, or in the block read).
     """
 
     READ_ROWS = 8192
     DRAW_ROWS = 1 << 16
 
-    def __init__(self, n: int | None, energies_file: str | None, energy_range, seed: int):
+    def __init__(
+        self,
+        n: int | None,
+        energies_file: str | None,
+        energy_range,
+        seed: int,
+        values: np.ndarray | None = None,
+    ):
         self.file, self.energy_range, self.seed = energies_file, energy_range, seed
-        if energies_file is not None:
+        self.values = None if values is None else np.asarray(values).reshape(-1)
+        if self.values is not None:
+            self.n = len(self.values)
+        elif energies_file is not None:
             available = count_showers(energies_file)
             if available == 0:
                 raise CaloflowError(f"--energies {energies_file}: holds no showers")
@@ -257,6 +306,9 @@ class IncidentEnergies:
         return self.n
 
     def _blocks(self):
+        if self.values is not None:
+            yield self.values
+            return
         if self.file is not None:
             for showers in iter_showers(self.file, self.READ_ROWS, stop=self.n):
                 yield showers.energy

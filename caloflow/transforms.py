@@ -5,14 +5,16 @@ Each flow's representation is one ``nn.Module`` owned by the model (``FlowI.prep
 same object undoes the encoding when the model samples, so a checkpoint alone is enough to
 generate:
 
-* :class:`FlowIPreprocessing`: layer energies <-> logit of the u-space of eq. (4.1), context
-  eq. (4.4).
+* :class:`FlowIPreprocessing`: layer energies <-> logit of the u-space of eq. (4.1) (generalised
+  to any number of layers), context eq. (4.4).
 * :class:`FlowIIPreprocessing`: voxels <-> logit of the per-layer normalised voxels, context
   eqs. (4.4) and (4.5); its inverse is the paper's post-processing (section 4.3).
 
 They are built from small invertible pieces (:class:`LogitTransform`, :class:`EnergyToU`,
 :class:`LayerNormalization`, :func:`encode_incident_energy`, :func:`encode_layer_energies`).
-Units: voxels and layer energies in MeV, incident energy in GeV. Arithmetic is carried out in
+The detector enters only through its layer sizes (:attr:`caloflow.geometry.Geometry.layer_sizes`,
+given by the model that owns the preprocessing). Units: voxels and layer energies in MeV, incident
+energy in GeV. Arithmetic is carried out in
 float64 and returned in the dtype of the input, so that round trips hold to 1e-6 relative and
 generated layer sums equal the requested energies to float32 precision.
 """
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from caloflow.geometry import GEV, KEV, LAYER_SIZES, THRESHOLD_KEV
+from caloflow.geometry import GEV, KEV, THRESHOLD_KEV
 
 #: Logit offset of eq. (4.3): 0 and 1 map to -+13.82.
 ALPHA = 1e-6
@@ -63,39 +65,51 @@ class LogitTransform(nn.Module):
 
 
 class EnergyToU(nn.Module):
-    """Layer energies (E0, E1, E2) <-> u in [0, 1]^3 given the incident energy, eq. (4.1).
+    """Layer energies (E_0, ..., E_{L-1}) <-> u in [0, 1]^L given the incident energy, eq. (4.1).
 
-    u0 = E_hat / E_inc, u1 = E0 / E_hat, u2 = E1 / (E1 + E2). The inverse gives E_hat = u0 E_inc
-    <= E_inc, so energy conservation holds by construction. Energies in MeV, E_inc in GeV.
+    u_0 = E_hat / E_inc and u_k = E_{k-1} / (E_{k-1} + ... + E_{L-1}) for k = 1 .. L-1: the share of
+    each layer in the energy left for it and the layers behind it. For the three CaloGAN layers this
+    is the paper's u0 = E_hat / E_inc, u1 = E0 / E_hat, u2 = E1 / (E1 + E2); for L layers it is the
+    generalisation of "CaloFlow for CaloChallenge dataset 1" (arXiv:2210.14245). The inverse gives
+    E_hat = u_0 E_inc <= E_inc and E_{k-1} = u_k (E_hat - E_0 - ... - E_{k-2}), the last layer the
+    rest, so energy conservation holds by construction. Energies in MeV, E_inc in GeV; the number
+    of layers L is the width of the input.
     """
 
     def forward(self, layer_energies: Tensor, incident_gev: Tensor) -> Tensor:
         e = _f64(layer_energies)
         e_inc = _f64(incident_gev).reshape(-1) * GEV
         e_hat = e.sum(1)
+        # energy in layers k..L-1, summed from the back: for three layers exactly the float
+        # operations of the paper's formula (E1 + E2), so CaloGAN numbers do not move
+        behind = [e[:, -1]]
+        for k in range(e.shape[1] - 2, 0, -1):
+            behind.insert(0, e[:, k] + behind[0])
+        rest = ([e_hat] + behind[:-1])[: e.shape[1] - 1]  # the denominators of u_1 .. u_{L-1}
         u = torch.stack(
-            [e_hat / e_inc, _safe_divide(e[:, 0], e_hat), _safe_divide(e[:, 1], e[:, 1] + e[:, 2])],
-            dim=1,
+            [e_hat / e_inc] + [_safe_divide(e[:, k], r) for k, r in enumerate(rest)], dim=1
         )
         return u.clamp(0, 1).to(torch.as_tensor(layer_energies).dtype)
 
     def inverse(self, u: Tensor, incident_gev: Tensor) -> Tensor:
         u64 = _f64(u).clamp(0, 1)
-        e_hat = u64[:, 0] * _f64(incident_gev).reshape(-1) * GEV
-        e0 = u64[:, 1] * e_hat
-        e1 = u64[:, 2] * (e_hat - e0)
-        e2 = e_hat - e0 - e1
-        return torch.stack([e0, e1, e2], dim=1).to(torch.as_tensor(u).dtype)
+        remaining = u64[:, 0] * _f64(incident_gev).reshape(-1) * GEV
+        energies = []
+        for k in range(1, u64.shape[1]):
+            energies.append(u64[:, k] * remaining)
+            remaining = remaining - energies[-1]
+        return torch.stack(energies + [remaining], dim=1).to(torch.as_tensor(u).dtype)
 
 
 class LayerNormalization(nn.Module):
-    """Voxels (N, 504) <-> per-layer fractions that sum to one in each layer (paper section 4.2, step 2).
+    """Voxels (N, V) <-> per-layer fractions that sum to one in each layer (paper section 4.2, step 2).
 
-    ``inverse`` renormalises each layer of a (generated) shape to sum exactly 1 and scales it by
-    the layer energies (section 4.3).
+    ``layer_sizes`` are the voxels per layer in the flat order (V their sum), e.g.
+    ``geometry.layer_sizes``. ``inverse`` renormalises each layer of a (generated) shape to sum
+    exactly 1 and scales it by the layer energies (section 4.3).
     """
 
-    def __init__(self, layer_sizes: Sequence[int] = LAYER_SIZES):
+    def __init__(self, layer_sizes: Sequence[int]):
         super().__init__()
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
 
@@ -106,7 +120,7 @@ class LayerNormalization(nn.Module):
         return torch.split(x, self.layer_sizes, dim=1)
 
     def layer_sums(self, voxels: Tensor) -> Tensor:
-        """(N, 504) -> (N, 3) sum of each layer."""
+        """(N, V) -> (N, L) sum of each layer."""
         return torch.stack([part.sum(1) for part in self._split(_f64(voxels))], dim=1).to(
             torch.as_tensor(voxels).dtype
         )
@@ -141,7 +155,7 @@ def decode_incident_energy(encoded: Tensor) -> Tensor:
 
 
 def encode_layer_energies(layer_energies: Tensor) -> Tensor:
-    """log10((E_i + 1 keV) / 100 GeV) + 2, in [-6, 3]: eq. (4.5). E_i in MeV, (N, 3) -> (N, 3)."""
+    """log10((E_i + 1 keV) / 100 GeV) + 2, in [-6, 3]: eq. (4.5). E_i in MeV, (N, L) -> (N, L)."""
     e = torch.as_tensor(layer_energies)
     return (torch.log10((_f64(e) + KEV) / (100 * GEV)) + 2).to(e.dtype)
 
@@ -154,43 +168,50 @@ def decode_layer_energies(encoded: Tensor) -> Tensor:
 
 
 class FlowIPreprocessing(nn.Module):
-    """Flow I's representation: x = logit(u(E0, E1, E2 | E_inc)) (3), context = eq. (4.4) (1)."""
+    """Flow I's representation: x = logit(u(E_0..E_{L-1} | E_inc)) (L), context = eq. (4.4) (1).
 
-    features = 3
+    ``n_layers`` is L, the number of layer energies (``geometry.n_layers``).
+    """
+
     context_features = 1
 
-    def __init__(self, alpha: float = ALPHA):
+    def __init__(self, n_layers: int, alpha: float = ALPHA):
+        if int(n_layers) < 1:
+            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
         super().__init__()
+        self.features = int(n_layers)
         self.logit = LogitTransform(alpha)
         self.to_u = EnergyToU()
+
+    def extra_repr(self) -> str:
+        return f"n_layers={self.features}"
 
     def context(self, incident_gev: Tensor) -> Tensor:
         return encode_incident_energy(incident_gev)
 
     def forward(self, layer_energies: Tensor, incident_gev: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, 3) MeV, (N,) GeV -> (x (N, 3), context (N, 1))."""
+        """(N, L) MeV, (N,) GeV -> (x (N, L), context (N, 1))."""
         return self.logit.forward(self.to_u.forward(layer_energies, incident_gev)), self.context(
             incident_gev
         )
 
     def inverse(self, x: Tensor, incident_gev: Tensor) -> Tensor:
-        """Flow I output -> layer energies (N, 3) in MeV with E0 + E1 + E2 <= E_inc."""
+        """Flow I output -> layer energies (N, L) in MeV with E_0 + ... + E_{L-1} <= E_inc."""
         return self.to_u.inverse(self.logit.inverse(x), incident_gev)
 
 
 class FlowIIPreprocessing(nn.Module):
-    """Flow II's representation: x = logit(per-layer normalised voxels) (504), context (4).
+    """Flow II's representation: x = logit(per-layer normalised voxels) (V), context (1 + L).
 
-    The context is [eq. (4.4) of E_inc, eq. (4.5) of E_0, E_1, E_2]. ``inverse`` is the paper's
-    post-processing: inverse logit, renormalise each layer, scale by E_i, zero voxels below the
-    threshold (10 keV).
+    ``layer_sizes`` are the voxels per layer (``geometry.layer_sizes``; V their sum, L their
+    number). The context is [eq. (4.4) of E_inc, eq. (4.5) of E_0 .. E_{L-1}]. ``inverse`` is the
+    paper's post-processing: inverse logit, renormalise each layer, scale by E_i, zero voxels below
+    the threshold (10 keV).
     """
-
-    context_features = 4
 
     def __init__(
         self,
-        layer_sizes: Sequence[int] = LAYER_SIZES,
+        layer_sizes: Sequence[int],
         alpha: float = ALPHA,
         threshold_kev: float = THRESHOLD_KEV,
     ):
@@ -199,6 +220,7 @@ class FlowIIPreprocessing(nn.Module):
         self.logit = LogitTransform(alpha)
         self.threshold = threshold_kev * KEV
         self.features = sum(self.normalization.layer_sizes)
+        self.context_features = 1 + len(self.normalization.layer_sizes)
 
     def context(self, incident_gev: Tensor, layer_energies: Tensor) -> Tensor:
         return torch.cat(
@@ -206,13 +228,13 @@ class FlowIIPreprocessing(nn.Module):
         )
 
     def forward(self, voxels: Tensor, incident_gev: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, 504) MeV, (N,) GeV -> (x (N, 504), context (N, 4)); E_i are the layer sums of ``voxels``."""
+        """(N, V) MeV, (N,) GeV -> (x (N, V), context (N, 1 + L)); E_i are the layer sums of ``voxels``."""
         layer_energies = self.normalization.layer_sums(voxels)
         x = self.logit.forward(self.normalization.forward(voxels))
         return x, self.context(incident_gev, layer_energies).to(x.dtype)
 
     def inverse(self, x: Tensor, layer_energies: Tensor, threshold: bool = True) -> Tensor:
-        """Flow II output -> voxels (N, 504) in MeV whose layer sums are ``layer_energies`` (before the cut)."""
+        """Flow II output -> voxels (N, V) in MeV whose layer sums are ``layer_energies`` (before the cut)."""
         voxels = self.normalization.inverse(self.logit.inverse(x), layer_energies)
         if threshold:
             voxels = torch.where(voxels >= self.threshold, voxels, torch.zeros_like(voxels))

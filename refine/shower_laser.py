@@ -205,7 +205,8 @@ class ShowerRun(Stages):
 
 
 def laser_generator(inputs: ShowerInputs):
-    """The model as a LaSeR generator g(z | E): :class:`CaloFlowGenerator` (z in R^507) or :class:`CaloGANGenerator`."""
+    """The model as a LaSeR generator g(z | E): :class:`CaloFlowGenerator` (z in R^(L + V)) or
+    :class:`CaloGANGenerator`."""
     from refine.showers import CaloFlowGenerator, CaloGANGenerator
 
     if inputs.kind == "calogan":
@@ -250,7 +251,7 @@ def draw_unrefined(
     run: ShowerRun, energies: torch.Tensor, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One unrefined shower per incident energy (GeV) in generation batches of ``batch_size``, latents kept:
-    (z (n, N), x (n, 504) MeV) on the CPU."""
+    (z (n, N), x (n, V) MeV) on the CPU."""
     import torch
 
     from refine.shower_refiner import draw_latent_showers
@@ -319,7 +320,7 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
 
 
 def shower_log_weight(classifier, clip: float | None = None):
-    """(x (n, 504) MeV, E (n,) GeV) -> log w(x, E) = logit, capped at log(clip); differentiable in x."""
+    """(x (n, V) MeV, E (n,) GeV) -> log w(x, E) = logit, capped at log(clip); differentiable in x."""
     import math
 
     import torch
@@ -332,7 +333,7 @@ def shower_log_weight(classifier, clip: float | None = None):
 
 
 def shower_weights(classifier, x, energies, clip: float | None = None):
-    """w(x, E) = exp(logit) (clipped at ``clip``) of showers x (n, 504) MeV at E (n,) GeV, float64 (n,)."""
+    """w(x, E) = exp(logit) (clipped at ``clip``) of showers x (n, V) MeV at E (n,) GeV, float64 (n,)."""
     import torch
 
     from refine.classifier import weights_from_logits

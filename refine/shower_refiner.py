@@ -1,13 +1,13 @@
 """The LaSeR refiner of a shower model: its checkpoint, and generation with it (``caloflow generate --refiner``).
 
-A shower model g(z | E_inc) (:class:`refine.showers.CaloFlowGenerator`, z in R^507, or
+A shower model g(z | E_inc) (:class:`refine.showers.CaloFlowGenerator`, z in R^(L + V), or
 :class:`refine.showers.CaloGANGenerator`) is refined by a conditional weighted-GAN refiner
 Phi(y, E_inc) = y + MLP([y, c(E_inc)]) (:class:`refine.gan.WeightedGANRefiner` with ``residual``,
 ``context_dim = 1`` and aux_dim = latent dim), c(E_inc) = log10(E_inc / 10 GeV) (CaloFlow eq. 4.4).
 A refined shower is g(Phi(y, E_inc) | E_inc), with y ~ N(0, I) drawn exactly as the unrefined
-model draws its latent points (:meth:`CaloFlowGenerator.sample_latent`: z_I (n, 3) then z_II
-(n, 504) per batch of ``caloflow generate``), so for a seed and a batch size the refined and the
-unrefined showers of one energy file share their y.
+model draws its latent points (:meth:`CaloFlowGenerator.sample_latent`: z_I (n, L) then z_II
+(n, V) per batch of ``caloflow generate``; L layers and V voxels of the flows' geometry), so for
+a seed and a batch size the refined and the unrefined showers of one energy file share their y.
 
 The checkpoint (``refiner.ckpt``, written by ``python -m refine.laser --flow1 ...``) is a Lightning
 checkpoint of the refiner (``state_dict``, ``hyper_parameters``) with a ``laser`` entry: the
@@ -221,6 +221,11 @@ class RefinedSampler:
     def domain(self):
         return self.base.domain
 
+    @property
+    def geometry(self):
+        """The detector of the base model (:class:`caloflow.geometry.Geometry`)."""
+        return self.base.geometry
+
     def phi(self, y: Tensor, incident_gev: Tensor) -> Tensor:
         """Phi(y, E_inc): the refined latent points (n, N) of y (n, N) at E_inc (n,) GeV."""
         context = incident_context(incident_gev).to(y.device)
@@ -247,7 +252,9 @@ class RefinedSampler:
             _, _, voxels, redraws = draw_latent_showers(self.g, chunk, generator, self.phi)
             return voxels, redraws
 
-        showers, self.redraws = sample_in_batches(draw, energies_gev, batch_size, progress, out=out)
+        showers, self.redraws = sample_in_batches(
+            draw, energies_gev, batch_size, progress, out=out, geometry=self.geometry
+        )
         return showers
 
 

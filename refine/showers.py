@@ -4,21 +4,22 @@ LaSeR (Winterhalder, Bellagente, Nachman, arXiv:2106.00792) refines a generator 
 latent density p_Z by training a classifier between data and generated x, and pulling its weights
 w(x) back to the latent space: w(z) = w(g(z)). The refined latent density p_Z(z) w(g(z)) is then
 sampled without weights (rejection sampling, Hamiltonian Monte Carlo of log N(z) + log w(g(z)), or
-a weighted-GAN refiner Phi, :mod:`refine`). Here g is a shower model of the CaloGAN calorimeter
-(504 voxels), conditional on the incident energy E_inc:
+a weighted-GAN refiner Phi, :mod:`refine`). Here g is a shower model of a calorimeter with L layers
+and V voxels (the models' ``geometry``, :mod:`caloflow.geometry`), conditional on the incident
+energy E_inc:
 
-* :class:`CaloFlowGenerator`: z = (z_I, z_II) in R^3 x R^504 = R^507,
+* :class:`CaloFlowGenerator`: z = (z_I, z_II) in R^L x R^V = R^(L + V),
   g(z) = FlowII^-1(z_II | E_inc, E_k) with E_k = FlowI^-1(z_I | E_inc), after the post-processing of
   ``caloflow generate`` (section 4.3 of CaloFlow, arXiv:2106.05285);
 * :class:`CaloGANGenerator`: z in R^latent_dim (1024 for the published CaloGAN), g(z) the CaloGAN
-  generator at E_inc.
+  generator at E_inc (CaloGAN geometry only).
 
 E_inc is a condition, not a latent coordinate: one value per latent row, given at construction (so
 that the protocol's ``decode(z)`` works, for every z with that many rows or for any z when a single
 energy is given) or per call, ``decode(z, incident_gev)``. (:func:`refine.generate` splits z into
 batches but not the energies: with per-row energies, decode all rows in one batch or call ``decode``
-per batch with its energies.) Units: E_inc in GeV, showers (N, 504) in MeV, flattened as
-:func:`caloflow.geometry.join_layers`.
+per batch with its energies.) Units: E_inc in GeV, showers (N, V) in MeV, in the flat voxel order
+of the geometry (:meth:`caloflow.geometry.Geometry.join_layers`).
 
 Both decodes are differentiable in z (HMC needs grad_z [log N(z) + log w(g(z))]). CaloFlow's keeps
 the graph when grad mode is on and z (or E_inc) requires grad, and otherwise runs on the fast,
@@ -65,11 +66,12 @@ def _check_latent(z: Tensor, dim: int) -> None:
 
 
 class CaloFlowGenerator:
-    """CaloFlow (Flow I then Flow II) as a LaSeR generator g: R^507 -> R^504, conditional on E_inc.
+    """CaloFlow (Flow I then Flow II) as a LaSeR generator g: R^(L + V) -> R^V, conditional on E_inc.
 
-    The latent point is z = (z_I, z_II), z_I in R^3 (Flow I's base space) and z_II in R^504 (Flow
-    II's), both standard normal. ``decode`` is the map of ``caloflow generate``: layer energies
-    E_k = FlowI.decode(z_I, E_inc) (MeV), then voxels FlowII.decode(z_II, E_inc, E_k) (MeV): inverse
+    The latent point is z = (z_I, z_II), z_I in R^L (Flow I's base space, one coordinate per layer)
+    and z_II in R^V (Flow II's, one per voxel), both standard normal. ``decode`` is the map of
+    ``caloflow generate``: layer energies E_k = FlowI.decode(z_I, E_inc) (MeV), then voxels
+    FlowII.decode(z_II, E_inc, E_k) (MeV): inverse
     logit, each layer renormalised to E_k, voxels below 10 keV set to zero (``threshold``). For the
     same latent draws and energies, decoded in the same batches on the graph-free path, the showers
     are those of ``caloflow generate`` bit for bit (on the same device); another batch size, or the
@@ -87,7 +89,8 @@ class CaloFlowGenerator:
 
     Args:
         flow1: a :class:`caloflow.models.FlowI` (trained, or any weights).
-        flow2: a :class:`caloflow.models.FlowII` on the same device and with the same dtype.
+        flow2: a :class:`caloflow.models.FlowII` on the same device, with the same dtype and the
+            same geometry.
         incident_gev: default incident energies (GeV), one per latent row, or one for all; None: give
             them to every ``decode``.
         fast: Flow II's inverse: the exact fast inverse (True, as ``caloflow generate``) or nflows'.
@@ -104,6 +107,11 @@ class CaloFlowGenerator:
         fast: bool = True,
         threshold: bool = True,
     ):
+        if flow1.geometry != flow2.geometry:
+            raise ValueError(
+                f"Flow I is built for the {flow1.geometry.name} geometry, Flow II for "
+                f"{flow2.geometry.name}"
+            )
         self.flow1 = flow1
         self.flow2 = flow2
         self.incident_gev = (
@@ -113,8 +121,13 @@ class CaloFlowGenerator:
         self.threshold = threshold
 
     @property
+    def geometry(self):
+        """The detector of both flows (:class:`caloflow.geometry.Geometry`)."""
+        return self.flow2.geometry
+
+    @property
     def split(self) -> tuple[int, int]:
-        """Dimensions of (z_I, z_II): (3, 504)."""
+        """Dimensions of (z_I, z_II): (L, V), the layers and voxels of the geometry."""
         return self.flow1.latent_dim, self.flow2.latent_dim
 
     @property
@@ -122,9 +135,9 @@ class CaloFlowGenerator:
         return (sum(self.split),)
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """z ~ N(0, 1) (n, 507) in the flows' dtype, on Flow I's device; drawn on the CPU from ``generator``.
+        """z ~ N(0, 1) (n, L + V) in the flows' dtype, on Flow I's device; drawn on the CPU from ``generator``.
 
-        z_I (n, 3) is drawn first, then z_II (n, 504), as ``caloflow generate`` draws them for one
+        z_I (n, L) is drawn first, then z_II (n, V), as ``caloflow generate`` draws them for one
         batch of n showers: with the same seeded generator, one call per batch of ``--batch-size``
         reproduces its latent points (when no shower is drawn again).
         """
@@ -134,7 +147,7 @@ class CaloFlowGenerator:
         return torch.cat([z_1, z_2], dim=1)
 
     def decode(self, z: Tensor, incident_gev: Tensor | None = None) -> Tensor:
-        """g(z): showers (n, 504) in MeV for the latent points ``z`` (n, 507) at ``incident_gev`` (n,) GeV.
+        """g(z): showers (n, V) in MeV for the latent points ``z`` (n, L + V) at ``incident_gev`` (n,) GeV.
 
         ``incident_gev`` defaults to the energies given at construction. Differentiable in ``z``
         when grad mode is on and ``z`` requires grad (see the class docstring); computed in the
@@ -155,7 +168,7 @@ class CaloFlowGenerator:
         )
 
     def layer_energies(self, z: Tensor, incident_gev: Tensor | None = None) -> Tensor:
-        """Flow I's part of g: the layer energies E_k (n, 3) in MeV that ``decode(z)`` is conditioned on."""
+        """Flow I's part of g: the layer energies E_k (n, L) in MeV that ``decode(z)`` is conditioned on."""
         _check_latent(z, self.latent_shape[0])
         energies = _incident_rows(incident_gev, self.incident_gev, z.shape[0])
         z_1 = z[:, : self.split[0]].contiguous()
@@ -173,10 +186,10 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 class CaloGANGenerator:
-    """The CaloGAN generator as a LaSeR generator g: R^latent_dim -> R^504, conditional on E_inc.
+    """The CaloGAN generator as a LaSeR generator g: R^latent_dim -> R^V, conditional on E_inc.
 
     z ~ N(0, 1) in R^latent_dim (the module's, 1024 for the published CaloGAN); the network scales z
-    by E_inc / 100 GeV and returns the three layer images, flattened to (n, 504) voxels in MeV,
+    by E_inc / 100 GeV and returns the three layer images, flattened to (n, V) voxels in MeV,
     the map of ``caloflow generate --calogan`` (:meth:`caloflow.models.calogan.CaloGAN.sample`).
     ``decode`` runs the network in eval mode (BatchNorm with its running averages, as for
     generation) and is differentiable in z when grad mode is on; the final ReLU gives zero gradient
@@ -225,7 +238,7 @@ class CaloGANGenerator:
         return z.to(ref.device)
 
     def decode(self, z: Tensor, incident_gev: Tensor | None = None) -> Tensor:
-        """g(z): showers (n, 504) in MeV (float32) for ``z`` (n, latent_dim) at ``incident_gev`` (n,) GeV."""
+        """g(z): showers (n, V) in MeV (float32) for ``z`` (n, latent_dim) at ``incident_gev`` (n,) GeV."""
         _check_latent(z, self.latent_shape[0])
         ref = self._reference()
         energies = _incident_rows(incident_gev, self.incident_gev, z.shape[0]).to(

@@ -76,14 +76,14 @@ def perturb(module: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module
     return module
 
 
-def tiny_flows(dtype=torch.float32, seed: int = 0) -> tuple[FlowI, FlowII]:
+def tiny_flows(
+    dtype=torch.float32, seed: int = 0, geometry: str = "calogan"
+) -> tuple[FlowI, FlowII]:
     torch.manual_seed(seed)
-    flow1 = perturb(FlowI(n_blocks=2, hidden_features=8, num_bins=4), 0.2, seed).to(dtype).eval()
-    flow2 = (
-        perturb(FlowII(n_blocks=2, hidden_features=8, num_bins=4, dropout=0.0), 0.2, seed + 1)
-        .to(dtype)
-        .eval()
-    )
+    flow1 = FlowI(n_blocks=2, hidden_features=8, num_bins=4, geometry=geometry)
+    flow1 = perturb(flow1, 0.2, seed).to(dtype).eval()
+    flow2 = FlowII(n_blocks=2, hidden_features=8, num_bins=4, dropout=0.0, geometry=geometry)
+    flow2 = perturb(flow2, 0.2, seed + 1).to(dtype).eval()
     return flow1, flow2
 
 

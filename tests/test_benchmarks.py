@@ -247,7 +247,19 @@ def check_fidelity(stdout: str) -> None:
 
 
 #: script -> the check of its --smoke output
+def check_challenge_evaluation(stdout: str) -> None:
+    rows = parse_table(
+        stdout, ["sample", "input", "AUC", "AUC spread", "JSD", "converged", "minutes"]
+    )
+    assert [r["input"] for r in rows] == ["cls-low", "cls-low-normed", "cls-high"] * 2
+    assert rows[0]["sample"].startswith("same distribution") and " x 1.05" in rows[-1]["sample"]
+    for r in rows:
+        assert 0 <= number(r["AUC"]) <= 1 and number(r["AUC spread"]) >= 0
+        assert r["converged"] in ("yes", "no", "n/a")
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
+    "challenge_evaluation.py": check_challenge_evaluation,
     "simulate.py": check_simulate,
     "training.py": check_training,
     "training_float32.py": check_training_float32,

@@ -8,6 +8,7 @@ import math
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from caloflow.data.datamodule import CaloDataModule, data_geometry
 from caloflow.data.io import (
@@ -286,3 +287,45 @@ def test_simulate_takes_the_energies_of_a_file_in_both_detectors(tmp_path):
         and "Traceback" not in bad.stderr
     )
     assert not calogan.exists()
+
+
+def test_generate_follows_a_challenge_reference(tmp_path):
+    """Generated files of a dataset-1 model have the reference's events and energies exactly (what
+    the challenge's evaluator needs), in the CaloChallenge format; --energies challenge gives the
+    official mix scaled to --n."""
+    from tests.helpers import run_cli, save_checkpoint, tiny_flows
+
+    flow1, flow2 = tiny_flows(torch.float32, seed=0, geometry="ds1-photons")
+    f1 = save_checkpoint(flow1, tmp_path / "f1.ckpt")
+    f2 = save_checkpoint(flow2, tmp_path / "f2.ckpt")
+    energies = np.repeat(2.0 ** np.arange(8, 23), 2)
+    reference = _challenge_file(
+        tmp_path / "ref.hdf5", np.ones((30, DS1_PHOTONS.n_voxels)), energies
+    )
+    for energies_option, n, out in (
+        (str(reference), 30, "gen.hdf5"),
+        ("challenge", 150, "mix.hdf5"),
+    ):
+        done = run_cli(
+            "caloflow", "generate", "--flow1", f1, "--flow2", f2, "--energies", energies_option,
+            "--n", str(n), "--batch-size", "70", "--out", str(tmp_path / out), "--no-progress",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "gen.hdf5") as f:
+        assert set(f) == {"showers", "incident_energies"}
+        assert f["showers"].shape == (30, DS1_PHOTONS.n_voxels)
+        np.testing.assert_array_equal(f["incident_energies"][:, 0], energies)
+    mix = read_showers(tmp_path / "mix.hdf5")
+    assert mix.geometry == DS1_PHOTONS
+    values, counts = np.unique(mix.energy * 1000.0, return_counts=True)
+    np.testing.assert_array_equal(values, 2.0 ** np.arange(8, 23))
+    assert counts.sum() == 150 and counts[0] >= counts[-1] >= 1
+    calogan_flows = tiny_flows(torch.float32, seed=0)
+    g1 = save_checkpoint(calogan_flows[0], tmp_path / "g1.ckpt")
+    g2 = save_checkpoint(calogan_flows[1], tmp_path / "g2.ckpt")
+    bad = run_cli(
+        "caloflow", "generate", "--flow1", g1, "--flow2", g2, "--energies", "challenge",
+        "--n", "5", "--out", str(tmp_path / "bad.hdf5"),
+    )  # fmt: skip
+    assert bad.returncode != 0 and "belongs to dataset 1" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad.hdf5").exists()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from caloflow.geometry import LAYER_SLICES
+from caloflow.geometry import CALOGAN
 from caloflow.transforms import (
     EnergyToU,
     FlowIIPreprocessing,
@@ -47,7 +47,7 @@ def test_logit_known_values_and_round_trip():
 
 def test_u_space_matches_equation_4_1():
     voxels, incident = showers()
-    e = LayerNormalization().layer_sums(voxels)
+    e = LayerNormalization(CALOGAN.layer_sizes).layer_sums(voxels)
     u = EnergyToU().forward(e, incident)
     e_hat = e.sum(1)
     expected = torch.stack(
@@ -61,14 +61,14 @@ def test_u_space_matches_equation_4_1():
 def test_u_space_inverse_conserves_energy_for_any_input():
     incident = torch.rand(500, dtype=torch.float64) * 99 + 1
     x = torch.randn(500, 3, dtype=torch.float64) * 20  # far outside the data: clamps must hold
-    e = FlowIPreprocessing().inverse(x, incident)
+    e = FlowIPreprocessing(CALOGAN.n_layers).inverse(x, incident)
     assert (e >= 0).all() and (e.sum(1) <= incident * 1e3 * (1 + 1e-12)).all()
 
 
 def test_flow1_round_trip():
     voxels, incident = showers()
-    e = LayerNormalization().layer_sums(voxels)
-    pre = FlowIPreprocessing()
+    e = LayerNormalization(CALOGAN.layer_sizes).layer_sums(voxels)
+    pre = FlowIPreprocessing(CALOGAN.n_layers)
     x, context = pre.forward(e, incident)
     assert x.shape == (64, 3) and context.shape == (64, 1)
     assert torch.allclose(pre.inverse(x, incident), e, rtol=1e-6, atol=0)
@@ -90,26 +90,26 @@ def test_condition_encodings():
 
 def test_layer_normalisation_round_trip_and_sums():
     voxels, _ = showers()
-    norm = LayerNormalization()
+    norm = LayerNormalization(CALOGAN.layer_sizes)
     fractions = norm.forward(voxels)
-    for s in LAYER_SLICES:
+    for s in CALOGAN.layer_slices:
         assert torch.allclose(
             fractions[:, s].sum(1), torch.ones(64, dtype=torch.float64), rtol=1e-12
         )
     assert torch.allclose(norm.inverse(fractions, norm.layer_sums(voxels)), voxels, rtol=1e-6)
     # an empty layer stays empty instead of turning into NaN
     empty = voxels.clone()
-    empty[:, LAYER_SLICES[2]] = 0
+    empty[:, CALOGAN.layer_slices[2]] = 0
     assert (
         torch.isfinite(norm.forward(empty)).all()
-        and not norm.forward(empty)[:, LAYER_SLICES[2]].any()
+        and not norm.forward(empty)[:, CALOGAN.layer_slices[2]].any()
     )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_flow2_round_trip(dtype):
     voxels, incident = showers(dtype=dtype)
-    pre = FlowIIPreprocessing()
+    pre = FlowIIPreprocessing(CALOGAN.layer_sizes)
     x, context = pre.forward(voxels, incident)
     assert x.shape == (64, 504) and context.shape == (64, 4) and x.dtype == dtype
     e = decode_layer_energies(context[:, 1:].double())
@@ -125,11 +125,11 @@ def test_flow2_round_trip(dtype):
 
 
 def test_flow2_postprocessing_renormalises_and_thresholds():
-    pre = FlowIIPreprocessing()
+    pre = FlowIIPreprocessing(CALOGAN.layer_sizes)
     x = torch.randn(32, 504) * 3 - 6  # a generated shape that does not sum to 1 per layer
     e = torch.rand(32, 3, dtype=torch.float64) * 1e4
     unthresholded = pre.inverse(x, e, threshold=False)
-    sums = LayerNormalization().layer_sums(unthresholded.double())
+    sums = LayerNormalization(CALOGAN.layer_sizes).layer_sums(unthresholded.double())
     assert torch.allclose(sums, e, rtol=1e-5)
     out = pre.inverse(x, e)
     assert ((out == 0) | (out >= 10e-3)).all()

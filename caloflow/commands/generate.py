@@ -1,4 +1,10 @@
-"""``caloflow generate``: showers from trained CaloFlow (or CaloGAN) checkpoints into a CaloGAN file.
+"""``caloflow generate``: showers from trained CaloFlow (or CaloGAN) checkpoints into a shower file
+in the models' geometry (a CaloGAN file, or a CaloChallenge file for a CaloChallenge geometry).
+
+``--energies FILE`` takes the incident energies of a shower file in order (a generated file then
+has as many showers, at the same energies, as the reference: what the CaloChallenge evaluator
+needs); ``--energies challenge`` the official dataset-1 mix (121,000 / 120,800 showers, or --n in
+the same proportions).
 
 The library does the work (:mod:`caloflow.sampling`); this module parses the options, checks them
 before any work, and writes the file batch by batch (:class:`caloflow.data.io.ShowerWriter`).
@@ -16,9 +22,11 @@ import torch
 
 from caloflow.checks import check_not_an_input
 from caloflow.commands import argtypes
+from caloflow.data import barrel
 from caloflow.data.io import ShowerWriter, check_disk_space
 from caloflow.domain import Domain, check_energies, check_particle, of_file
 from caloflow.errors import CaloflowError
+from caloflow.geometry import Geometry
 from caloflow.sampling import CaloFlow, CaloGANSampler, IncidentEnergies
 from refine.shower_refiner import RefinedSampler, load_refiner
 
@@ -39,11 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=argtypes.positive_int,
         help="number of showers (default: all energies of --energies)",
     )
-    parser.add_argument(
-        "--energies",
-        type=argtypes.existing_file,
-        help="CaloGAN file whose incident energies are used",
-    )
+    argtypes.add_energies_option(parser)
     parser.add_argument(
         "--energy-range",
         nargs=2,
@@ -72,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--out", required=True, type=argtypes.output_file, help="output CaloGAN HDF5 file"
+        "--out",
+        required=True,
+        type=argtypes.output_file,
+        help="output HDF5 file (CaloGAN or CaloChallenge format, after the models' geometry)",
     )
     argtypes.add_progress_option(parser)
     argtypes.add_threads_option(parser, None)
@@ -94,13 +101,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    energies = IncidentEnergies(args.n, args.energies, (lo, hi), args.seed)  # counted, not read yet
-    check_output(args, len(energies))
     refiner = _check_refiner(args)
     if args.calogan:
         sampler, name = CaloGANSampler.load(args.calogan, args.device), "calogan"
     else:
         sampler, name = CaloFlow.load(args.flow1, args.flow2, args.device), "caloflow"
+    energies = _energies(args, sampler.geometry, (lo, hi))  # counted, not read yet
+    check_output(args, len(energies), sampler.geometry)
     attrs = {
         "generator": name,
         "seed": args.seed,
@@ -113,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     check_domain(sampler.domain, energies, args)
     generator = torch.Generator().manual_seed(args.seed)
     # batch by batch into the file: memory does not grow with --n; the file appears only when complete
-    with ShowerWriter(args.out, attrs=attrs, expected_rows=len(energies)) as out:
+    with ShowerWriter(
+        args.out, attrs=attrs, expected_rows=len(energies), geometry=sampler.geometry
+    ) as out:
         sampler.sample(
             energies,
             generator,
@@ -141,12 +150,26 @@ def _check_refiner(args: argparse.Namespace):
     return load_refiner(args.refiner, "--refiner", checkpoints)[0]
 
 
-def check_output(args: argparse.Namespace, n: int) -> None:
+def _energies(args: argparse.Namespace, geometry: Geometry, energy_range) -> IncidentEnergies:
+    """The run's incident energies: --energies FILE, --energies challenge (the official mix for a
+    dataset-1 geometry) or --n uniform draws in --energy-range."""
+    if args.energies != argtypes.CHALLENGE_ENERGIES:
+        return IncidentEnergies(args.n, args.energies, energy_range, args.seed)
+    if geometry.name not in barrel.DATASET_PARTICLES:
+        raise CaloflowError(
+            f"--energies challenge: the official energy mix belongs to dataset 1; the model is "
+            f"built for the {geometry.name} geometry"
+        )
+    values = barrel.challenge_energies(geometry, args.n, args.seed)
+    return IncidentEnergies(None, None, energy_range, args.seed, values=values)
+
+
+def check_output(args: argparse.Namespace, n: int, geometry: Geometry) -> None:
     """Refuse, before any work, an --out that is one of the inputs or whose showers would not fit on its disk."""
     check_not_an_input(
         args.out,
         {
-            "--energies": args.energies,
+            "--energies": None if args.energies == argtypes.CHALLENGE_ENERGIES else args.energies,
             "--flow1": args.flow1,
             "--flow2": args.flow2,
             "--calogan": args.calogan,
@@ -157,6 +180,7 @@ def check_output(args: argparse.Namespace, n: int) -> None:
         args.out,
         n,
         f"--n {args.n}" if args.n is not None else f"--energies {args.energies} ({n} showers)",
+        geometry=geometry,
     )
 
 
@@ -168,7 +192,7 @@ def check_domain(domain: Domain, energies_gev, args: argparse.Namespace) -> None
         else f"--energy-range {args.energy_range[0]:g} {args.energy_range[1]:g}"
     )
     check_energies(domain, energies_gev, what, args.strict)
-    if args.energies:
+    if args.energies and args.energies != argtypes.CHALLENGE_ENERGIES:
         check_particle(domain, of_file(args.energies), f"--energies {args.energies}", args.strict)
 
 

@@ -54,7 +54,6 @@ from caloflow.geometry import (
     GEV,
     HALF_WIDTH_MM,
     LAYER_DEPTHS_MM,
-    LAYER_SHAPES,
     PERIOD_MM,
 )
 
@@ -120,8 +119,8 @@ PION_HALO_SCALE = 0.25
 PI0_SPREAD_MM = 10.0
 
 # --- binning tables ------------------------------------------------------------------------
-_ROWS = np.array([r for r, _ in LAYER_SHAPES])
-_COLS = np.array([c for _, c in LAYER_SHAPES])
+_ROWS = np.array([r for r, _ in CALOGAN.layer_shapes])
+_COLS = np.array([c for _, c in CALOGAN.layer_shapes])
 _OFFSETS = np.concatenate([[0], np.cumsum(_ROWS * _COLS)[:-1]])
 _ROWS_PER_MM = _ROWS / (2 * HALF_WIDTH_MM)
 _COLS_PER_MM = _COLS / (2 * HALF_WIDTH_MM)

@@ -4,14 +4,17 @@ Both flows are MADE blocks with rational-quadratic spline transforms (linear tai
 14 because logit(1e-6) = -13.82, 8 bins), ReLU, no batch normalisation, plain (non-residual)
 hidden layers, and a standard-normal base. The spline's minimal bin width, bin height and
 derivative default to nflows' 1e-3; the published reference implementation of CaloFlow uses 1e-6
-for all three (:data:`REFERENCE_SPLINE`, set by the paper configs). Flow I: 6 blocks on the 3 u-space features,
-random permutations between blocks. Flow II: 8 blocks on the 504 voxels, alternately a
-layer-wise reversal and a layer-wise random permutation between blocks.
+for all three (:data:`REFERENCE_SPLINE`, set by the paper configs). Flow I: 6 blocks on the u-space
+features (one per layer), random permutations between blocks. Flow II: 8 blocks on the voxels,
+alternately a layer-wise reversal and a layer-wise random permutation between blocks. The sizes
+follow from the detector geometry (:func:`caloflow.geometry.get_geometry`): the number of layers
+L, the voxels per layer and their sum V.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from pathlib import Path
 
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
@@ -31,7 +34,7 @@ from caloflow.flows.permutations import (
     LayerwiseReversal,
     SeededRandomPermutation,
 )
-from caloflow.geometry import LAYER_SIZES
+from caloflow.geometry import Geometry, get_geometry
 
 #: RQS settings shared by both flows: the logit of [alpha, 1-alpha] lies inside +-13.82.
 TAIL_BOUND = 14.0
@@ -112,7 +115,7 @@ def made_stack(
 
 
 def build_flow1(
-    features: int = 3,
+    geometry: str | Path | dict | Geometry = "calogan",
     context_features: int = 1,
     n_blocks: int = 6,
     hidden_features: int = 64,
@@ -124,7 +127,9 @@ def build_flow1(
     min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
     min_derivative: float = DEFAULT_MIN_DERIVATIVE,
 ) -> Flow:
-    """Flow I: p(u_logit | log10(E_inc / 10 GeV)). Paper size: 79,134 parameters."""
+    """Flow I: p(u_logit | log10(E_inc / 10 GeV)) on the L u-space features of ``geometry`` (a
+    built-in name, a binning XML, a dict or a Geometry). Paper size (CaloGAN): 79,134 parameters."""
+    features = get_geometry(geometry).n_layers
     return made_stack(
         features,
         context_features,
@@ -141,8 +146,8 @@ def build_flow1(
 
 
 def build_flow2(
-    layer_sizes: Sequence[int] = LAYER_SIZES,
-    context_features: int = 4,
+    geometry: str | Path | dict | Geometry = "calogan",
+    context_features: int | None = None,
     n_blocks: int = 8,
     hidden_features: int = 378,
     num_blocks: int = 1,
@@ -153,7 +158,12 @@ def build_flow2(
     min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
     min_derivative: float = DEFAULT_MIN_DERIVATIVE,
 ) -> Flow:
-    """Flow II: p(logit of layer-normalised voxels | E_inc, E_0, E_1, E_2). Paper size: 37,835,280 parameters."""
+    """Flow II: p(logit of layer-normalised voxels | E_inc, E_0 .. E_{L-1}) on the V voxels of ``geometry``
+    (a built-in name, a binning XML, a dict or a Geometry), with permutations inside each layer.
+    ``context_features`` defaults to 1 + L. Paper size (CaloGAN): 37,835,280 parameters."""
+    layer_sizes = get_geometry(geometry).layer_sizes
+    if context_features is None:
+        context_features = 1 + len(layer_sizes)
 
     def permutation(i: int) -> Transform:
         if i % 2 == 0:

@@ -1,14 +1,14 @@
 """Exact, fast inverse of nflows MADE flows (sampling at about the cost of one ``log_prob``).
 
 nflows inverts a masked autoregressive transform by running the whole MADE once per feature:
-504 full network passes per block for Flow II (docs/physics.md section 6; the paper's table 4 reports
+one full network pass per voxel and block for Flow II (docs/physics.md section 6; the paper's table 4 reports
 36 ms per shower on a GPU). The inverse needs far less work. In a MADE (Germain et al. 2015) built
 by nflows, every hidden unit carries a degree ``d`` and depends only on the inputs ``1..d``; the
 spline parameters of feature ``i`` depend only on hidden units of degree ``< i``. So once the
 first ``k`` features of the inverse are known, every hidden unit of degree ``<= k`` can be
 computed *once* and stored, and every feature whose parameters need nothing beyond those units
-can be inverted together. For Flow II (hidden 378 < 504 features) the hidden degrees stop at
-378: features 1..378 are inverted one after another, and features 379..504 all at once.
+can be inverted together. For Flow II (hidden 378 < V features, the voxels) the hidden degrees
+stop at 378: features 1..378 are inverted one after another, and features 379..V all at once.
 
 Each hidden unit and each network output is computed exactly once, from the trained weights and
 masks of the modules themselves, so the result equals ``transform.inverse(z, context)[0]`` up to

@@ -1,9 +1,10 @@
 """Permutations between MADE blocks that keep every voxel inside its calorimeter layer.
 
-CaloFlow paper section 4.2: "variables of calorimeter layer 0 stay in the first 288 positions, [...]
-layer 1 in positions 289 to 432 and [...] layer 2 in the last 72 positions throughout the
-permutation/inversion". Both classes are plain nflows ``Permutation`` transforms (the index is a
-buffer, so it is saved with the checkpoint).
+CaloFlow paper section 4.2: the variables of each calorimeter layer stay in that layer's positions
+of the flat voxel vector "throughout the permutation/inversion". The blocks are the layer sizes of
+the detector (``geometry.layer_sizes``, :mod:`caloflow.geometry`), so a permutation maps every
+layer's index range onto itself. Both classes are plain nflows ``Permutation`` transforms (the index
+is a buffer, so it is saved with the checkpoint).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from collections.abc import Sequence
 
 import torch
 from nflows.transforms import Permutation
-
-from caloflow.geometry import LAYER_SIZES
 
 
 def _offsets(sizes: Sequence[int]) -> list[int]:
@@ -25,9 +24,9 @@ def _offsets(sizes: Sequence[int]) -> list[int]:
 
 
 class LayerwiseReversal(Permutation):
-    """Reverse the order of the features inside each block of ``sizes`` (default: the three layers)."""
+    """Reverse the order of the features inside each block of ``sizes`` (the layer sizes)."""
 
-    def __init__(self, sizes: Sequence[int] = LAYER_SIZES):
+    def __init__(self, sizes: Sequence[int]):
         index = torch.cat(
             [torch.arange(o + n - 1, o - 1, -1) for o, n in zip(_offsets(sizes), sizes)]
         )
@@ -37,7 +36,7 @@ class LayerwiseReversal(Permutation):
 class LayerwiseRandomPermutation(Permutation):
     """A fixed random permutation inside each block of ``sizes``, drawn from ``seed``."""
 
-    def __init__(self, sizes: Sequence[int] = LAYER_SIZES, seed: int = 0):
+    def __init__(self, sizes: Sequence[int], seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         index = torch.cat(
             [o + torch.randperm(n, generator=g) for o, n in zip(_offsets(sizes), sizes)]

@@ -20,19 +20,24 @@ trainable parameters with the published sizes.
 Training (manual optimisation, the published order): a discriminator step on a real-only batch,
 one on a fake-only batch, then two generator steps with fresh z and energies uniform in
 [1, 100] GeV. Adam with beta1 = 0.5, lr 2e-5 (discriminator) and 2e-4 (generator).
+
+The networks are built for the three CaloGAN layers (their shapes, the in-painting between them):
+the model takes a ``geometry`` like every caloflow model, and refuses any but ``calogan``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from caloflow.domain import RemembersDomain
-from caloflow.geometry import GEV, LAYER_SHAPES, N_VOXELS, split_layers
+from caloflow.domain import RemembersDomain, carry_geometry
+from caloflow.errors import CaloflowError
+from caloflow.geometry import CALOGAN, GEV, Geometry, get_geometry
 from caloflow.models.layers import (
     InpaintingAttention,
     LocallyConnected2d,
@@ -121,15 +126,14 @@ class CaloGANGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
+        shapes = CALOGAN.layer_shapes
         self.streams = nn.ModuleList(
             GeneratorStream(shape, latent_dim, dense_channels, conv_channels, lc_channels)
-            for shape in LAYER_SHAPES
+            for shape in shapes
         )
         # layer 0 paints into layer 1, layer 1 (after its attention) into layer 2
         self.attention = (
-            nn.ModuleList(
-                [InpaintingAttention(LAYER_SHAPES[1]), InpaintingAttention(LAYER_SHAPES[2])]
-            )
+            nn.ModuleList([InpaintingAttention(shapes[1]), InpaintingAttention(shapes[2])])
             if attention
             else None
         )
@@ -143,7 +147,7 @@ class CaloGANGenerator(nn.Module):
         return [torch.relu(image).squeeze(1) for image in images]
 
     def decode(self, z: Tensor, energy_gev: Tensor) -> Tensor:
-        """Showers (B, 504) in MeV (float32, the :func:`caloflow.geometry.join_layers` order) of
+        """Showers (B, V) in MeV (float32, the flat order of :data:`caloflow.geometry.CALOGAN`) of
         the latent points ``z`` (B, latent_dim) at E_inc (B,) GeV; differentiable in ``z``. The
         caller chooses the mode (eval for generation: BatchNorm with its running averages)."""
         return torch.cat([image.flatten(1) for image in self(z, energy_gev)], dim=1).float() * GEV
@@ -199,10 +203,10 @@ class CaloGANDiscriminator(nn.Module):
         super().__init__()
         self.streams = nn.ModuleList(
             DiscriminatorStream(shape, conv_channels, lc_channels, mbd_kernels, mbd_dim)
-            for shape in LAYER_SHAPES
+            for shape in CALOGAN.layer_shapes
         )
-        self.mbd_energy = MinibatchDiscrimination(len(LAYER_SHAPES), mbd_kernels, mbd_dim)
-        n_head = sum(s.n_features for s in self.streams) + len(LAYER_SHAPES) + 3 + mbd_kernels
+        self.mbd_energy = MinibatchDiscrimination(CALOGAN.n_layers, mbd_kernels, mbd_dim)
+        n_head = sum(s.n_features for s in self.streams) + CALOGAN.n_layers + 3 + mbd_kernels
         self.head = _keras_dense(n_head, 1)
 
     def forward(self, images: Sequence[Tensor], energy_gev: Tensor) -> tuple[Tensor, Tensor]:
@@ -240,6 +244,8 @@ class CaloGAN(RemembersDomain, L.LightningModule):
         energy_range_gev: requested energies of fake showers, uniform in this range (1, 100) GeV.
         generator_steps: generator updates per batch (2).
         sample_batch_size: showers per generator pass in :meth:`sample`.
+        geometry: the detector; only ``calogan`` (its dict form when loaded from a checkpoint):
+            any other is refused in one line (:class:`caloflow.errors.CaloflowError`).
     """
 
     def __init__(
@@ -261,9 +267,18 @@ class CaloGAN(RemembersDomain, L.LightningModule):
         energy_range_gev: tuple[float, float] = (1.0, 100.0),
         generator_steps: int = 2,
         sample_batch_size: int = 10_000,
+        geometry: str | dict[str, Any] = "calogan",
     ) -> None:
+        resolved = get_geometry(geometry)
+        if resolved != CALOGAN:
+            raise CaloflowError(
+                f"geometry {resolved.name}: the CaloGAN baseline is built for the CaloGAN detector "
+                "only (--model.geometry calogan)"
+            )
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["geometry"])
+        #: the detector (always CaloGAN), kept in the hyperparameters as a dict like every model's
+        self.geometry: Geometry = carry_geometry(self, resolved)
         self.automatic_optimization = False
         self.generator = CaloGANGenerator(
             latent_dim, gen_dense_channels, gen_conv_channels, gen_lc_channels, attention
@@ -282,7 +297,7 @@ class CaloGAN(RemembersDomain, L.LightningModule):
 
     @staticmethod
     def _real_images(batch: dict[str, Tensor]) -> list[Tensor]:
-        return split_layers(batch["voxels"] / GEV)  # MeV -> GeV
+        return CALOGAN.split_layers(batch["voxels"] / GEV)  # MeV -> GeV
 
     def _energy_mae(self, total_gev: Tensor, energy_gev: Tensor) -> Tensor:
         return (total_gev - energy_gev).abs().mean()
@@ -388,8 +403,8 @@ class CaloGAN(RemembersDomain, L.LightningModule):
                 to draw z, which is then moved to the model's device.
 
         Returns:
-            (N, 504) voxel energies in MeV, float32, non-negative, in the CaloGAN flattening order
-            (layer 0, 1, 2; each row-major over (phi, eta), as :func:`caloflow.geometry.join_layers`).
+            (N, V) voxel energies in MeV, float32, non-negative, in the CaloGAN flattening order
+            (layer 0, 1, 2; each row-major over (phi, eta), as ``CALOGAN.join_layers``).
         """
         energies = torch.as_tensor(energies_gev, dtype=torch.float32).reshape(-1)
         was_training = self.generator.training
@@ -407,7 +422,7 @@ class CaloGAN(RemembersDomain, L.LightningModule):
                 out.append(self.generator.decode(z.to(self.device), chunk.to(self.device)).cpu())
         finally:
             self.generator.train(was_training)
-        voxels = torch.cat(out) if out else torch.zeros(0, N_VOXELS)
+        voxels = torch.cat(out) if out else torch.zeros(0, CALOGAN.n_voxels)
         return voxels
 
 

@@ -5,18 +5,21 @@
 weight. The backbone owns the input encoding of the physical showers that
 :class:`caloflow.data.CaloDataModule` serves (batches ``{"voxels", "energy", "label"[, "weight"]}``):
 
-The voxel backbones see the 508-vector of appendix A: the 504 voxels under one of the
-preprocessings of :func:`classifier_inputs`, then log10(E_inc / 10 GeV) (eq. 4.4) and
-log10((E_i + 1 keV) / 100 GeV) + 2 for the three layer energies (eq. 4.5).
+The voxel backbones see the (V + 1 + L)-vector of appendix A: the V voxels of the classifier's
+geometry (:mod:`caloflow.geometry`) under one of the preprocessings of :func:`classifier_inputs`,
+then log10(E_inc / 10 GeV) (eq. 4.4) and log10((E_i + 1 keV) / 100 GeV) + 2 for the L layer
+energies (eq. 4.5).
 
-* :class:`DNN`: 508 -> 3 x 512 LeakyReLU(0.01) -> 1; 786,433 trainable parameters.
-* :class:`CNN`: per calorimeter layer conv(128) -> conv(64) -> maxpool to 6 x 6 -> conv(64) ->
-  conv(64) -> maxpool to 2 x 2; the three 64 x 2 x 2 outputs and the 4 conditions (772) ->
-  512 -> 512 -> 1; 1,262,913 trainable parameters. The appendix quotes (64, 4, 4) after the
-  last pooling, but 772 = 3 x 64 x 2 x 2 + 4 inputs to the dense part and the parameter count
-  only agree with 2 x 2 (a 3 x 3 pooling of the 6 x 6 maps), with kernels layer 0: (3, 7) pad
-  (2, 0) then (4, 7) pad (2, 0) and pooling (1, 14); layers 1 and 2: 3 x 3 pad 1 and pooling
-  2 x 2 resp. (2, 1); second pair 3 x 3 pad 1 everywhere.
+* :class:`DNN`: V + 1 + L -> 3 x 512 LeakyReLU(0.01) -> 1; 786,433 trainable parameters for
+  CaloGAN. Any geometry.
+* :class:`CNN` (CaloGAN only: it is built for the shapes of its three layers): per calorimeter
+  layer conv(128) -> conv(64) -> maxpool to 6 x 6 -> conv(64) -> conv(64) -> maxpool to 2 x 2;
+  the three 64 x 2 x 2 outputs and the 4 conditions (772) -> 512 -> 512 -> 1; 1,262,913
+  trainable parameters. The appendix quotes (64, 4, 4) after the last pooling, but
+  772 = 3 x 64 x 2 x 2 + 4 inputs to the dense part and the parameter count only agree with
+  2 x 2 (a 3 x 3 pooling of the 6 x 6 maps), with kernels layer 0: (3, 7) pad (2, 0) then (4, 7)
+  pad (2, 0) and pooling (1, 14); layers 1 and 2: 3 x 3 pad 1 and pooling 2 x 2 resp. (2, 1);
+  second pair 3 x 3 pad 1 everywhere.
 
 * :class:`FeatureDNN`: 41 high-level features of the shower (the reference code's feature
   classifier) -> 3 x 512 LeakyReLU(0.01) -> 1.
@@ -27,7 +30,7 @@ All return a logit; the sigmoid of the appendix is applied in the loss (``BCEWit
 numerically safer, same model) and in :meth:`ShowerClassifier.predict_proba`.
 
 Every backbone is ``classify(encode(batch))``: ``encode`` is its fixed, parameter-free input
-representation (the 508-vector, the 41 features, the standardised points) and ``classify`` the
+representation (the (V + 1 + L)-vector, the 41 features, the standardised points) and ``classify`` the
 trained network. A batch may carry the encoding already, under the backbone's :attr:`input_key`
 (``"inputs:dnn/unnormalized"``, ``"inputs:features"``, ...): the classifier test encodes its
 noise-free showers once instead of in every epoch (:class:`caloflow.evaluate.classification.EncodedDataset`),
@@ -37,6 +40,8 @@ and a batch encoded for another backbone is ignored.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -46,7 +51,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from caloflow.geometry import GEV, LAYER_SHAPES, LAYER_SIZES, N_VOXELS
+from caloflow.domain import carry_geometry
+from caloflow.errors import CaloflowError
+from caloflow.geometry import CALOGAN, GEV, Geometry, get_geometry
 from caloflow.nn import mlp
 from caloflow.training import adam_with_decay
 from caloflow.transforms import (
@@ -62,33 +69,52 @@ PREPROCESSINGS: tuple[str, ...] = ("unnormalized", "normalized", "logit", "logit
 #: the classifier test's classifiers: voxels (appendix A) and the 41 high-level features of the reference code
 ARCHITECTURES: tuple[str, ...] = ("dnn", "cnn", "features")
 Batch = dict[str, Tensor]
-N_CONDITIONS = 4
-N_INPUTS = N_VOXELS + N_CONDITIONS  # 508
+#: what names a geometry: a built-in name, a binning .xml, a Geometry.to_dict() dict or a Geometry
+GeometrySpec = str | Path | dict | Geometry
 #: Scale of the unnormalized voxels: the reference code works in units of 100 GeV.
 VOXEL_UNIT_MEV = 100 * GEV
+
+
+def n_conditions(geometry: GeometrySpec) -> int:
+    """Conditions after the voxels: E_inc and the L layer energies, 1 + L."""
+    return 1 + get_geometry(geometry).n_layers
+
+
+def n_inputs(geometry: GeometrySpec) -> int:
+    """Width of the voxel classifiers' input: V voxels + 1 + L conditions."""
+    g = get_geometry(geometry)
+    return g.n_voxels + n_conditions(g)
 
 
 def classifier_inputs(
     voxels: np.ndarray | Tensor,
     incident_gev: np.ndarray | Tensor,
     preprocessing: str = "unnormalized",
+    geometry: GeometrySpec = "calogan",
 ) -> Tensor:
-    """The 508 classifier inputs of appendix A (float32).
+    """The V + 1 + L classifier inputs of appendix A (float32).
 
     Args:
-        voxels: (N, 504) in MeV.
+        voxels: (N, V) in MeV, the flat order of ``geometry``.
         incident_gev: (N,) incident energy in GeV.
         preprocessing: ``unnormalized`` (voxels / 100 GeV), ``normalized`` (each layer divided
             by its sum), ``logit`` (logit(alpha + (1 - 2 alpha) x) / 10 of the unnormalized x,
             appendix B, alpha = 1e-6) or ``logit-normalized`` (the same of the normalized x).
+        geometry: the detector (its layer sizes split the voxels into layers).
 
     Returns:
-        (N, 508): preprocessed voxels, eq. (4.4) of E_inc, eq. (4.5) of E_0, E_1, E_2.
+        (N, V + 1 + L): preprocessed voxels, eq. (4.4) of E_inc, eq. (4.5) of E_0 .. E_{L-1}.
     """
     _check_preprocessing(preprocessing)
+    geometry = get_geometry(geometry)
     voxels = torch.as_tensor(voxels).to(torch.float64)
+    if voxels.ndim != 2 or voxels.shape[1] != geometry.n_voxels:
+        raise ValueError(
+            f"voxels have shape {tuple(voxels.shape)}, expected (N, {geometry.n_voxels}) for "
+            f"the {geometry.name} geometry"
+        )
     incident = torch.as_tensor(incident_gev).to(torch.float64).reshape(-1)
-    norm = LayerNormalization()
+    norm = LayerNormalization(geometry.layer_sizes)
     layer_energies = norm.layer_sums(voxels)
     if preprocessing.endswith("normalized") and preprocessing != "unnormalized":
         x = norm.forward(voxels)
@@ -133,7 +159,8 @@ class Backbone(nn.Module):
 
 
 class DNN(Backbone):
-    """Fully connected classifier of appendix A: 508 -> 512 -> 512 -> 512 -> 1 (logit) on showers."""
+    """Fully connected classifier of appendix A: V + 1 + L -> 512 -> 512 -> 512 -> 1 (logit) on
+    showers of ``geometry``."""
 
     def __init__(
         self,
@@ -141,14 +168,18 @@ class DNN(Backbone):
         hidden: int = 512,
         n_hidden_layers: int = 3,
         slope: float = 0.01,
+        geometry: GeometrySpec = "calogan",
     ):
         super().__init__()
         _check_preprocessing(preprocessing)
         self.preprocessing = preprocessing
-        self.net = mlp(N_INPUTS, 1, hidden, n_hidden_layers, slope)
+        self.geometry = get_geometry(geometry)
+        self.net = mlp(n_inputs(self.geometry), 1, hidden, n_hidden_layers, slope)
 
     def encode(self, batch: Batch) -> Tensor:
-        return classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
+        return classifier_inputs(
+            batch["voxels"], batch["energy"], self.preprocessing, self.geometry
+        )
 
     def classify(self, inputs: Tensor) -> Tensor:
         return self.net(inputs).squeeze(-1)
@@ -172,12 +203,29 @@ def _conv_block(first: tuple[dict, dict], pool1, slope: float) -> nn.Sequential:
 
 
 class CNN(Backbone):
-    """Convolutional classifier of appendix A (one convolution stack per calorimeter layer)."""
+    """Convolutional classifier of appendix A (one convolution stack per calorimeter layer).
 
-    def __init__(self, preprocessing: str = "unnormalized", hidden: int = 512, slope: float = 0.01):
+    Its kernels and poolings are those of the three CaloGAN layers: any other ``geometry`` is
+    refused (:class:`caloflow.errors.CaloflowError`).
+    """
+
+    def __init__(
+        self,
+        preprocessing: str = "unnormalized",
+        hidden: int = 512,
+        slope: float = 0.01,
+        geometry: GeometrySpec = "calogan",
+    ):
+        geometry = get_geometry(geometry)
+        if geometry != CALOGAN:
+            raise CaloflowError(
+                f"geometry {geometry.name}: the cnn classifier is built for the CaloGAN layers "
+                "only; use the dnn classifier"
+            )
         super().__init__()
         _check_preprocessing(preprocessing)
         self.preprocessing = preprocessing
+        self.geometry = geometry
         square = ({"kernel_size": 3, "padding": 1}, {"kernel_size": 3, "padding": 1})
         self.stacks = nn.ModuleList(
             [
@@ -194,7 +242,7 @@ class CNN(Backbone):
                 _conv_block(square, (2, 1), slope),  # (12, 6) -> (6, 6)
             ]
         )
-        n_flat = len(LAYER_SHAPES) * 64 * 2 * 2 + N_CONDITIONS  # 772
+        n_flat = CALOGAN.n_layers * 64 * 2 * 2 + n_conditions(CALOGAN)  # 772
         self.head = nn.Sequential(
             nn.Linear(n_flat, hidden),
             nn.LeakyReLU(slope),
@@ -204,13 +252,14 @@ class CNN(Backbone):
         )
 
     def encode(self, batch: Batch) -> Tensor:
-        return classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing)
+        return classifier_inputs(batch["voxels"], batch["energy"], self.preprocessing, CALOGAN)
 
     def classify(self, x: Tensor) -> Tensor:
-        *layers, conditions = torch.split(x, list(LAYER_SIZES) + [N_CONDITIONS], dim=1)
+        sizes = list(CALOGAN.layer_sizes) + [n_conditions(CALOGAN)]
+        *layers, conditions = torch.split(x, sizes, dim=1)
         features = [
             stack(layer.reshape(len(x), 1, *shape)).flatten(1)
-            for stack, layer, shape in zip(self.stacks, layers, LAYER_SHAPES)
+            for stack, layer, shape in zip(self.stacks, layers, CALOGAN.layer_shapes)
         ]
         return self.head(torch.cat(features + [conditions], dim=1)).squeeze(-1)
 
@@ -330,6 +379,9 @@ class ShowerClassifier(L.LightningModule):
         lr_decay: learning-rate factor per epoch (LaSeR: 0.999; 1 = constant).
         weight_decay: Adam weight decay.
         backbone_args: further arguments of the backbone class (:data:`BACKBONES`).
+        geometry: the detector of the showers: ``calogan``, ``ds1-photons``, ``ds1-pions`` or a
+            binning .xml (a :meth:`caloflow.geometry.Geometry.to_dict` dict when loaded from a
+            checkpoint); it sizes the ``dnn`` input, and ``cnn`` refuses any but ``calogan``.
     """
 
     def __init__(
@@ -340,14 +392,18 @@ class ShowerClassifier(L.LightningModule):
         lr_decay: float = 1.0,
         weight_decay: float = 0.0,
         backbone_args: dict | None = None,
+        geometry: str | dict[str, Any] = "calogan",
     ):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown classifier '{backbone}', choose from {', '.join(BACKBONES)}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["geometry"])
+        #: the detector; kept in the hyperparameters as a dict, so the checkpoint holds it
+        self.geometry = carry_geometry(self, geometry)
         args = dict(backbone_args or {})
         if backbone in ("dnn", "cnn"):
             args.setdefault("preprocessing", preprocessing)
+            args["geometry"] = self.geometry
         self.net = BACKBONES[backbone](**args)
         self.val_acc = BinaryAccuracy()
         self.val_auc = BinaryAUROC()
@@ -435,9 +491,10 @@ class ShowerClassifier(L.LightningModule):
 __all__ = [
     "PREPROCESSINGS",
     "ARCHITECTURES",
-    "N_CONDITIONS",
-    "N_INPUTS",
+    "GeometrySpec",
     "VOXEL_UNIT_MEV",
+    "n_conditions",
+    "n_inputs",
     "classifier_inputs",
     "Backbone",
     "DNN",

@@ -6,19 +6,26 @@ hyperparameters saved in the checkpoint), encodes the physical showers that
 :class:`caloflow.data.CaloDataModule` serves, and undoes the encoding when it samples. Both
 minimise the negative log-likelihood of their representation with Adam and a step-wise
 learning-rate schedule. A checkpoint alone is enough to sample.
+
+The detector is the model's ``geometry`` (:func:`caloflow.geometry.get_geometry`: a built-in name
+such as ``calogan``, ``ds1-photons``, ``ds1-pions``, or a CaloChallenge binning XML): it fixes the
+number of layer energies L of Flow I, the voxels V of Flow II, its per-layer normalisation and the
+permutations inside the layers. The resolved geometry is saved in the hyperparameters as a dict,
+so a checkpoint does not need the XML file it was built from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import lightning as L
 import torch
 from nflows.flows import Flow
 from torch import Tensor, nn
 
-from caloflow.domain import RemembersDomain
+from caloflow.domain import RemembersDomain, carry_geometry
 from caloflow.flows.build import (
     DEFAULT_MIN_BIN_HEIGHT,
     DEFAULT_MIN_BIN_WIDTH,
@@ -28,7 +35,7 @@ from caloflow.flows.build import (
 )
 from caloflow.flows.fast_training import adam
 from caloflow.flows.fast_training import install as install_fast_training
-from caloflow.geometry import LAYER_SIZES, THRESHOLD_KEV
+from caloflow.geometry import THRESHOLD_KEV, Geometry
 from caloflow.transforms import ALPHA, FlowIIPreprocessing, FlowIPreprocessing
 
 Batch = dict[str, Tensor]
@@ -49,6 +56,8 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
 
     flow: Flow
     preprocessing: nn.Module
+    #: the detector the model is built for
+    geometry: Geometry
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(x, context) of a batch of physical showers in the flow's representation (float32)."""
@@ -138,10 +147,11 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
 
 
 class FlowI(ConditionalFlowModule):
-    """Flow I: p(E0, E1, E2 | E_inc) in the logit of the u-space (section 4.1, table 2 top row).
+    """Flow I: p(E_0 .. E_{L-1} | E_inc) in the logit of the u-space (section 4.1, table 2 top row).
 
-    Representation: x = logit(alpha + (1 - 2 alpha) u), u = (E_hat/E_inc, E0/E_hat, E1/(E1+E2))
-    (eqs. 4.1-4.3); context log10(E_inc / 10 GeV) (eq. 4.4).
+    Representation: x = logit(alpha + (1 - 2 alpha) u), u = (E_hat/E_inc, E_0/E_hat,
+    E_1/(E_1 + ... + E_{L-1}), ...) (eqs. 4.1-4.3, :class:`caloflow.transforms.EnergyToU`); context
+    log10(E_inc / 10 GeV) (eq. 4.4). L is the number of layers of ``geometry``.
 
     Args:
         n_blocks: MADE blocks (paper: 6).
@@ -158,6 +168,8 @@ class FlowI(ConditionalFlowModule):
             derivative (nflows' default 1e-3; the published reference code and the paper configs: 1e-6).
         fast_training: train with :mod:`caloflow.flows.fast_training` (the same function and gradients,
             computed faster; fused Adam); the modules and the checkpoint are the same either way.
+        geometry: the detector: ``calogan``, ``ds1-photons``, ``ds1-pions`` or a binning .xml
+            (a :meth:`caloflow.geometry.Geometry.to_dict` dict when loaded from a checkpoint).
     """
 
     def __init__(
@@ -176,12 +188,14 @@ class FlowI(ConditionalFlowModule):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
         fast_training: bool = False,
+        geometry: str | dict[str, Any] = "calogan",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.preprocessing = FlowIPreprocessing(alpha)
+        self.save_hyperparameters(ignore=["geometry"])
+        self.geometry = carry_geometry(self, geometry)
+        self.preprocessing = FlowIPreprocessing(self.geometry.n_layers, alpha)
         self.flow = build_flow1(
-            self.preprocessing.features,
+            self.geometry,
             self.preprocessing.context_features,
             n_blocks,
             hidden_features,
@@ -201,16 +215,16 @@ class FlowI(ConditionalFlowModule):
         return x.float(), context.float()
 
     def log_prob(self, layer_energies: Tensor, incident_gev: Tensor) -> Tensor:
-        """log p(x(E0, E1, E2) | E_inc) per shower (nats, in the representation); energies in MeV and GeV."""
+        """log p(x(E_0 .. E_{L-1}) | E_inc) per shower (nats, in the representation); energies in MeV and GeV."""
         return self.flow.log_prob(
             *self.encode({"layer_energies": layer_energies, "energy": incident_gev})
         )
 
     def decode(self, z: Tensor, incident_gev: Tensor, differentiable: bool = False) -> Tensor:
-        """Layer energies (E0, E1, E2) (N, 3) in MeV of the latent points ``z`` (N, 3), given E_inc (N,) in GeV.
+        """Layer energies (N, L) in MeV of the latent points ``z`` (N, L), given E_inc (N,) in GeV.
 
         The Flow I part of the generator g(z) (:mod:`refine.showers`): x = f^-1(z | E_inc) with nflows'
-        inverse, then the inverse u-transform (E0 + E1 + E2 <= E_inc). Computed in the dtype of ``z``
+        inverse, then the inverse u-transform (sum of E_k <= E_inc). Computed in the dtype of ``z``
         (the flow's). Rows whose flow output is not finite come out NaN. With ``differentiable`` the
         autograd graph is kept (when grad mode is on): the result is differentiable in ``z`` (and E_inc).
         """
@@ -221,9 +235,9 @@ class FlowI(ConditionalFlowModule):
 
     @torch.no_grad()
     def sample(self, incident_gev: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One draw of (E0, E1, E2) in MeV per incident energy (GeV); E0 + E1 + E2 <= E_inc.
+        """One draw of the L layer energies in MeV per incident energy (GeV); their sum <= E_inc.
 
-        z ~ N(0, 1) (N, 3) from ``generator`` (in the flow's dtype, drawn on the CPU when it is a CPU
+        z ~ N(0, 1) (N, L) from ``generator`` (in the flow's dtype, drawn on the CPU when it is a CPU
         generator), then :meth:`decode`.
         """
         incident_gev = self._incident(incident_gev)
@@ -243,12 +257,13 @@ class FlowI(ConditionalFlowModule):
 
 
 class FlowII(ConditionalFlowModule):
-    """Flow II: p(voxels | E_inc, E0, E1, E2) in the logit of per-layer normalised voxels (section 4.2).
+    """Flow II: p(voxels | E_inc, E_0 .. E_{L-1}) in the logit of per-layer normalised voxels (section 4.2).
 
     Representation: x = logit(alpha + (1 - 2 alpha) voxels / E_k) per layer k; context
     [log10(E_inc / 10 GeV), log10((E_k + 1 keV) / 100 GeV) + 2] (eqs. 4.4, 4.5). Sampling undoes it
     (section 4.3): inverse logit, renormalise each layer, scale by E_k, zero voxels below the
-    threshold. The calorimeter geometry (288, 144, 72 voxels) is the CaloGAN format's.
+    threshold. The layers and their voxels are those of ``geometry``; the permutations between
+    blocks keep every voxel inside its layer.
 
     Args:
         n_blocks: MADE blocks (paper: 8).
@@ -266,6 +281,8 @@ class FlowII(ConditionalFlowModule):
             derivative (nflows' default 1e-3; the published reference code and the paper configs: 1e-6).
         fast_training: train with :mod:`caloflow.flows.fast_training` (the same function and gradients,
             computed faster; fused Adam); the modules and the checkpoint are the same either way.
+        geometry: the detector: ``calogan``, ``ds1-photons``, ``ds1-pions`` or a binning .xml
+            (a :meth:`caloflow.geometry.Geometry.to_dict` dict when loaded from a checkpoint).
     """
 
     def __init__(
@@ -286,12 +303,14 @@ class FlowII(ConditionalFlowModule):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
         fast_training: bool = False,
+        geometry: str | dict[str, Any] = "calogan",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.preprocessing = FlowIIPreprocessing(LAYER_SIZES, alpha, threshold_kev)
+        self.save_hyperparameters(ignore=["geometry"])
+        self.geometry = carry_geometry(self, geometry)
+        self.preprocessing = FlowIIPreprocessing(self.geometry.layer_sizes, alpha, threshold_kev)
         self.flow = build_flow2(
-            LAYER_SIZES,
+            self.geometry,
             self.preprocessing.context_features,
             n_blocks,
             hidden_features,
@@ -337,7 +356,7 @@ class FlowII(ConditionalFlowModule):
         threshold: bool = True,
         differentiable: bool = False,
     ) -> Tensor:
-        """Showers (N, 504) in MeV of the latent points ``z`` (N, 504), given E_inc (N,) GeV and E_k (N, 3) MeV.
+        """Showers (N, V) in MeV of the latent points ``z`` (N, V), given E_inc (N,) GeV and E_k (N, L) MeV.
 
         The Flow II part of the generator g(z) (:mod:`refine.showers`): x = f^-1(z | E_inc, E_k)
         (``fast``: :func:`caloflow.flows.fast_inverse`, default ``fast_sampling``), then the
@@ -365,9 +384,9 @@ class FlowII(ConditionalFlowModule):
         fast: bool | None = None,
         threshold: bool = True,
     ) -> Tensor:
-        """One shower (N, 504) in MeV per row of (E_inc in GeV, E_k in MeV); layer sums equal E_k before the cut.
+        """One shower (N, V) in MeV per row of (E_inc in GeV, E_k in MeV); layer sums equal E_k before the cut.
 
-        z ~ N(0, 1) (N, 504) from ``generator`` (in the flow's dtype, drawn on the CPU when it is a
+        z ~ N(0, 1) (N, V) from ``generator`` (in the flow's dtype, drawn on the CPU when it is a
         CPU generator), then :meth:`decode`.
         """
         incident_gev = self._incident(incident_gev)
@@ -375,7 +394,7 @@ class FlowII(ConditionalFlowModule):
         return self.decode(z, incident_gev, layer_energies, fast=fast, threshold=threshold)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """Showers (N, 504) in MeV drawn for the incident and layer energies of the batch."""
+        """Showers (N, V) in MeV drawn for the incident and layer energies of the batch."""
         return self.sample(batch["energy"], batch["layer_energies"])
 
     @torch.no_grad()
