@@ -35,14 +35,9 @@ from tests.helpers import REPO, TINY_GAN, perturb, save_checkpoint
 # ------------------------------------------------------------------ nobody else knows the counts
 #: the voxel counts of the built-in geometries (CaloGAN, its first layer, dataset-1 photons, pions)
 COUNTS = re.compile(r"\b(504|288|368|533)\b")
-#: the CaloGAN shortcuts of caloflow.geometry that only CaloGAN-only code of others still imports
+#: the CaloGAN shortcuts of caloflow.geometry (kept for code outside the toolkit)
 SHORTCUTS = frozenset({"LAYER_SIZES", "N_VOXELS", "LAYER_SHAPES", "LAYER_SLICES", "N_LAYERS"})
 SCANNED = ("caloflow", "refine", "callbacks")
-#: Temporary: files of the evaluation and the CaloGAN simulator, worked on elsewhere, that still
-#: spell a count or import a shortcut. Remove a file here once it is cleared (a test checks that
-#: every entry is still needed).
-EXEMPT_COUNTS = frozenset({"caloflow/evaluate/figures.py", "caloflow/evaluate/report.py"})
-EXEMPT_SHORTCUTS = frozenset({"caloflow/evaluate/figures.py"})
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -71,35 +66,21 @@ def _shortcut_uses(path: Path) -> list[str]:
 
 
 def test_no_module_outside_the_geometry_spells_a_voxel_count():
-    bad = [
-        f"{rel}:{hit}"
-        for rel, path in _modules()
-        if rel not in EXEMPT_COUNTS
-        for hit in _count_lines(path)
-    ]
+    bad = [f"{rel}:{hit}" for rel, path in _modules() for hit in _count_lines(path)]
     assert not bad, "voxel counts outside caloflow/geometry.py:\n" + "\n".join(bad)
 
 
 def test_no_module_imports_the_calogan_shortcuts():
-    bad = [
-        f"{rel}:{hit}"
-        for rel, path in _modules()
-        if rel not in EXEMPT_SHORTCUTS
-        for hit in _shortcut_uses(path)
-    ]
+    bad = [f"{rel}:{hit}" for rel, path in _modules() for hit in _shortcut_uses(path)]
     assert not bad, "CaloGAN shortcuts instead of a Geometry:\n" + "\n".join(bad)
 
 
-def test_the_scans_find_what_they_look_for_and_every_exemption_is_needed(tmp_path):
+def test_the_scans_find_what_they_look_for(tmp_path):
     sample = tmp_path / "m.py"
     sample.write_text("from caloflow.geometry import N_VOXELS\nx = g.LAYER_SIZES  # 504 voxels\n")
     assert _count_lines(sample) == ["2: x = g.LAYER_SIZES  # 504 voxels"]
     assert _shortcut_uses(sample) == ["1: imports N_VOXELS", "2: uses .LAYER_SIZES"]
     assert not COUNTS.search("15040, 2880.5, v368, 5330")
-    for rel in EXEMPT_COUNTS:
-        assert _count_lines(REPO / rel), f"{rel} no longer needs its exemption: remove it"
-    for rel in EXEMPT_SHORTCUTS:
-        assert _shortcut_uses(REPO / rel), f"{rel} no longer needs its exemption: remove it"
 
 
 # ------------------------------------------------------------------ Flow I and the u-space

@@ -20,7 +20,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from caloflow.atomic import atomic_output  # noqa: E402
 from caloflow.features import FEATURES, apply_threshold, energy_response  # noqa: E402
-from caloflow.geometry import HALF_WIDTH_MM, N_LAYERS, split_layers  # noqa: E402
+from caloflow.geometry import CALOGAN, HALF_WIDTH_MM, split_layers  # noqa: E402
 
 REFERENCE_STYLE = {"color": "0.6", "alpha": 0.6}
 SAMPLE_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
@@ -43,17 +43,17 @@ FIGURE_LAYOUTS: dict[str, tuple[str, list[list[str]]]] = {
     "flow2_voxels": (
         "Brightest voxels, E_ratio and sparsity (Flow II)",
         [
-            [f"{f}{k}" for k in range(N_LAYERS)]
+            [f"{f}{k}" for k in range(CALOGAN.n_layers)]
             for f in ("brightest", "second", "E_ratio", "sparsity")
         ],
     ),
     "flow2_brightest_3_5": (
         "3rd to 5th brightest voxels (Flow II)",
-        [[f"brightest{r}{k}" for k in range(N_LAYERS)] for r in (3, 4, 5)],
+        [[f"brightest{r}{k}" for k in range(CALOGAN.n_layers)] for r in (3, 4, 5)],
     ),
     "centroids": (
         "Energy-weighted centroids (Flow II)",
-        [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("phi_centroid", "eta_centroid")],
+        [[f"{f}{k}" for k in range(CALOGAN.n_layers)] for f in ("phi_centroid", "eta_centroid")],
     ),
     "centroid_differences": (
         "Centroid differences between layers (Flow II)",
@@ -61,7 +61,7 @@ FIGURE_LAYOUTS: dict[str, tuple[str, list[list[str]]]] = {
     ),
     "widths": (
         "Lateral widths (Flow II)",
-        [[f"{f}{k}" for k in range(N_LAYERS)] for f in ("eta_width", "phi_width")],
+        [[f"{f}{k}" for k in range(CALOGAN.n_layers)] for f in ("eta_width", "phi_width")],
     ),
 }
 
@@ -419,10 +419,13 @@ def average_images(
         for name, v in rows.items()
     }
     fig, axes = plt.subplots(
-        len(rows), N_LAYERS, figsize=(4.2 * N_LAYERS, 3.4 * len(rows)), squeeze=False
+        len(rows),
+        CALOGAN.n_layers,
+        figsize=(4.2 * CALOGAN.n_layers, 3.4 * len(rows)),
+        squeeze=False,
     )
     extent = (-HALF_WIDTH_MM, HALF_WIDTH_MM, -HALF_WIDTH_MM, HALF_WIDTH_MM)
-    for k in range(N_LAYERS):
+    for k in range(CALOGAN.n_layers):
         positive = np.concatenate([m[k][m[k] > 0] for m in means.values()] + [np.array([1e-3])])
         norm = LogNorm(vmin=max(positive.min(), 1e-3), vmax=max(positive.max(), 1e-2))
         for i, (name, layers) in enumerate(means.items()):
@@ -472,7 +475,7 @@ def nearest_neighbours(
     window: float = 0.05,
     min_candidates: int = 10,
 ) -> list[dict]:
-    """Euclidean nearest neighbour (504-dim, MeV) of each chosen reference shower among generated
+    """Euclidean nearest neighbour (all voxels, MeV) of each chosen reference shower among generated
     showers of similar incident energy (section 5.1: 2000 samples at the same energy).
 
     Candidates are the generated showers within ``window`` (relative) of the reference energy, at
@@ -515,7 +518,7 @@ def nearest_neighbour_figure(
 ) -> list[Path]:
     """Rows: the chosen reference showers; columns: reference layers 0-2, then each sample's neighbour."""
     sources = [reference_name] + list(neighbours)
-    n_rows, n_cols = len(index), N_LAYERS * len(sources)
+    n_rows, n_cols = len(index), CALOGAN.n_layers * len(sources)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.1 * n_cols, 2.2 * n_rows), squeeze=False)
     extent = (-HALF_WIDTH_MM, HALF_WIDTH_MM, -HALF_WIDTH_MM, HALF_WIDTH_MM)
     cmap = plt.get_cmap("viridis").copy()
@@ -527,14 +530,14 @@ def nearest_neighbour_figure(
         images = [
             split_layers(np.asarray(s, dtype=np.float64)[None])[k][0]
             for s in showers
-            for k in range(N_LAYERS)
+            for k in range(CALOGAN.n_layers)
         ]
-        for k in range(N_LAYERS):
-            layer_images = images[k::N_LAYERS]
+        for k in range(CALOGAN.n_layers):
+            layer_images = images[k :: CALOGAN.n_layers]
             positive = np.concatenate([im[im > 0] for im in layer_images] + [np.array([1e-2])])
             norm = LogNorm(vmin=max(positive.min(), 1e-2), vmax=max(positive.max(), 1e-1))
             for s, (source, image) in enumerate(zip(sources, layer_images)):
-                ax = axes[r, s * N_LAYERS + k]
+                ax = axes[r, s * CALOGAN.n_layers + k]
                 ax.imshow(
                     np.ma.masked_less_equal(image, 0),
                     norm=norm,
@@ -555,12 +558,12 @@ def nearest_neighbour_figure(
                         f"d = {nb['distance_mev'] / 1e3:.2f} GeV"
                     )
                 ax.set_title(title, fontsize=7)
-                if s * N_LAYERS + k == 0:
+                if s * CALOGAN.n_layers + k == 0:
                     ax.set_ylabel(r"$\phi$ (480 mm)", fontsize=7)
                 if r == n_rows - 1:
                     ax.set_xlabel(r"$\eta$ (480 mm)", fontsize=7)
     fig.suptitle(
-        "Reference showers and their Euclidean nearest neighbours (504 voxels, log colour scale, MeV)",
+        "Reference showers and their Euclidean nearest neighbours (all voxels, log colour scale, MeV)",
         fontsize=10,
     )
     fig.tight_layout()

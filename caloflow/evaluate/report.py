@@ -225,7 +225,7 @@ def _nearest_neighbour_section(metrics: dict, names: list[str]) -> list[str]:
     lines = [
         "## Nearest neighbours (section 5.1)",
         "",
-        "Euclidean distance (504 voxels) from chosen reference showers to their nearest generated shower "
+        "Euclidean distance (all voxels) from chosen reference showers to their nearest generated shower "
         "of similar incident energy.",
         "",
         "| sample | reference E [GeV] | neighbour E [GeV] | distance [GeV] |",
