@@ -42,6 +42,7 @@ from caloflow.evaluate.classification import (
     Schedule,
     calibrated_metrics,
     fit_classifier,
+    held_out_metrics,
 )
 from caloflow.geometry import Geometry
 from caloflow.models.classifiers import ShowerClassifier
@@ -307,12 +308,7 @@ def converged_run(
     )
     val, test = dm.split_batch("val"), dm.split_batch("test")
     model = fitted["model"]
-    metrics = calibrated_metrics(
-        model.predict_proba(val),
-        val["label"].numpy(),
-        model.predict_proba(test),
-        test["label"].numpy(),
-    )
+    metrics = held_out_metrics(model, val, test)
     metrics.update(fitted["info"], seed=seed)
     return metrics
 

@@ -3,12 +3,10 @@ CaloChallenge files)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from caloflow.evaluate import challenge_hist as ch
-from caloflow.evaluate.report import FIGURE_CAPTIONS
+from caloflow.evaluate.report import FIGURE_CAPTIONS, feature_row, fmt
 from caloflow.features import summarize
 from caloflow.geometry import GEV, Geometry
 from caloflow.radial_features import feature_names, is_dataset1
@@ -57,12 +55,6 @@ def sample_entry(
             geometry,
         )
     return entry
-
-
-def _fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}g}" if abs(x) >= 1e4 or (abs(x) < 1e-3 and x != 0) else f"{x:.{digits}f}"
 
 
 def _classifier_lines(metrics: dict, names: list[str]) -> list[str]:
@@ -127,17 +119,9 @@ def _separation_lines(metrics: dict, names: list[str], geometry_features: list[s
         "|" + "---|" * (2 + 2 * len(names)),
     ]
     for name in (f for f in geometry_features if f in ref):
-        cells = [f"`{name}`", f"{_fmt(ref[name]['mean'])} ± {_fmt(ref[name]['std'])}"]
-        for n in names:
-            f = metrics["samples"][n]["features"].get(name)
-            cells += (
-                [f"{_fmt(f['mean'])} ± {_fmt(f['std'])}", _fmt(f["separation_power"])]
-                if f
-                else ["n/a", "n/a"]
-            )
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(feature_row(name, ref[name], metrics, names))
     voxel = " | ".join(
-        f"S = {_fmt(metrics['samples'][n]['voxel_energy']['separation_power'])}" for n in names
+        f"S = {fmt(metrics['samples'][n]['voxel_energy']['separation_power'])}" for n in names
     )
     lines += ["", f"Voxel energies: {voxel}.", ""]
     per_energy = [n for n in names if "E_tot_over_E_inc_per_energy" in metrics["samples"][n]]
@@ -150,7 +134,7 @@ def _separation_lines(metrics: dict, names: list[str], geometry_features: list[s
         ]
         for key in keys:
             values = [
-                _fmt(metrics["samples"][n]["E_tot_over_E_inc_per_energy"][key]) for n in per_energy
+                fmt(metrics["samples"][n]["E_tot_over_E_inc_per_energy"][key]) for n in per_energy
             ]
             lines.append(f"| {key} | " + " | ".join(values) + " |")
         lines.append("")

@@ -346,6 +346,18 @@ def calibrated_metrics(
     }
 
 
+def held_out_metrics(model: ShowerClassifier, val: dict, test: dict, **weights) -> dict[str, float]:
+    """:func:`calibrated_metrics` of a trained classifier: calibrated on the validation batch
+    ``val``, scored on the test batch ``test`` (``weights``: their per-shower weights)."""
+    return calibrated_metrics(
+        model.predict_proba(val),
+        val["label"].numpy(),
+        model.predict_proba(test),
+        test["label"].numpy(),
+        **weights,
+    )
+
+
 def _weighted_calibrated_metrics(
     p_val, y_val, p_test, y_test, w_val: np.ndarray, w_test: np.ndarray
 ) -> dict:
@@ -540,13 +552,7 @@ def run_classifier(
         if weighted
         else {}
     )
-    metrics = calibrated_metrics(
-        model.predict_proba(val),
-        val["label"].numpy(),
-        model.predict_proba(test),
-        test["label"].numpy(),
-        **weights,
-    )
+    metrics = held_out_metrics(model, val, test, **weights)
     metrics.update(fitted["info"], seed=seed)
     if weighted:
         metrics.update(weighted=True, ess=datamodule.effective_sample_sizes())
@@ -629,6 +635,7 @@ def classifier_test(
 
 
 __all__ = [
+    "held_out_metrics",
     "DEFAULT_EPOCHS",
     "PAPER_UPDATES",
     "PATIENCE_UPDATES",

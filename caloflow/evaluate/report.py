@@ -64,10 +64,26 @@ def write_metrics(path: str | Path, metrics: dict) -> Path:
     )
 
 
-def _fmt(x, digits: int = 3) -> str:
+def fmt(x, digits: int = 3) -> str:
+    """A number for a report table: ``digits`` decimals, or significant digits when it is very
+    large or small; ``n/a`` for None, NaN and inf."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     return f"{x:.{digits}g}" if abs(x) >= 1e4 or (abs(x) < 1e-3 and x != 0) else f"{x:.{digits}f}"
+
+
+def feature_row(name: str, reference: dict, metrics: dict, names: list[str]) -> str:
+    """The table row of one feature: the reference's mean ± std (``reference``: its summary), then
+    every sample's mean ± std and separation power (``n/a`` where the sample lacks it)."""
+    cells = [f"`{name}`", f"{fmt(reference['mean'])} ± {fmt(reference['std'])}"]
+    for n in names:
+        f = metrics["samples"][n]["features"].get(name)
+        cells += (
+            [f"{fmt(f['mean'])} ± {fmt(f['std'])}", fmt(f["separation_power"])]
+            if f
+            else ["n/a", "n/a"]
+        )
+    return "| " + " | ".join(cells) + " |"
 
 
 #: Captions of the figure groups written by ``caloflow.evaluate.figures`` (keys of ``figures``).
@@ -181,16 +197,7 @@ def _feature_table(metrics: dict, names: list[str]) -> list[str]:
     header = "| feature | reference | " + " | ".join(f"{n} | S({n})" for n in names) + " |"
     lines += [header, "|" + "---|" * (2 + 2 * len(names))]
     for name in (n for n in FEATURE_NAMES if n in ref["features"]):
-        r = ref["features"][name]
-        cells = [f"`{name}`", f"{_fmt(r['mean'])} ± {_fmt(r['std'])}"]
-        for n in names:
-            f = metrics["samples"][n]["features"].get(name)
-            cells += (
-                [f"{_fmt(f['mean'])} ± {_fmt(f['std'])}", _fmt(f["separation_power"])]
-                if f
-                else ["n/a", "n/a"]
-            )
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(feature_row(name, ref["features"][name], metrics, names))
     lines.append("")
     return lines
 
@@ -211,8 +218,8 @@ def _separation_summary(metrics: dict, names: list[str]) -> list[str]:
         # an undefined S (None once read back from metrics.json) ranks as 0
         top = sorted(feats, key=lambda k: -(feats[k]["separation_power"] or 0))[:3]
         worst.append(
-            f"- **{n}**: mean S = {_fmt(float(np.mean(ranked)) if ranked else float('nan'))}; "
-            f"largest: " + ", ".join(f"`{k}` ({_fmt(feats[k]['separation_power'])})" for k in top)
+            f"- **{n}**: mean S = {fmt(float(np.mean(ranked)) if ranked else float('nan'))}; "
+            f"largest: " + ", ".join(f"`{k}` ({fmt(feats[k]['separation_power'])})" for k in top)
         )
     return ["Summary of separation powers:", ""] + worst + [""]
 
@@ -295,4 +302,11 @@ def render_report(metrics: dict, figures: dict[str, list[str]]) -> str:
     )
 
 
-__all__ = ["feature_metrics", "write_metrics", "FIGURE_CAPTIONS", "render_report"]
+__all__ = [
+    "fmt",
+    "feature_row",
+    "feature_metrics",
+    "write_metrics",
+    "FIGURE_CAPTIONS",
+    "render_report",
+]
