@@ -329,3 +329,25 @@ def test_generate_follows_a_challenge_reference(tmp_path):
     )  # fmt: skip
     assert bad.returncode != 0 and "belongs to dataset 1" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad.hdf5").exists()
+
+
+def test_a_regular_dataset2_binning_loads_from_its_xml(tmp_path):
+    """The challenge's dataset-2 layout (45 layers of 9 radial x 16 angular bins) from its XML:
+    6,480 voxels; its files are read with that geometry, and refused in one line without it."""
+    r_edges = "0,4.65,9.3,13.95,18.6,23.25,27.9,32.55,37.2,41.85"
+    layers = "\n".join(
+        f'<Layer id="{k}" r_edges="{r_edges}" n_bin_alpha="16" />' for k in range(45)
+    )
+    xml = tmp_path / "binning_dataset_2.xml"
+    xml.write_text(f'<Bins><Bin pid="11" name="electron">\n{layers}\n</Bin></Bins>\n')
+    g = get_geometry(str(xml))
+    assert (g.n_layers, g.n_voxels, g.layer_shapes[0]) == (45, 45 * 9 * 16, (16, 9))
+    assert g.alpha_binned_layers == tuple(range(45))
+    voxels = np.zeros((3, g.n_voxels))
+    voxels[1, g.layer_slices[44].start + 15 * 9 + 8] = 7.0  # last layer, last alpha, last r bin
+    path = _challenge_file(tmp_path / "ds2.hdf5", voxels, [1000.0, 2000.0, 4000.0])
+    with pytest.raises(DataFormatError, match="pass the binning with --geometry FILE.xml"):
+        read_showers(path)
+    showers = read_showers(path, geometry=str(xml))
+    assert showers.geometry == g
+    assert showers.layers[44][1, 15, 8] == 7.0 and showers.layer_energies[1, 44] == 7.0
