@@ -559,10 +559,12 @@ def test_print_config_of_the_shower_run_is_the_resolved_yaml(tmp_path):
         and cfg["hmc"]["n_hmc"] == 200
         and cfg["hmc"]["target_acceptance"] == 0.8
     )
+    # the voxel DNN's geometry is resolved too (its input width follows it)
     assert cfg["classifier"]["init_args"]["backbone_args"] == {
         "hidden": 512,
         "n_hidden_layers": 3,
         "slope": 0.01,
+        "geometry": "calogan",
     }
     assert cfg["refiner"]["init_args"]["paired"] is True
     assert not list(tmp_path.iterdir())
