@@ -68,6 +68,12 @@ def _as_2d(x) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
+def _samples(real, gen, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets as (N, d) float64, divided by the real set's largest values with ``normalise``."""
+    x, y = _as_2d(real), _as_2d(gen)
+    return normalise_features(x, y) if normalise else (x, y)
+
+
 def _line(x, intercept, slope):
     return intercept + slope * x
 
@@ -83,9 +89,7 @@ def fpd(
     seed: int = SEED,
 ) -> tuple[float, float]:
     """FPD of ``gen`` to ``real`` ((N, d) each) extrapolated to infinite samples, and its error."""
-    x, y = _as_2d(real), _as_2d(gen)
-    if normalise:
-        x, y = normalise_features(x, y)
+    x, y = _samples(real, gen, normalise)
     # regular intervals in 1/N
     sizes = (1 / np.linspace(1.0 / min_samples, 1.0 / max_samples, num_points)).astype("int32")
     rng = np.random.default_rng(seed)
@@ -128,9 +132,7 @@ def kpd(
     seed: int = SEED,
 ) -> tuple[float, float]:
     """KPD of ``gen`` to ``real`` ((N, d) each): median MMD^2 over batches, and half its 16-84 % range."""
-    x, y = _as_2d(real), _as_2d(gen)
-    if normalise:
-        x, y = normalise_features(x, y)
+    x, y = _samples(real, gen, normalise)
     values = []
     for i in range(num_batches):
         rng = np.random.default_rng(seed + i * 1000)
