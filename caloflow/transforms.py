@@ -74,11 +74,29 @@ class EnergyToU(nn.Module):
     E_hat = u_0 E_inc <= E_inc and E_{k-1} = u_k (E_hat - E_0 - ... - E_{k-2}), the last layer the
     rest, so energy conservation holds by construction. Energies in MeV, E_inc in GeV; the number
     of layers L is the width of the input.
+
+    ``scale`` is the constant c of u_0 = E_hat / (c E_inc): 1 for CaloGAN (paper eq. 4.1); the
+    dataset-1 code of arXiv:2210.14245 uses c = 2.42 (photons) and 6.93 (pions), so that every
+    deposited sum of its training data has u_0 < 1. Generated sums obey E_hat <= c E_inc.
     """
+
+    def __init__(self, scale: float = 1.0):
+        if not scale > 0:
+            raise ValueError(f"energy_scale must be > 0, got {scale}")
+        super().__init__()
+        self.scale = float(scale)
+
+    def extra_repr(self) -> str:
+        return "" if self.scale == 1.0 else f"scale={self.scale:g}"
+
+    def _full_scale(self, incident_gev: Tensor) -> Tensor:
+        # c * E_inc in MeV; with c = 1 exactly the paper's E_inc (CaloGAN numbers do not move)
+        e_inc = _f64(incident_gev).reshape(-1) * GEV
+        return e_inc if self.scale == 1.0 else e_inc * self.scale
 
     def forward(self, layer_energies: Tensor, incident_gev: Tensor) -> Tensor:
         e = _f64(layer_energies)
-        e_inc = _f64(incident_gev).reshape(-1) * GEV
+        e_inc = self._full_scale(incident_gev)
         e_hat = e.sum(1)
         # energy in layers k..L-1, summed from the back: for three layers exactly the float
         # operations of the paper's formula (E1 + E2), so CaloGAN numbers do not move
@@ -93,7 +111,7 @@ class EnergyToU(nn.Module):
 
     def inverse(self, u: Tensor, incident_gev: Tensor) -> Tensor:
         u64 = _f64(u).clamp(0, 1)
-        remaining = u64[:, 0] * _f64(incident_gev).reshape(-1) * GEV
+        remaining = u64[:, 0] * self._full_scale(incident_gev)
         energies = []
         for k in range(1, u64.shape[1]):
             energies.append(u64[:, k] * remaining)
@@ -170,18 +188,19 @@ def decode_layer_energies(encoded: Tensor) -> Tensor:
 class FlowIPreprocessing(nn.Module):
     """Flow I's representation: x = logit(u(E_0..E_{L-1} | E_inc)) (L), context = eq. (4.4) (1).
 
-    ``n_layers`` is L, the number of layer energies (``geometry.n_layers``).
+    ``n_layers`` is L, the number of layer energies (``geometry.n_layers``); ``energy_scale`` the c
+    of u_0 = E_hat / (c E_inc) (:class:`EnergyToU`).
     """
 
     context_features = 1
 
-    def __init__(self, n_layers: int, alpha: float = ALPHA):
+    def __init__(self, n_layers: int, alpha: float = ALPHA, energy_scale: float = 1.0):
         if int(n_layers) < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
         super().__init__()
         self.features = int(n_layers)
         self.logit = LogitTransform(alpha)
-        self.to_u = EnergyToU()
+        self.to_u = EnergyToU(energy_scale)
 
     def extra_repr(self) -> str:
         return f"n_layers={self.features}"
@@ -196,7 +215,7 @@ class FlowIPreprocessing(nn.Module):
         )
 
     def inverse(self, x: Tensor, incident_gev: Tensor) -> Tensor:
-        """Flow I output -> layer energies (N, L) in MeV with E_0 + ... + E_{L-1} <= E_inc."""
+        """Flow I output -> layer energies (N, L) in MeV with E_0 + ... + E_{L-1} <= c E_inc."""
         return self.to_u.inverse(self.logit.inverse(x), incident_gev)
 
 

@@ -39,6 +39,13 @@ from caloflow.geometry import THRESHOLD_KEV, Geometry
 from caloflow.transforms import ALPHA, FlowIIPreprocessing, FlowIPreprocessing
 
 Batch = dict[str, Tensor]
+#: learning-rate schedules of :meth:`ConditionalFlowModule.configure_optimizers`
+SCHEDULES = ("multistep", "onecycle")
+
+
+def check_schedule(schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 
 def standard_normal(n: int, dim: int, generator: torch.Generator | None, device, dtype) -> Tensor:
@@ -87,6 +94,17 @@ class ConditionalFlowModule(RemembersDomain, L.LightningModule):
         optimizer = adam(
             self.parameters(), self.hparams.lr, fast=self.hparams.get("fast_training", False)
         )
+        if self.hparams.get("schedule", "multistep") == "onecycle":
+            # dataset-1 recipe (arXiv:2210.14245): one cycle per fit, peaking at lr, stepped per batch
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=self.hparams.lr,
+                total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
         # paper: the learning rate is multiplied by 0.5 after the listed epochs
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(self.hparams.milestones), gamma=self.hparams.gamma
@@ -168,6 +186,11 @@ class FlowI(ConditionalFlowModule):
             derivative (nflows' default 1e-3; the published reference code and the paper configs: 1e-6).
         fast_training: train with :mod:`caloflow.flows.fast_training` (the same function and gradients,
             computed faster; fused Adam); the modules and the checkpoint are the same either way.
+        energy_scale: c of u_0 = E_hat / (c E_inc) (CaloGAN paper: 1; dataset-1 code: 2.42 photons,
+            6.93 pions).
+        schedule: ``multistep`` (the paper: ``lr`` times ``gamma`` after each milestone epoch) or
+            ``onecycle`` (dataset-1 code: one cycle over the fit peaking at ``lr``, per step;
+            ``milestones`` and ``gamma`` unused).
         geometry: the detector: ``calogan``, ``ds1-photons``, ``ds1-pions`` or a binning .xml
             (a :meth:`caloflow.geometry.Geometry.to_dict` dict when loaded from a checkpoint).
     """
@@ -188,12 +211,15 @@ class FlowI(ConditionalFlowModule):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
         fast_training: bool = False,
+        energy_scale: float = 1.0,
+        schedule: str = "multistep",
         geometry: str | dict[str, Any] = "calogan",
     ):
         super().__init__()
+        check_schedule(schedule)
         self.save_hyperparameters(ignore=["geometry"])
         self.geometry = carry_geometry(self, geometry)
-        self.preprocessing = FlowIPreprocessing(self.geometry.n_layers, alpha)
+        self.preprocessing = FlowIPreprocessing(self.geometry.n_layers, alpha, energy_scale)
         self.flow = build_flow1(
             self.geometry,
             self.preprocessing.context_features,
@@ -281,6 +307,7 @@ class FlowII(ConditionalFlowModule):
             derivative (nflows' default 1e-3; the published reference code and the paper configs: 1e-6).
         fast_training: train with :mod:`caloflow.flows.fast_training` (the same function and gradients,
             computed faster; fused Adam); the modules and the checkpoint are the same either way.
+        schedule: ``multistep`` (the paper) or ``onecycle`` (one cycle over the fit peaking at ``lr``).
         geometry: the detector: ``calogan``, ``ds1-photons``, ``ds1-pions`` or a binning .xml
             (a :meth:`caloflow.geometry.Geometry.to_dict` dict when loaded from a checkpoint).
     """
@@ -303,9 +330,11 @@ class FlowII(ConditionalFlowModule):
         min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
         fast_training: bool = False,
+        schedule: str = "multistep",
         geometry: str | dict[str, Any] = "calogan",
     ):
         super().__init__()
+        check_schedule(schedule)
         self.save_hyperparameters(ignore=["geometry"])
         self.geometry = carry_geometry(self, geometry)
         self.preprocessing = FlowIIPreprocessing(self.geometry.layer_sizes, alpha, threshold_kev)
