@@ -73,7 +73,11 @@ def _rule(name: str) -> tuple[Callable[[float], bool], str] | None:
     """The range check of a hyperparameter, by its name: (ok(x), what it must be), or None for "finite"."""
     if name in ("gamma", "lr_decay") or (name.endswith("_decay") and name != "weight_decay"):
         return (lambda x: 0 < x <= 1), "in (0, 1]"
-    if name in ("lr", "learning_rate", "energy_scale") or name.startswith("lr_") or name.endswith("_lr"):
+    if (
+        name in ("lr", "learning_rate", "energy_scale")
+        or name.startswith("lr_")
+        or name.endswith("_lr")
+    ):
         return (lambda x: x > 0), "a number > 0"
     if name in ("weight_decay", "threshold_kev", "energy_loss_weight") or name.endswith("_weight"):
         return (lambda x: x >= 0), "a number >= 0"

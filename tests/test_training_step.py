@@ -79,6 +79,12 @@ def stock_and_fast(flow):
         lambda: build_flow1(
             min_bin_width=1e-6, min_bin_height=1e-6, min_derivative=1e-6
         ),  # hidden > features
+        # the dataset-1 detectors: their layer-wise permutations and context widths
+        lambda: build_flow2("ds1-photons", hidden_features=16, n_blocks=2),
+        lambda: build_flow2("ds1-pions", hidden_features=16, n_blocks=2),
+        lambda: build_flow1(
+            "ds1-pions", min_bin_width=1e-6, min_bin_height=1e-6, min_derivative=1e-6
+        ),
     ],
 )
 def test_float64_loss_gradients_and_parameters_equal_stock(maker):

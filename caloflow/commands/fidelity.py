@@ -1,17 +1,20 @@
 """``caloflow benchmark fidelity``: converged classifier AUC against the CPU time spent on CaloFlow.
 
 For one pair of training configs (``flow1.yaml`` and ``flow2.yaml`` in a folder, e.g. the shipped
-CPU presets ``configs/cpu/eplus``):
+CPU presets ``configs/cpu/eplus`` or ``configs/cpu/ds1-photons``):
 
 1. simulate the training showers (``data.n_simulated`` of the Flow II config) and an independent
-   reference of ``--n-reference`` showers (another seed) with the embedded simulator;
+   reference of ``--n-reference`` showers (another seed) with the embedded simulator of the
+   configs' detector (``model.init_args.geometry``: CaloGAN, or the dataset-1 barrel at the
+   challenge's energy mix);
 2. fit Flow I, then Flow II, each with ``lightning fit`` semantics (the configs as they are);
 3. for every budget (a number of Flow II epochs with a snapshot checkpoint, see the configs'
    ``snapshot-`` ModelCheckpoint), generate one shower per reference incident energy with the
    best Flow I and the Flow II snapshot;
 4. score every budget with the classifier test of ``caloflow evaluate`` (converged: early
-   stopping), ``--runs`` runs each: voxel DNN on unnormalized and normalized showers, and the
-   high-level feature classifier.
+   stopping), ``--runs`` runs each. CaloGAN: voxel DNN on unnormalized and normalized showers, and
+   the high-level feature classifier; dataset 1: the challenge's cls-low, cls-low-normed and
+   cls-high, under ``--protocol converged`` (default) or ``calochallenge`` (the official one).
 
 One row per budget: the wall time a user of the recipe spends up to that point (simulation of the
 training showers + Flow I + Flow II up to that epoch + generation of the reference's energies;
@@ -36,12 +39,20 @@ from caloflow.commands import argtypes
 from caloflow.commands.demo import check_config, fit_config, run_caloflow
 from caloflow.errors import CaloflowError
 
-#: the rows' AUC columns: (classifier, preprocessing key in metrics.json, column title)
+#: the rows' AUC columns of CaloGAN runs: (classifier, preprocessing key in metrics.json, title)
 COLUMNS = (
     ("dnn", "unnormalized", "DNN unnormalized"),
     ("dnn", "normalized", "DNN normalized"),
     ("features", "high-level", "features"),
 )
+#: the rows' AUC columns of CaloChallenge (dataset-1) runs: (classifier, None, title)
+CHALLENGE_COLUMNS = (
+    ("cls-low", None, "cls-low"),
+    ("cls-low-normed", None, "cls-low-normed"),
+    ("cls-high", None, "cls-high"),
+)
+#: --classifiers of each detector family (default: all of them)
+CLASSIFIERS = {"calogan": ("dnn", "features"), "challenge": tuple(c[0] for c in CHALLENGE_COLUMNS)}
 STEPS_FILE = "steps.json"
 
 
@@ -78,9 +89,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--classifiers",
-        type=argtypes.comma_list(("dnn", "features"), what="classifier"),
-        default="dnn,features",
-        help="dnn and/or features (default both)",
+        type=argtypes.comma_list(
+            CLASSIFIERS["calogan"] + CLASSIFIERS["challenge"], what="classifier"
+        ),
+        default=None,
+        help="CaloGAN: dnn and/or features; dataset 1: cls-low, cls-low-normed, cls-high "
+        "(default: all of the detector's)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("converged", "calochallenge"),
+        default="converged",
+        help="dataset 1 only: the classifiers' protocol, 'converged' (early stopping, default) or "
+        "'calochallenge' (the challenge evaluator's 50 epochs); see caloflow evaluate",
     )
     parser.add_argument(
         "--max-epochs",
@@ -118,6 +139,32 @@ def _read(path: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def _data(config: dict) -> dict:
+    return (config.get("data") or {}).get("init_args") or {}
+
+
+def _geometry(folder: Path, flow1: dict, flow2: dict) -> str:
+    """The detector both configs train for (``model.init_args.geometry``, default calogan): a
+    detector the embedded simulators know (calogan, ds1-photons, ds1-pions)."""
+    from caloflow.geometry import BUILTIN
+
+    names = []
+    for name, config in (("flow1.yaml", flow1), ("flow2.yaml", flow2)):
+        init = (config.get("model") or {}).get("init_args") or {}
+        geometry = init.get("geometry", "calogan")
+        if geometry not in BUILTIN:
+            raise CaloflowError(
+                f"--configs {folder}/{name}: model.init_args.geometry {geometry!r} has no embedded "
+                f"simulator (use one of {', '.join(BUILTIN)})"
+            )
+        names.append(geometry)
+    if names[0] != names[1]:
+        raise CaloflowError(
+            f"--configs {folder}: flow1.yaml is for {names[0]}, flow2.yaml for {names[1]}"
+        )
+    return names[0]
+
+
 def _snapshot_every(flow2: dict) -> int | None:
     for callback in (flow2.get("trainer") or {}).get("callbacks") or []:
         init = callback.get("init_args") or {} if isinstance(callback, dict) else {}
@@ -132,14 +179,31 @@ def plan(args: argparse.Namespace) -> dict:
     for name in ("flow1.yaml", "flow2.yaml"):
         check_config(folder / name)
     flow1, flow2 = _read(folder / "flow1.yaml"), _read(folder / "flow2.yaml")
-    data1 = (flow1.get("data") or {}).get("init_args") or {}
-    data2 = (flow2.get("data") or {}).get("init_args") or {}
-    particle = data2.get("particle", "eplus")
-    if data1.get("particle", "eplus") != particle:
+    geometry = _geometry(folder, flow1, flow2)
+    family = "calogan" if geometry == "calogan" else "challenge"
+    if family == "calogan":
+        data1 = (flow1.get("data") or {}).get("init_args") or {}
+        particle = _data(flow2).get("particle", "eplus")
+        if data1.get("particle", "eplus") != particle:
+            raise CaloflowError(
+                f"--configs {folder}: flow1.yaml is for {data1.get('particle', 'eplus')}, "
+                f"flow2.yaml for {particle}"
+            )
+    else:
+        particle = geometry  # the dataset's particle is part of its detector (ds1-photons, ...)
+    classifiers = list(args.classifiers or CLASSIFIERS[family])
+    wrong = [c for c in classifiers if c not in CLASSIFIERS[family]]
+    if wrong:
         raise CaloflowError(
-            f"--configs {folder}: flow1.yaml is for {data1.get('particle', 'eplus')}, "
-            f"flow2.yaml for {particle}"
+            f"--classifiers {','.join(wrong)}: not a classifier of {geometry} runs "
+            f"(use {', '.join(CLASSIFIERS[family])})"
         )
+    if family == "calogan" and args.protocol != "converged":
+        raise CaloflowError(
+            f"--protocol {args.protocol}: dataset-1 configs only (CaloGAN runs are judged with "
+            "the converged protocol)"
+        )
+    data2 = _data(flow2)
     epochs = int((flow2.get("trainer") or {}).get("max_epochs") or 0)
     if epochs < 1:
         raise CaloflowError(f"--configs {folder}/flow2.yaml: trainer.max_epochs must be set (>= 1)")
@@ -154,6 +218,10 @@ def plan(args: argparse.Namespace) -> dict:
     return {
         "configs": str(folder.resolve()),
         "particle": particle,
+        "geometry": geometry,
+        "family": family,
+        "classifiers": classifiers,
+        "protocol": args.protocol,
         "n_train": int(data2.get("n_simulated", 100_000)),
         "n_reference": args.n_reference,
         "flow2_epochs": epochs,
@@ -206,13 +274,18 @@ def _train(steps: Steps, plan_: dict, out: Path) -> dict:
     train = out / "data" / f"{plan_['particle']}_train.hdf5"
     reference = out / "data" / f"{plan_['particle']}_reference.hdf5"
 
+    detector = (
+        ["--particle", plan_["particle"]]
+        if plan_["family"] == "calogan"
+        else ["--dataset", plan_["geometry"]]  # at the challenge's energy mix
+    )
+
     def simulate(n: int, seed_: int, path: Path):
         return lambda: (
             run_caloflow(
                 [
                     "simulate",
-                    "--particle",
-                    plan_["particle"],
+                    *detector,
                     "--n",
                     str(n),
                     "--seed",
@@ -297,11 +370,38 @@ def _generate(steps: Steps, records: dict, plan_: dict, out: Path) -> dict[int, 
     return rows
 
 
-def _score(rows: dict[int, dict], records: dict, args: argparse.Namespace, out: Path) -> dict:
+def columns(plan_: dict) -> tuple[tuple[str, str | None, str], ...]:
+    """The AUC columns of the plan's detector family."""
+    return COLUMNS if plan_.get("family", "calogan") == "calogan" else CHALLENGE_COLUMNS
+
+
+def _evaluate_options(plan_: dict) -> list[str]:
+    """The classifier options of ``caloflow evaluate`` for the plan's detector family."""
+    classifiers = plan_["classifiers"]
+    if plan_.get("family", "calogan") == "challenge":
+        return ["--classifier", ",".join(classifiers), "--protocol", plan_["protocol"]]
+    preprocessings = ["unnormalized", "normalized"] if "dnn" in classifiers else ["normalized"]
+    return ["--classifier", ",".join(classifiers), "--preprocessing", ",".join(preprocessings)]
+
+
+def _auc_entry(result: dict) -> dict:
+    return {
+        "mean": result["auc"]["mean"],
+        "std": result["auc"]["std"],
+        # the official protocol runs 50 epochs and keeps the best: nothing to converge
+        "converged": result.get("converged", True),
+        "runs": [r["auc"] for r in result["runs"]],
+        "best_epochs": [r["best_epoch"] for r in result["runs"]],
+    }
+
+
+def _score(
+    rows: dict[int, dict], records: dict, args: argparse.Namespace, plan_: dict, out: Path
+) -> dict:
     """Step 4: ``caloflow evaluate`` of every budget's showers; fills the rows' AUCs, returns metrics."""
-    preprocessings = ["unnormalized", "normalized"] if "dnn" in args.classifiers else ["normalized"]
-    # one folder per set of budgets, so that scoring more budgets later keeps the earlier reports
-    evaluation = out / ("evaluation-epochs" + "-".join(str(b) for b in rows))
+    # one folder per set of budgets (and protocol), so that scoring more later keeps earlier reports
+    protocol = "" if plan_["protocol"] == "converged" else f"-{plan_['protocol']}"
+    evaluation = out / ("evaluation-epochs" + "-".join(str(b) for b in rows) + protocol)
     run_caloflow(
         [
             "evaluate",
@@ -309,10 +409,7 @@ def _score(rows: dict[int, dict], records: dict, args: argparse.Namespace, out: 
             records["reference"]["paths"][0],
             "--samples",
             *[f"epochs{b}={row['samples']}" for b, row in rows.items()],
-            "--classifier",
-            ",".join(args.classifiers),
-            "--preprocessing",
-            ",".join(preprocessings),
+            *_evaluate_options(plan_),
             "--runs",
             str(args.runs),
             "--seed",
@@ -327,23 +424,30 @@ def _score(rows: dict[int, dict], records: dict, args: argparse.Namespace, out: 
     for budget, row in rows.items():
         scores = metrics["samples"][f"epochs{budget}"].get("classifier", {})
         row["auc"] = {}
-        for classifier, key, _ in COLUMNS:
-            result = scores.get(classifier, {}).get(key)
+        for classifier, key, _ in columns(plan_):
+            result = scores.get(classifier, {})
+            result = result.get(key) if key else result
             if result:
-                row["auc"][f"{classifier}/{key}"] = {
-                    "mean": result["auc"]["mean"],
-                    "std": result["auc"]["std"],
-                    "converged": result["converged"],
-                    "runs": [r["auc"] for r in result["runs"]],
-                    "best_epochs": [r["best_epoch"] for r in result["runs"]],
-                }
+                row["auc"][_column_key(classifier, key, plan_)] = _auc_entry(result)
     return metrics
+
+
+def _column_key(classifier: str, key: str | None, plan_: dict) -> str:
+    """The key of an AUC in a row: ``dnn/normalized``; ``cls-low`` or ``cls-low/calochallenge``."""
+    if key:
+        return f"{classifier}/{key}"
+    return (
+        classifier
+        if plan_.get("protocol", "converged") == "converged"
+        else f"{classifier}/{plan_['protocol']}"
+    )
 
 
 def render(plan_: dict, rows: list[dict]) -> str:
     """The markdown table: one row per budget."""
+    shown = _shown_columns(plan_, rows)
     head = ["particle", "Flow II epochs", "training showers", "wall [min]", "runs"] + [
-        c[2] for c in COLUMNS
+        title for title, _ in shown
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -354,8 +458,8 @@ def render(plan_: dict, rows: list[dict]) -> str:
             f"{row['wall_s'] / 60:.1f}",
             str(row.get("runs", "-")),
         ]
-        for classifier, key, _ in COLUMNS:
-            auc = row.get("auc", {}).get(f"{classifier}/{key}")
+        for _, column in shown:
+            auc = row.get("auc", {}).get(column)
             cells.append(
                 "-"
                 if auc is None
@@ -366,11 +470,31 @@ def render(plan_: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shown_columns(plan_: dict, rows: list[dict]) -> list[tuple[str, str]]:
+    """(title, AUC key) of the table: the family's columns; for dataset 1 the official protocol's
+    beside the converged ones when a row has them."""
+    shown = []
+    for classifier, key, title in columns(plan_):
+        if key:
+            shown.append((title, f"{classifier}/{key}"))
+            continue
+        for protocol in ("converged", "calochallenge"):
+            column = classifier if protocol == "converged" else f"{classifier}/{protocol}"
+            if protocol == plan_.get("protocol", "converged") or any(
+                column in row.get("auc", {}) for row in rows
+            ):
+                shown.append((f"{title} ({protocol})", column))
+    return shown
+
+
 def _merge(path: Path, rows: dict[int, dict]) -> dict[int, dict]:
     """Rows scored by an earlier run of the same benchmark (other budgets) kept next to the new ones."""
     earlier = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
     merged = {row["flow2_epochs"]: row for row in earlier}
-    merged.update(rows)
+    for budget, row in rows.items():
+        # AUCs of another protocol or classifier scored earlier stay next to the new ones
+        row["auc"] = {**merged.get(budget, {}).get("auc", {}), **row.get("auc", {})}
+        merged[budget] = row
     return dict(sorted(merged.items()))
 
 
@@ -386,15 +510,16 @@ def run(args: argparse.Namespace) -> int:
     steps = Steps(out, plan_)
     records = _train(steps, plan_, out)
     rows = _generate(steps, records, plan_, out)
-    _score(rows, records, args, out)
+    _score(rows, records, args, plan_, out)
     for row in rows.values():
         row["runs"] = args.runs
     rows = _merge(out / "fidelity.json", rows)
     table = render(plan_, list(rows.values()))
     note = (
         "wall = simulation of the training showers + Flow I + Flow II up to the budget + generation of "
-        f"{plan_['n_reference']:,} showers (scoring extra); AUC: converged classifiers, mean +- std over "
-        "the runs given per row, against an independent reference from the embedded simulator (not GEANT4)"
+        f"{plan_['n_reference']:,} showers (scoring extra); AUC: held-out, mean +- std over the runs "
+        "given per row (converged: early stopping; calochallenge: the official 50-epoch protocol), "
+        "against an independent reference from the embedded simulator (not GEANT4)"
     )
     result = {
         "plan": plan_,
