@@ -440,8 +440,9 @@ class ShowerClassifier(L.LightningModule):
 
     Args:
         backbone: ``dnn`` or ``cnn`` (appendix A, on voxels), ``features`` (41 high-level features of the
-            reference code, on showers), ``mlp`` (on points ``batch["x"]``) or ``vector`` (on
-            ``batch["inputs"]``).
+            reference code, on showers), ``mlp`` (on points ``batch["x"]``), ``vector`` (on
+            ``batch["inputs"]``) or ``challenge`` (a CaloChallenge input of the showers, polar
+            geometries).
         preprocessing: voxel input preprocessing of the ``dnn`` and ``cnn`` backbones.
         lr: Adam learning rate (appendix A: 5e-4; LaSeR: 1e-3).
         lr_decay: learning-rate factor per epoch (LaSeR: 0.999; 1 = constant).
