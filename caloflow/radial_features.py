@@ -57,6 +57,11 @@ def check_polar(geometry: Geometry) -> None:
         )
 
 
+def is_polar(geometry: Geometry) -> bool:
+    """Whether every layer of ``geometry`` is polar (the CaloChallenge detectors; not CaloGAN)."""
+    return all(layer.kind == POLAR for layer in geometry.layers)
+
+
 def is_dataset1(geometry: Geometry) -> bool:
     """Whether ``geometry`` is one of the challenge's dataset-1 detectors (built-in ``ds1-*``)."""
     return geometry.name.startswith("ds1-")
@@ -206,6 +211,48 @@ def _high_level(q: dict[str, Tensor], log_e_inc: Tensor, geometry: Geometry) -> 
     return torch.stack(columns, dim=1)
 
 
+def classifier_input_size(geometry: Geometry, kind: str) -> int:
+    """Columns d of the ``kind`` input of :func:`classifier_inputs` for ``geometry``."""
+    if kind == "cls-low":
+        return 1 + geometry.n_voxels
+    if kind == "cls-low-normed":
+        return 1 + geometry.n_voxels + geometry.n_layers
+    if kind == "cls-high":
+        return len(high_level_columns(geometry))
+    raise ValueError(f"unknown classifier input {kind!r}, choose from {CLASSIFIER_INPUTS}")
+
+
+def classifier_input_tensor(
+    voxels,
+    incident_gev,
+    geometry: Geometry,
+    kind: str,
+    min_energy_mev: float | None = None,
+) -> Tensor:
+    """:func:`classifier_inputs` as a float64 tensor that keeps the autograd graph of ``voxels``
+    (a LaSeR weight w(x) = exp(classifier(x)) is differentiated in x): voxels below the threshold
+    get zero gradient; the rest enter ``cls-low`` linearly (v / E_inc)."""
+    if kind not in CLASSIFIER_INPUTS:
+        raise ValueError(f"unknown classifier input {kind!r}, choose from {CLASSIFIER_INPUTS}")
+    v = _thresholded(voxels, geometry, min_energy_mev)
+    e_inc = _incident_mev(incident_gev, len(v), v.device)
+    log_e_inc = torch.log10(e_inc)
+    if kind == "cls-low":
+        return torch.cat([log_e_inc[:, None], v / e_inc[:, None]], dim=1)
+    if kind == "cls-low-normed":
+        layer_e = geometry.layer_energies(v)
+        per_voxel = torch.repeat_interleave(layer_e, torch.as_tensor(geometry.layer_sizes), dim=1)
+        return torch.cat(
+            [
+                log_e_inc[:, None],
+                v / (per_voxel + DENOMINATOR_OFFSET),
+                torch.log10(layer_e + LOG_OFFSET_MEV),
+            ],
+            dim=1,
+        )
+    return _high_level(radial_quantities(v, geometry), log_e_inc, geometry)
+
+
 def classifier_inputs(
     voxels,
     incident_gev,
@@ -231,30 +278,8 @@ def classifier_inputs(
         kind: one of :data:`CLASSIFIER_INPUTS`.
         min_energy_mev: the voxel threshold (default: the geometry's).
     """
-    if kind not in CLASSIFIER_INPUTS:
-        raise ValueError(f"unknown classifier input {kind!r}, choose from {CLASSIFIER_INPUTS}")
-    v = _thresholded(voxels, geometry, min_energy_mev)
     with torch.no_grad():
-        e_inc = _incident_mev(incident_gev, len(v), v.device)
-        log_e_inc = torch.log10(e_inc)
-        if kind == "cls-low":
-            x = torch.cat([log_e_inc[:, None], v / e_inc[:, None]], dim=1)
-        elif kind == "cls-low-normed":
-            layer_e = geometry.layer_energies(v)
-            per_voxel = torch.repeat_interleave(
-                layer_e, torch.as_tensor(geometry.layer_sizes), dim=1
-            )
-            x = torch.cat(
-                [
-                    log_e_inc[:, None],
-                    v / (per_voxel + DENOMINATOR_OFFSET),
-                    torch.log10(layer_e + LOG_OFFSET_MEV),
-                ],
-                dim=1,
-            )
-        else:
-            x = _high_level(radial_quantities(v, geometry), log_e_inc, geometry)
-    return x.numpy()
+        return classifier_input_tensor(voxels, incident_gev, geometry, kind, min_energy_mev).numpy()
 
 
 __all__ = [
@@ -265,6 +290,7 @@ __all__ = [
     "DATASET1_MIN_ENERGY_MEV",
     "FINE_MIN_ENERGY_MEV",
     "check_polar",
+    "is_polar",
     "is_dataset1",
     "default_min_energy_mev",
     "apply_min_energy",
@@ -272,5 +298,7 @@ __all__ = [
     "radial_quantities",
     "radial_features",
     "high_level_columns",
+    "classifier_input_size",
+    "classifier_input_tensor",
     "classifier_inputs",
 ]

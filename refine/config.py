@@ -338,13 +338,17 @@ class ShowerSplit:
 class WeightTraining:
     """The weight classifier's training: mini-batches of ``batch_size``, ``val_fraction`` of the
     refinement split for early stopping, the converging schedule of the classifier test unless
-    ``max_epochs`` / ``patience`` are given, and ``clip``: an optional upper bound on w = exp(logit)."""
+    ``max_epochs`` / ``patience`` are given, ``clip``: an optional upper bound on w = exp(logit), and
+    ``challenge_input``: what the weight classifier reads for a model of a polar (CaloChallenge,
+    e.g. dataset-1) geometry, one of the evaluator's classifier inputs
+    (:func:`caloflow.radial_features.classifier_inputs`; CaloGAN models ignore it)."""
 
     batch_size: PositiveInt = 1000
     val_fraction: OpenUnitInterval = 0.2
     max_epochs: Optional[PositiveInt] = None
     patience: Optional[PositiveInt] = None
     clip: Optional[PositiveFloat] = None
+    challenge_input: Literal["cls-low", "cls-low-normed", "cls-high"] = "cls-low"
 
 
 @dataclass

@@ -85,6 +85,9 @@ class ShowerInputs:
     models: tuple
     reference: Path
     n_reference: int
+    geometry: Any = (
+        None  # the detector of the model and of the reference (caloflow.geometry.Geometry)
+    )
 
 
 def check_inputs(
@@ -93,7 +96,7 @@ def check_inputs(
     """Every input checked before any work, each problem one :class:`CaloflowError` line naming its
     option: the model (``checkpoints``: ``flow1``, ``flow2``, ``calogan`` -> path or None), the outputs
     under ``out`` against the inputs, the ``reference`` file (keys, shapes), the checkpoints
-    (readable, of the right model class, finite)."""
+    (readable, of the right model class, finite; both flows and the reference of one geometry)."""
     from caloflow.data.io import count_showers
 
     calogan, flow1, flow2 = (checkpoints.get(k) for k in ("calogan", "flow1", "flow2"))
@@ -102,7 +105,9 @@ def check_inputs(
     if not calogan and not (flow1 and flow2):
         raise CaloflowError("--flow1 and --flow2 are both required (or --calogan)")
     if not reference:
-        raise CaloflowError("--reference: required (the reference showers, CaloGAN HDF5)")
+        raise CaloflowError(
+            "--reference: required (the reference showers, CaloGAN or CaloChallenge HDF5)"
+        )
     used = {"calogan": calogan} if calogan else {"flow1": flow1, "flow2": flow2}
     inputs = {f"--{k}": v for k, v in used.items()} | {"--reference": reference}
     if config is not None:
@@ -113,9 +118,29 @@ def check_inputs(
         n = count_showers(reference)
     except CaloflowError as e:
         raise CaloflowError(f"--reference: {e}") from None
+    models = _load_models(used)
+    geometry = _common_geometry(models, reference)
     return ShowerInputs(
-        "calogan" if calogan else "caloflow", used, _load_models(used), Path(reference), n
+        "calogan" if calogan else "caloflow", used, models, Path(reference), n, geometry
     )
+
+
+def _common_geometry(models: tuple, reference: str):
+    """The detector of the loaded ``models`` (the flows agree: :class:`caloflow.sampling.CaloFlow`
+    refuses two geometries), refused in one line unless the ``reference`` file holds showers of it."""
+    from caloflow.data.io import file_geometry
+
+    model = models[-1].geometry
+    try:
+        found = file_geometry(reference)
+    except CaloflowError as e:
+        raise CaloflowError(f"--reference: {e}") from None
+    if found != model:
+        raise CaloflowError(
+            f"--reference: {reference} holds {found.name} showers ({found.n_voxels} voxels), but "
+            f"the model generates {model.name} showers ({model.n_voxels} voxels)"
+        )
+    return model
 
 
 def _load_models(checkpoints: dict[str, str]) -> tuple:
@@ -274,7 +299,8 @@ def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
     run.say(
         f"generated {len(x)} unrefined showers at the refinement energies; training the weight classifier"
     )
-    classifier, info = train_weight_classifier(run, reference, Showers(x.numpy(), reference.energy))
+    generated = Showers(x.numpy(), reference.energy, geometry=run.inputs.geometry)
+    classifier, info = train_weight_classifier(run, reference, generated)
     w = shower_weights(classifier, x, energies, run.cfg.classifier_training.clip)
     run.say(
         f"weights: min {float(w.min()):.3g}, median {float(w.median()):.3g}, max {float(w.max()):.3g}"
@@ -283,15 +309,15 @@ def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
 
 
 def train_weight_classifier(run: ShowerRun, reference, generated):
-    """The weight classifier (config ``classifier``), reference (1) vs generated (0) showers of the
-    refinement split, with early stopping on its ``val_fraction``, kept at its lowest validation loss:
+    """The weight classifier (config ``classifier``; on a polar geometry :func:`weight_classifier`),
+    reference (1) vs generated (0) showers of the refinement split, with early stopping on its
+    ``val_fraction``, kept at its lowest validation loss:
     w = f / (1 - f) needs a calibrated f, and the epoch of the best accuracy can be an overconfident
     one. Returns it (frozen) and how the training went (:func:`caloflow.evaluate.classification.fit_classifier`)."""
     import lightning as L
 
     from caloflow.data.datamodule import CaloDataModule
     from caloflow.evaluate.classification import fit_classifier, schedule_for
-    from refine.config import build
 
     training = run.cfg.classifier_training
     split = (1 - training.val_fraction, training.val_fraction, 0.0)
@@ -304,7 +330,12 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
         noise_kev=0.0,
     )
     L.seed_everything(run.stream_seed("classifier"), verbose=False)
-    model = build(run.cfg.classifier)
+    model = weight_classifier(run.cfg, run.inputs.geometry)
+    if model.hparams.backbone == "challenge":
+        # a fixed affine map of the inputs to [-1, 1], from the training showers only
+        dm.setup("fit")
+        train = dm.datasets["train"]
+        model.net.fit_scaling({"voxels": train.voxels, "energy": train.energy})
     schedule = schedule_for(
         dm, model.hparams.backbone, None, training.max_epochs, training.patience
     )
@@ -317,6 +348,47 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
         f"{info['best_val_loss']:.4f}, {'converged' if info['converged'] else 'NOT converged'}"
     )
     return fitted["model"].eval().requires_grad_(False), info
+
+
+def check_weight_classifier(cfg, geometry) -> None:
+    """Refuse in one line a weight classifier that cannot read showers of ``geometry``: on a polar
+    geometry the config's ``classifier`` must be the ``dnn`` (its sizes become those of
+    :func:`weight_classifier`)."""
+    from caloflow.radial_features import is_polar
+
+    backbone = cfg.classifier.init_args.backbone
+    if is_polar(geometry) and backbone != "dnn":
+        raise CaloflowError(
+            f"classifier.init_args.backbone: {backbone} reads CaloGAN showers; the weight "
+            f"classifier of a {geometry.name} model is the dnn (on the "
+            f"{cfg.classifier_training.challenge_input} input)"
+        )
+
+
+def weight_classifier(cfg, geometry):
+    """The untrained weight classifier: the config's ``classifier`` for CaloGAN showers; on a polar
+    (CaloChallenge) geometry the ``challenge`` backbone (:class:`caloflow.models.classifiers.ChallengeDNN`):
+    the dnn's layers, learning rate and decay on the CaloChallenge input
+    ``classifier_training.challenge_input`` (default ``cls-low``: log10 E_inc and the voxels / E_inc
+    after the evaluator's voxel threshold, 1 MeV for dataset 1), which the dataset-1 evaluation uses too."""
+    from caloflow.models import ShowerClassifier
+    from caloflow.radial_features import is_polar
+    from refine.config import build
+
+    if not is_polar(geometry):
+        return build(cfg.classifier)
+    check_weight_classifier(cfg, geometry)
+    init = cfg.classifier.init_args
+    layers = init.backbone_args
+    sizes = {k: layers[k] for k in ("hidden", "n_hidden_layers", "slope") if k in (layers or {})}
+    return ShowerClassifier(
+        "challenge",
+        lr=init.lr,
+        lr_decay=init.lr_decay,
+        weight_decay=init.weight_decay,
+        backbone_args={**sizes, "kind": cfg.classifier_training.challenge_input},
+        geometry=geometry,
+    )
 
 
 def shower_log_weight(classifier, clip: float | None = None):
@@ -417,7 +489,10 @@ def _writer(run: ShowerRun, method: str, n: int, **attrs):
         "training_domain": run.base_sampler().domain.to_json(),
     }
     return ShowerWriter(
-        run.out / "showers" / f"{method}.hdf5", attrs={**base, **attrs}, expected_rows=n
+        run.out / "showers" / f"{method}.hdf5",
+        attrs={**base, **attrs},
+        expected_rows=n,
+        geometry=run.inputs.geometry,
     )
 
 
@@ -643,6 +718,7 @@ def run_showers(
 
     from refine.shower_report import evaluate_methods, write_outputs
 
+    check_weight_classifier(cfg, inputs.geometry)
     splits = make_splits(inputs.n_reference, cfg.split, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "showers").mkdir(exist_ok=True)
@@ -665,6 +741,7 @@ def run_showers(
             "seed": seed,
             "quick": bool(quick),
             "generator": inputs.kind,
+            "geometry": inputs.geometry.name,
             "checkpoints": inputs.checkpoints,
             "reference": str(inputs.reference),
             "batch_size": int(cfg.batch_size),
@@ -719,6 +796,8 @@ __all__ = [
     "draw_unrefined",
     "train_weights",
     "train_weight_classifier",
+    "check_weight_classifier",
+    "weight_classifier",
     "shower_log_weight",
     "shower_weights",
     "refiner_points",

@@ -12,6 +12,13 @@ evaluation split of the reference file, which is read here for the first time:
 * **separation powers** S = 1/2 sum (h1 - h2)^2 / (h1 + h2) of the feature histograms
   (:func:`caloflow.evaluate.report.feature_metrics`; DCTR weighted), and their mean per method.
 
+Showers of a polar (CaloChallenge, e.g. dataset-1) geometry get the CaloChallenge tests instead: the
+classifiers on the evaluator's ``cls-low``, ``cls-low-normed`` and ``cls-high`` inputs after its
+voxel threshold (1 MeV for dataset 1), under the ``converged`` protocol
+(:func:`caloflow.evaluate.challenge.challenge_classifier_test`: early stopping, held-out AUC and JSD,
+``evaluation.runs`` seeds; DCTR weighted), and the separation powers of the evaluator's features
+(:mod:`caloflow.evaluate.challenge_hist`, DCTR weighted).
+
 HMC gives ``hmc.n_hmc`` showers; its tests use as many evaluation showers (balanced classes). Small
 tests are weaker, so the row ``unrefined-hmc`` scores the unrefined showers at the same energies (the
 first ``n_hmc`` rows of ``unrefined.hdf5``; the chains start from other prior draws at these energies, i.e. from
@@ -28,12 +35,15 @@ from typing import Any
 
 import numpy as np
 
-#: (architecture, preprocessing, key) of the held-out classifier tests
+#: (architecture, preprocessing, key) of the held-out classifier tests of CaloGAN showers
 CLASSIFIERS = (
     ("dnn", "unnormalized", "dnn-unnormalized"),
     ("dnn", "normalized", "dnn-normalized"),
     ("features", "high-level", "features"),
 )
+#: the held-out classifier tests of showers of a polar (CaloChallenge, e.g. dataset-1) geometry:
+#: the evaluator's inputs (:func:`caloflow.radial_features.classifier_inputs`), converged protocol
+CHALLENGE_CLASSIFIERS = ("cls-low", "cls-low-normed", "cls-high")
 TITLES = {
     "unrefined": "Unrefined",
     "dctr": "DCTR (weighted)",
@@ -94,10 +104,11 @@ def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
 
 
 def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, dict]:
-    """Held-out classifier tests and separation powers of every method against the evaluation split."""
+    """Held-out classifier tests and separation powers of every method against the evaluation split:
+    those of CaloFlow for CaloGAN showers, the CaloChallenge ones (:func:`_challenge_tests`) for a
+    polar geometry."""
     from caloflow.data.io import read_rows, read_showers
-    from caloflow.evaluate.classification import classifier_test
-    from caloflow.features import compute_features
+    from caloflow.radial_features import is_polar
 
     reference = read_rows(run.inputs.reference, splits["evaluation_used"])
     run.say(f"evaluation split: {len(reference)} showers (read now, for the first time)")
@@ -106,14 +117,39 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
     }
     showers["unrefined-hmc"] = showers["unrefined"][: len(showers["hmc"])]
     weights = {"dctr": dctr_weights}
-    opts = run.cfg.evaluation
     results: dict[str, dict] = {
         m: {"n_showers": len(s), "classifier": {}} for m, s in showers.items()
     }
+    challenge = is_polar(reference.geometry)
     for method, sample in showers.items():
-        for arch, pre, key in CLASSIFIERS:
-            batch_size = classifier_batch_size(min(len(reference), len(sample)), opts.batch_size)
-            res = classifier_test(
+        tests = _challenge_tests if challenge else _calogan_tests
+        for key, res in tests(run, reference, sample, method, weights.get(method)):
+            results[method]["classifier"][key] = _classifier_entry(res)
+            run.say(
+                f"{method} {key}: AUC {res['auc']['mean']:.3f} +- {res['auc']['std']:.3f}, "
+                f"JSD {res['jsd']['mean']:.3f} +- {res['jsd']['std']:.3f}"
+                + ("" if res["converged"] else " (NOT converged)")
+            )
+    powers = (
+        _challenge_separation(reference, showers, weights)
+        if challenge
+        else _calogan_separation(reference, showers, weights)
+    )
+    for method, sep in powers.items():
+        results[method]["separation_power"] = sep
+    return results
+
+
+def _calogan_tests(run, reference, sample, method: str, weights):
+    """(key, result) of the CaloFlow classifier tests (:data:`CLASSIFIERS`) of one method."""
+    from caloflow.evaluate.classification import classifier_test
+
+    opts = run.cfg.evaluation
+    for arch, pre, key in CLASSIFIERS:
+        batch_size = classifier_batch_size(min(len(reference), len(sample)), opts.batch_size)
+        yield (
+            key,
+            classifier_test(
                 reference,
                 sample,
                 arch,
@@ -126,19 +162,69 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
                 name=f"{method}_{key}",
                 max_epochs=opts.max_epochs,
                 patience=opts.patience,
-                weights=weights.get(method),
-            )
-            results[method]["classifier"][key] = _classifier_entry(res)
-            run.say(
-                f"{method} {key}: AUC {res['auc']['mean']:.3f} +- {res['auc']['std']:.3f}, "
-                f"JSD {res['jsd']['mean']:.3f} +- {res['jsd']['std']:.3f}"
-                + ("" if res["converged"] else " (NOT converged)")
-            )
+                weights=weights,
+            ),
+        )
+
+
+def _challenge_tests(run, reference, sample, method: str, weights):
+    """(key, result) of the CaloChallenge classifier tests (:data:`CHALLENGE_CLASSIFIERS`) of one
+    method: converged protocol, the geometry's voxel threshold (1 MeV for dataset 1), DCTR weighted."""
+    from caloflow.evaluate.challenge import challenge_classifier_test
+
+    opts = run.cfg.evaluation
+    for kind in CHALLENGE_CLASSIFIERS:
+        batch_size = classifier_batch_size(min(len(reference), len(sample)), opts.batch_size)
+        yield (
+            kind,
+            challenge_classifier_test(
+                reference,
+                sample,
+                reference.geometry,
+                kind,
+                protocol="converged",
+                runs=opts.runs,
+                seed=run.seed,
+                epochs=opts.epochs,
+                max_epochs=opts.max_epochs,
+                patience=opts.patience,
+                log_dir=run.out / "logs" / "evaluation",
+                name=f"{method}_{kind}",
+                batch_size=batch_size,
+                weights=weights,
+            ),
+        )
+
+
+def _calogan_separation(reference, showers: dict, weights: dict) -> dict:
+    """:func:`separation_powers` of the CaloGAN features (:func:`caloflow.features.compute_features`)."""
+    from caloflow.features import compute_features
+
     ref_features = compute_features(reference.voxels, incident_gev=reference.energy)
     features = {m: compute_features(s.voxels, incident_gev=s.energy) for m, s in showers.items()}
-    for method, sep in separation_powers(ref_features, features, weights).items():
-        results[method]["separation_power"] = sep
-    return results
+    return separation_powers(ref_features, features, weights)
+
+
+def _challenge_separation(reference, showers: dict, weights: dict) -> dict:
+    """Per method the separation powers of the CaloChallenge features
+    (:func:`caloflow.radial_features.radial_features`, the evaluator's bins and voxel threshold;
+    DCTR weighted) and their mean over the features with a finite S."""
+    from caloflow.evaluate.challenge_hist import separation_powers as challenge_powers
+    from caloflow.radial_features import default_min_energy_mev, radial_features
+
+    geometry = reference.geometry
+    threshold = default_min_energy_mev(geometry)
+    ref_features = radial_features(reference.voxels, geometry, reference.energy, threshold)
+    out = {}
+    for method, s in showers.items():
+        feats = radial_features(s.voxels, geometry, s.energy, threshold)
+        powers = challenge_powers(ref_features, feats, geometry, threshold, weights.get(method))
+        finite = [v for v in powers.values() if math.isfinite(v)]
+        out[method] = {
+            "mean": float(np.mean(finite)) if finite else float("nan"),
+            "features": powers,
+        }
+    return out
 
 
 def _steps(hmc: dict) -> str:
@@ -182,9 +268,10 @@ def table_markdown(results: dict[str, Any]) -> str:
     from caloflow.evaluate.classification import MIN_PATIENCE_EPOCHS, PATIENCE_UPDATES
 
     methods = results["methods"]
+    keys = list(methods["unrefined"]["classifier"])  # the classifiers of this run, in order
     head = (
         "| Method | showers | "
-        + " | ".join(f"{k} AUC | {k} JSD" for _, _, k in CLASSIFIERS)
+        + " | ".join(f"{k} AUC | {k} JSD" for k in keys)
         + " | mean sep. power | ms / shower |"
     )
     lines = [
@@ -196,13 +283,13 @@ def table_markdown(results: dict[str, Any]) -> str:
         "DCTR is the weighted test of the unrefined showers.",
         "",
         head,
-        "|---" * (4 + 2 * len(CLASSIFIERS)) + "|",
+        "|---" * (4 + 2 * len(keys)) + "|",
     ]
     for method, title in TITLES.items():
         entry = methods[method]
         cells = [
             f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
-            for _, _, k in CLASSIFIERS
+            for k in keys
         ]
         per_shower = results["sampling"]["seconds_per_shower"]
         ms = 1e3 * per_shower.get(method, per_shower["unrefined"])
@@ -260,6 +347,7 @@ def write_outputs(out: Path, results: dict) -> None:
 
 __all__ = [
     "CLASSIFIERS",
+    "CHALLENGE_CLASSIFIERS",
     "TITLES",
     "separation_powers",
     "MIN_UPDATES_PER_EPOCH",

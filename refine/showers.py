@@ -112,6 +112,12 @@ class CaloFlowGenerator:
                 f"Flow I is built for the {flow1.geometry.name} geometry, Flow II for "
                 f"{flow2.geometry.name}"
             )
+        g = flow2.geometry
+        if (flow1.latent_dim, flow2.latent_dim) != (g.n_layers, g.n_voxels):
+            raise ValueError(
+                f"the flows' latent spaces R^{flow1.latent_dim} x R^{flow2.latent_dim} are not "
+                f"those of the {g.name} geometry, R^{g.n_layers} x R^{g.n_voxels}"
+            )
         self.flow1 = flow1
         self.flow2 = flow2
         self.incident_gev = (
@@ -128,7 +134,7 @@ class CaloFlowGenerator:
     @property
     def split(self) -> tuple[int, int]:
         """Dimensions of (z_I, z_II): (L, V), the layers and voxels of the geometry."""
-        return self.flow1.latent_dim, self.flow2.latent_dim
+        return self.geometry.n_layers, self.geometry.n_voxels
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from caloflow.evaluate import challenge_hist as ch
 from caloflow.evaluate import physics_distance as pd
 from caloflow.evaluate.challenge import (
     OfficialSettings,
+    balanced_vector_split,
     converged_run,
     official_run,
     official_split,
@@ -297,6 +298,60 @@ def test_converged_protocol_separated():
     run = converged_run(ref.astype(np.float32), far.astype(np.float32), seed=1, max_epochs=40)
     assert run["auc"] > 0.95 and run["seed"] == 1
     assert 1 <= run["best_epoch"] <= run["epochs_run"] <= 40
+
+
+def test_weighted_split_keeps_the_rows_and_balances_the_classes():
+    """With weights: the rows of the unweighted split, reference weight 1, the generated weights
+    scaled so that both classes weigh the same in every split."""
+    ref, gen = _toy(200, 1.0, seed=3)
+    w = np.random.default_rng(4).uniform(0.1, 3.0, len(gen))
+    plain = balanced_vector_split(ref, gen, (0.6, 0.2, 0.2), np.random.default_rng(5))
+    weighted = balanced_vector_split(ref, gen, (0.6, 0.2, 0.2), np.random.default_rng(5), w)
+    for name, (x, y) in plain.items():
+        xw, yw, ww = weighted[name]
+        assert np.array_equal(x, xw) and np.array_equal(y, yw)
+        assert np.all(ww[y == 1] == 1.0)
+        assert ww[y == 0].sum() == pytest.approx(ww[y == 1].sum())
+        # the generated weights keep their ratios: the rows are found back by their inputs
+        rows = [int(np.flatnonzero((gen == row).all(axis=1))[0]) for row in x[y == 0]]
+        assert np.allclose(ww[y == 0] / w[rows], (y == 1).sum() / w[rows].sum())
+
+
+def test_weighted_converged_test_sees_the_reweighted_sample():
+    """Half of the generated rows are from the reference distribution, half far off: unweighted the
+    classifier separates them, with the far rows weighted 0 it cannot (AUC near 0.5)."""
+    rng = np.random.default_rng(8)
+    ref = rng.normal(size=(800, 5))
+    gen = np.concatenate([rng.normal(size=(800, 5)), rng.normal(size=(800, 5)) + 4.0])
+    w = np.concatenate([np.ones(800), np.zeros(800)])
+    order = rng.permutation(len(gen))
+    gen, w = gen[order], w[order]
+    plain = converged_run(ref, gen, seed=2, max_epochs=30)
+    weighted = converged_run(ref, gen, seed=2, max_epochs=30, weights=w)
+    assert plain["auc"] > 0.7
+    assert abs(weighted["auc"] - 0.5) < 0.1 and weighted["weighted"]
+    assert all(0 < e <= 800 for e in weighted["ess"].values())
+
+
+def test_challenge_backbone_encodes_the_evaluator_inputs_differentiably():
+    """The ``challenge`` backbone's unscaled input is :func:`classifier_inputs` (cls-low), its scaled
+    training inputs lie in [-1, 1], and the logit has a gradient in the voxels above the threshold only."""
+    from caloflow.models import ShowerClassifier
+
+    rng = np.random.default_rng(9)
+    voxels = rng.exponential(2.0, size=(40, DS1_PHOTONS.n_voxels)) * (rng.random((40, 1)) < 0.9)
+    energy = rng.uniform(1.0, 100.0, 40)
+    batch = {"voxels": torch.as_tensor(voxels), "energy": torch.as_tensor(energy)}
+    model = ShowerClassifier("challenge", backbone_args={"hidden": 8}, geometry="ds1-photons")
+    net = model.net
+    expected = classifier_inputs(voxels, energy, DS1_PHOTONS, "cls-low")
+    assert np.array_equal(net.raw_inputs(batch).numpy(), expected)
+    net.fit_scaling(batch)
+    assert float(net.encode(batch).abs().max()) <= 1.0 + 1e-6
+    x = batch["voxels"].clone().requires_grad_(True)
+    model({"voxels": x, "energy": batch["energy"]}).sum().backward()
+    below = x.detach().numpy() < 1.0  # the dataset-1 threshold, 1 MeV
+    assert np.all(x.grad.numpy()[below] == 0) and np.any(x.grad.numpy()[~below] != 0)
 
 
 # ------------------------------------------------------------------------------ the command

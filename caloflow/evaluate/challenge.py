@@ -37,6 +37,7 @@ import torch
 
 from caloflow.data.datamodule import GENERATED_LABEL, REFERENCE_LABEL
 from caloflow.data.io import Showers
+from caloflow.errors import CaloflowError
 from caloflow.evaluate.classification import (
     SPLIT_FRACTIONS,
     Schedule,
@@ -44,8 +45,9 @@ from caloflow.evaluate.classification import (
     fit_classifier,
     held_out_metrics,
 )
+from caloflow.evaluate.weights import effective_sample_size
 from caloflow.geometry import Geometry
-from caloflow.models.classifiers import ShowerClassifier
+from caloflow.models.classifiers import ShowerClassifier, centre_and_scale
 from caloflow.radial_features import classifier_inputs
 
 PROTOCOLS: tuple[str, ...] = ("calochallenge", "converged")
@@ -97,10 +99,19 @@ def official_split(
 
 
 def balanced_vector_split(
-    reference: np.ndarray, generated: np.ndarray, fractions, rng: np.random.Generator
+    reference: np.ndarray,
+    generated: np.ndarray,
+    fractions,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> Split:
     """The project's balanced split (:func:`caloflow.data.datamodule.balanced_split`) of input
-    vectors: n = min of both, round(f n) of each class per split, ``{"train" | "val" | "test"}``."""
+    vectors: n = min of both, round(f n) of each class per split, ``{"train" | "val" | "test"}``.
+
+    With ``weights`` (one per generated vector) every split is ``(inputs, labels, weights)``: the
+    same rows as without, the reference weighing 1 and the generated weights scaled so that both
+    classes have the same total weight in every split (as
+    :func:`caloflow.evaluate.classification.weighted_balanced_split`)."""
     n = min(len(reference), len(generated))
     n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
     bounds = {
@@ -109,11 +120,25 @@ def balanced_vector_split(
         "test": (n_train + n_val, n),
     }
     pieces = {name: [] for name in bounds}
+    index = {}
     for x, label in ((reference, REFERENCE_LABEL), (generated, GENERATED_LABEL)):
-        index = rng.permutation(len(x))[:n]
+        index[label] = rng.permutation(len(x))[:n]
         for name, (lo, hi) in bounds.items():
-            pieces[name].append(_labelled(x[index[lo:hi]], label))
-    return {name: _join(parts, None) for name, parts in pieces.items()}
+            pieces[name].append(_labelled(x[index[label][lo:hi]], label))
+    split = {name: _join(parts, None) for name, parts in pieces.items()}
+    if weights is None:
+        return split
+    w_all = np.asarray(weights, dtype=np.float64)
+    for name, (lo, hi) in bounds.items():
+        w = w_all[index[GENERATED_LABEL][lo:hi]]
+        if w.sum() <= 0:
+            raise CaloflowError(
+                f"classifier test: the {len(w)} generated showers of the {name} split all have "
+                "weight 0; too few showers with a non-zero weight"
+            )
+        n_ref = hi - lo
+        split[name] = (*split[name], np.concatenate([np.ones(n_ref), w * (n_ref / w.sum())]))
+    return split
 
 
 def _batch(x: np.ndarray, y: np.ndarray, dtype=torch.float64) -> dict[str, torch.Tensor]:
@@ -216,10 +241,14 @@ def official_run(
 
 
 class _VectorDataset(torch.utils.data.Dataset):
-    """Labelled input vectors served a whole batch at a time (``__getitems__``), float32."""
+    """Labelled input vectors served a whole batch at a time (``__getitems__``), float32; with
+    per-row weights also ``"weight"`` (the float64 weights kept as :attr:`sample_weights`)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
         self.tensors = _batch(x, y, torch.float32)
+        self.sample_weights = None if w is None else np.asarray(w, dtype=np.float64)
+        if w is not None:
+            self.tensors["weight"] = torch.as_tensor(self.sample_weights, dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.tensors["label"])
@@ -227,6 +256,11 @@ class _VectorDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         return {k: v[index] for k, v in self.tensors.items()}
+
+    def effective_sample_size(self) -> float:
+        """ESS of the generated class's weights."""
+        generated = self.tensors["label"].numpy() == GENERATED_LABEL
+        return effective_sample_size(self.sample_weights[generated])
 
 
 class VectorDataModule(L.LightningDataModule):
@@ -259,7 +293,8 @@ class VectorDataModule(L.LightningDataModule):
 
 def standardised(split: Split) -> Split:
     """Every split's inputs centred on the training split's mean and divided by the largest
-    |deviation| from it in the training split, per column (a constant column is only centred).
+    |deviation| from it in the training split, per column (a constant column is only centred;
+    :func:`caloflow.models.classifiers.centre_and_scale`); weights, if any, pass through.
 
     The raw inputs span many orders of magnitude (voxel fractions ~ 1e-6 next to log10 E_inc ~ 6),
     which slows the converged protocol's network down enough for early stopping to end it before it
@@ -267,11 +302,8 @@ def standardised(split: Split) -> Split:
     mostly empty voxels. On a 5 % shift of one layer's energy (20k dataset-1 photons each) cls-high
     reached AUC 0.536 raw, 0.583 with the standard deviation and 0.762 with this scaling.
     """
-    x_train = split["train"][0]
-    mean = x_train.mean(axis=0)
-    scale = np.abs(x_train - mean).max(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    return {name: ((x - mean) / scale, y) for name, (x, y) in split.items()}
+    mean, scale = centre_and_scale(split["train"][0])
+    return {name: ((x - mean) / scale, *rest) for name, (x, *rest) in split.items()}
 
 
 def converged_run(
@@ -287,12 +319,16 @@ def converged_run(
     name: str = "classifier",
     version: str | None = None,
     progress=None,
+    weights: np.ndarray | None = None,
 ) -> dict:
     """One run of the ``converged`` protocol (module docstring); ``epochs``: a fixed number of
-    epochs without early stopping. Returns the metrics of
-    :func:`caloflow.evaluate.classification.run_classifier`."""
+    epochs without early stopping. ``weights`` (one per generated row): the weighted test of
+    :mod:`caloflow.evaluate.classification` (weighted loss, early stopping, calibration, AUC and
+    JSD; the classes of every split of equal total weight). Returns the metrics of
+    :func:`caloflow.evaluate.classification.run_classifier` (with weights also ``weighted`` and
+    ``ess``, the effective sample size of the generated weights per split)."""
     split = balanced_vector_split(
-        reference, generated, SPLIT_FRACTIONS, np.random.default_rng(seed)
+        reference, generated, SPLIT_FRACTIONS, np.random.default_rng(seed), weights
     )
     dm = VectorDataModule(standardised(split), batch_size, seed)
     n_train = len(dm.datasets["train"])
@@ -307,9 +343,19 @@ def converged_run(
         model, dm, schedule, log_dir, name, version, progress, encode_inputs=False
     )
     val, test = dm.split_batch("val"), dm.split_batch("test")
-    model = fitted["model"]
-    metrics = held_out_metrics(model, val, test)
+    sample_weights = (
+        {}
+        if weights is None
+        else {
+            "w_val": dm.datasets["val"].sample_weights,
+            "w_test": dm.datasets["test"].sample_weights,
+        }
+    )
+    metrics = held_out_metrics(fitted["model"], val, test, **sample_weights)
     metrics.update(fitted["info"], seed=seed)
+    if weights is not None:
+        ess = {k: ds.effective_sample_size() for k, ds in dm.datasets.items()}
+        metrics.update(weighted=True, ess=ess)
     return metrics
 
 
@@ -338,6 +384,8 @@ def challenge_classifier_test(
     name: str = "classifier",
     progress=None,
     device=None,
+    batch_size: int = 1000,
+    weights: np.ndarray | None = None,
 ) -> dict:
     """``runs`` classifiers (seeds ``seed, seed + 1, ...``) of ``kind`` (``cls-low``,
     ``cls-low-normed``, ``cls-high``) under ``protocol`` between two sets of showers (voxels MeV,
@@ -345,14 +393,23 @@ def challenge_classifier_test(
     geometry's).
 
     ``epochs`` replaces the official 50 epochs (``calochallenge``) or gives a fixed schedule
-    without early stopping (``converged``); ``max_epochs`` and ``patience`` bound the converging one.
+    without early stopping (``converged``); ``max_epochs`` and ``patience`` bound the converging one;
+    ``batch_size`` is the ``converged`` protocol's (the official one is in ``settings``).
+    ``weights`` (one per generated shower, e.g. DCTR weights; ``converged`` only): the weighted
+    test (:func:`converged_run`).
 
     Returns ``{"protocol", "input", "auc": {"mean", "std"}, "jsd": {"mean", "std"}, "data":
-    {"n_per_class", "n_inputs"}, "settings", "runs": [per-run metrics]}``, plus ``"converged"``
-    (every run converged) for the ``converged`` protocol.
+    {"n_per_class", "n_inputs", "batch_size"}, "settings", "runs": [per-run metrics]}``, plus
+    ``"converged"`` (every run converged) for the ``converged`` protocol, and with weights
+    ``"weighted": True`` and ``"ess"`` (mean over runs of the generated weights' effective sample
+    size per split).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}, choose from {', '.join(PROTOCOLS)}")
+    if weights is not None and protocol != "converged":
+        raise ValueError("weighted showers need the converged protocol")
+    if weights is not None and len(weights) != len(generated):
+        raise ValueError(f"{len(weights)} weights for {len(generated)} generated showers")
     ref_x = classifier_inputs(reference.voxels, reference.energy, geometry, kind, min_energy_mev)
     gen_x = classifier_inputs(generated.voxels, generated.energy, geometry, kind, min_energy_mev)
     run_settings = settings if epochs is None else _with_epochs(settings, epochs)
@@ -363,17 +420,25 @@ def challenge_classifier_test(
         else:
             results.append(
                 converged_run(
-                    ref_x, gen_x, seed + r, epochs, max_epochs, patience,
+                    ref_x, gen_x, seed + r, epochs, max_epochs, patience, batch_size,
                     log_dir=log_dir, name=name, version=f"run{r}", progress=progress,
+                    weights=weights,
                 )
             )  # fmt: skip
     out = {"protocol": protocol, "input": kind, **_summary(results)}
     if protocol == "converged":
         out["converged"] = all(r["converged"] for r in results)
-        out["settings"] = {"split": list(SPLIT_FRACTIONS), "batch_size": 1000, "lr": 5e-4}
+        out["settings"] = {"split": list(SPLIT_FRACTIONS), "batch_size": batch_size, "lr": 5e-4}
     else:
         out["settings"] = asdict(run_settings)
-    out["data"] = {"n_per_class": min(len(ref_x), len(gen_x)), "n_inputs": int(ref_x.shape[1])}
+    if weights is not None:
+        out["weighted"] = True
+        out["ess"] = {k: float(np.mean([r["ess"][k] for r in results])) for k in results[0]["ess"]}
+    out["data"] = {
+        "n_per_class": min(len(ref_x), len(gen_x)),
+        "n_inputs": int(ref_x.shape[1]),
+        "batch_size": out["settings"]["batch_size"],
+    }
     out["runs"] = results
     return out
 

@@ -106,8 +106,10 @@ def voxel_edges(reference_voxels: np.ndarray, min_energy_mev: float) -> np.ndarr
     return _log_edges(min_energy_mev, float(np.max(reference_voxels)), N_VOXEL_BINS)
 
 
-def _counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.histogram(np.asarray(values, np.float64).reshape(-1), edges)[0].astype(np.float64)
+def _counts(values: np.ndarray, edges: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    values = np.asarray(values, np.float64).reshape(-1)
+    w = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    return np.histogram(values, edges, weights=w)[0].astype(np.float64)
 
 
 def separation_powers(
@@ -115,16 +117,18 @@ def separation_powers(
     sample: dict[str, np.ndarray],
     geometry: Geometry,
     min_energy_mev: float,
+    weights: np.ndarray | None = None,
 ) -> dict[str, float]:
     """S of every feature the two dicts share (:func:`caloflow.radial_features.feature_names`
-    order), on the bins of :func:`feature_edges`; NaN where no histogram can be drawn."""
+    order), on the bins of :func:`feature_edges`; NaN where no histogram can be drawn.
+    ``weights``: one per shower of ``sample`` (e.g. DCTR weights), its histograms weighted."""
     out = {}
     for name in (n for n in feature_names(geometry) if n in reference and n in sample):
         edges = feature_edges(name, geometry, reference[name], min_energy_mev)
         out[name] = (
             float("nan")
             if edges is None
-            else separation(_counts(reference[name], edges), _counts(sample[name], edges))
+            else separation(_counts(reference[name], edges), _counts(sample[name], edges, weights))
         )
     return out
 

@@ -25,6 +25,8 @@ energies (eq. 4.5).
   classifier) -> 3 x 512 LeakyReLU(0.01) -> 1.
 * :class:`PointMLP`: an MLP on standardised points ``batch["x"]`` (the LaSeR toys, latent spaces).
 * :class:`VectorDNN`: an MLP on a precomputed vector ``batch["inputs"]`` (the CaloChallenge inputs).
+* :class:`ChallengeDNN`: the same MLP on a CaloChallenge input computed from the showers, scaled
+  to [-1, 1] by fixed buffers (polar geometries; the LaSeR weights of dataset-1 models).
 
 All return a logit; the sigmoid of the appendix is applied in the loss (``BCEWithLogits``,
 numerically safer, same model) and in :meth:`ShowerClassifier.predict_proba`.
@@ -313,6 +315,71 @@ class VectorDNN(Backbone):
         return self.net(inputs).squeeze(-1)
 
 
+def centre_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``x`` (N, d): the mean, and the largest |deviation| from it (1 for a constant
+    column), so that (x - mean) / scale lies in [-1, 1] (see
+    :func:`caloflow.evaluate.challenge.standardised` for why not the standard deviation)."""
+    mean = x.mean(axis=0)
+    scale = np.abs(x - mean).max(axis=0)
+    return mean, np.where(scale > 0, scale, 1.0)
+
+
+class ChallengeDNN(VectorDNN):
+    """The :class:`VectorDNN` on a CaloChallenge classifier input computed from the showers
+    (``kind``: ``cls-low``, ``cls-low-normed`` or ``cls-high`` of
+    :func:`caloflow.radial_features.classifier_inputs`, after the voxel threshold
+    ``min_energy_mev``, default the geometry's), centred and scaled by the fixed buffers ``shift``
+    and ``scale`` (set from training showers by :meth:`fit_scaling`, saved in the checkpoint).
+
+    Unlike ``vector`` it reads the batch's ``voxels`` (MeV) and ``energy`` (GeV), and its encoding
+    keeps the autograd graph of the voxels: a LaSeR weight w(x) = exp(logit(x)) on a polar geometry
+    can be differentiated in x (HMC). Polar geometries only.
+    """
+
+    def __init__(
+        self,
+        kind: str = "cls-low",
+        min_energy_mev: float | None = None,
+        hidden: int = 512,
+        n_hidden_layers: int = 3,
+        slope: float = 0.01,
+        dropout: float = 0.0,
+        geometry: GeometrySpec = "ds1-photons",
+    ):
+        from caloflow.radial_features import check_polar, classifier_input_size
+
+        geometry = get_geometry(geometry)
+        check_polar(geometry)
+        n = classifier_input_size(geometry, kind)
+        super().__init__(n, hidden, n_hidden_layers, slope, dropout)
+        self.geometry, self.kind, self.min_energy_mev = geometry, kind, min_energy_mev
+        self.register_buffer("shift", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(n, dtype=torch.float64))
+
+    @property
+    def input_key(self) -> str:
+        return f"inputs:challenge/{self.kind}"
+
+    def raw_inputs(self, batch: Batch) -> Tensor:
+        """The unscaled input (N, d) float64 of the batch's showers (differentiable in the voxels)."""
+        from caloflow.radial_features import classifier_input_tensor
+
+        return classifier_input_tensor(
+            batch["voxels"], batch["energy"], self.geometry, self.kind, self.min_energy_mev
+        )
+
+    @torch.no_grad()
+    def fit_scaling(self, batch: Batch) -> None:
+        """Set ``shift`` and ``scale`` from the showers of ``batch`` (:func:`centre_and_scale`)."""
+        mean, scale = centre_and_scale(self.raw_inputs(batch).cpu().numpy())
+        self.shift.copy_(torch.as_tensor(mean))
+        self.scale.copy_(torch.as_tensor(scale))
+
+    def encode(self, batch: Batch) -> Tensor:
+        x = (self.raw_inputs(batch) - self.shift) / self.scale
+        return x.to(self.net[0].weight.dtype)
+
+
 class PointMLP(Backbone):
     """MLP on points ``batch["x"]`` (N, n_features), standardised by a fixed ``shift`` and ``scale``.
 
@@ -358,6 +425,7 @@ BACKBONES: dict[str, type[Backbone]] = {
     "features": FeatureDNN,
     "mlp": PointMLP,
     "vector": VectorDNN,
+    "challenge": ChallengeDNN,
 }
 
 
@@ -372,8 +440,9 @@ class ShowerClassifier(L.LightningModule):
 
     Args:
         backbone: ``dnn`` or ``cnn`` (appendix A, on voxels), ``features`` (41 high-level features of the
-            reference code, on showers), ``mlp`` (on points ``batch["x"]``) or ``vector`` (on
-            ``batch["inputs"]``).
+            reference code, on showers), ``mlp`` (on points ``batch["x"]``), ``vector`` (on
+            ``batch["inputs"]``) or ``challenge`` (a CaloChallenge input of the showers, polar
+            geometries).
         preprocessing: voxel input preprocessing of the ``dnn`` and ``cnn`` backbones.
         lr: Adam learning rate (appendix A: 5e-4; LaSeR: 1e-3).
         lr_decay: learning-rate factor per epoch (LaSeR: 0.999; 1 = constant).
@@ -403,6 +472,7 @@ class ShowerClassifier(L.LightningModule):
         args = dict(backbone_args or {})
         if backbone in ("dnn", "cnn"):
             args.setdefault("preprocessing", preprocessing)
+        if backbone in ("dnn", "cnn", "challenge"):
             args["geometry"] = self.geometry
         self.net = BACKBONES[backbone](**args)
         self.val_acc = BinaryAccuracy()
@@ -502,6 +572,8 @@ __all__ = [
     "FeatureDNN",
     "PointMLP",
     "VectorDNN",
+    "centre_and_scale",
+    "ChallengeDNN",
     "BACKBONES",
     "ShowerClassifier",
 ]
