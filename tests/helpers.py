@@ -22,11 +22,14 @@ HANG_GUARD_S = 1800
 
 
 def run_cli(*args: str, cwd=None, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
-    """Run a console entry (``caloflow`` or ``lightning``) as a real subprocess of this Python."""
+    """Run a console entry (``caloflow``, ``lightning``, or ``python -m refine.laser`` as ``refine.laser``)
+    as a real subprocess of this Python."""
     entry, *rest = args
-    module = {"caloflow": "caloflow.commands.cli", "lightning": "caloflow.commands.lightning_cli"}[
-        entry
-    ]
+    module = {
+        "caloflow": "caloflow.commands.cli",
+        "lightning": "caloflow.commands.lightning_cli",
+        "refine.laser": "refine.laser",
+    }[entry]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run(
         [sys.executable, "-m", module, *rest],

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +19,18 @@ import torch
 from caloflow.data.barrel import simulate_barrel_to_file
 from caloflow.data.io import file_geometry, read_energies, read_showers
 from caloflow.geometry import get_geometry
-from tests.helpers import HANG_GUARD_S, save_checkpoint, tiny_flows
+from tests.helpers import run_cli, save_checkpoint, tiny_flows
 from tests.test_refine_showers import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parent.parent
 SEED = 4
 N_REFERENCE = 120
 DS1 = get_geometry("ds1-photons")
 
 
 def _run(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "refine.laser", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    return run_cli("refine.laser", *map(str, args))
 
 
 @pytest.fixture(scope="module")
