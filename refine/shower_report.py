@@ -140,31 +140,30 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
     return results
 
 
+def _test_options(run, reference, sample, method: str, key: str, weights) -> dict:
+    """The options every classifier test of a method shares: the evaluation config's runs, epochs,
+    early stopping and batch size, the run's seed, the logs, the DCTR weights."""
+    opts = run.cfg.evaluation
+    return {
+        "runs": opts.runs,
+        "epochs": opts.epochs,
+        "seed": run.seed,
+        "batch_size": classifier_batch_size(min(len(reference), len(sample)), opts.batch_size),
+        "log_dir": run.out / "logs" / "evaluation",
+        "name": f"{method}_{key}",
+        "max_epochs": opts.max_epochs,
+        "patience": opts.patience,
+        "weights": weights,
+    }
+
+
 def _calogan_tests(run, reference, sample, method: str, weights):
     """(key, result) of the CaloFlow classifier tests (:data:`CLASSIFIERS`) of one method."""
     from caloflow.evaluate.classification import classifier_test
 
-    opts = run.cfg.evaluation
     for arch, pre, key in CLASSIFIERS:
-        batch_size = classifier_batch_size(min(len(reference), len(sample)), opts.batch_size)
-        yield (
-            key,
-            classifier_test(
-                reference,
-                sample,
-                arch,
-                pre,
-                runs=opts.runs,
-                epochs=opts.epochs,
-                seed=run.seed,
-                batch_size=batch_size,
-                log_dir=run.out / "logs" / "evaluation",
-                name=f"{method}_{key}",
-                max_epochs=opts.max_epochs,
-                patience=opts.patience,
-                weights=weights,
-            ),
-        )
+        options = _test_options(run, reference, sample, method, key, weights)
+        yield key, classifier_test(reference, sample, arch, pre, **options)
 
 
 def _challenge_tests(run, reference, sample, method: str, weights):
@@ -172,26 +171,12 @@ def _challenge_tests(run, reference, sample, method: str, weights):
     method: converged protocol, the geometry's voxel threshold (1 MeV for dataset 1), DCTR weighted."""
     from caloflow.evaluate.challenge import challenge_classifier_test
 
-    opts = run.cfg.evaluation
     for kind in CHALLENGE_CLASSIFIERS:
-        batch_size = classifier_batch_size(min(len(reference), len(sample)), opts.batch_size)
+        options = _test_options(run, reference, sample, method, kind, weights)
         yield (
             kind,
             challenge_classifier_test(
-                reference,
-                sample,
-                reference.geometry,
-                kind,
-                protocol="converged",
-                runs=opts.runs,
-                seed=run.seed,
-                epochs=opts.epochs,
-                max_epochs=opts.max_epochs,
-                patience=opts.patience,
-                log_dir=run.out / "logs" / "evaluation",
-                name=f"{method}_{kind}",
-                batch_size=batch_size,
-                weights=weights,
+                reference, sample, reference.geometry, kind, protocol="converged", **options
             ),
         )
 
