@@ -199,6 +199,14 @@ def test_timing_loop_on_a_generator_of_known_cost(monkeypatch):
     )
     assert [c.status for c in result] == ["measured", "skipped", "skipped"]
     assert result[1].reason == "out of memory" and "at batch 1,000" in result[2].reason
+    # a required batch (a dataset-1 run's fast pipeline, --nflows-batch) runs whatever its estimate;
+    # --max-seconds then limits its repeats (1 s per call > 0.5 s: one call)
+    calls.clear()
+    result = time_generator(
+        gen, [5, 500], torch.device("cpu"), 0.5, 3, log=lambda line: None, required=[500]
+    )
+    assert [c.status for c in result] == ["measured", "measured"] and calls.count(500) == 1
+    assert result[1].ms_per_shower == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(
@@ -361,3 +369,25 @@ def test_ds1_refuses_checkpoints_of_another_detector(checkpoints, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert f"--flow1 {checkpoints['flow1']}: a calogan model, not one of --dataset ds1-pions" in err
+
+
+def test_ds1_times_dataset_1_checkpoints_when_given(tmp_path):
+    torch.manual_seed(0)
+    flow1 = save_checkpoint(
+        FlowI(n_blocks=2, hidden_features=8, geometry="ds1-pions"), tmp_path / "f1.ckpt"
+    )
+    flow2 = save_checkpoint(
+        FlowII(n_blocks=2, hidden_features=8, geometry="ds1-pions"), tmp_path / "f2.ckpt"
+    )
+    out = tmp_path / "out"
+    proc = run_cli(
+        "caloflow", "benchmark", "--dataset", "ds1-pions", "--flow1", flow1, "--flow2", flow2,
+        "--batch-sizes", "3", "--nflows-batch", "2", "--repeats", "1", "--threads", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "benchmark.json").read_text())
+    assert f"checkpoints {flow1}, {flow2}" in result["generators"]["caloflow-fast"]["model"]
+    assert all(c["status"] == "measured" and c["ms_per_shower"] > 0 for c in result["cells"])
+    showers = read_showers(out / "caloflow-fast.hdf5")
+    assert showers.geometry == get_geometry("ds1-pions") and len(showers.energy) == 3
