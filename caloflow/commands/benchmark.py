@@ -806,17 +806,17 @@ def _time_all(args: argparse.Namespace, opts: dict, log: Callable[[str], None]) 
     for gen in generators:
         required = []
         if ds1:  # the fast pipeline runs every column; nflows' inverse runs its small batch
-            fast = gen.name == "caloflow-fast"
-            required = opts["batch_sizes"] if fast else [opts["nflows_batch"]]
+            is_fast = gen.name == "caloflow-fast"
+            required = opts["batch_sizes"] if is_fast else [opts["nflows_batch"]]
         cells += time_generator(
             gen, opts["batch_sizes"], device, opts["max_seconds"], opts["repeats"], log, required
         )
     found = {"generators": generators, "cells": cells, "comparison": None, "breakdown": None}
     if ds1:
         found["comparison"] = compare(cells, opts["nflows_batch"])
-        fast = [c.batch for c in cells if c.generator == "caloflow-fast" and c.status == "measured"]
-        if fast:  # at the largest batch the fast pipeline was run at
-            batch = max(fast)
+        ran = [c.batch for c in cells if c.generator == "caloflow-fast" and c.status == "measured"]
+        if ran:  # at the largest batch the fast pipeline was run at
+            batch = max(ran)
             log(f"caloflow-fast batch {batch:,}: timing each stage on its own")
             found["breakdown"] = stage_breakdown(
                 flow, opts["dataset"], batch, opts["seed"], opts["out"] / "stages.hdf5", device
