@@ -2,7 +2,8 @@
 
 One training step = encode a batch of showers (the model's preprocessing), mean NLL, backward,
 optimiser step, in training mode (dropout on). For each model size (``paper``: the architecture of
-``configs/flow2.yaml``; ``demo``: ``configs/demo/flow2.yaml``; batch size from the config) and each
+``configs/flow2.yaml``; ``demo``: ``configs/demo/flow2.yaml``; ``ds1-photons``, ``ds1-pions``: the
+dataset-1 teacher, ``configs/ds1/<particle>/flow2.yaml``; batch size from the config) and each
 thread count it times, interleaved step by step so both see the same machine load,
 
 * **stock**: ``FlowII(fast_training=False)`` (nflows' forward) with ``torch.optim.Adam(model.parameters(), lr)``
@@ -12,7 +13,8 @@ thread count it times, interleaved step by step so both see the same machine loa
 
 and prints the median wall time and median CPU time per step over ``--repeats`` steps (after
 ``--warmup`` untimed steps) and the speed-up. Both models start from the same weights (same seed)
-and train on the same showers of the embedded simulator (uniform 0-1 keV noise added, as the data
+and train on the same showers of the embedded simulator of the config's detector (CaloGAN e+, or the
+dataset-1 simulator at the challenge's incident energies; uniform 0-1 keV noise added, as the data
 module does).
 
 The check (:func:`agreement`): ``--check-runs`` short trainings of ``--check-steps`` steps each, on
@@ -26,6 +28,7 @@ max over the runs). Parameter-by-parameter equality is not to be had in float32 
 step as the stock one.
 
     python benchmarks/training.py --threads 1 2 --repeats 5 --out /tmp/training.json
+    python benchmarks/training.py --sizes ds1-photons ds1-pions --threads 1 --repeats 5
 """
 
 from __future__ import annotations
@@ -42,12 +45,19 @@ import torch
 import yaml
 from _tiny import SMOKE_BLOCKS, SMOKE_HIDDEN_DIVISOR, add_smoke_option, apply_smoke, tiny_model_args
 
+from caloflow.data.barrel import simulate_barrel
 from caloflow.data.simulate import simulate
 from caloflow.flows.fast_training import installed
+from caloflow.geometry import get_geometry
 from caloflow.models import FlowII
 from caloflow.nn import count_parameters
 
-CONFIGS = {"paper": "flow2.yaml", "demo": "demo/flow2.yaml"}
+CONFIGS = {
+    "paper": "flow2.yaml",
+    "demo": "demo/flow2.yaml",
+    "ds1-photons": "ds1/photons/flow2.yaml",
+    "ds1-pions": "ds1/pions/flow2.yaml",
+}
 #: ``--smoke``: batch size, and the options it shrinks
 SMOKE_BATCH = 32
 SMOKE = {"repeats": 2, "warmup": 1, "check_steps": 2, "check_runs": 2}
@@ -99,9 +109,19 @@ def config(size: str, smoke: bool = False) -> tuple[dict, int]:
     return init_args, int(cfg["data"]["init_args"]["batch_size"])
 
 
-def showers(n: int, seed: int) -> dict:
-    """``n`` simulated e+ showers: voxels (n, 504) in MeV with uniform [0, 1 keV) noise, energy (n,) in GeV."""
-    s = simulate("eplus", n, seed=seed, progress=False)
+def geometry(init_args: dict) -> str:
+    """The detector of a Flow II config's ``init_args`` (FlowII's default: CaloGAN)."""
+    return str(init_args.get("geometry", "calogan"))
+
+
+def showers(n: int, seed: int, geometry: str = "calogan") -> dict:
+    """``n`` simulated showers of ``geometry``: voxels (n, V) in MeV with uniform [0, 1 keV) noise,
+    energy (n,) in GeV. CaloGAN: e+ at uniform 1-100 GeV; a dataset-1 geometry: its particle at the
+    challenge's incident energies (:func:`caloflow.data.barrel.simulate_barrel`)."""
+    if geometry == "calogan":
+        s = simulate("eplus", n, seed=seed, progress=False)
+    else:
+        s = simulate_barrel(get_geometry(geometry), n, seed=seed)
     g = torch.Generator().manual_seed(seed)
     voxels = torch.as_tensor(s.voxels, dtype=torch.float32)
     voxels = voxels + 1e-3 * torch.rand(voxels.shape, generator=g)  # [0, 1 keV) in MeV
@@ -257,7 +277,10 @@ def agreement(init_args: dict, batch_size: int, steps: int, runs: int, seed: int
     for run in range(runs):
         for model in trio.values():
             model.load_state_dict(initial)
-        batches = [showers(batch_size, seed + 100 * (run + 1) + i) for i in range(steps)]
+        batches = [
+            showers(batch_size, seed + 100 * (run + 1) + i, geometry(init_args))
+            for i in range(steps)
+        ]
         result = agreement_run(trio, batches, init_args["lr"], seed + 1000 * (run + 1))
         grads, params = result["grads"], result["params"]
         grad_norm = sum((h**2).sum() for h in grads["float64"]).sqrt()
@@ -367,14 +390,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     data = {}
     for size in args.sizes:
-        batch_size = config(size, args.smoke)[1]
-        if batch_size not in data:  # two batches of showers per batch size, shared by the sizes
-            all_showers = showers(2 * batch_size, args.seed)
-            data[batch_size] = [
+        init_args, batch_size = config(size, args.smoke)
+        key = (geometry(init_args), batch_size)
+        if (
+            key not in data
+        ):  # two batches of showers per detector and batch size, shared by the sizes
+            all_showers = showers(2 * batch_size, args.seed, key[0])
+            data[key] = [
                 {k: v[i * batch_size : (i + 1) * batch_size] for k, v in all_showers.items()}
                 for i in range(2)
             ]
-        results["rows"] += measure(size, data[batch_size], args)
+        results["rows"] += measure(size, data[key], args)
     table = render(results["rows"])
     print()
     print(table)

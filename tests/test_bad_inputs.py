@@ -532,6 +532,34 @@ CASES = [
         ("--generators", "geant4"),
     ),
     Case("benchmark-out-under-a-file", (*BENCH, "--out", "{e60}/out"), ("--out", "e60.hdf5")),
+    Case(
+        "benchmark-ds1-with-calogan",
+        (
+            "caloflow",
+            "benchmark",
+            "--dataset",
+            "ds1-photons",
+            "--calogan",
+            "{flow2}",
+            "--out",
+            "{dir}/out",
+        ),
+        ("--calogan", "ds1-photons"),
+    ),
+    Case(
+        "benchmark-ds1-configs-missing",
+        (
+            "caloflow",
+            "benchmark",
+            "--dataset",
+            "ds1-pions",
+            "--configs",
+            "{dir}/nowhere",
+            "--out",
+            "{dir}/out",
+        ),
+        ("--configs", "nowhere", "flow1.yaml"),
+    ),
     # ---- caloflow config
     Case(
         "config-unknown-name",

@@ -97,7 +97,7 @@ def check_simulate(stdout: str) -> None:
     assert all(number(r["peak traced memory [MiB]"]) > 0 for r in memory)
 
 
-def check_training(stdout: str) -> None:
+def check_training(stdout: str, sizes: tuple[str, ...] = ("paper", "demo")) -> None:
     errors = (
         "first-step gradient error vs float64: stock / caloflow",
         "update error after the steps: stock vs float64 / caloflow vs float64 / caloflow vs stock",
@@ -116,7 +116,7 @@ def check_training(stdout: str) -> None:
             *errors,
         ],
     )
-    assert [re.sub(r"\d+", "N", r["size"]) for r in rows] == ["paper (hidden N)", "demo (hidden N)"]
+    assert [re.sub(r" \(hidden \d+\)$", "", r["size"]) for r in rows] == list(sizes)
     med_max = rf"{NUMBER} \({NUMBER}\)"
     for r in (
         rows
@@ -278,6 +278,14 @@ def test_script_runs_at_smoke_size_and_prints_its_table(script):
     proc = run_script(script.relative_to(REPO), "--smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
     CHECKS[script.name](proc.stdout)
+
+
+def test_training_times_the_dataset_1_teacher_sizes():
+    """The dataset-1 teacher's Flow II (ds1 configs, ds1 showers) at smoke size: both steps timed, same
+    first loss, the agreement check made."""
+    proc = run_script("benchmarks/training.py", "--smoke", "--sizes", "ds1-photons", "ds1-pions")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_training(proc.stdout, sizes=("ds1-photons", "ds1-pions"))
 
 
 def test_every_check_has_its_script():

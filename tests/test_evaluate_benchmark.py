@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import math
 
+import h5py
+import numpy as np
 import pytest
 import torch
+import yaml
 
-from caloflow.commands.benchmark import Generator, estimate_seconds, time_generator
+from caloflow.commands.benchmark import STAGES, Generator, estimate_seconds, time_generator
 from caloflow.commands.cli import main as cli_main
+from caloflow.configs import shipped_config
+from caloflow.data.barrel import challenge_energies
+from caloflow.data.io import check_showers, read_showers
+from caloflow.geometry import get_geometry
 from caloflow.models.calogan import CaloGAN
 from caloflow.models.flows import FlowI, FlowII
 from tests.helpers import TINY_GAN, run_cli, save_checkpoint
@@ -192,6 +199,14 @@ def test_timing_loop_on_a_generator_of_known_cost(monkeypatch):
     )
     assert [c.status for c in result] == ["measured", "skipped", "skipped"]
     assert result[1].reason == "out of memory" and "at batch 1,000" in result[2].reason
+    # a required batch (a dataset-1 run's fast pipeline, --nflows-batch) runs whatever its estimate;
+    # --max-seconds then limits its repeats (1 s per call > 0.5 s: one call)
+    calls.clear()
+    result = time_generator(
+        gen, [5, 500], torch.device("cpu"), 0.5, 3, log=lambda line: None, required=[500]
+    )
+    assert [c.status for c in result] == ["measured", "measured"] and calls.count(500) == 1
+    assert result[1].ms_per_shower == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(
@@ -205,6 +220,17 @@ def test_timing_loop_on_a_generator_of_known_cost(monkeypatch):
         (["--max-seconds", "-1"], "--max-seconds: must be positive"),
         (["--threads", "0"], "--threads: must be positive"),
         (["--device", "tpu"], "--device: 'tpu' is not a torch device"),
+        (["--dataset", "ds2"], "--dataset: invalid choice: 'ds2'"),
+        (["--nflows-batch", "0"], "--nflows-batch: must be positive"),
+        (
+            ["--dataset", "ds1-pions", "--generators", "caloflow-fast,simulator"],
+            "--generators: no simulator row for --dataset ds1-pions",
+        ),
+        (["--configs", "somewhere"], "--configs: builds dataset-1 models"),
+        (
+            ["--dataset", "ds1-photons", "--configs", "nowhere"],
+            "--configs nowhere: no readable flow1.yaml in it",
+        ),
     ],
 )
 def test_bad_options_are_one_line(options, message, tmp_path, capsys):
@@ -222,3 +248,146 @@ def test_missing_checkpoint_is_one_line_from_the_command(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == f"caloflow: error: --calogan {missing}: no such checkpoint file\n"
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------- dataset 1
+DS1_BATCH, DS1_NFLOWS_BATCH = 6, 2
+
+
+@pytest.fixture(scope="module")
+def ds1_run(tmp_path_factory):
+    """``--dataset ds1-photons`` with the shipped teacher configs shrunk to 2 blocks x 8 hidden units
+    (``--configs``): nflows' inverse makes one MADE pass per voxel, too slow for a test at teacher size."""
+    configs = tmp_path_factory.mktemp("ds1_configs")
+    for name in ("flow1", "flow2"):
+        config = yaml.safe_load(shipped_config(f"ds1/photons/{name}").read_text())
+        config["model"]["init_args"].update(n_blocks=2, hidden_features=8)
+        (configs / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path_factory.mktemp("ds1_benchmark")
+    proc = run_cli(
+        "caloflow",
+        "benchmark",
+        "--dataset",
+        "ds1-photons",
+        "--configs",
+        str(configs),
+        "--batch-sizes",
+        str(DS1_BATCH),
+        "--nflows-batch",
+        str(DS1_NFLOWS_BATCH),
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out, json.loads((out / "benchmark.json").read_text())
+
+
+def test_ds1_both_rows_are_positive_finite_times_with_their_ratio(ds1_run):
+    proc, out, result = ds1_run
+    assert result["dataset"] == "ds1-photons"
+    assert list(result["generators"]) == ["caloflow-fast", "caloflow-nflows"]
+    assert result["batch_sizes"] == [DS1_NFLOWS_BATCH, DS1_BATCH]  # --nflows-batch is a column
+    table = cells(result)
+    assert len(result["cells"]) == len(table) == 2 * 2
+    for cell in table.values():
+        assert cell["status"] == "measured", cell
+        ms = cell["ms_per_shower"]
+        assert math.isfinite(ms) and ms > 0
+        assert ms == pytest.approx(1e3 * min(cell["seconds_per_call"]) / cell["batch"], rel=1e-12)
+    # the same pipeline and weights: one MADE pass per voxel is slower than the fast inverse
+    fast, slow = (table[g, DS1_NFLOWS_BATCH]["ms_per_shower"] for g in result["generators"])
+    assert fast < slow
+    c = result["comparison"]
+    assert (c["fast_batch"], c["nflows_batch"]) == (DS1_BATCH, DS1_NFLOWS_BATCH)
+    assert c["fast_ms_per_shower"] == table["caloflow-fast", DS1_BATCH]["ms_per_shower"]
+    assert c["nflows_ms_per_shower"] == table["caloflow-nflows", DS1_NFLOWS_BATCH]["ms_per_shower"]
+    assert c["ratio"] == pytest.approx(c["nflows_ms_per_shower"] / c["fast_ms_per_shower"])
+    md = (out / "benchmark.md").read_text()
+    assert md in proc.stdout
+    assert f"| generator | {DS1_NFLOWS_BATCH} | {DS1_BATCH} |" in md
+    assert "| CaloFlow, fast inverse |" in md and "| CaloFlow, nflows inverse |" in md
+    assert f"ratio {c['ratio']:,.0f}x" in md and "writing the showers" in md
+    assert "--dataset ds1-photons" in result["command"] and "--configs" in result["command"]
+    # every stage of the fast pipeline timed, at the largest batch, and the stage table printed
+    b = result["breakdown"]
+    assert b["batch"] == DS1_BATCH and list(b["seconds"]) == list(STAGES)
+    assert all(math.isfinite(t) and t > 0 for t in b["seconds"].values())
+    assert b["total_s"] == pytest.approx(sum(b["seconds"].values()))
+    assert all(f"| {label} |" in md for label in STAGES.values())
+
+
+def test_ds1_pipeline_writes_a_valid_challenge_file(ds1_run):
+    _, out, result = ds1_run
+    geometry = get_geometry("ds1-photons")
+    path = out / "caloflow-fast.hdf5"
+    assert check_showers(path) == DS1_BATCH  # a valid file (keys, shapes, finite, non-negative)
+    showers = read_showers(path)
+    assert showers.geometry == geometry and showers.voxels.shape == (DS1_BATCH, geometry.n_voxels)
+    # the challenge's energies of the last call, written back exactly (float64 MeV)
+    expected = challenge_energies("ds1-photons", DS1_BATCH, 3)
+    with h5py.File(path) as f:
+        assert f["showers"].compression == "gzip" and f.attrs["fast_sampling"]
+        np.testing.assert_array_equal(f["incident_energies"][:, 0], expected * 1e3)
+    voxels = showers.voxels
+    # post-processing: no voxel below the 0.01 MeV threshold but zero; Flow I's layer energies sum
+    # to at most c E_inc (u_0 = sum E_k / (c E_inc) <= 1), the voxels of a layer to at most its energy
+    c = yaml.safe_load(shipped_config("ds1/photons/flow1").read_text())["model"]["init_args"]
+    assert np.all((voxels == 0) | (voxels >= 0.01 * (1 - 1e-6)))
+    assert np.all(voxels.sum(axis=1) <= c["energy_scale"] * 1e3 * expected * (1 + 1e-5))
+    assert (out / "caloflow-nflows.hdf5").is_file() and not (out / "stages.hdf5").exists()
+
+
+def test_ds1_refuses_the_calogan_baseline_in_one_line(tmp_path):
+    gan = tmp_path / "gan.ckpt"
+    proc = run_cli(
+        "caloflow",
+        "benchmark",
+        "--dataset",
+        "ds1-photons",
+        "--calogan",
+        str(gan),
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "caloflow: error: --calogan: the CaloGAN baseline generates CaloGAN showers, "
+        "not --dataset ds1-photons\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_ds1_refuses_checkpoints_of_another_detector(checkpoints, tmp_path, capsys):
+    options = ["--flow1", checkpoints["flow1"], "--flow2", checkpoints["flow2"]]
+    assert cli_main(["benchmark", "--dataset", "ds1-pions", *options, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--flow1 {checkpoints['flow1']}: a calogan model, not one of --dataset ds1-pions" in err
+
+
+def test_ds1_times_dataset_1_checkpoints_when_given(tmp_path):
+    torch.manual_seed(0)
+    flow1 = save_checkpoint(
+        FlowI(n_blocks=2, hidden_features=8, geometry="ds1-pions"), tmp_path / "f1.ckpt"
+    )
+    flow2 = save_checkpoint(
+        FlowII(n_blocks=2, hidden_features=8, geometry="ds1-pions"), tmp_path / "f2.ckpt"
+    )
+    out = tmp_path / "out"
+    proc = run_cli(
+        "caloflow", "benchmark", "--dataset", "ds1-pions", "--flow1", flow1, "--flow2", flow2,
+        "--batch-sizes", "3", "--nflows-batch", "2", "--repeats", "1", "--threads", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "benchmark.json").read_text())
+    assert f"checkpoints {flow1}, {flow2}" in result["generators"]["caloflow-fast"]["model"]
+    assert all(c["status"] == "measured" and c["ms_per_shower"] > 0 for c in result["cells"])
+    showers = read_showers(out / "caloflow-fast.hdf5")
+    assert showers.geometry == get_geometry("ds1-pions") and len(showers.energy) == 3

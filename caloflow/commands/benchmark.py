@@ -18,6 +18,26 @@ of memory is skipped, and so are the larger batches of that generator.
 
 Without checkpoints (or with ``--paper-size``) the models are untrained paper-size networks with
 random weights: the cost of a pass does not depend on the values of the weights.
+
+``--dataset ds1-photons`` or ``ds1-pions`` times the CaloChallenge dataset-1 teacher instead
+(arXiv:2210.14245): without checkpoints, Flow I and Flow II built from the shipped
+``configs/ds1/<particle>/flow1.yaml`` and ``flow2.yaml`` (random weights; ``--configs DIR``: the
+``flow1.yaml`` and ``flow2.yaml`` of another folder, e.g. smaller ones for a quick run), with
+``--flow1/--flow2`` trained dataset-1 models of that detector. The incident energies are the
+challenge's mix (:func:`caloflow.data.barrel.challenge_energies`), and a call is the whole pipeline
+of ``caloflow generate``: Flow I, Flow II, post-processing (inverse preprocessing, 0.01 MeV
+threshold) *and writing* the showers to a CaloChallenge HDF5 file
+(:class:`caloflow.data.io.ShowerWriter`, gzip, float64 energies), ``<generator>.hdf5`` in ``--out``
+(each call replaces it: the last call's showers are left). The rows are ``caloflow-fast`` and
+``caloflow-nflows`` (``calogan`` and ``simulator`` belong to the CaloGAN detector and are refused);
+the columns are ``--batch-sizes`` and ``--nflows-batch``, a small batch at which nflows' inverse is
+always run (its larger cells are estimated as above when over ``--max-seconds``). The fast pipeline
+runs every column whatever its estimate (after a jump from a few showers to 10,000 the proportional
+estimate is far too large: the fixed cost per call dominates small batches); ``--max-seconds`` then
+limits only its repeats. The report adds the ratio of nflows' time per shower at its batch to the
+fast pipeline's at its largest measured batch, and where those milliseconds go at that batch
+(Flow I; latent draw and Flow II's fast inverse; post-processing; writing), each stage timed on its
+own in one more call.
 """
 
 from __future__ import annotations
@@ -27,7 +47,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +66,20 @@ GENERATORS: dict[str, str] = {
     "simulator": "simulator",
 }
 DEFAULT_BATCH_SIZES = (10, 100, 1000, 10000)
+#: ``--dataset``: the CaloGAN detector (the paper's table 4) or a CaloChallenge dataset-1 detector
+DATASETS = ("calogan", "ds1-photons", "ds1-pions")
+#: the rows of a dataset-1 run (the CaloGAN baseline and the CaloGAN simulator have no dataset-1 model)
+DS1_GENERATORS = ("caloflow-fast", "caloflow-nflows")
+#: ``--nflows-batch``: showers per call of nflows' inverse in a dataset-1 run
+DEFAULT_NFLOWS_BATCH = 5
 ENERGY_RANGE_GEV = (1.0, 100.0)
 #: showers in the untimed warm-up call of each generator
 WARMUP_BATCH = 2
 PAPER_SIZE = "untrained paper-size model, random weights (timing does not depend on training)"
+TEACHER_SIZE = (
+    "untrained teacher-size models of configs/ds1/{particle}/flow1.yaml and flow2.yaml, random "
+    "weights (timing does not depend on training)"
+)
 
 
 @dataclass
@@ -116,8 +146,13 @@ def time_generator(
     max_seconds: float,
     repeats: int,
     log: Callable[[str], None] = print,
+    required: Collection[int] = (),
 ) -> list[Cell]:
-    """Warm up ``gen``, then time it at each batch size (ascending); returns one :class:`Cell` per batch."""
+    """Warm up ``gen``, then time it at each batch size (ascending); returns one :class:`Cell` per batch.
+
+    The batches in ``required`` are run whatever their estimate (a dataset-1 run's fast pipeline
+    and ``--nflows-batch``); ``max_seconds`` then limits only their repeats.
+    """
     warm = min(WARMUP_BATCH, min(batch_sizes))
     log(f"{gen.name}: warm-up call ({warm} showers)")
     _, warm_s = timed(lambda: gen.run(warm), device)
@@ -136,7 +171,7 @@ def time_generator(
         else:  # first-call costs make the warm-up slow: a safe overestimate for the go/no-go decision
             est_s, method = estimate_seconds([(warm, warm_s)], batch)
             method = f"{method} (warm-up call)"
-        if est_s > max_seconds:
+        if est_s > max_seconds and batch not in required:
             cells.append(
                 Cell(
                     gen.name,
@@ -191,7 +226,8 @@ def _count(module: torch.nn.Module) -> int:
 def build_generators(
     args: argparse.Namespace, names: list[str], device: torch.device, seed: int
 ) -> list[Generator]:
-    """The requested generators, each as ``run(batch) -> redraws`` on ``device``."""
+    """The requested generators, each as ``run(batch) -> redraws`` on ``device`` (``--dataset``
+    calogan; a dataset-1 run builds its rows with :func:`build_ds1_generators`)."""
     from caloflow.sampling import CaloFlow, CaloGANSampler, requested_energies
 
     energies = {}
@@ -257,6 +293,173 @@ def build_generators(
     return sorted(generators, key=lambda g: order[g.name])
 
 
+# ------------------------------------------------------------------------------------- dataset 1
+def ds1_particle(dataset: str) -> str:
+    """The config folder of a dataset-1 ``--dataset``: ``photons`` or ``pions``."""
+    return dataset.removeprefix("ds1-")
+
+
+def teacher_configs(dataset: str, folder: str | None) -> dict[str, dict]:
+    """The ``model.init_args`` of ``flow1.yaml`` and ``flow2.yaml`` in ``folder`` (default: the shipped
+    ``configs/ds1/<particle>``, the dataset-1 teacher of arXiv:2210.14245), checked to be Flow I and
+    Flow II configs of the ``dataset`` detector.
+
+    Raises:
+        CaloflowError: a file is missing, not YAML, has no ``model.init_args`` or another geometry.
+    """
+    import yaml
+
+    from caloflow.configs import CONFIG_DIR
+
+    root = Path(folder) if folder else CONFIG_DIR / "ds1" / ds1_particle(dataset)
+    found = {}
+    for name in ("flow1", "flow2"):
+        path = root / f"{name}.yaml"
+        try:
+            init_args = yaml.safe_load(path.read_text())["model"]["init_args"]
+        except OSError:
+            raise CaloflowError(f"--configs {root}: no readable {name}.yaml in it") from None
+        except (yaml.YAMLError, KeyError, TypeError):
+            raise CaloflowError(f"--configs {path}: not a config with model.init_args") from None
+        if init_args.get("geometry") != dataset:
+            raise CaloflowError(
+                f"--configs {path}: model.init_args.geometry is {init_args.get('geometry')!r}, "
+                f"not --dataset {dataset}"
+            )
+        found[name] = init_args
+    return found
+
+
+def teacher_flows(dataset: str, device: torch.device, seed: int, folder: str | None = None):
+    """Untrained Flow I and Flow II of :func:`teacher_configs` (default: the dataset-1 teacher), weights
+    drawn with ``seed``, as a :class:`caloflow.sampling.CaloFlow`."""
+    from caloflow.models.flows import FlowI, FlowII
+    from caloflow.sampling import CaloFlow
+
+    init_args = teacher_configs(dataset, folder)
+    torch.manual_seed(seed)
+    try:
+        flow1 = FlowI(**init_args["flow1"]).to(device)
+        flow2 = FlowII(**init_args["flow2"]).to(device)
+    except (TypeError, ValueError) as e:  # an unknown or bad init argument in a config
+        raise CaloflowError(f"--configs {folder}: cannot build the flows ({e})") from None
+    return CaloFlow(flow1, flow2)
+
+
+def ds1_energies(dataset: str, batch: int, seed: int):
+    """The incident energies (GeV) of a call of ``batch`` showers: the challenge's mix in its
+    proportions (:func:`caloflow.data.barrel.challenge_energies`), as ``caloflow generate --energies
+    challenge`` passes them (float64, written back exactly)."""
+    from caloflow.data.barrel import challenge_energies
+    from caloflow.sampling import IncidentEnergies
+
+    values = challenge_energies(dataset, batch, seed)
+    return IncidentEnergies(None, None, None, seed, values=values)
+
+
+def pipeline(flow, out_dir: Path, seed: int) -> Callable[[int, str, bool], int]:
+    """``run(batch, name, fast) -> redraws``: the whole ``caloflow generate`` pipeline for one batch of
+    the challenge's energies, written to ``out_dir/<name>.hdf5`` (gzip, the project's format)."""
+    from caloflow.data.io import ShowerWriter
+
+    energies: dict[int, object] = {}
+    noise = torch.Generator().manual_seed(seed)
+
+    def run(batch: int, name: str, fast: bool) -> int:
+        if batch not in energies:
+            energies[batch] = ds1_energies(flow.geometry.name, batch, seed)
+        attrs = {"generator": "caloflow", "seed": seed, "fast_sampling": fast}
+        with ShowerWriter(
+            out_dir / f"{name}.hdf5", attrs=attrs, expected_rows=batch, geometry=flow.geometry
+        ) as out:
+            flow.sample(energies[batch], noise, batch_size=batch, fast=fast, out=out)
+            out.attrs["redrawn_nonfinite"] = flow.redraws
+        return flow.redraws
+
+    return run
+
+
+def build_ds1_generators(
+    args: argparse.Namespace, names: list[str], device: torch.device, seed: int
+) -> tuple[list[Generator], object]:
+    """The dataset-1 rows (:data:`DS1_GENERATORS` requested), each the whole pipeline including the
+    file; returns them and the :class:`CaloFlow` they run (for :func:`stage_breakdown`)."""
+    from caloflow.sampling import CaloFlow
+
+    if args.flow1:
+        flow = CaloFlow.load(args.flow1, args.flow2, str(device))
+        source = f"checkpoints {args.flow1}, {args.flow2}"
+    else:
+        flow = teacher_flows(args.dataset, device, seed, args.configs)
+        source = (
+            f"untrained models of {args.configs}/flow1.yaml and flow2.yaml, random weights"
+            if args.configs
+            else TEACHER_SIZE.format(particle=ds1_particle(args.dataset))
+        )
+    n_params = _count(flow.flow1) + _count(flow.flow2)
+    model = (
+        f"Flow I + Flow II ({flow.geometry.name}, {flow.geometry.n_voxels} voxels), "
+        f"{n_params:,} parameters: {source}; challenge energies; written to a CaloChallenge file"
+    )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = pipeline(flow, out_dir, seed)
+    generators = [
+        Generator(
+            name,
+            GENERATORS[name],
+            lambda b, name=name: run(b, name, name == "caloflow-fast"),
+            model,
+        )
+        for name in DS1_GENERATORS
+        if name in names
+    ]
+    return generators, flow
+
+
+@torch.no_grad()
+def stage_breakdown(flow, dataset: str, batch: int, seed: int, path: Path, device) -> dict:
+    """Seconds of each stage of the fast pipeline for one call of ``batch`` showers, each timed on its
+    own (the stages of :meth:`CaloFlow.sample_batch` and the writer; no redraws, which are rare):
+    Flow I (latent draw, inverse, inverse u-transform), Flow II's latent draw, context and fast
+    inverse, the post-processing (inverse logit, per-layer renormalisation, 0.01 MeV threshold, copy
+    to the host) and writing the CaloChallenge file."""
+    from caloflow.data.io import ShowerWriter
+
+    noise = torch.Generator().manual_seed(seed)
+    energies = np.asarray(ds1_energies(dataset, batch, seed))
+    incident = torch.as_tensor(energies, dtype=torch.float32)
+    f2 = flow.flow2.eval()
+    layers, t_flow1 = timed(lambda: flow.flow1.sample(incident, noise), device)
+
+    def invert():
+        z = f2._latent(batch, noise, f2.flow_dtype)
+        inc = f2._incident(incident)
+        context = f2.preprocessing.context(inc, layers.to(f2.device)).to(z.dtype)
+        return f2.invert(z, context, fast=True)
+
+    x, t_inverse = timed(invert, device)
+
+    def postprocess():
+        voxels = f2.preprocessing.inverse(x, layers.to(f2.device), threshold=True)
+        return f2._mark_nonfinite(x, voxels).cpu().numpy()
+
+    voxels, t_post = timed(postprocess, device)
+
+    def write():
+        with ShowerWriter(path, expected_rows=batch, geometry=flow.geometry) as out:
+            out.append(voxels, energies)
+
+    _, t_write = timed(write, device)
+    stages = {
+        "flow1": t_flow1,
+        "flow2_inverse": t_inverse,
+        "postprocessing": t_post,
+        "writing": t_write,
+    }
+    return {"batch": batch, "seconds": stages, "total_s": sum(stages.values())}
+
+
 # ------------------------------------------------------------------------------------- report
 def cell_text(cell: Cell) -> str:
     if cell.status == "measured":
@@ -264,6 +467,65 @@ def cell_text(cell: Cell) -> str:
     if cell.status == "estimated":
         return f"~{format_ms(cell.ms_per_shower)} (est.)"
     return f"- ({cell.reason})"
+
+
+def compare(cells: list[Cell], nflows_batch: int) -> dict | None:
+    """nflows' inverse at ``nflows_batch`` against the fast pipeline at its largest measured batch, in
+    ms per shower, and their ratio (None unless both were measured)."""
+    fast = [c for c in cells if c.generator == "caloflow-fast" and c.status == "measured"]
+    slow = [
+        c
+        for c in cells
+        if c.generator == "caloflow-nflows" and c.batch == nflows_batch and c.status == "measured"
+    ]
+    if not fast or not slow:
+        return None
+    best = max(fast, key=lambda c: c.batch)
+    return {
+        "fast_batch": best.batch,
+        "fast_ms_per_shower": best.ms_per_shower,
+        "nflows_batch": nflows_batch,
+        "nflows_ms_per_shower": slow[0].ms_per_shower,
+        "ratio": slow[0].ms_per_shower / best.ms_per_shower,
+    }
+
+
+STAGES = {
+    "flow1": "Flow I",
+    "flow2_inverse": "Flow II latent draw, context and fast inverse",
+    "postprocessing": "post-processing (inverse logit, renormalisation, 0.01 MeV threshold, to host)",
+    "writing": "writing the CaloChallenge file (gzip)",
+}
+
+
+def ds1_lines(result: dict) -> list[str]:
+    """The dataset-1 report: the comparison with nflows' inverse and the stages of the fast pipeline."""
+    lines = []
+    c = result.get("comparison")
+    if c:
+        lines += [
+            "",
+            f"nflows inverse at batch {c['nflows_batch']:,}: {format_ms(c['nflows_ms_per_shower'])} "
+            f"ms/shower; fast pipeline at batch {c['fast_batch']:,}: "
+            f"{format_ms(c['fast_ms_per_shower'])} ms/shower; ratio {c['ratio']:,.0f}x.",
+        ]
+    b = result.get("breakdown")
+    if b:
+        lines += [
+            "",
+            f"Where the fast pipeline's time goes at batch {b['batch']:,} (one call, each stage "
+            "timed on its own), ms per shower:",
+            "",
+            "| stage | ms/shower | share |",
+            "|---|---:|---:|",
+        ]
+        for key, seconds in b["seconds"].items():
+            lines.append(
+                f"| {STAGES[key]} | {format_ms(1e3 * seconds / b['batch'])} | "
+                f"{100 * seconds / b['total_s']:.0f}% |"
+            )
+        lines.append(f"| sum | {format_ms(1e3 * b['total_s'] / b['batch'])} | 100% |")
+    return lines
 
 
 def markdown(result: dict, generators: list[Generator], cells: list[Cell]) -> str:
@@ -289,10 +551,17 @@ def markdown(result: dict, generators: list[Generator], cells: list[Cell]) -> st
         lines.append(
             f"| {g.label} | " + " | ".join(cell_text(by_key[g.name, b]) for b in batches) + " |"
         )
+    ds1 = result.get("dataset", "calogan") != "calogan"
+    lines += ds1_lines(result) if ds1 else []
+    pipeline_text = (
+        f"CaloFlow, {result.get('dataset')}: Flow I + Flow II + post-processing + writing the "
+        "showers to a CaloChallenge HDF5 file (gzip), at the challenge's incident energies"
+        if ds1
+        else "CaloFlow: Flow I + Flow II + post-processing; CaloGAN: generator + flattening"
+    )
     lines += [
         "",
-        "Full pipeline per call of `batch` showers (CaloFlow: Flow I + Flow II + post-processing; "
-        "CaloGAN: generator + flattening), after one untimed warm-up call, "
+        f"Full pipeline per call of `batch` showers ({pipeline_text}), after one untimed warm-up call, "
         + (
             "one call per cell"
             if result["repeats"] == 1
@@ -310,7 +579,32 @@ def markdown(result: dict, generators: list[Generator], cells: list[Cell]) -> st
 
 
 # ------------------------------------------------------------------------------------- CLI
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``--nflows-batch`` and ``--configs``: what a dataset-1 run times."""
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="calogan",
+        help="calogan (the paper's table 4, default) or the dataset-1 teacher: ds1-photons, ds1-pions "
+        "(whole pipeline including the CaloChallenge file)",
+    )
+    parser.add_argument(
+        "--nflows-batch",
+        type=argtypes.positive_int,
+        default=DEFAULT_NFLOWS_BATCH,
+        help=f"dataset 1: showers per call at which nflows' inverse is always run (default "
+        f"{DEFAULT_NFLOWS_BATCH}); added to the batch sizes",
+    )
+    parser.add_argument(
+        "--configs",
+        metavar="DIR",
+        help="dataset 1 without checkpoints: a folder with the flow1.yaml and flow2.yaml to build "
+        "(default: the shipped configs/ds1/<particle>, the teacher)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset_arguments(parser)
     model = parser.add_argument_group("models (default: untrained paper-size models)")
     model.add_argument("--flow1", help="Flow I checkpoint (.ckpt); needs --flow2")
     model.add_argument("--flow2", help="Flow II checkpoint (.ckpt); needs --flow1")
@@ -329,8 +623,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--generators",
         type=argtypes.comma_list(GENERATORS, what="generator"),
-        default=",".join(GENERATORS),
-        help=f"comma-separated subset of {','.join(GENERATORS)} (default: all)",
+        default=None,
+        help=f"comma-separated subset of {','.join(GENERATORS)} (default: all; dataset 1: "
+        f"{','.join(DS1_GENERATORS)})",
     )
     parser.add_argument(
         "--batch-sizes",
@@ -375,10 +670,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> dict:
     from caloflow.data.simulate import PARTICLES
 
-    names = args.generators
-    batch_sizes = sorted(set(args.batch_sizes))
+    ds1 = args.dataset != "calogan"
+    names = args.generators or list(DS1_GENERATORS if ds1 else GENERATORS)
+    batch_sizes = sorted(set(args.batch_sizes) | ({args.nflows_batch} if ds1 else set()))
     if bool(args.flow1) != bool(args.flow2):
         raise CaloflowError("--flow1 and --flow2 go together: give both or neither")
+    if ds1:
+        _check_ds1(args, names)
     if args.paper_size and (args.flow1 or args.calogan):
         raise CaloflowError("--paper-size uses untrained models: give it or checkpoints, not both")
     for option, path, model in (
@@ -394,6 +692,10 @@ def _check(args: argparse.Namespace) -> dict:
             mismatch = checkpoint_model_mismatch(read_checkpoint(path, option), model)
             if mismatch:
                 raise CaloflowError(f"{option} {path}: {mismatch}")
+    if not ds1 and args.configs:
+        raise CaloflowError(
+            "--configs: builds dataset-1 models; give --dataset ds1-photons or ds1-pions"
+        )
     if "simulator" in names and args.simulator not in PARTICLES:
         raise CaloflowError(
             f"--simulator: unknown particle '{args.simulator}', expected one of {', '.join(PARTICLES)}"
@@ -409,6 +711,8 @@ def _check(args: argparse.Namespace) -> dict:
     if device.type not in ("cpu", "cuda"):
         raise CaloflowError(f"--device: expected cpu or cuda, got '{args.device}'")
     return dict(
+        dataset=args.dataset,
+        nflows_batch=args.nflows_batch if ds1 else None,
         names=names,
         batch_sizes=batch_sizes,
         device=device,
@@ -420,9 +724,51 @@ def _check(args: argparse.Namespace) -> dict:
     )
 
 
+def _checkpoint_geometry(ckpt: dict) -> str:
+    """The detector name a Flow checkpoint was built for (no ``geometry`` hyperparameter: CaloGAN)."""
+    from caloflow.geometry import get_geometry
+
+    spec = ckpt.get("hyper_parameters", {}).get("geometry", "calogan")
+    return get_geometry(spec).name
+
+
+def _check_ds1(args: argparse.Namespace, names: list[str]) -> None:
+    """Refuse, in one line, what a dataset-1 run cannot time: the CaloGAN-only rows, checkpoints of
+    another detector, configs that cannot be built for it."""
+    if args.calogan:
+        raise CaloflowError(
+            f"--calogan: the CaloGAN baseline generates CaloGAN showers, not --dataset {args.dataset}"
+        )
+    other = [name for name in names if name not in DS1_GENERATORS]
+    if other:
+        raise CaloflowError(
+            f"--generators: no {','.join(other)} row for --dataset {args.dataset} (its rows: "
+            f"{','.join(DS1_GENERATORS)}; calogan and simulator are CaloGAN-detector rows)"
+        )
+    if args.configs and args.flow1:
+        raise CaloflowError("--configs builds untrained models: give it or checkpoints, not both")
+    if not args.flow1:
+        teacher_configs(
+            args.dataset, args.configs
+        )  # readable and of this detector, before any work
+    for option, path in (("--flow1", args.flow1), ("--flow2", args.flow2)):
+        if path and Path(path).is_file():
+            from caloflow.checkpoints import read_checkpoint
+
+            geometry = _checkpoint_geometry(read_checkpoint(path, option))
+            if geometry != args.dataset:
+                raise CaloflowError(
+                    f"{option} {path}: a {geometry} model, not one of --dataset {args.dataset}"
+                )
+
+
 def command_line(args: argparse.Namespace, opts: dict) -> str:
     """The command that reproduces this run (options in canonical form)."""
     parts = ["caloflow", "benchmark"]
+    if args.dataset != "calogan":
+        parts += ["--dataset", args.dataset, "--nflows-batch", str(args.nflows_batch)]
+        if args.configs:
+            parts += ["--configs", args.configs]
     for option in ("flow1", "flow2", "calogan"):
         if getattr(args, option):
             parts += [f"--{option}", getattr(args, option)]
@@ -447,6 +793,38 @@ def command_line(args: argparse.Namespace, opts: dict) -> str:
     return shlex.join(parts)
 
 
+def _time_all(args: argparse.Namespace, opts: dict, log: Callable[[str], None]) -> dict:
+    """Build the generators, time each, and (dataset 1) break the fast pipeline down; the result's
+    generators, cells, comparison and breakdown."""
+    device, ds1 = opts["device"], opts["dataset"] != "calogan"
+    log("building the models")
+    if ds1:
+        generators, flow = build_ds1_generators(args, opts["names"], device, opts["seed"])
+    else:
+        generators = build_generators(args, opts["names"], device, opts["seed"])
+    cells: list[Cell] = []
+    for gen in generators:
+        required = []
+        if ds1:  # the fast pipeline runs every column; nflows' inverse runs its small batch
+            is_fast = gen.name == "caloflow-fast"
+            required = opts["batch_sizes"] if is_fast else [opts["nflows_batch"]]
+        cells += time_generator(
+            gen, opts["batch_sizes"], device, opts["max_seconds"], opts["repeats"], log, required
+        )
+    found = {"generators": generators, "cells": cells, "comparison": None, "breakdown": None}
+    if ds1:
+        found["comparison"] = compare(cells, opts["nflows_batch"])
+        ran = [c.batch for c in cells if c.generator == "caloflow-fast" and c.status == "measured"]
+        if ran:  # at the largest batch the fast pipeline was run at
+            batch = max(ran)
+            log(f"caloflow-fast batch {batch:,}: timing each stage on its own")
+            found["breakdown"] = stage_breakdown(
+                flow, opts["dataset"], batch, opts["seed"], opts["out"] / "stages.hdf5", device
+            )
+            (opts["out"] / "stages.hdf5").unlink(missing_ok=True)
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     opts = _check(args)
     if opts["threads"]:
@@ -457,18 +835,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"benchmark: {line}", file=sys.stderr, flush=True)
 
     load_start = os.getloadavg()[0]
-    log("building the models")
-    generators = build_generators(args, opts["names"], device, opts["seed"])
-    cells: list[Cell] = []
-    for gen in generators:
-        cells += time_generator(
-            gen, opts["batch_sizes"], device, opts["max_seconds"], opts["repeats"], log
-        )
-
+    found = _time_all(args, opts, log)
+    generators, cells = found["generators"], found["cells"]
     result = {
         "command": command_line(args, opts),
         "machine": machine_info(device),
         "load_average": [load_start, os.getloadavg()[0]],
+        "dataset": opts["dataset"],
         "batch_sizes": opts["batch_sizes"],
         "generators": {g.name: {"label": g.label, "model": g.model} for g in generators},
         "max_seconds": opts["max_seconds"],
@@ -477,6 +850,12 @@ def run(args: argparse.Namespace) -> int:
         "warmup_batch": min(WARMUP_BATCH, min(opts["batch_sizes"])),
         "cells": [vars(c) for c in cells],
     }
+    if opts["dataset"] != "calogan":
+        result.update(
+            nflows_batch=opts["nflows_batch"],
+            comparison=found["comparison"],
+            breakdown=found["breakdown"],
+        )
     table = markdown(result, generators, cells)
     out = opts["out"]
     out.mkdir(parents=True, exist_ok=True)
@@ -489,6 +868,20 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "GENERATORS",
+    "DATASETS",
+    "DS1_GENERATORS",
+    "DEFAULT_NFLOWS_BATCH",
+    "TEACHER_SIZE",
+    "STAGES",
+    "ds1_particle",
+    "teacher_configs",
+    "teacher_flows",
+    "ds1_energies",
+    "pipeline",
+    "build_ds1_generators",
+    "stage_breakdown",
+    "compare",
+    "ds1_lines",
     "DEFAULT_BATCH_SIZES",
     "ENERGY_RANGE_GEV",
     "WARMUP_BATCH",
@@ -500,6 +893,7 @@ __all__ = [
     "build_generators",
     "cell_text",
     "markdown",
+    "add_dataset_arguments",
     "add_arguments",
     "command_line",
     "run",
