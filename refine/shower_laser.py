@@ -47,6 +47,7 @@ from caloflow.atomic import write_text_atomic
 from caloflow.checks import check_not_an_input
 from caloflow.errors import CaloflowError
 from caloflow.evaluate.weights import weight_summary
+from refine.failures import MethodFailed
 from refine.stages import Stages
 
 if TYPE_CHECKING:
@@ -239,11 +240,26 @@ def laser_generator(inputs: ShowerInputs):
     return CaloFlowGenerator(*inputs.models)
 
 
+def attempt(run: ShowerRun, method: str, step, *stale: Path) -> tuple[Any, dict | None]:
+    """``(step(), None)``, or ``(None, failure)`` when the method cannot run on these weights
+    (:class:`refine.failures.MethodFailed`): then one warning line is printed, the ``stale`` outputs
+    of an earlier run (and ``showers/METHOD.hdf5``) are removed, and ``failure`` is what its row reports."""
+    try:
+        return step(), None
+    except MethodFailed as e:
+        run.say(
+            f"warning: {method} failed (reported in its row, the other methods go on): {e.reason}"
+        )
+        for path in (run.out / "showers" / f"{method}.hdf5", *stale):
+            path.unlink(missing_ok=True)
+        return None, e.entry()
+
+
 def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
     """Steps 1-3c on the refinement split only: weights, then the trained refiner (saved as
-    ``refiner.ckpt`` and loaded back). Returns the classifier, the training weights and the refiner."""
+    ``refiner.ckpt`` and loaded back). Returns the classifier, the training weights and the refiner
+    (None, with ``failed["laser"]``, when its training loss was not finite)."""
     from caloflow.data.io import read_rows
-    from refine.shower_refiner import load_refiner, save_refiner
 
     with run.stage("read_refinement"):
         reference = read_rows(run.inputs.reference, splits["refinement_used"])
@@ -253,23 +269,33 @@ def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
     with run.stage("refiner_points"):
         z, w, energies = refiner_points(run, weights)
     with run.stage("refiner"):
-        refiner = train_refiner(run, z, w, energies)
-    path = save_refiner(
-        run.out / "refiner.ckpt",
-        refiner,
-        run.inputs.kind,
-        run.inputs.checkpoints,
-        seed=run.seed,
-        batch_size=int(run.cfg.batch_size),
-    )
-    run.say(f"wrote {path}")
-    weights["refiner"], _ = load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)
+        weights["refiner"], failure = attempt(
+            run, "laser", lambda: _trained_refiner(run, z, w, energies), run.out / "refiner.ckpt"
+        )
+    weights["failed"] = {} if failure is None else {"laser": failure}
     weights["refiner_points"] = {
         "n": len(z),
         "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
         "ess_fraction": weight_summary(w)["ess_fraction"],
     }
     return weights
+
+
+def _trained_refiner(run: ShowerRun, z, w, energies):
+    """The refiner trained on (z, w, E), saved as ``refiner.ckpt`` and loaded back from it (so the run
+    generates with exactly what ``caloflow generate --refiner`` loads)."""
+    from refine.shower_refiner import load_refiner, save_refiner
+
+    path = save_refiner(
+        run.out / "refiner.ckpt",
+        train_refiner(run, z, w, energies),
+        run.inputs.kind,
+        run.inputs.checkpoints,
+        seed=run.seed,
+        batch_size=int(run.cfg.batch_size),
+    )
+    run.say(f"wrote {path}")
+    return load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)[0]
 
 
 def draw_unrefined(
@@ -469,8 +495,28 @@ def train_refiner(run: ShowerRun, z, w, energies):
     run.say(
         f"training the LaSeR refiner on {len(z)} weighted latent points (R^{dim}, conditional on E_inc)"
     )
-    run.trainer("laser_refiner", training.epochs).fit(refiner, loader)
+    trainer = run.trainer("laser_refiner", training.epochs)
+    trainer.fit(refiner, loader)
+    check_refiner_finite(refiner, trainer.callback_metrics)
     return refiner.eval()
+
+
+def check_refiner_finite(refiner, metrics: dict) -> None:
+    """Raise :class:`MethodFailed` when a logged training loss of the refiner (``metrics``: the trainer's
+    ``callback_metrics``) or one of its parameters is not finite: such a refiner cannot sample."""
+    import math
+
+    import torch
+
+    losses = {k.replace("/", "_"): float(v) for k, v in metrics.items() if "loss" in k}
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    tensors = [t for t in refiner.state_dict().values() if t.is_floating_point()]
+    if bad or not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise MethodFailed(
+            "the refiner's training loss or parameters are not finite "
+            f"({', '.join(f'{k} {v:.3g}' for k, v in losses.items()) or 'no loss logged'})",
+            **losses,
+        )
 
 
 # --------------------------------------------------------------------------- showers of every method
@@ -577,10 +623,15 @@ def run_rejection(run: ShowerRun, classifier, w_train, energies: np.ndarray) -> 
 
     t0, accepted, proposed = time.perf_counter(), 0, 0.0
     with _writer(run, "rejection", len(energies), w_max=w_max) as out:
-        for chunk in torch.as_tensor(energies, dtype=torch.float32).split(int(run.cfg.batch_size)):
-            _, x, rate = rejection_sample_conditional(
-                propose, weight, chunk, w_max, gen, opts.max_rounds
-            )
+        chunks = torch.as_tensor(energies, dtype=torch.float32).split(int(run.cfg.batch_size))
+        for i, chunk in enumerate(chunks):
+            try:
+                _, x, rate = rejection_sample_conditional(
+                    propose, weight, chunk, w_max, gen, opts.max_rounds
+                )
+            except MethodFailed as e:
+                where = f" (generation batch {i + 1} of {len(chunks)}, w_max {w_max:.3g})"
+                raise MethodFailed(e.reason + where, **e.figures, w_max=w_max) from None
             out.append(x.cpu().numpy(), chunk.numpy())
             accepted, proposed = accepted + len(chunk), proposed + len(chunk) / rate
     return {"acceptance": accepted / proposed, "w_max": w_max, "seconds": time.perf_counter() - t0}
@@ -638,10 +689,7 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
     steps = info["step_size"]
     with torch.no_grad():
         x = run.g.decode(samples[-1], chains)
-    if not torch.isfinite(x).all():
-        raise CaloflowError(
-            "HMC: a chain ended at a non-finite shower: the model or the weights are broken"
-        )
+    check_hmc_chains(x, acceptance)
     seconds = time.perf_counter() - t0
     with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
         out.append(x.cpu().numpy(), chains.numpy())
@@ -658,6 +706,29 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
         },
         "mean_log_w": mean_log_w,
     }
+
+
+def check_hmc_chains(x, acceptance: float) -> None:
+    """Raise :class:`MethodFailed` when HMC diverged: no trajectory was accepted after burn-in (every
+    one ended at a non-finite or far worse energy, so the chains did not move), or a chain ended at a
+    non-finite shower ``x`` (chains, V)."""
+    import torch
+
+    bad = int((~torch.isfinite(x).all(dim=1)).sum())
+    if bad:
+        raise MethodFailed(
+            f"HMC: {bad} of {len(x)} chains ended at a non-finite shower (acceptance {acceptance:.3g})",
+            acceptance=acceptance,
+            nonfinite_chains=bad,
+            chains=len(x),
+        )
+    if acceptance == 0:
+        raise MethodFailed(
+            f"HMC diverged: no trajectory of the {len(x)} chains was accepted after burn-in "
+            "(acceptance 0); lower hmc.step_size or set hmc.target_acceptance",
+            acceptance=acceptance,
+            chains=len(x),
+        )
 
 
 def hmc_log_w(start, end, w_prior, clip: float | None) -> dict[str, float]:
@@ -683,25 +754,35 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
     energies = read_energies(run.inputs.reference, splits["evaluation_used"])
     n = len(energies)
     run.say(f"evaluation energies: {n}; generating unrefined and LaSeR showers")
-    seconds = {
-        "unrefined": generate_unrefined(run, energies),
-        "laser": generate_laser(run, refined["refiner"], energies),
-    }
+    failed = dict(refined.get("failed", {}))
+    seconds = {"unrefined": generate_unrefined(run, energies)}
+    if refined["refiner"] is not None:
+        seconds["laser"] = generate_laser(run, refined["refiner"], energies)
     w_dctr, dctr_s = write_dctr(run, refined["classifier"])
     seconds["dctr"] = seconds["unrefined"] + dctr_s
     run.say("rejection sampling at the evaluation energies")
-    rejection = run_rejection(run, refined["classifier"], refined["w"], energies)
-    seconds["rejection"] = rejection.pop("seconds")
-    hmc = run_hmc(run, refined["classifier"], energies, w_dctr)
-    seconds["hmc"] = hmc.pop("seconds")
-    counts = {m: n for m in METHODS} | {"hmc": hmc["n_showers"]}
-    per_shower = {m: seconds[m] / counts[m] for m in METHODS}
+    found = {
+        "rejection": lambda: run_rejection(run, refined["classifier"], refined["w"], energies),
+        "hmc": lambda: run_hmc(run, refined["classifier"], energies, w_dctr),
+    }
+    reports = {}
+    for method, step in found.items():
+        report, failure = attempt(run, method, step)
+        if failure is None:
+            seconds[method] = report.pop("seconds")
+            reports[method] = report
+        else:
+            failed[method], reports[method] = failure, {"failed": failure}
+    counts = {m: n for m in seconds} | (
+        {"hmc": reports["hmc"]["n_showers"]} if "hmc" in seconds else {}
+    )
+    per_shower = {m: seconds[m] / counts[m] for m in METHODS if m in seconds}
     return {
         "seconds_per_shower": per_shower,
         "n_showers": counts,
-        "relative_to_unrefined": {m: per_shower[m] / per_shower["unrefined"] for m in METHODS},
-        "rejection": rejection,
-        "hmc": hmc,
+        "relative_to_unrefined": {m: v / per_shower["unrefined"] for m, v in per_shower.items()},
+        **reports,
+        "failed": failed,
         "dctr_weights": w_dctr,
     }
 
@@ -735,7 +816,7 @@ def run_showers(
     with run.stage("generation"):
         sampling = generation_steps(run, splits, refined)
     with run.stage("evaluation"):
-        methods = evaluate_methods(run, splits, sampling.pop("dctr_weights"))
+        methods = evaluate_methods(run, splits, sampling.pop("dctr_weights"), sampling["failed"])
     results = {
         "settings": {
             "seed": seed,
@@ -763,6 +844,7 @@ def run_showers(
             k: sampling[k] for k in ("seconds_per_shower", "relative_to_unrefined", "n_showers")
         },
         "methods": methods,
+        "failed": sampling["failed"],
         "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
     }
     write_outputs(out, results)
@@ -792,6 +874,7 @@ __all__ = [
     "make_splits",
     "ShowerRun",
     "laser_generator",
+    "attempt",
     "refinement_steps",
     "draw_unrefined",
     "train_weights",
@@ -802,12 +885,14 @@ __all__ = [
     "shower_weights",
     "refiner_points",
     "train_refiner",
+    "check_refiner_finite",
     "generate_unrefined",
     "generate_laser",
     "write_dctr",
     "run_rejection",
     "hmc_clip",
     "run_hmc",
+    "check_hmc_chains",
     "hmc_log_w",
     "generation_steps",
     "run_showers",

@@ -103,19 +103,35 @@ def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
     return max(1, min(int(batch_size), n_train // MIN_UPDATES_PER_EPOCH))
 
 
-def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, dict]:
+def failed_methods(failed: dict[str, dict]) -> dict[str, dict]:
+    """The rows that have no showers: the ``failed`` methods (name -> their failure entry) and, when
+    HMC failed, its like-for-like unrefined row (nothing to compare it with)."""
+    rows = dict(failed)
+    if "hmc" in failed:
+        rows["unrefined-hmc"] = {"reason": "HMC failed: no HMC showers to compare with"}
+    return rows
+
+
+def evaluate_methods(
+    run, splits: dict, dctr_weights: np.ndarray, failed: dict[str, dict] | None = None
+) -> dict[str, dict]:
     """Held-out classifier tests and separation powers of every method against the evaluation split:
     those of CaloFlow for CaloGAN showers, the CaloChallenge ones (:func:`_challenge_tests`) for a
-    polar geometry."""
+    polar geometry. A ``failed`` method (name -> failure entry, :func:`refine.shower_laser.attempt`)
+    has no showers: its row is ``{"failed": entry}``."""
     from caloflow.data.io import read_rows, read_showers
     from caloflow.radial_features import is_polar
 
+    skipped = failed_methods(failed or {})
     reference = read_rows(run.inputs.reference, splits["evaluation_used"])
     run.say(f"evaluation split: {len(reference)} showers (read now, for the first time)")
     showers = {
-        m: read_showers(run.out / "showers" / f"{m}.hdf5") for m in TITLES if m != "unrefined-hmc"
+        m: read_showers(run.out / "showers" / f"{m}.hdf5")
+        for m in TITLES
+        if m != "unrefined-hmc" and m not in skipped
     }
-    showers["unrefined-hmc"] = showers["unrefined"][: len(showers["hmc"])]
+    if "unrefined-hmc" not in skipped:
+        showers["unrefined-hmc"] = showers["unrefined"][: len(showers["hmc"])]
     weights = {"dctr": dctr_weights}
     results: dict[str, dict] = {
         m: {"n_showers": len(s), "classifier": {}} for m, s in showers.items()
@@ -137,7 +153,7 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
     )
     for method, sep in powers.items():
         results[method]["separation_power"] = sep
-    return results
+    return {m: results[m] if m in results else {"failed": skipped[m]} for m in TITLES}
 
 
 def _calogan_tests(run, reference, sample, method: str, weights):
@@ -262,6 +278,47 @@ def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def failure_text(entry: dict) -> str:
+    """A failed method's reason and its measured figures, for its row: ``failed: REASON``."""
+    return f"failed: {entry['reason']}"
+
+
+def _method_row(title: str, entry: dict, keys: list[str], ms: float) -> str:
+    """One row of the table: the classifier tests, mean separation power and ms / shower, or the
+    failure that left the method without showers."""
+    if "failed" in entry:
+        return f"| {title} | 0 | {failure_text(entry['failed'])} |" + " |" * (2 * len(keys) + 1)
+    cells = [
+        f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
+        for k in keys
+    ]
+    return (
+        f"| {title} | {entry['n_showers']} | "
+        + " | ".join(cells)
+        + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |"
+    )
+
+
+def _rejection_line(results: dict) -> str:
+    rejection = results["rejection"]
+    if "failed" in rejection:
+        return f"- Rejection sampling: {failure_text(rejection['failed'])}."
+    return (
+        f"- Rejection sampling: acceptance {rejection['acceptance']:.3f} "
+        f"(w_max {rejection['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
+        "of the training weights)."
+    )
+
+
+def _hmc_line(hmc: dict) -> str:
+    if "failed" in hmc:
+        return f"- HMC: {failure_text(hmc['failed'])}."
+    return (
+        f"- HMC: acceptance {hmc['acceptance']:.3f} after burn-in, "
+        f"{hmc['n_showers']} chains, leapfrog step {_steps(hmc)}; {_hmc_log_w(hmc)}."
+    )
+
+
 def table_markdown(results: dict[str, Any]) -> str:
     """The report: one row per method (held-out AUC and JSD per classifier, mean separation power,
     sampling time per shower), then the acceptances and the weights."""
@@ -285,23 +342,14 @@ def table_markdown(results: dict[str, Any]) -> str:
         head,
         "|---" * (4 + 2 * len(keys)) + "|",
     ]
+    per_shower = results["sampling"]["seconds_per_shower"]
     for method, title in TITLES.items():
-        entry = methods[method]
-        cells = [
-            f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
-            for k in keys
-        ]
-        per_shower = results["sampling"]["seconds_per_shower"]
         ms = 1e3 * per_shower.get(method, per_shower["unrefined"])
-        lines.append(
-            f"| {title} | {entry['n_showers']} | "
-            + " | ".join(cells)
-            + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |"
-        )
+        lines.append(_method_row(title, methods[method], keys, ms))
     unconverged = [
         f"{m} {k}"
         for m, e in methods.items()
-        for k, c in e["classifier"].items()
+        for k, c in e.get("classifier", {}).items()
         if not c["converged"]
     ]
     epochs = results["settings"].get("evaluation_epochs")
@@ -322,12 +370,9 @@ def table_markdown(results: dict[str, Any]) -> str:
     w = results["weights"]
     lines += [
         "",
-        f"- Rejection sampling: acceptance {results['rejection']['acceptance']:.3f} "
-        f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
-        "of the training weights).",
+        _rejection_line(results),
         _refiner_points_line(results["refiner_points"]),
-        f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
-        f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}; {_hmc_log_w(results['hmc'])}.",
+        _hmc_line(results["hmc"]),
         f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
         f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
         training,
@@ -352,7 +397,9 @@ __all__ = [
     "separation_powers",
     "MIN_UPDATES_PER_EPOCH",
     "classifier_batch_size",
+    "failed_methods",
     "evaluate_methods",
+    "failure_text",
     "table_markdown",
     "write_outputs",
 ]
