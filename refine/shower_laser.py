@@ -470,20 +470,30 @@ def refiner_points(
     return torch.cat(z), torch.cat(w), energies.repeat(rounds + 1)
 
 
+def build_shower_refiner(spec, dim: int):
+    """The config's refiner (``spec``) on the latent space R^``dim``, conditional on c(E_inc), as the
+    identity: the weighted GAN Phi(y, E) = y + MLP([y, c(E)]) with a zero last layer, or the
+    weighted-likelihood flow (:class:`refine.flow_refiner.WeightedFlowRefiner`, zero conditioners)."""
+    from refine.config import build, class_of
+    from refine.flow_refiner import WeightedFlowRefiner
+
+    if issubclass(class_of(spec), WeightedFlowRefiner):
+        return build(spec, latent_dim=dim, context_dim=1)
+    return build(spec, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True)
+
+
 def train_refiner(run: ShowerRun, z, w, energies):
-    """Step 3c: the conditional weighted-GAN refiner Phi(y, E) = y + MLP([y, c(E)]) (zero last layer: the
-    identity at the start) on the weighted latent points (z_i, w_i, E_i), the paper's loss."""
+    """Step 3c: the conditional refiner (:func:`build_shower_refiner`: the weighted GAN with the
+    paper's loss, or the flow by weighted maximum likelihood), starting as the identity, on the
+    weighted latent points (z_i, w_i, E_i)."""
     import lightning as L
 
-    from refine.config import build
     from refine.data import TensorLoader
     from refine.shower_refiner import incident_context
 
     dim = z.shape[1]
     L.seed_everything(run.stream_seed("refiner"), verbose=False)
-    refiner = build(
-        run.cfg.refiner, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True
-    )
+    refiner = build_shower_refiner(run.cfg.refiner, dim)
     training = run.cfg.refiner_training
     loader = TensorLoader(
         z.float(),
@@ -830,6 +840,7 @@ def run_showers(
             "evaluation_epochs": cfg.evaluation.epochs,
             "evaluation_patience": cfg.evaluation.patience,
             "w_max_quantile": cfg.rejection.w_max_quantile,
+            "refiner": cfg.refiner.class_path,
         },
         "splits": {
             k: len(splits[k])
@@ -884,6 +895,7 @@ __all__ = [
     "shower_log_weight",
     "shower_weights",
     "refiner_points",
+    "build_shower_refiner",
     "train_refiner",
     "check_refiner_finite",
     "generate_unrefined",

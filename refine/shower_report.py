@@ -266,10 +266,11 @@ def _hmc_log_w(hmc: dict) -> str:
     )
 
 
-def _refiner_points_line(points: dict) -> str:
-    """How many weighted latent points the LaSeR refiner was trained on."""
+def _refiner_points_line(points: dict, refiner: str | None = None) -> str:
+    """Which LaSeR refiner (class path) and how many weighted latent points it was trained on."""
+    kind = "" if refiner is None else f" ({refiner.rsplit('.', 1)[-1]})"
     return (
-        f"- LaSeR refiner: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
+        f"- LaSeR refiner{kind}: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
         f"refinement energy; effective sample size {points['ess_fraction']:.3f} of them)."
     )
 
@@ -371,7 +372,7 @@ def table_markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         _rejection_line(results),
-        _refiner_points_line(results["refiner_points"]),
+        _refiner_points_line(results["refiner_points"], results["settings"].get("refiner")),
         _hmc_line(results["hmc"]),
         f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
         f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
