@@ -204,10 +204,18 @@ class ShowerRun(Stages):
     progress: bool = True
     g: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    rounds: int = 1  # refinement rounds (--rounds)
+    round: int = 1  # the round being refined now
+
+    @property
+    def suffix(self) -> str:
+        """What names the current round in log and stage names: nothing in round 1."""
+        return "" if self.round == 1 else f"_round{self.round}"
 
     def stream_seed(self, name: str) -> int:
-        """The seed of one step's random stream, derived from ``seed``."""
-        return int(np.random.SeedSequence([self.seed, STREAMS[name]]).generate_state(1)[0])
+        """The seed of one step's random stream, derived from ``seed`` (and the round after the first)."""
+        key = [self.seed, STREAMS[name]] + ([] if self.round == 1 else [self.round])
+        return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     def generator(self, name: str):
         import torch
@@ -255,73 +263,141 @@ def attempt(run: ShowerRun, method: str, step, *stale: Path) -> tuple[Any, dict 
         return None, e.entry()
 
 
+def round_method(k: int, rounds: int) -> str:
+    """The method (row, shower file) of refinement round ``k`` of ``rounds``: ``laser`` for the last
+    round (its refiner is ``refiner.ckpt``), ``laser-roundK`` before."""
+    return "laser" if k == rounds else f"laser-round{k}"
+
+
+def round_checkpoint(run: ShowerRun, k: int) -> Path:
+    """The refiner checkpoint of round ``k``: ``refiner.ckpt`` for the last round, else ``refiner-roundK.ckpt``."""
+    return run.out / ("refiner.ckpt" if k == run.rounds else f"refiner-round{k}.ckpt")
+
+
+def refiner_phi(refiner):
+    """(y, E GeV) -> Phi(y, c(E)): a trained refiner as the latent map of the refined generator."""
+    from refine.shower_refiner import incident_context
+
+    def phi(y, energies):
+        return refiner.decode(y, incident_context(energies).to(y.device)).to(y.dtype)
+
+    return phi
+
+
 def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
-    """Steps 1-3c on the refinement split only: weights, then the trained refiner (saved as
-    ``refiner.ckpt`` and loaded back). Returns the classifier, the training weights and the refiner
-    (None, with ``failed["laser"]``, when its training loss was not finite)."""
+    """Steps 1-3c on the refinement split only, for ``run.rounds`` rounds: weights, then the trained
+    refiner (saved and loaded back). Round k > 1 (iterated LaSeR, paper section 3) trains a new
+    weight classifier between the refinement split and the showers of the refined generator
+    g(Phi_{k-1}(y) | E), weights the refined latent points z = Phi_{k-1}(y) with it (their density
+    is q_{k-1}; the weighted one q_{k-1} w_k), and trains Phi_k starting from Phi_{k-1}.
+
+    Returns round 1's classifier and training weights (rejection, HMC and DCTR use them), the
+    trained refiners by method (:func:`round_method`), the failed rounds and a summary per round."""
     from caloflow.data.io import read_rows
 
     with run.stage("read_refinement"):
         reference = read_rows(run.inputs.reference, splits["refinement_used"])
     run.say(f"refinement split: {len(reference)} showers")
-    with run.stage("weights"):
-        weights = train_weights(run, reference)
-    with run.stage("refiner_points"):
-        z, w, energies = refiner_points(run, weights)
-    with run.stage("refiner"):
-        weights["refiner"], failure = attempt(
-            run, "laser", lambda: _trained_refiner(run, z, w, energies), run.out / "refiner.ckpt"
+    refiners: dict[str, Any] = {}
+    failed: dict[str, dict] = {}
+    summaries: list[dict] = []
+    previous, first = None, None
+    for k in range(1, run.rounds + 1):
+        run.round, method = k, round_method(k, run.rounds)
+        if previous is None and k > 1:  # an earlier round failed: nothing to start from
+            failed[method] = {"reason": f"round {k - 1} failed: no refiner to start from"}
+            continue
+        weights, summary, refiner, failure = _one_round(run, reference, previous, method)
+        first = first or weights
+        summaries.append(summary)
+        if failure is not None:
+            failed[method] = failure
+        else:
+            refiners[method] = refiner
+        previous = refiner
+    run.round = 1
+    first.update(
+        refiners=refiners,
+        refiner=refiners.get("laser"),
+        failed=failed,
+        refiner_points=summaries[0]["refiner_points"],
+        rounds=summaries,
+    )
+    return first
+
+
+def _one_round(run: ShowerRun, reference, previous, method: str):
+    """One refinement round (:func:`refinement_steps`): ``(weights, summary, refiner, failure)``."""
+    phi = None if previous is None else refiner_phi(previous)
+    if run.rounds > 1:
+        run.say(f"refinement round {run.round} of {run.rounds}")
+    with run.stage(f"weights{run.suffix}"):
+        weights = train_weights(run, reference, phi)
+    with run.stage(f"refiner_points{run.suffix}"):
+        z, w, energies = refiner_points(run, weights, phi)
+    path = round_checkpoint(run, run.round)
+    with run.stage(f"refiner{run.suffix}"):
+        refiner, failure = attempt(
+            run, method, lambda: _trained_refiner(run, z, w, energies, path, previous), path
         )
-    weights["failed"] = {} if failure is None else {"laser": failure}
-    weights["refiner_points"] = {
-        "n": len(z),
-        "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
-        "ess_fraction": weight_summary(w)["ess_fraction"],
+    summary = {
+        "round": run.round,
+        "method": method,
+        "weights": weight_summary(weights["w"], run.cfg.classifier_training.clip),
+        "weight_classifier": weights["classifier_info"],
+        "refiner_points": {
+            "n": len(z),
+            "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
+            "ess_fraction": weight_summary(w)["ess_fraction"],
+        },
     }
-    return weights
+    return weights, summary, refiner, failure
 
 
-def _trained_refiner(run: ShowerRun, z, w, energies):
-    """The refiner trained on (z, w, E), saved as ``refiner.ckpt`` and loaded back from it (so the run
-    generates with exactly what ``caloflow generate --refiner`` loads)."""
+def _trained_refiner(run: ShowerRun, z, w, energies, path: Path, start=None):
+    """The refiner trained on (z, w, E) (from ``start``'s parameters when given), saved as ``path`` and
+    loaded back from it (so the run generates with exactly what ``caloflow generate --refiner`` loads)."""
     from refine.shower_refiner import load_refiner, save_refiner
 
     path = save_refiner(
-        run.out / "refiner.ckpt",
-        train_refiner(run, z, w, energies),
+        path,
+        train_refiner(run, z, w, energies, start),
         run.inputs.kind,
         run.inputs.checkpoints,
         seed=run.seed,
         batch_size=int(run.cfg.batch_size),
     )
     run.say(f"wrote {path}")
-    return load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)[0]
+    return load_refiner(path, path.name, run.inputs.checkpoints)[0]
 
 
 def draw_unrefined(
-    run: ShowerRun, energies: torch.Tensor, gen: torch.Generator
+    run: ShowerRun, energies: torch.Tensor, gen: torch.Generator, phi=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One unrefined shower per incident energy (GeV) in generation batches of ``batch_size``, latents kept:
-    (z (n, N), x (n, V) MeV) on the CPU."""
+    (z (n, N), x (n, V) MeV) on the CPU; with ``phi`` (:func:`refiner_phi`) the showers of the refined
+    generator, z = phi(y, E) the refined latents."""
     import torch
 
     from refine.shower_refiner import draw_latent_showers
 
     parts = [
-        draw_latent_showers(run.g, chunk, gen) for chunk in energies.split(int(run.cfg.batch_size))
+        draw_latent_showers(run.g, chunk, gen, phi)
+        for chunk in energies.split(int(run.cfg.batch_size))
     ]
     return torch.cat([p[1] for p in parts]).cpu(), torch.cat([p[2] for p in parts]).cpu()
 
 
-def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
-    """Step 2: one unrefined shower per refinement shower at its energy (latents kept), the weight
-    classifier, and w(x_i, E_i) = exp(logit) (clipped at ``classifier_training.clip``) for every z_i."""
+def train_weights(run: ShowerRun, reference, phi=None) -> dict[str, Any]:
+    """Step 2: one unrefined shower per refinement shower at its energy (latents kept; with ``phi`` a
+    shower of the refined generator and its refined latent), the weight classifier, and
+    w(x_i, E_i) = exp(logit) (clipped at ``classifier_training.clip``) for every z_i."""
     import torch
 
     from caloflow.data.io import Showers
 
     energies = torch.as_tensor(reference.energy, dtype=torch.float32)
-    z, x = draw_unrefined(run, energies, run.generator("weights"))
+    z, x = draw_unrefined(run, energies, run.generator("weights"), phi)
     run.say(
         f"generated {len(x)} unrefined showers at the refinement energies; training the weight classifier"
     )
@@ -366,7 +442,14 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
         dm, model.hparams.backbone, None, training.max_epochs, training.patience
     )
     fitted = fit_classifier(
-        model, dm, schedule, run.out / "logs", "weight_classifier", "", None, keep="val_loss"
+        model,
+        dm,
+        schedule,
+        run.out / "logs",
+        f"weight_classifier{run.suffix}",
+        "",
+        None,
+        keep="val_loss",
     )
     info = fitted["info"]
     run.say(
@@ -445,7 +528,7 @@ def shower_weights(classifier, x, energies, clip: float | None = None):
 
 
 def refiner_points(
-    run: ShowerRun, weights: dict[str, Any]
+    run: ShowerRun, weights: dict[str, Any], phi=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 3c's weighted latent points (z, w, E): the weight classifier's generated latents z_i with
     w_i, then ``refiner_training.draws_per_energy - 1`` rounds of prior draws z ~ N(0, I) at every
@@ -462,7 +545,7 @@ def refiner_points(
         run.say(
             f"refiner points: draw {r + 2}/{rounds + 1} at the {len(energies)} refinement energies"
         )
-        z_new, x_new = draw_unrefined(run, energies, gen)
+        z_new, x_new = draw_unrefined(run, energies, gen, phi)
         z.append(z_new)
         w.append(
             shower_weights(weights["classifier"], x_new, energies, run.cfg.classifier_training.clip)
@@ -482,10 +565,10 @@ def build_shower_refiner(spec, dim: int):
     return build(spec, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True)
 
 
-def train_refiner(run: ShowerRun, z, w, energies):
+def train_refiner(run: ShowerRun, z, w, energies, start=None):
     """Step 3c: the conditional refiner (:func:`build_shower_refiner`: the weighted GAN with the
-    paper's loss, or the flow by weighted maximum likelihood), starting as the identity, on the
-    weighted latent points (z_i, w_i, E_i)."""
+    paper's loss, or the flow by weighted maximum likelihood), starting as the identity (or from the
+    parameters of ``start``, the previous round's refiner), on the weighted latent points (z_i, w_i, E_i)."""
     import lightning as L
 
     from refine.data import TensorLoader
@@ -494,6 +577,8 @@ def train_refiner(run: ShowerRun, z, w, energies):
     dim = z.shape[1]
     L.seed_everything(run.stream_seed("refiner"), verbose=False)
     refiner = build_shower_refiner(run.cfg.refiner, dim)
+    if start is not None:
+        refiner.load_state_dict(start.state_dict())
     training = run.cfg.refiner_training
     loader = TensorLoader(
         z.float(),
@@ -505,7 +590,7 @@ def train_refiner(run: ShowerRun, z, w, energies):
     run.say(
         f"training the LaSeR refiner on {len(z)} weighted latent points (R^{dim}, conditional on E_inc)"
     )
-    trainer = run.trainer("laser_refiner", training.epochs)
+    trainer = run.trainer(f"laser_refiner{run.suffix}", training.epochs)
     trainer.fit(refiner, loader)
     check_refiner_finite(refiner, trainer.callback_metrics)
     return refiner.eval()
@@ -568,15 +653,19 @@ def generate_unrefined(run: ShowerRun, energies: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
-def generate_laser(run: ShowerRun, refiner, energies: np.ndarray) -> float:
+def generate_laser(
+    run: ShowerRun, refiner, energies: np.ndarray, method: str = "laser", k: int | None = None
+) -> float:
     """LaSeR showers g(Phi(y, E) | E) at the evaluation energies with the y of :func:`generate_unrefined`
-    (``caloflow generate --refiner DIR/refiner.ckpt --seed S``); seconds."""
+    (``caloflow generate --refiner DIR/refiner.ckpt --seed S``), as ``showers/METHOD.hdf5`` (round
+    ``k``'s refiner; default the last); seconds."""
     import torch
 
     from refine.shower_refiner import RefinedSampler
 
+    path = round_checkpoint(run, run.rounds if k is None else k)
     t0, sampler = time.perf_counter(), RefinedSampler(run.base_sampler(), refiner)
-    with _writer(run, "laser", len(energies), refiner=str(run.out / "refiner.ckpt")) as out:
+    with _writer(run, method, len(energies), refiner=str(path)) as out:
         sampler.sample(
             energies,
             torch.Generator().manual_seed(run.seed),
@@ -766,8 +855,10 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
     run.say(f"evaluation energies: {n}; generating unrefined and LaSeR showers")
     failed = dict(refined.get("failed", {}))
     seconds = {"unrefined": generate_unrefined(run, energies)}
-    if refined["refiner"] is not None:
-        seconds["laser"] = generate_laser(run, refined["refiner"], energies)
+    for k in range(1, run.rounds + 1):
+        method = round_method(k, run.rounds)
+        if method in refined["refiners"]:
+            seconds[method] = generate_laser(run, refined["refiners"][method], energies, method, k)
     w_dctr, dctr_s = write_dctr(run, refined["classifier"])
     seconds["dctr"] = seconds["unrefined"] + dctr_s
     run.say("rejection sampling at the evaluation energies")
@@ -786,7 +877,7 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
     counts = {m: n for m in seconds} | (
         {"hmc": reports["hmc"]["n_showers"]} if "hmc" in seconds else {}
     )
-    per_shower = {m: seconds[m] / counts[m] for m in METHODS if m in seconds}
+    per_shower = {m: seconds[m] / counts[m] for m in seconds}
     return {
         "seconds_per_shower": per_shower,
         "n_showers": counts,
@@ -800,15 +891,38 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
 # --------------------------------------------------------------------------- the whole protocol
 
 
+def check_rounds(cfg, rounds: int) -> None:
+    """Refuse in one line ``--rounds`` > 1 with a refiner that cannot start from the previous round:
+    the weighted GAN's ``paired`` fakes assume prior draws, not a previous refiner's latents."""
+    from refine.config import class_of
+    from refine.flow_refiner import WeightedFlowRefiner
+
+    if rounds < 1:
+        raise CaloflowError(f"--rounds: must be at least 1, got {rounds}")
+    if rounds > 1 and not issubclass(class_of(cfg.refiner), WeightedFlowRefiner):
+        raise CaloflowError(
+            f"--rounds {rounds}: iterated refinement needs the flow refiner "
+            f"(refiner.class_path refine.flow_refiner.WeightedFlowRefiner), got {cfg.refiner.class_path}"
+        )
+
+
 def run_showers(
-    inputs: ShowerInputs, cfg, out: Path, seed: int, quick: bool = False, progress: bool = True
+    inputs: ShowerInputs,
+    cfg,
+    out: Path,
+    seed: int,
+    quick: bool = False,
+    progress: bool = True,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """The whole protocol (module docstring) on checked ``inputs`` with the shower config ``cfg``;
-    writes every output under ``out`` and returns what ``results.json`` holds."""
+    """The whole protocol (module docstring) on checked ``inputs`` with the shower config ``cfg`` and
+    ``rounds`` refinement rounds; writes every output under ``out`` and returns what ``results.json``
+    holds."""
     import lightning as L
 
     from refine.shower_report import evaluate_methods, write_outputs
 
+    check_rounds(cfg, rounds)
     check_weight_classifier(cfg, inputs.geometry)
     splits = make_splits(inputs.n_reference, cfg.split, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -817,7 +931,7 @@ def run_showers(
         out / "splits.json", json.dumps({"reference": str(inputs.reference), **splits}) + "\n"
     )
     L.seed_everything(seed, verbose=False)
-    run = ShowerRun(cfg, out, seed, inputs, progress, g=laser_generator(inputs))
+    run = ShowerRun(cfg, out, seed, inputs, progress, g=laser_generator(inputs), rounds=rounds)
     run.say(
         f"splits: {len(splits['refinement_used'])} refinement / {len(splits['evaluation_used'])} evaluation "
         f"showers of {inputs.n_reference} (written to {out / 'splits.json'})"
@@ -841,6 +955,7 @@ def run_showers(
             "evaluation_patience": cfg.evaluation.patience,
             "w_max_quantile": cfg.rejection.w_max_quantile,
             "refiner": cfg.refiner.class_path,
+            "rounds": rounds,
         },
         "splits": {
             k: len(splits[k])
@@ -849,6 +964,7 @@ def run_showers(
         "weights": weight_summary(refined["w"], cfg.classifier_training.clip),
         "weight_classifier": refined["classifier_info"],
         "refiner_points": refined["refiner_points"],
+        "rounds": refined["rounds"],
         "rejection": sampling["rejection"],
         "hmc": sampling["hmc"],
         "sampling": {
@@ -907,6 +1023,10 @@ __all__ = [
     "check_hmc_chains",
     "hmc_log_w",
     "generation_steps",
+    "check_rounds",
+    "round_method",
+    "round_checkpoint",
+    "refiner_phi",
     "run_showers",
     "load_shower_config",
 ]

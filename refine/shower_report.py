@@ -103,6 +103,21 @@ def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
     return max(1, min(int(batch_size), n_train // MIN_UPDATES_PER_EPOCH))
 
 
+def method_titles(rounds: int = 1) -> dict[str, str]:
+    """The report's rows (method -> title) of a run with ``rounds`` refinement rounds: :data:`TITLES`,
+    with one LaSeR row per round (``laser-roundK`` before the last round's ``laser``)."""
+    if rounds == 1:
+        return dict(TITLES)
+    titles: dict[str, str] = {}
+    for method, title in TITLES.items():
+        if method == "laser":
+            for k in range(1, rounds):
+                titles[f"laser-round{k}"] = f"{title}, round {k}"
+            title = f"{title}, round {rounds}"
+        titles[method] = title
+    return titles
+
+
 def failed_methods(failed: dict[str, dict]) -> dict[str, dict]:
     """The rows that have no showers: the ``failed`` methods (name -> their failure entry) and, when
     HMC failed, its like-for-like unrefined row (nothing to compare it with)."""
@@ -123,11 +138,12 @@ def evaluate_methods(
     from caloflow.radial_features import is_polar
 
     skipped = failed_methods(failed or {})
+    titles = method_titles(getattr(run, "rounds", 1))
     reference = read_rows(run.inputs.reference, splits["evaluation_used"])
     run.say(f"evaluation split: {len(reference)} showers (read now, for the first time)")
     showers = {
         m: read_showers(run.out / "showers" / f"{m}.hdf5")
-        for m in TITLES
+        for m in titles
         if m != "unrefined-hmc" and m not in skipped
     }
     if "unrefined-hmc" not in skipped:
@@ -153,7 +169,7 @@ def evaluate_methods(
     )
     for method, sep in powers.items():
         results[method]["separation_power"] = sep
-    return {m: results[m] if m in results else {"failed": skipped[m]} for m in TITLES}
+    return {m: results[m] if m in results else {"failed": skipped[m]} for m in titles}
 
 
 def _calogan_tests(run, reference, sample, method: str, weights):
@@ -275,6 +291,18 @@ def _refiner_points_line(points: dict, refiner: str | None = None) -> str:
     )
 
 
+def _round_lines(rounds: list[dict]) -> list[str]:
+    """One line per refinement round after the first: its weights (from the classifier between the
+    refinement split and the previous round's refined showers) and its refiner's training points."""
+    return [
+        f"- Round {r['round']}: weights of the refined generator's showers: min {r['weights']['min']:.3g}, "
+        f"median {r['weights']['median']:.3g}, max {r['weights']['max']:.3g}, effective sample size "
+        f"{r['weights']['ess_fraction']:.3f}; refiner started from round {r['round'] - 1}'s, trained on "
+        f"{r['refiner_points']['n']} weighted latent points."
+        for r in rounds[1:]
+    ]
+
+
 def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
@@ -344,7 +372,7 @@ def table_markdown(results: dict[str, Any]) -> str:
         "|---" * (4 + 2 * len(keys)) + "|",
     ]
     per_shower = results["sampling"]["seconds_per_shower"]
-    for method, title in TITLES.items():
+    for method, title in method_titles(results["settings"].get("rounds", 1)).items():
         ms = 1e3 * per_shower.get(method, per_shower["unrefined"])
         lines.append(_method_row(title, methods[method], keys, ms))
     unconverged = [
@@ -373,6 +401,7 @@ def table_markdown(results: dict[str, Any]) -> str:
         "",
         _rejection_line(results),
         _refiner_points_line(results["refiner_points"], results["settings"].get("refiner")),
+        *_round_lines(results.get("rounds", [])),
         _hmc_line(results["hmc"]),
         f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
         f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
@@ -398,6 +427,7 @@ __all__ = [
     "separation_powers",
     "MIN_UPDATES_PER_EPOCH",
     "classifier_batch_size",
+    "method_titles",
     "failed_methods",
     "evaluate_methods",
     "failure_text",
