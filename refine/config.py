@@ -31,8 +31,10 @@ The shower config (``caloflow/configs/laser/showers.yaml``, ``python -m refine.l
 has its own parser (:func:`shower_config_parser`, :func:`parse_shower_config`) in the same style:
 the refinement/evaluation split, the generation batch size, the weight classifier (a
 ``ShowerClassifier`` on showers), rejection sampling, HMC, the conditional refiner and the
-evaluation; the refiner's ``latent_dim``, ``aux_dim``, ``context_dim``, ``residual`` and
-``zero_init`` follow from the model (Phi(y, E) = y + MLP([y, c(E)]), starting as the identity).
+evaluation; the refiner is :class:`refine.gan.WeightedGANRefiner` or
+:class:`refine.flow_refiner.WeightedFlowRefiner` (its ``class_path``), and its ``latent_dim``,
+``aux_dim``, ``context_dim``, ``residual`` and ``zero_init`` follow from the model (both start as
+the identity, Phi(y, E) = y).
 """
 
 from __future__ import annotations
@@ -407,6 +409,7 @@ def shower_config_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from caloflow.models import ShowerClassifier
+    from refine.flow_refiner import WeightedFlowRefiner
     from refine.gan import WeightedGANRefiner
 
     p = ArgumentParser(prog="refine.laser showers config", exit_on_error=False, default_meta=False)
@@ -422,7 +425,13 @@ def shower_config_parser():
     p.add_class_arguments(WeightTraining, "classifier_training")
     p.add_class_arguments(RejectionOptions, "rejection")
     p.add_class_arguments(ShowerHMCOptions, "hmc")
-    p.add_subclass_arguments(WeightedGANRefiner, "refiner", skip=SHOWER_REFINER_ARGS, required=True)
+    # the refiner is the weighted GAN or the weighted-likelihood flow, chosen by its class_path
+    p.add_subclass_arguments(
+        (WeightedGANRefiner, WeightedFlowRefiner),
+        "refiner",
+        skip=SHOWER_REFINER_ARGS,
+        required=True,
+    )
     p.add_class_arguments(ShowerRefinerTraining, "refiner_training")
     p.add_class_arguments(EvaluationOptions, "evaluation")
     p.add_argument(

@@ -58,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="YAML config to use instead of the shipped laser/TOY.yaml (one toy only) or laser/showers.yaml",
     )
+    p.add_argument(
+        "--rounds",
+        type=argtypes.positive_int,
+        default=1,
+        help="showers: refinement rounds; round k > 1 reweights the refined generator with a new "
+        "classifier and refines again from the previous refiner (needs the flow refiner)",
+    )
     argtypes.add_threads_option(p, 1, "fastest for these small models")
     argtypes.add_progress_option(p)
     p.add_argument(
@@ -95,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if showers:
         return _run_showers(args)
+    if getattr(args, "rounds", 1) != 1:
+        raise CaloflowError("--rounds: applies to shower models (--flow1/--flow2 or --calogan)")
     if args.toy is None:
         raise CaloflowError(
             "--toy (a 2D toy) or --flow1/--flow2 (or --calogan) with --reference (showers): required"
@@ -137,13 +146,18 @@ def _run_showers(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise CaloflowError("--out: required (the output directory)")
+    from refine.shower_laser import check_rounds
+
+    check_rounds(cfg, args.rounds)
     import torch
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     checkpoints = {"flow1": args.flow1, "flow2": args.flow2, "calogan": args.calogan}
     inputs = check_inputs(checkpoints, args.reference, out, args.config)
-    results = run_showers(inputs, cfg, out, args.seed, args.quick, progress=args.progress)
+    results = run_showers(
+        inputs, cfg, out, args.seed, args.quick, progress=args.progress, rounds=args.rounds
+    )
     print(shower_table(results))
     return 0
 

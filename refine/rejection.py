@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from refine.failures import MethodFailed
+
 
 def rejection_sample(
     points: Tensor,
@@ -62,7 +64,8 @@ def rejection_sample_conditional(
         conditions: (n, ...) one condition per sample wanted.
         w_max: the acceptance bound (> 0).
         generator: draws the uniforms of the accept/reject (``propose`` brings its own randomness).
-        max_rounds: refuse (``RuntimeError``) when a condition has had this many proposals rejected.
+        max_rounds: refuse (:class:`refine.failures.MethodFailed`, a ``RuntimeError``, with the
+            acceptance so far) when a condition has had this many proposals rejected.
 
     Returns:
         ``(z (n, N), x (n, M), acceptance)``: the accepted points in the order of ``conditions``, and
@@ -88,10 +91,14 @@ def rejection_sample_conditional(
         z_out[pending[accept]], x_out[pending[accept]] = z[accept], x[accept]
         pending = pending[~accept]
     if len(pending):
-        raise RuntimeError(
+        acceptance = (n - len(pending)) / max(proposals, 1)
+        raise MethodFailed(
             f"rejection sampling: {len(pending)} of {n} conditions had all {max_rounds} proposals "
-            f"rejected (acceptance {(n - len(pending)) / max(proposals, 1):.2g}); raise max_rounds "
-            "or lower w_max"
+            f"rejected (acceptance {acceptance:.2g}); raise max_rounds or lower w_max",
+            acceptance=acceptance,
+            conditions_rejected=len(pending),
+            conditions=n,
+            max_rounds=max_rounds,
         )
     return z_out, x_out, n / max(proposals, 1)
 

@@ -25,7 +25,12 @@ incident energy, measured on a held-out split of the reference file:
    against the evaluation split with caloflow's classifier test (held-out AUC and JSD, converged,
    mean +- std over runs; DCTR weighted) and the separation powers of the features.
 
-Writes ``DIR/splits.json``, ``DIR/refiner.ckpt``, ``DIR/showers/{unrefined,dctr,rejection,hmc,laser}.hdf5``,
+With ``--rounds K`` (the flow refiner) rounds k > 1 repeat steps 2 and 3c on the refined generator
+(:func:`refinement_steps`), each round with its own LaSeR row (``laser-roundK``; the last is
+``laser``). A method that cannot run on its weights is reported in its row
+(:func:`attempt`, :class:`refine.failures.MethodFailed`) and the others go on.
+
+Writes ``DIR/splits.json``, ``DIR/refiner.ckpt`` (and ``DIR/refiner-roundK.ckpt`` of earlier rounds), ``DIR/showers/{unrefined,dctr,rejection,hmc,laser}.hdf5``,
 ``DIR/results.json``, ``DIR/table.md`` and TensorBoard logs under ``DIR/logs``. The unrefined and
 the LaSeR showers are drawn as ``caloflow generate`` draws them (fresh ``torch.Generator`` seeded with
 ``--seed``, latents per batch of ``batch_size``), so ``caloflow generate --flow1 F1 --flow2 F2
@@ -47,6 +52,7 @@ from caloflow.atomic import write_text_atomic
 from caloflow.checks import check_not_an_input
 from caloflow.errors import CaloflowError
 from caloflow.evaluate.weights import weight_summary
+from refine.failures import MethodFailed
 from refine.stages import Stages
 
 if TYPE_CHECKING:
@@ -203,10 +209,18 @@ class ShowerRun(Stages):
     progress: bool = True
     g: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    rounds: int = 1  # refinement rounds (--rounds)
+    round: int = 1  # the round being refined now
+
+    @property
+    def suffix(self) -> str:
+        """What names the current round in log and stage names: nothing in round 1."""
+        return "" if self.round == 1 else f"_round{self.round}"
 
     def stream_seed(self, name: str) -> int:
-        """The seed of one step's random stream, derived from ``seed``."""
-        return int(np.random.SeedSequence([self.seed, STREAMS[name]]).generate_state(1)[0])
+        """The seed of one step's random stream, derived from ``seed`` (and the round after the first)."""
+        key = [self.seed, STREAMS[name]] + ([] if self.round == 1 else [self.round])
+        return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     def generator(self, name: str):
         import torch
@@ -239,63 +253,156 @@ def laser_generator(inputs: ShowerInputs):
     return CaloFlowGenerator(*inputs.models)
 
 
+def attempt(run: ShowerRun, method: str, step, *stale: Path) -> tuple[Any, dict | None]:
+    """``(step(), None)``, or ``(None, failure)`` when the method cannot run on these weights
+    (:class:`refine.failures.MethodFailed`): then one warning line is printed, the ``stale`` outputs
+    of an earlier run (and ``showers/METHOD.hdf5``) are removed, and ``failure`` is what its row reports."""
+    try:
+        return step(), None
+    except MethodFailed as e:
+        run.say(
+            f"warning: {method} failed (reported in its row, the other methods go on): {e.reason}"
+        )
+        for path in (run.out / "showers" / f"{method}.hdf5", *stale):
+            path.unlink(missing_ok=True)
+        return None, e.entry()
+
+
+def round_method(k: int, rounds: int) -> str:
+    """The method (row, shower file) of refinement round ``k`` of ``rounds``: ``laser`` for the last
+    round (its refiner is ``refiner.ckpt``), ``laser-roundK`` before."""
+    return "laser" if k == rounds else f"laser-round{k}"
+
+
+def round_checkpoint(run: ShowerRun, k: int) -> Path:
+    """The refiner checkpoint of round ``k``: ``refiner.ckpt`` for the last round, else ``refiner-roundK.ckpt``."""
+    return run.out / ("refiner.ckpt" if k == run.rounds else f"refiner-round{k}.ckpt")
+
+
+def refiner_phi(refiner):
+    """(y, E GeV) -> Phi(y, c(E)): a trained refiner as the latent map of the refined generator."""
+    from refine.shower_refiner import incident_context
+
+    def phi(y, energies):
+        return refiner.decode(y, incident_context(energies).to(y.device)).to(y.dtype)
+
+    return phi
+
+
 def refinement_steps(run: ShowerRun, splits: dict) -> dict[str, Any]:
-    """Steps 1-3c on the refinement split only: weights, then the trained refiner (saved as
-    ``refiner.ckpt`` and loaded back). Returns the classifier, the training weights and the refiner."""
+    """Steps 1-3c on the refinement split only, for ``run.rounds`` rounds: weights, then the trained
+    refiner (saved and loaded back). Round k > 1 (iterated LaSeR, paper section 3) trains a new
+    weight classifier between the refinement split and the showers of the refined generator
+    g(Phi_{k-1}(y) | E), weights the refined latent points z = Phi_{k-1}(y) with it (their density
+    is q_{k-1}; the weighted one q_{k-1} w_k), and trains Phi_k starting from Phi_{k-1}.
+
+    Returns round 1's classifier and training weights (rejection, HMC and DCTR use them), the
+    trained refiners by method (:func:`round_method`), the failed rounds and a summary per round."""
     from caloflow.data.io import read_rows
-    from refine.shower_refiner import load_refiner, save_refiner
 
     with run.stage("read_refinement"):
         reference = read_rows(run.inputs.reference, splits["refinement_used"])
     run.say(f"refinement split: {len(reference)} showers")
-    with run.stage("weights"):
-        weights = train_weights(run, reference)
-    with run.stage("refiner_points"):
-        z, w, energies = refiner_points(run, weights)
-    with run.stage("refiner"):
-        refiner = train_refiner(run, z, w, energies)
+    refiners: dict[str, Any] = {}
+    failed: dict[str, dict] = {}
+    summaries: list[dict] = []
+    previous, first = None, None
+    for k in range(1, run.rounds + 1):
+        run.round, method = k, round_method(k, run.rounds)
+        if previous is None and k > 1:  # an earlier round failed: nothing to start from
+            failed[method] = {"reason": f"round {k - 1} failed: no refiner to start from"}
+            continue
+        weights, summary, refiner, failure = _one_round(run, reference, previous, method)
+        first = first or weights
+        summaries.append(summary)
+        if failure is not None:
+            failed[method] = failure
+        else:
+            refiners[method] = refiner
+        previous = refiner
+    run.round = 1
+    first.update(
+        refiners=refiners,
+        refiner=refiners.get("laser"),
+        failed=failed,
+        refiner_points=summaries[0]["refiner_points"],
+        rounds=summaries,
+    )
+    return first
+
+
+def _one_round(run: ShowerRun, reference, previous, method: str):
+    """One refinement round (:func:`refinement_steps`): ``(weights, summary, refiner, failure)``."""
+    phi = None if previous is None else refiner_phi(previous)
+    if run.rounds > 1:
+        run.say(f"refinement round {run.round} of {run.rounds}")
+    with run.stage(f"weights{run.suffix}"):
+        weights = train_weights(run, reference, phi)
+    with run.stage(f"refiner_points{run.suffix}"):
+        z, w, energies = refiner_points(run, weights, phi)
+    path = round_checkpoint(run, run.round)
+    with run.stage(f"refiner{run.suffix}"):
+        refiner, failure = attempt(
+            run, method, lambda: _trained_refiner(run, z, w, energies, path, previous), path
+        )
+    summary = {
+        "round": run.round,
+        "method": method,
+        "weights": weight_summary(weights["w"], run.cfg.classifier_training.clip),
+        "weight_classifier": weights["classifier_info"],
+        "refiner_points": {
+            "n": len(z),
+            "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
+            "ess_fraction": weight_summary(w)["ess_fraction"],
+        },
+    }
+    return weights, summary, refiner, failure
+
+
+def _trained_refiner(run: ShowerRun, z, w, energies, path: Path, start=None):
+    """The refiner trained on (z, w, E) (from ``start``'s parameters when given), saved as ``path`` and
+    loaded back from it (so the run generates with exactly what ``caloflow generate --refiner`` loads)."""
+    from refine.shower_refiner import load_refiner, save_refiner
+
     path = save_refiner(
-        run.out / "refiner.ckpt",
-        refiner,
+        path,
+        train_refiner(run, z, w, energies, start),
         run.inputs.kind,
         run.inputs.checkpoints,
         seed=run.seed,
         batch_size=int(run.cfg.batch_size),
     )
     run.say(f"wrote {path}")
-    weights["refiner"], _ = load_refiner(path, "refiner.ckpt", run.inputs.checkpoints)
-    weights["refiner_points"] = {
-        "n": len(z),
-        "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
-        "ess_fraction": weight_summary(w)["ess_fraction"],
-    }
-    return weights
+    return load_refiner(path, path.name, run.inputs.checkpoints)[0]
 
 
 def draw_unrefined(
-    run: ShowerRun, energies: torch.Tensor, gen: torch.Generator
+    run: ShowerRun, energies: torch.Tensor, gen: torch.Generator, phi=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One unrefined shower per incident energy (GeV) in generation batches of ``batch_size``, latents kept:
-    (z (n, N), x (n, V) MeV) on the CPU."""
+    (z (n, N), x (n, V) MeV) on the CPU; with ``phi`` (:func:`refiner_phi`) the showers of the refined
+    generator, z = phi(y, E) the refined latents."""
     import torch
 
     from refine.shower_refiner import draw_latent_showers
 
     parts = [
-        draw_latent_showers(run.g, chunk, gen) for chunk in energies.split(int(run.cfg.batch_size))
+        draw_latent_showers(run.g, chunk, gen, phi)
+        for chunk in energies.split(int(run.cfg.batch_size))
     ]
     return torch.cat([p[1] for p in parts]).cpu(), torch.cat([p[2] for p in parts]).cpu()
 
 
-def train_weights(run: ShowerRun, reference) -> dict[str, Any]:
-    """Step 2: one unrefined shower per refinement shower at its energy (latents kept), the weight
-    classifier, and w(x_i, E_i) = exp(logit) (clipped at ``classifier_training.clip``) for every z_i."""
+def train_weights(run: ShowerRun, reference, phi=None) -> dict[str, Any]:
+    """Step 2: one unrefined shower per refinement shower at its energy (latents kept; with ``phi`` a
+    shower of the refined generator and its refined latent), the weight classifier, and
+    w(x_i, E_i) = exp(logit) (clipped at ``classifier_training.clip``) for every z_i."""
     import torch
 
     from caloflow.data.io import Showers
 
     energies = torch.as_tensor(reference.energy, dtype=torch.float32)
-    z, x = draw_unrefined(run, energies, run.generator("weights"))
+    z, x = draw_unrefined(run, energies, run.generator("weights"), phi)
     run.say(
         f"generated {len(x)} unrefined showers at the refinement energies; training the weight classifier"
     )
@@ -340,7 +447,14 @@ def train_weight_classifier(run: ShowerRun, reference, generated):
         dm, model.hparams.backbone, None, training.max_epochs, training.patience
     )
     fitted = fit_classifier(
-        model, dm, schedule, run.out / "logs", "weight_classifier", "", None, keep="val_loss"
+        model,
+        dm,
+        schedule,
+        run.out / "logs",
+        f"weight_classifier{run.suffix}",
+        "",
+        None,
+        keep="val_loss",
     )
     info = fitted["info"]
     run.say(
@@ -419,7 +533,7 @@ def shower_weights(classifier, x, energies, clip: float | None = None):
 
 
 def refiner_points(
-    run: ShowerRun, weights: dict[str, Any]
+    run: ShowerRun, weights: dict[str, Any], phi=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 3c's weighted latent points (z, w, E): the weight classifier's generated latents z_i with
     w_i, then ``refiner_training.draws_per_energy - 1`` rounds of prior draws z ~ N(0, I) at every
@@ -436,7 +550,7 @@ def refiner_points(
         run.say(
             f"refiner points: draw {r + 2}/{rounds + 1} at the {len(energies)} refinement energies"
         )
-        z_new, x_new = draw_unrefined(run, energies, gen)
+        z_new, x_new = draw_unrefined(run, energies, gen, phi)
         z.append(z_new)
         w.append(
             shower_weights(weights["classifier"], x_new, energies, run.cfg.classifier_training.clip)
@@ -444,20 +558,32 @@ def refiner_points(
     return torch.cat(z), torch.cat(w), energies.repeat(rounds + 1)
 
 
-def train_refiner(run: ShowerRun, z, w, energies):
-    """Step 3c: the conditional weighted-GAN refiner Phi(y, E) = y + MLP([y, c(E)]) (zero last layer: the
-    identity at the start) on the weighted latent points (z_i, w_i, E_i), the paper's loss."""
+def build_shower_refiner(spec, dim: int):
+    """The config's refiner (``spec``) on the latent space R^``dim``, conditional on c(E_inc), as the
+    identity: the weighted GAN Phi(y, E) = y + MLP([y, c(E)]) with a zero last layer, or the
+    weighted-likelihood flow (:class:`refine.flow_refiner.WeightedFlowRefiner`, zero conditioners)."""
+    from refine.config import build, class_of
+    from refine.flow_refiner import WeightedFlowRefiner
+
+    if issubclass(class_of(spec), WeightedFlowRefiner):
+        return build(spec, latent_dim=dim, context_dim=1)
+    return build(spec, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True)
+
+
+def train_refiner(run: ShowerRun, z, w, energies, start=None):
+    """Step 3c: the conditional refiner (:func:`build_shower_refiner`: the weighted GAN with the
+    paper's loss, or the flow by weighted maximum likelihood), starting as the identity (or from the
+    parameters of ``start``, the previous round's refiner), on the weighted latent points (z_i, w_i, E_i)."""
     import lightning as L
 
-    from refine.config import build
     from refine.data import TensorLoader
     from refine.shower_refiner import incident_context
 
     dim = z.shape[1]
     L.seed_everything(run.stream_seed("refiner"), verbose=False)
-    refiner = build(
-        run.cfg.refiner, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True
-    )
+    refiner = build_shower_refiner(run.cfg.refiner, dim)
+    if start is not None:
+        refiner.load_state_dict(start.state_dict())
     training = run.cfg.refiner_training
     loader = TensorLoader(
         z.float(),
@@ -469,8 +595,28 @@ def train_refiner(run: ShowerRun, z, w, energies):
     run.say(
         f"training the LaSeR refiner on {len(z)} weighted latent points (R^{dim}, conditional on E_inc)"
     )
-    run.trainer("laser_refiner", training.epochs).fit(refiner, loader)
+    trainer = run.trainer(f"laser_refiner{run.suffix}", training.epochs)
+    trainer.fit(refiner, loader)
+    check_refiner_finite(refiner, trainer.callback_metrics)
     return refiner.eval()
+
+
+def check_refiner_finite(refiner, metrics: dict) -> None:
+    """Raise :class:`MethodFailed` when a logged training loss of the refiner (``metrics``: the trainer's
+    ``callback_metrics``) or one of its parameters is not finite: such a refiner cannot sample."""
+    import math
+
+    import torch
+
+    losses = {k.replace("/", "_"): float(v) for k, v in metrics.items() if "loss" in k}
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    tensors = [t for t in refiner.state_dict().values() if t.is_floating_point()]
+    if bad or not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise MethodFailed(
+            "the refiner's training loss or parameters are not finite "
+            f"({', '.join(f'{k} {v:.3g}' for k, v in losses.items()) or 'no loss logged'})",
+            **losses,
+        )
 
 
 # --------------------------------------------------------------------------- showers of every method
@@ -512,15 +658,19 @@ def generate_unrefined(run: ShowerRun, energies: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
-def generate_laser(run: ShowerRun, refiner, energies: np.ndarray) -> float:
+def generate_laser(
+    run: ShowerRun, refiner, energies: np.ndarray, method: str = "laser", k: int | None = None
+) -> float:
     """LaSeR showers g(Phi(y, E) | E) at the evaluation energies with the y of :func:`generate_unrefined`
-    (``caloflow generate --refiner DIR/refiner.ckpt --seed S``); seconds."""
+    (``caloflow generate --refiner DIR/refiner.ckpt --seed S``), as ``showers/METHOD.hdf5`` (round
+    ``k``'s refiner; default the last); seconds."""
     import torch
 
     from refine.shower_refiner import RefinedSampler
 
+    path = round_checkpoint(run, run.rounds if k is None else k)
     t0, sampler = time.perf_counter(), RefinedSampler(run.base_sampler(), refiner)
-    with _writer(run, "laser", len(energies), refiner=str(run.out / "refiner.ckpt")) as out:
+    with _writer(run, method, len(energies), refiner=str(path)) as out:
         sampler.sample(
             energies,
             torch.Generator().manual_seed(run.seed),
@@ -577,10 +727,15 @@ def run_rejection(run: ShowerRun, classifier, w_train, energies: np.ndarray) -> 
 
     t0, accepted, proposed = time.perf_counter(), 0, 0.0
     with _writer(run, "rejection", len(energies), w_max=w_max) as out:
-        for chunk in torch.as_tensor(energies, dtype=torch.float32).split(int(run.cfg.batch_size)):
-            _, x, rate = rejection_sample_conditional(
-                propose, weight, chunk, w_max, gen, opts.max_rounds
-            )
+        chunks = torch.as_tensor(energies, dtype=torch.float32).split(int(run.cfg.batch_size))
+        for i, chunk in enumerate(chunks):
+            try:
+                _, x, rate = rejection_sample_conditional(
+                    propose, weight, chunk, w_max, gen, opts.max_rounds
+                )
+            except MethodFailed as e:
+                where = f" (generation batch {i + 1} of {len(chunks)}, w_max {w_max:.3g})"
+                raise MethodFailed(e.reason + where, **e.figures, w_max=w_max) from None
             out.append(x.cpu().numpy(), chunk.numpy())
             accepted, proposed = accepted + len(chunk), proposed + len(chunk) / rate
     return {"acceptance": accepted / proposed, "w_max": w_max, "seconds": time.perf_counter() - t0}
@@ -638,10 +793,7 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
     steps = info["step_size"]
     with torch.no_grad():
         x = run.g.decode(samples[-1], chains)
-    if not torch.isfinite(x).all():
-        raise CaloflowError(
-            "HMC: a chain ended at a non-finite shower: the model or the weights are broken"
-        )
+    check_hmc_chains(x, acceptance)
     seconds = time.perf_counter() - t0
     with _writer(run, "hmc", len(chains), hmc_acceptance=acceptance) as out:
         out.append(x.cpu().numpy(), chains.numpy())
@@ -658,6 +810,29 @@ def run_hmc(run: ShowerRun, classifier, energies: np.ndarray, w_unrefined) -> di
         },
         "mean_log_w": mean_log_w,
     }
+
+
+def check_hmc_chains(x, acceptance: float) -> None:
+    """Raise :class:`MethodFailed` when HMC diverged: no trajectory was accepted after burn-in (every
+    one ended at a non-finite or far worse energy, so the chains did not move), or a chain ended at a
+    non-finite shower ``x`` (chains, V)."""
+    import torch
+
+    bad = int((~torch.isfinite(x).all(dim=1)).sum())
+    if bad:
+        raise MethodFailed(
+            f"HMC: {bad} of {len(x)} chains ended at a non-finite shower (acceptance {acceptance:.3g})",
+            acceptance=acceptance,
+            nonfinite_chains=bad,
+            chains=len(x),
+        )
+    if acceptance == 0:
+        raise MethodFailed(
+            f"HMC diverged: no trajectory of the {len(x)} chains was accepted after burn-in "
+            "(acceptance 0); lower hmc.step_size or set hmc.target_acceptance",
+            acceptance=acceptance,
+            chains=len(x),
+        )
 
 
 def hmc_log_w(start, end, w_prior, clip: float | None) -> dict[str, float]:
@@ -683,25 +858,37 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
     energies = read_energies(run.inputs.reference, splits["evaluation_used"])
     n = len(energies)
     run.say(f"evaluation energies: {n}; generating unrefined and LaSeR showers")
-    seconds = {
-        "unrefined": generate_unrefined(run, energies),
-        "laser": generate_laser(run, refined["refiner"], energies),
-    }
+    failed = dict(refined.get("failed", {}))
+    seconds = {"unrefined": generate_unrefined(run, energies)}
+    for k in range(1, run.rounds + 1):
+        method = round_method(k, run.rounds)
+        if method in refined["refiners"]:
+            seconds[method] = generate_laser(run, refined["refiners"][method], energies, method, k)
     w_dctr, dctr_s = write_dctr(run, refined["classifier"])
     seconds["dctr"] = seconds["unrefined"] + dctr_s
     run.say("rejection sampling at the evaluation energies")
-    rejection = run_rejection(run, refined["classifier"], refined["w"], energies)
-    seconds["rejection"] = rejection.pop("seconds")
-    hmc = run_hmc(run, refined["classifier"], energies, w_dctr)
-    seconds["hmc"] = hmc.pop("seconds")
-    counts = {m: n for m in METHODS} | {"hmc": hmc["n_showers"]}
-    per_shower = {m: seconds[m] / counts[m] for m in METHODS}
+    found = {
+        "rejection": lambda: run_rejection(run, refined["classifier"], refined["w"], energies),
+        "hmc": lambda: run_hmc(run, refined["classifier"], energies, w_dctr),
+    }
+    reports = {}
+    for method, step in found.items():
+        report, failure = attempt(run, method, step)
+        if failure is None:
+            seconds[method] = report.pop("seconds")
+            reports[method] = report
+        else:
+            failed[method], reports[method] = failure, {"failed": failure}
+    counts = {m: n for m in seconds} | (
+        {"hmc": reports["hmc"]["n_showers"]} if "hmc" in seconds else {}
+    )
+    per_shower = {m: seconds[m] / counts[m] for m in seconds}
     return {
         "seconds_per_shower": per_shower,
         "n_showers": counts,
-        "relative_to_unrefined": {m: per_shower[m] / per_shower["unrefined"] for m in METHODS},
-        "rejection": rejection,
-        "hmc": hmc,
+        "relative_to_unrefined": {m: v / per_shower["unrefined"] for m, v in per_shower.items()},
+        **reports,
+        "failed": failed,
         "dctr_weights": w_dctr,
     }
 
@@ -709,15 +896,38 @@ def generation_steps(run: ShowerRun, splits: dict, refined: dict) -> dict[str, A
 # --------------------------------------------------------------------------- the whole protocol
 
 
+def check_rounds(cfg, rounds: int) -> None:
+    """Refuse in one line ``--rounds`` > 1 with a refiner that cannot start from the previous round:
+    the weighted GAN's ``paired`` fakes assume prior draws, not a previous refiner's latents."""
+    from refine.config import class_of
+    from refine.flow_refiner import WeightedFlowRefiner
+
+    if rounds < 1:
+        raise CaloflowError(f"--rounds: must be at least 1, got {rounds}")
+    if rounds > 1 and not issubclass(class_of(cfg.refiner), WeightedFlowRefiner):
+        raise CaloflowError(
+            f"--rounds {rounds}: iterated refinement needs the flow refiner "
+            f"(refiner.class_path refine.flow_refiner.WeightedFlowRefiner), got {cfg.refiner.class_path}"
+        )
+
+
 def run_showers(
-    inputs: ShowerInputs, cfg, out: Path, seed: int, quick: bool = False, progress: bool = True
+    inputs: ShowerInputs,
+    cfg,
+    out: Path,
+    seed: int,
+    quick: bool = False,
+    progress: bool = True,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """The whole protocol (module docstring) on checked ``inputs`` with the shower config ``cfg``;
-    writes every output under ``out`` and returns what ``results.json`` holds."""
+    """The whole protocol (module docstring) on checked ``inputs`` with the shower config ``cfg`` and
+    ``rounds`` refinement rounds; writes every output under ``out`` and returns what ``results.json``
+    holds."""
     import lightning as L
 
     from refine.shower_report import evaluate_methods, write_outputs
 
+    check_rounds(cfg, rounds)
     check_weight_classifier(cfg, inputs.geometry)
     splits = make_splits(inputs.n_reference, cfg.split, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -726,7 +936,7 @@ def run_showers(
         out / "splits.json", json.dumps({"reference": str(inputs.reference), **splits}) + "\n"
     )
     L.seed_everything(seed, verbose=False)
-    run = ShowerRun(cfg, out, seed, inputs, progress, g=laser_generator(inputs))
+    run = ShowerRun(cfg, out, seed, inputs, progress, g=laser_generator(inputs), rounds=rounds)
     run.say(
         f"splits: {len(splits['refinement_used'])} refinement / {len(splits['evaluation_used'])} evaluation "
         f"showers of {inputs.n_reference} (written to {out / 'splits.json'})"
@@ -735,7 +945,7 @@ def run_showers(
     with run.stage("generation"):
         sampling = generation_steps(run, splits, refined)
     with run.stage("evaluation"):
-        methods = evaluate_methods(run, splits, sampling.pop("dctr_weights"))
+        methods = evaluate_methods(run, splits, sampling.pop("dctr_weights"), sampling["failed"])
     results = {
         "settings": {
             "seed": seed,
@@ -749,6 +959,8 @@ def run_showers(
             "evaluation_epochs": cfg.evaluation.epochs,
             "evaluation_patience": cfg.evaluation.patience,
             "w_max_quantile": cfg.rejection.w_max_quantile,
+            "refiner": cfg.refiner.class_path,
+            "rounds": rounds,
         },
         "splits": {
             k: len(splits[k])
@@ -757,12 +969,14 @@ def run_showers(
         "weights": weight_summary(refined["w"], cfg.classifier_training.clip),
         "weight_classifier": refined["classifier_info"],
         "refiner_points": refined["refiner_points"],
+        "rounds": refined["rounds"],
         "rejection": sampling["rejection"],
         "hmc": sampling["hmc"],
         "sampling": {
             k: sampling[k] for k in ("seconds_per_shower", "relative_to_unrefined", "n_showers")
         },
         "methods": methods,
+        "failed": sampling["failed"],
         "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
     }
     write_outputs(out, results)
@@ -792,6 +1006,7 @@ __all__ = [
     "make_splits",
     "ShowerRun",
     "laser_generator",
+    "attempt",
     "refinement_steps",
     "draw_unrefined",
     "train_weights",
@@ -801,15 +1016,22 @@ __all__ = [
     "shower_log_weight",
     "shower_weights",
     "refiner_points",
+    "build_shower_refiner",
     "train_refiner",
+    "check_refiner_finite",
     "generate_unrefined",
     "generate_laser",
     "write_dctr",
     "run_rejection",
     "hmc_clip",
     "run_hmc",
+    "check_hmc_chains",
     "hmc_log_w",
     "generation_steps",
+    "check_rounds",
+    "round_method",
+    "round_checkpoint",
+    "refiner_phi",
     "run_showers",
     "load_shower_config",
 ]

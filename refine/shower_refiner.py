@@ -1,9 +1,11 @@
 """The LaSeR refiner of a shower model: its checkpoint, and generation with it (``caloflow generate --refiner``).
 
 A shower model g(z | E_inc) (:class:`refine.showers.CaloFlowGenerator`, z in R^(L + V), or
-:class:`refine.showers.CaloGANGenerator`) is refined by a conditional weighted-GAN refiner
-Phi(y, E_inc) = y + MLP([y, c(E_inc)]) (:class:`refine.gan.WeightedGANRefiner` with ``residual``,
-``context_dim = 1`` and aux_dim = latent dim), c(E_inc) = log10(E_inc / 10 GeV) (CaloFlow eq. 4.4).
+:class:`refine.showers.CaloGANGenerator`) is refined by a conditional refiner Phi(y, E_inc), c(E_inc)
+= log10(E_inc / 10 GeV) (CaloFlow eq. 4.4): the weighted GAN Phi(y, E_inc) = y + MLP([y, c(E_inc)])
+(:class:`refine.gan.WeightedGANRefiner` with ``residual``, ``context_dim = 1`` and aux_dim = latent
+dim) or the flow trained by weighted maximum likelihood (:class:`refine.flow_refiner.WeightedFlowRefiner`,
+``context_dim = 1``); the checkpoint records which (``refiner_class`` of its ``laser`` entry).
 A refined shower is g(Phi(y, E_inc) | E_inc), with y ~ N(0, I) drawn exactly as the unrefined
 model draws its latent points (:meth:`CaloFlowGenerator.sample_latent`: z_I (n, L) then z_II
 (n, V) per batch of ``caloflow generate``; L layers and V voxels of the flows' geometry), so for
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from caloflow.errors import CaloflowError
 from caloflow.transforms import encode_incident_energy
+from refine.flow_refiner import WeightedFlowRefiner
 from refine.gan import WeightedGANRefiner
 
 #: the checkpoint entry that describes what a refiner was trained for
@@ -34,6 +37,12 @@ CHECKPOINT_KEY = "laser"
 CONTEXT = "log10(E_inc / 10 GeV)"
 #: the checkpoints of each generator kind, by option name
 CHECKPOINT_NAMES = {"caloflow": ("flow1", "flow2"), "calogan": ("calogan",)}
+#: the refiners a checkpoint may hold, by class path (``refiner_class`` of its ``laser`` entry; a
+#: checkpoint without it holds the weighted GAN, the only refiner before the flow)
+REFINER_CLASSES = {
+    f"{c.__module__}.{c.__qualname__}": c for c in (WeightedGANRefiner, WeightedFlowRefiner)
+}
+Refiner = WeightedGANRefiner | WeightedFlowRefiner
 
 
 def incident_context(incident_gev: Tensor) -> Tensor:
@@ -89,7 +98,7 @@ def draw_latent_showers(
 
 def save_refiner(
     path: str | Path,
-    refiner: WeightedGANRefiner,
+    refiner: Refiner,
     generator: str,
     checkpoints: dict[str, str],
     **extra: Any,
@@ -109,6 +118,7 @@ def save_refiner(
     entry = {
         "generator": generator,
         "latent_dim": int(refiner.hparams.latent_dim),
+        "refiner_class": f"{type(refiner).__module__}.{type(refiner).__qualname__}",
         "context": CONTEXT,
         "checkpoints_sha256": {name: file_sha256(p) for name, p in checkpoints.items()},
         **extra,
@@ -147,7 +157,7 @@ def _check_trained_for(entry: dict, checkpoints: dict[str, str], where: str) -> 
 
 def load_refiner(
     path: str | Path, option: str = "--refiner", checkpoints: dict[str, str] | None = None
-) -> tuple[WeightedGANRefiner, dict]:
+) -> tuple[Refiner, dict]:
     """The refiner of a ``refiner.ckpt`` (evaluation mode, frozen) and its ``laser`` entry.
 
     With ``checkpoints`` (the generator's checkpoint files by name) the refiner must have been
@@ -157,10 +167,16 @@ def load_refiner(
 
     where = f"{option} {path}"
     ckpt = read_checkpoint(path, option)
-    mismatch = checkpoint_model_mismatch(ckpt, WeightedGANRefiner)
+    entry = ckpt.get(CHECKPOINT_KEY)
+    saved = entry.get("refiner_class") if isinstance(entry, dict) else None
+    cls = REFINER_CLASSES.get(saved or "refine.gan.WeightedGANRefiner")
+    if cls is None:
+        raise CaloflowError(
+            f"{where}: holds a refiner of class {saved}, not one of {', '.join(REFINER_CLASSES)}"
+        )
+    mismatch = checkpoint_model_mismatch(ckpt, cls)
     if mismatch:
         raise CaloflowError(f"{where}: {mismatch}")
-    entry = ckpt.get(CHECKPOINT_KEY)
     if not isinstance(entry, dict):
         raise CaloflowError(
             f"{where}: not a LaSeR shower refiner (no '{CHECKPOINT_KEY}' entry; written by "
@@ -169,7 +185,7 @@ def load_refiner(
     if checkpoints is not None:
         _check_trained_for(entry, checkpoints, where)
     try:
-        refiner = WeightedGANRefiner(**ckpt.get("hyper_parameters", {}))
+        refiner = cls(**ckpt.get("hyper_parameters", {}))
         refiner.load_state_dict(ckpt["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CaloflowError(
@@ -191,10 +207,11 @@ class RefinedSampler:
     Args:
         base: the unrefined sampler, :class:`caloflow.sampling.CaloFlow` or
             :class:`caloflow.sampling.CaloGANSampler`.
-        refiner: a conditional :class:`WeightedGANRefiner` for the base's latent space.
+        refiner: a conditional :class:`WeightedGANRefiner` or :class:`WeightedFlowRefiner` for the
+            base's latent space.
     """
 
-    def __init__(self, base, refiner: WeightedGANRefiner):
+    def __init__(self, base, refiner: Refiner):
         from refine.showers import CaloFlowGenerator, CaloGANGenerator
 
         self.base = base
@@ -205,13 +222,11 @@ class RefinedSampler:
             self.g = CaloGANGenerator(base.model)
             device = next(base.model.parameters()).device
         dim = self.g.latent_shape[0]
-        if (
-            refiner.hparams.latent_dim != dim
-            or refiner.hparams.aux_dim != dim
-            or refiner.hparams.context_dim != 1
-        ):
+        # the flow's y has the latent dimension by construction (a bijection)
+        aux = refiner.hparams.get("aux_dim", refiner.hparams.latent_dim)
+        if refiner.hparams.latent_dim != dim or aux != dim or refiner.hparams.context_dim != 1:
             raise CaloflowError(
-                f"the refiner maps R^{refiner.hparams.aux_dim} (context {refiner.hparams.context_dim}) "
+                f"the refiner maps R^{aux} (context {refiner.hparams.context_dim}) "
                 f"to R^{refiner.hparams.latent_dim}; the model's latent space is R^{dim} (context 1)"
             )
         self.refiner = refiner.to(device).eval()
@@ -262,6 +277,7 @@ __all__ = [
     "CHECKPOINT_KEY",
     "CONTEXT",
     "CHECKPOINT_NAMES",
+    "REFINER_CLASSES",
     "incident_context",
     "file_sha256",
     "draw_latent_showers",

@@ -103,19 +103,51 @@ def classifier_batch_size(n_per_class: int, batch_size: int) -> int:
     return max(1, min(int(batch_size), n_train // MIN_UPDATES_PER_EPOCH))
 
 
-def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, dict]:
+def method_titles(rounds: int = 1) -> dict[str, str]:
+    """The report's rows (method -> title) of a run with ``rounds`` refinement rounds: :data:`TITLES`,
+    with one LaSeR row per round (``laser-roundK`` before the last round's ``laser``)."""
+    if rounds == 1:
+        return dict(TITLES)
+    titles: dict[str, str] = {}
+    for method, title in TITLES.items():
+        if method == "laser":
+            for k in range(1, rounds):
+                titles[f"laser-round{k}"] = f"{title}, round {k}"
+            title = f"{title}, round {rounds}"
+        titles[method] = title
+    return titles
+
+
+def failed_methods(failed: dict[str, dict]) -> dict[str, dict]:
+    """The rows that have no showers: the ``failed`` methods (name -> their failure entry) and, when
+    HMC failed, its like-for-like unrefined row (nothing to compare it with)."""
+    rows = dict(failed)
+    if "hmc" in failed:
+        rows["unrefined-hmc"] = {"reason": "HMC failed: no HMC showers to compare with"}
+    return rows
+
+
+def evaluate_methods(
+    run, splits: dict, dctr_weights: np.ndarray, failed: dict[str, dict] | None = None
+) -> dict[str, dict]:
     """Held-out classifier tests and separation powers of every method against the evaluation split:
     those of CaloFlow for CaloGAN showers, the CaloChallenge ones (:func:`_challenge_tests`) for a
-    polar geometry."""
+    polar geometry. A ``failed`` method (name -> failure entry, :func:`refine.shower_laser.attempt`)
+    has no showers: its row is ``{"failed": entry}``."""
     from caloflow.data.io import read_rows, read_showers
     from caloflow.radial_features import is_polar
 
+    skipped = failed_methods(failed or {})
+    titles = method_titles(getattr(run, "rounds", 1))
     reference = read_rows(run.inputs.reference, splits["evaluation_used"])
     run.say(f"evaluation split: {len(reference)} showers (read now, for the first time)")
     showers = {
-        m: read_showers(run.out / "showers" / f"{m}.hdf5") for m in TITLES if m != "unrefined-hmc"
+        m: read_showers(run.out / "showers" / f"{m}.hdf5")
+        for m in titles
+        if m != "unrefined-hmc" and m not in skipped
     }
-    showers["unrefined-hmc"] = showers["unrefined"][: len(showers["hmc"])]
+    if "unrefined-hmc" not in skipped:
+        showers["unrefined-hmc"] = showers["unrefined"][: len(showers["hmc"])]
     weights = {"dctr": dctr_weights}
     results: dict[str, dict] = {
         m: {"n_showers": len(s), "classifier": {}} for m, s in showers.items()
@@ -137,7 +169,7 @@ def evaluate_methods(run, splits: dict, dctr_weights: np.ndarray) -> dict[str, d
     )
     for method, sep in powers.items():
         results[method]["separation_power"] = sep
-    return results
+    return {m: results[m] if m in results else {"failed": skipped[m]} for m in titles}
 
 
 def _test_options(run, reference, sample, method: str, key: str, weights) -> dict:
@@ -235,16 +267,70 @@ def _hmc_log_w(hmc: dict) -> str:
     )
 
 
-def _refiner_points_line(points: dict) -> str:
-    """How many weighted latent points the LaSeR refiner was trained on."""
+def _refiner_points_line(points: dict, refiner: str | None = None) -> str:
+    """Which LaSeR refiner (class path) and how many weighted latent points it was trained on."""
+    kind = "" if refiner is None else f" ({refiner.rsplit('.', 1)[-1]})"
     return (
-        f"- LaSeR refiner: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
+        f"- LaSeR refiner{kind}: trained on {points['n']} weighted latent points ({points['draws_per_energy']} per "
         f"refinement energy; effective sample size {points['ess_fraction']:.3f} of them)."
     )
 
 
+def _round_lines(rounds: list[dict]) -> list[str]:
+    """One line per refinement round after the first: its weights (from the classifier between the
+    refinement split and the previous round's refined showers) and its refiner's training points."""
+    return [
+        f"- Round {r['round']}: weights of the refined generator's showers: min {r['weights']['min']:.3g}, "
+        f"median {r['weights']['median']:.3g}, max {r['weights']['max']:.3g}, effective sample size "
+        f"{r['weights']['ess_fraction']:.3f}; refiner started from round {r['round'] - 1}'s, trained on "
+        f"{r['refiner_points']['n']} weighted latent points."
+        for r in rounds[1:]
+    ]
+
+
 def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def failure_text(entry: dict) -> str:
+    """A failed method's reason and its measured figures, for its row: ``failed: REASON``."""
+    return f"failed: {entry['reason']}"
+
+
+def _method_row(title: str, entry: dict, keys: list[str], ms: float) -> str:
+    """One row of the table: the classifier tests, mean separation power and ms / shower, or the
+    failure that left the method without showers."""
+    if "failed" in entry:
+        return f"| {title} | 0 | {failure_text(entry['failed'])} |" + " |" * (2 * len(keys) + 1)
+    cells = [
+        f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
+        for k in keys
+    ]
+    return (
+        f"| {title} | {entry['n_showers']} | "
+        + " | ".join(cells)
+        + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |"
+    )
+
+
+def _rejection_line(results: dict) -> str:
+    rejection = results["rejection"]
+    if "failed" in rejection:
+        return f"- Rejection sampling: {failure_text(rejection['failed'])}."
+    return (
+        f"- Rejection sampling: acceptance {rejection['acceptance']:.3f} "
+        f"(w_max {rejection['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
+        "of the training weights)."
+    )
+
+
+def _hmc_line(hmc: dict) -> str:
+    if "failed" in hmc:
+        return f"- HMC: {failure_text(hmc['failed'])}."
+    return (
+        f"- HMC: acceptance {hmc['acceptance']:.3f} after burn-in, "
+        f"{hmc['n_showers']} chains, leapfrog step {_steps(hmc)}; {_hmc_log_w(hmc)}."
+    )
 
 
 def table_markdown(results: dict[str, Any]) -> str:
@@ -270,23 +356,14 @@ def table_markdown(results: dict[str, Any]) -> str:
         head,
         "|---" * (4 + 2 * len(keys)) + "|",
     ]
-    for method, title in TITLES.items():
-        entry = methods[method]
-        cells = [
-            f"{_cell(entry['classifier'][k]['auc'])} | {_cell(entry['classifier'][k]['jsd'])}"
-            for k in keys
-        ]
-        per_shower = results["sampling"]["seconds_per_shower"]
+    per_shower = results["sampling"]["seconds_per_shower"]
+    for method, title in method_titles(results["settings"].get("rounds", 1)).items():
         ms = 1e3 * per_shower.get(method, per_shower["unrefined"])
-        lines.append(
-            f"| {title} | {entry['n_showers']} | "
-            + " | ".join(cells)
-            + f" | {entry['separation_power']['mean']:.4f} | {ms:.3g} |"
-        )
+        lines.append(_method_row(title, methods[method], keys, ms))
     unconverged = [
         f"{m} {k}"
         for m, e in methods.items()
-        for k, c in e["classifier"].items()
+        for k, c in e.get("classifier", {}).items()
         if not c["converged"]
     ]
     epochs = results["settings"].get("evaluation_epochs")
@@ -307,12 +384,10 @@ def table_markdown(results: dict[str, Any]) -> str:
     w = results["weights"]
     lines += [
         "",
-        f"- Rejection sampling: acceptance {results['rejection']['acceptance']:.3f} "
-        f"(w_max {results['rejection']['w_max']:.3g}, the {results['settings']['w_max_quantile']} quantile "
-        "of the training weights).",
-        _refiner_points_line(results["refiner_points"]),
-        f"- HMC: acceptance {results['hmc']['acceptance']:.3f} after burn-in, "
-        f"{results['hmc']['n_showers']} chains, leapfrog step {_steps(results['hmc'])}; {_hmc_log_w(results['hmc'])}.",
+        _rejection_line(results),
+        _refiner_points_line(results["refiner_points"], results["settings"].get("refiner")),
+        *_round_lines(results.get("rounds", [])),
+        _hmc_line(results["hmc"]),
         f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
         f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
         training,
@@ -337,7 +412,10 @@ __all__ = [
     "separation_powers",
     "MIN_UPDATES_PER_EPOCH",
     "classifier_batch_size",
+    "method_titles",
+    "failed_methods",
     "evaluate_methods",
+    "failure_text",
     "table_markdown",
     "write_outputs",
 ]

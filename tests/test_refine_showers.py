@@ -642,3 +642,53 @@ def test_hmc_log_w_target_is_the_reweighted_mean():
     assert hmc_log_w(torch.zeros(1), torch.zeros(1), w, None)["target"] == pytest.approx(
         a @ a / 2, abs=0.01
     )
+
+
+def test_failing_methods_are_reported_in_their_rows(files, tmp_path):
+    """Settings under which three methods cannot run on the weights (rejection with one proposal per
+    energy, HMC with a leapfrog step of 1e6 latent units, a refiner at learning rate 1e30): the command
+    exits 0 without a traceback, prints one warning line per failed method, marks each failed row with
+    its reason and measured figure (rejection's acceptance, HMC's acceptance 0, the refiner's non-finite
+    loss), writes no showers and no refiner for them, and still evaluates the unrefined and DCTR showers."""
+    bad = files["config"].read_text()
+    for old, new in (
+        ("max_rounds: 200", "max_rounds: 1"),
+        ("step_size: 0.01,", "step_size: 1.0e+6, target_acceptance: null,"),
+        ("lr: 1.0e-2, n_critic", "lr: 1.0e+30, n_critic"),
+    ):
+        assert old in bad
+        bad = bad.replace(old, new)
+    config = tmp_path / "bad.yaml"
+    config.write_text(bad)
+    out = tmp_path / "out"
+    proc = _run(
+        "refine.laser",
+        *("--flow1", files["flow1"], "--flow2", files["flow2"]),
+        *("--reference", files["reference"], "--out", out, "--config", config, "--seed", SEED),
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 3 and all(
+        any(f"warning: {m} failed" in line for line in warnings)
+        for m in ("rejection", "hmc", "laser")
+    ), warnings
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["failed"]) == {"rejection", "hmc", "laser"}
+    rejection = results["failed"]["rejection"]
+    assert 0 < rejection["acceptance"] < 1 and rejection["conditions_rejected"] >= 1
+    assert "proposals rejected" in rejection["reason"] and rejection["max_rounds"] == 1
+    assert (
+        results["failed"]["hmc"]["acceptance"] == 0
+        and "diverged" in results["failed"]["hmc"]["reason"]
+    )
+    assert "not finite" in results["failed"]["laser"]["reason"]
+    for method in ("rejection", "hmc", "laser", "unrefined-hmc"):
+        assert "reason" in results["methods"][method]["failed"], method
+        assert not (out / "showers" / f"{method}.hdf5").exists()
+    assert not (out / "refiner.ckpt").exists()
+    for method in ("unrefined", "dctr"):
+        assert 0 <= results["methods"][method]["classifier"]["dnn-normalized"]["auc"]["mean"] <= 1
+    table = (out / "table.md").read_text()
+    assert "| Rejection sampling | 0 | failed: rejection sampling:" in table
+    assert "| HMC | 0 | failed: HMC diverged" in table and "| LaSeR refiner | 0 | failed:" in table
+    assert table in proc.stdout
