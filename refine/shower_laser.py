@@ -30,7 +30,8 @@ With ``--rounds K`` (the flow refiner) rounds k > 1 repeat steps 2 and 3c on the
 ``laser``). A method that cannot run on its weights is reported in its row
 (:func:`attempt`, :class:`refine.failures.MethodFailed`) and the others go on.
 
-Writes ``DIR/splits.json``, ``DIR/refiner.ckpt`` (and ``DIR/refiner-roundK.ckpt`` of earlier rounds), ``DIR/showers/{unrefined,dctr,rejection,hmc,laser}.hdf5``,
+Writes ``DIR/splits.json``, ``DIR/refiner.ckpt`` (and ``DIR/refiner-roundK.ckpt`` of earlier
+rounds), ``DIR/showers/{unrefined,dctr,rejection,hmc,laser}.hdf5``,
 ``DIR/results.json``, ``DIR/table.md`` and TensorBoard logs under ``DIR/logs``. The unrefined and
 the LaSeR showers are drawn as ``caloflow generate`` draws them (fresh ``torch.Generator`` seeded with
 ``--seed``, latents per batch of ``batch_size``), so ``caloflow generate --flow1 F1 --flow2 F2
