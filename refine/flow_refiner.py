@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from caloflow.nn import mlp
 from caloflow.training import adam_with_decay
+from refine.nets import checked_context
 
 
 class ConditionalAffineCoupling(nn.Module):
@@ -148,15 +149,7 @@ class WeightedFlowRefiner(L.LightningModule):
         return int(self.hparams.latent_dim)
 
     def _context(self, x: Tensor, context: Tensor | None) -> Tensor | None:
-        k = self.hparams.context_dim
-        if k == 0:
-            if context is not None:
-                raise ValueError("this refiner has no context (context_dim = 0)")
-            return None
-        if context is None or context.shape != (x.shape[0], k):
-            shape = None if context is None else tuple(context.shape)
-            raise ValueError(f"expected a context of shape ({x.shape[0]}, {k}), got {shape}")
-        return context
+        return checked_context(x, context, self.hparams.context_dim)
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.aux_dim, generator=generator, device=self.device)

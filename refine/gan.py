@@ -45,6 +45,7 @@ from torch import Tensor
 
 from caloflow.nn import mlp
 from caloflow.training import adam_with_decay
+from refine.nets import checked_context
 
 
 class WeightedGANRefiner(L.LightningModule):
@@ -105,15 +106,8 @@ class WeightedGANRefiner(L.LightningModule):
 
     def _with_context(self, x: Tensor, context: Tensor | None) -> Tensor:
         """[x, c] for a conditional refiner (``context_dim`` > 0), x otherwise."""
-        k = self.hparams.get("context_dim", 0)
-        if k == 0:
-            if context is not None:
-                raise ValueError("this refiner has no context (context_dim = 0)")
-            return x
-        if context is None or context.shape != (x.shape[0], k):
-            shape = None if context is None else tuple(context.shape)
-            raise ValueError(f"expected a context of shape ({x.shape[0]}, {k}), got {shape}")
-        return torch.cat([x, context.to(x.dtype)], dim=1)
+        context = checked_context(x, context, self.hparams.get("context_dim", 0))
+        return x if context is None else torch.cat([x, context.to(x.dtype)], dim=1)
 
     def _phi(self, y: Tensor, net: torch.nn.Module, context: Tensor | None = None) -> Tensor:
         out = net(self._with_context(y, context))

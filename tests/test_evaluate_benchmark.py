@@ -40,30 +40,18 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def benchmark_run(checkpoints, tmp_path_factory):
-    out = tmp_path_factory.mktemp("benchmark")
+    return _benchmark(
+        tmp_path_factory.mktemp("benchmark"),
+        "--flow1", checkpoints["flow1"], "--flow2", checkpoints["flow2"],
+        "--calogan", checkpoints["calogan"], "--batch-sizes", str(LARGE), str(SMALL), str(HUGE),
+        "--repeats", "2", "--max-seconds", "60",
+    )  # fmt: skip
+
+
+def _benchmark(out, *args: str):
+    """``caloflow benchmark ARGS`` on one thread with seed 3 into ``out``: (process, out, result)."""
     proc = run_cli(
-        "caloflow",
-        "benchmark",
-        "--flow1",
-        checkpoints["flow1"],
-        "--flow2",
-        checkpoints["flow2"],
-        "--calogan",
-        checkpoints["calogan"],
-        "--batch-sizes",
-        str(LARGE),
-        str(SMALL),
-        str(HUGE),
-        "--threads",
-        "1",
-        "--repeats",
-        "2",
-        "--max-seconds",
-        "60",
-        "--seed",
-        "3",
-        "--out",
-        str(out),
+        "caloflow", "benchmark", *args, "--threads", "1", "--seed", "3", "--out", str(out)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out, json.loads((out / "benchmark.json").read_text())
@@ -263,29 +251,11 @@ def ds1_run(tmp_path_factory):
         config = yaml.safe_load(shipped_config(f"ds1/photons/{name}").read_text())
         config["model"]["init_args"].update(n_blocks=2, hidden_features=8)
         (configs / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    out = tmp_path_factory.mktemp("ds1_benchmark")
-    proc = run_cli(
-        "caloflow",
-        "benchmark",
-        "--dataset",
-        "ds1-photons",
-        "--configs",
-        str(configs),
-        "--batch-sizes",
-        str(DS1_BATCH),
-        "--nflows-batch",
-        str(DS1_NFLOWS_BATCH),
-        "--threads",
-        "1",
-        "--repeats",
-        "1",
-        "--seed",
-        "3",
-        "--out",
-        str(out),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out, json.loads((out / "benchmark.json").read_text())
+    return _benchmark(
+        tmp_path_factory.mktemp("ds1_benchmark"),
+        "--dataset", "ds1-photons", "--configs", str(configs), "--batch-sizes", str(DS1_BATCH),
+        "--nflows-batch", str(DS1_NFLOWS_BATCH), "--repeats", "1",
+    )  # fmt: skip
 
 
 def test_ds1_both_rows_are_positive_finite_times_with_their_ratio(ds1_run):
