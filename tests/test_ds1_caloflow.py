@@ -175,7 +175,7 @@ def test_ds1_fidelity_end_to_end(tmp_path):
     done = run_cli(
         "caloflow", "benchmark", "fidelity", "--configs", str(configs), "--out", str(out),
         "--n-reference", "200", "--runs", "1", "--max-epochs", "4", "--patience", "2",
-        "--classifiers", "cls-low,cls-high", "--budgets", "1,2",
+        "--classifiers", "cls-low,cls-high", "--budgets", "1,2", "--no-progress",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "fidelity.json").read_text())

@@ -51,8 +51,9 @@ def benchmark_run(checkpoints, tmp_path_factory):
 def _benchmark(out, *args: str):
     """``caloflow benchmark ARGS`` on one thread with seed 3 into ``out``: (process, out, result)."""
     proc = run_cli(
-        "caloflow", "benchmark", *args, "--threads", "1", "--seed", "3", "--out", str(out)
-    )
+        "caloflow", "benchmark", *args, "--threads", "1", "--seed", "3", "--out", str(out),
+        "--no-progress",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, out, json.loads((out / "benchmark.json").read_text())
 

@@ -641,6 +641,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU",
     )
     argtypes.add_threads_option(parser, None)
+    argtypes.add_progress_option(parser)  # the same option as every command; this one draws no bars
     parser.add_argument(
         "--max-seconds",
         type=argtypes.positive_float,

@@ -116,6 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier early-stopping patience in epochs (default: caloflow evaluate's)",
     )
     argtypes.add_threads_option(parser, 1)
+    argtypes.add_progress_option(parser)
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
 
@@ -229,6 +230,7 @@ def plan(args: argparse.Namespace) -> dict:
         "budgets": sorted(budgets),
         "seed": args.seed,
         "threads": args.threads,
+        "progress": args.progress,
     }
 
 
@@ -300,7 +302,9 @@ def _train(steps: Steps, plan_: dict, out: Path) -> dict:
 
     def fit(name: str):
         return lambda: {
-            "paths": [str(fit_config(folder / f"{name}.yaml", out / name, train, seed))]
+            "paths": [
+                str(fit_config(folder / f"{name}.yaml", out / name, train, seed, plan_["progress"]))
+            ]
         }
 
     return {
@@ -418,7 +422,8 @@ def _score(
             str(evaluation),
             *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else []),
             *(["--patience", str(args.patience)] if args.patience else []),
-        ]
+        ],
+        plan_["progress"],
     )
     metrics = json.loads((evaluation / "metrics.json").read_text())
     for budget, row in rows.items():
