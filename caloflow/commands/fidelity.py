@@ -461,7 +461,7 @@ def render(plan_: dict, rows: list[dict]) -> str:
             str(row["flow2_epochs"]),
             f"{plan_['n_train']:,}",
             f"{row['wall_s'] / 60:.1f}",
-            str(row.get("runs", "-")),
+            _runs(row),
         ]
         for _, column in shown:
             auc = row.get("auc", {}).get(column)
@@ -473,6 +473,12 @@ def render(plan_: dict, rows: list[dict]) -> str:
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _runs(row: dict) -> str:
+    """The classifier runs behind a row's AUCs (``3``, or ``1, 3`` when scorings differ)."""
+    counts = sorted({len(auc["runs"]) for auc in row.get("auc", {}).values() if "runs" in auc})
+    return ", ".join(map(str, counts)) if counts else str(row.get("runs", "-"))
 
 
 def _shown_columns(plan_: dict, rows: list[dict]) -> list[tuple[str, str]]:
