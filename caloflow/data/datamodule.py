@@ -165,6 +165,20 @@ class ShowerDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
 
+def split_bounds(
+    n_reference: int, n_generated: int, fractions: tuple[float, float, float]
+) -> tuple[int, dict[str, tuple[int, int]]]:
+    """The classifier test's balanced split sizes: n = the smaller class, and per class the rows
+    ``[start, stop)`` of ``train`` (round(f_train n)), ``val`` (round(f_val n)) and ``test`` (the rest)."""
+    n = min(n_reference, n_generated)
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    return n, {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, n),
+    }
+
+
 def balanced_split(
     reference: Showers, generated: Showers, fractions: Sequence[float], rng: np.random.Generator
 ) -> dict[str, tuple[Showers, np.ndarray]]:
@@ -173,13 +187,7 @@ def balanced_split(
     Returns ``{"train" | "val" | "test": (showers, labels)}``, reference first within each split,
     labels :data:`REFERENCE_LABEL` / :data:`GENERATED_LABEL`.
     """
-    n = min(len(reference), len(generated))
-    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, n),
-    }
+    n, bounds = split_bounds(len(reference), len(generated), fractions)
     parts: dict[str, list[tuple[Showers, np.ndarray]]] = {name: [] for name in bounds}
     for label, showers in ((REFERENCE_LABEL, reference), (GENERATED_LABEL, generated)):
         index = rng.permutation(len(showers))[:n]
@@ -491,6 +499,7 @@ def _check_sizes(
 
 __all__ = [
     "REFERENCE_LABEL",
+    "split_bounds",
     "GENERATED_LABEL",
     "default_cache_dir",
     "embedded_dataset",

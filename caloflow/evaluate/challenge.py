@@ -35,7 +35,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from caloflow.data.datamodule import GENERATED_LABEL, REFERENCE_LABEL
+from caloflow.data.datamodule import GENERATED_LABEL, REFERENCE_LABEL, split_bounds
 from caloflow.data.io import Showers
 from caloflow.errors import CaloflowError
 from caloflow.evaluate.classification import (
@@ -112,13 +112,7 @@ def balanced_vector_split(
     same rows as without, the reference weighing 1 and the generated weights scaled so that both
     classes have the same total weight in every split (as
     :func:`caloflow.evaluate.classification.weighted_balanced_split`)."""
-    n = min(len(reference), len(generated))
-    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, n),
-    }
+    n, bounds = split_bounds(len(reference), len(generated), fractions)
     pieces = {name: [] for name in bounds}
     index = {}
     for x, label in ((reference, REFERENCE_LABEL), (generated, GENERATED_LABEL)):

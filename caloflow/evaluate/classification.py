@@ -44,7 +44,13 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score
 
-from caloflow.data.datamodule import GENERATED_LABEL, REFERENCE_LABEL, CaloDataModule, ShowerDataset
+from caloflow.data.datamodule import (
+    GENERATED_LABEL,
+    REFERENCE_LABEL,
+    CaloDataModule,
+    ShowerDataset,
+    split_bounds,
+)
 from caloflow.data.io import Showers, read_showers
 from caloflow.errors import CaloflowError
 from caloflow.evaluate.weights import effective_sample_size
@@ -117,13 +123,7 @@ def weighted_balanced_split(
     (showers, labels, weights)}``, reference first within each split; the reference weights are 1
     and the generated ones are scaled so that both classes have the same total weight in every split.
     """
-    n = min(len(reference), len(generated))
-    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, n),
-    }
+    n, bounds = split_bounds(len(reference), len(generated), fractions)
     ref_index = rng.permutation(len(reference))[:n]
     gen_index = rng.permutation(len(generated))[:n]
     weights = np.asarray(weights, dtype=np.float64)
