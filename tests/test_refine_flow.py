@@ -16,7 +16,7 @@ import torch
 from caloflow.data.io import read_energies
 from caloflow.data.simulate import simulate_to_file
 from tests.helpers import save_checkpoint, tiny_flows
-from tests.test_refine_showers import TINY, _datasets, _poisoned_copy, _run
+from tests.test_refine_showers import TINY, _datasets, _poisoned_references, _run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -224,12 +224,7 @@ def test_no_round_reads_the_evaluation_split(flow_run, tmp_path):
     refinement row scaled changes round 2's refiner."""
     clean = _refine_rounds(flow_run, flow_run["reference"], tmp_path / "clean")
     splits = clean["splits"]
-    poisoned = _poisoned_copy(
-        flow_run["reference"], tmp_path / "e.hdf5", splits["evaluation"], "nan"
-    )
-    scaled = _poisoned_copy(
-        flow_run["reference"], tmp_path / "r.hdf5", splits["refinement_used"][:1], "scale"
-    )
+    poisoned, scaled = _poisoned_references(flow_run["reference"], splits, tmp_path)
 
     def same(other: dict) -> bool:
         return torch.equal(clean["w"], other["w"]) and all(

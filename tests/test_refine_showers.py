@@ -312,6 +312,14 @@ def _poisoned_copy(src: Path, dst: Path, rows: list[int], how: str) -> Path:
     return dst
 
 
+def _poisoned_references(reference: Path, splits: dict, folder: Path) -> tuple[Path, Path]:
+    """Two copies of ``reference``: every evaluation row NaN, and the first refinement row used scaled."""
+    return (
+        _poisoned_copy(reference, folder / "eval.hdf5", splits["evaluation"], "nan"),
+        _poisoned_copy(reference, folder / "ref.hdf5", splits["refinement_used"][:1], "scale"),
+    )
+
+
 def _refine_only(files: dict, reference: Path, out: Path, calogan: str | None = None) -> dict:
     """The refinement steps (splits, weights, refiner) in-process, as the command runs them."""
     from refine.shower_laser import (
@@ -345,12 +353,7 @@ def test_poisoned_evaluation_rows_change_nothing(files, tmp_path):
     the refiner checkpoint's tensors are bitwise those of the clean file; one refinement row scaled changes them."""
     clean = _refine_only(files, files["reference"], tmp_path / "clean")
     splits = clean["splits"]
-    eval_poisoned = _poisoned_copy(
-        files["reference"], tmp_path / "eval.hdf5", splits["evaluation"], "nan"
-    )
-    ref_poisoned = _poisoned_copy(
-        files["reference"], tmp_path / "ref.hdf5", splits["refinement_used"][:1], "scale"
-    )
+    eval_poisoned, ref_poisoned = _poisoned_references(files["reference"], splits, tmp_path)
     fixed = read_showers(files["reference"], stop=50)
     batch = {"voxels": torch.as_tensor(fixed.voxels), "energy": torch.as_tensor(fixed.energy)}
 
