@@ -182,9 +182,9 @@ def plan(args: argparse.Namespace) -> dict:
     flow1, flow2 = _read(folder / "flow1.yaml"), _read(folder / "flow2.yaml")
     geometry = _geometry(folder, flow1, flow2)
     family = "calogan" if geometry == "calogan" else "challenge"
+    data1, data2 = _data(flow1), _data(flow2)
     if family == "calogan":
-        data1 = (flow1.get("data") or {}).get("init_args") or {}
-        particle = _data(flow2).get("particle", "eplus")
+        particle = data2.get("particle", "eplus")
         if data1.get("particle", "eplus") != particle:
             raise CaloflowError(
                 f"--configs {folder}: flow1.yaml is for {data1.get('particle', 'eplus')}, "
@@ -204,7 +204,6 @@ def plan(args: argparse.Namespace) -> dict:
             f"--protocol {args.protocol}: dataset-1 configs only (CaloGAN runs are judged with "
             "the converged protocol)"
         )
-    data2 = _data(flow2)
     epochs = int((flow2.get("trainer") or {}).get("max_epochs") or 0)
     if epochs < 1:
         raise CaloflowError(f"--configs {folder}/flow2.yaml: trainer.max_epochs must be set (>= 1)")
