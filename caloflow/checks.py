@@ -79,6 +79,8 @@ def _rule(name: str) -> tuple[Callable[[float], bool], str] | None:
         or name.endswith("_lr")
     ):
         return (lambda x: x > 0), "a number > 0"
+    if name.endswith("_scale") and name.startswith("max_"):  # a bound, e.g. a coupling's max_log_scale
+        return (lambda x: x > 0), "a number > 0"
     if name in ("weight_decay", "threshold_kev", "energy_loss_weight") or name.endswith("_weight"):
         return (lambda x: x >= 0), "a number >= 0"
     if name == "dropout" or name.endswith("_dropout") or name in ("ema", "beta1", "beta2", "betas"):
@@ -112,7 +114,7 @@ def hyperparameter_problems(values, prefix: str = "") -> list[tuple[str, str]]:
       (0, 1]; ``weight_decay`` and ``*_weight`` >= 0; ``dropout``, ``ema``, ``beta1``/``beta2``/``betas`` in
       [0, 1); ``alpha`` (logit) in (0, 0.5);
     * sizes (``n_*``, ``num_*``, ``hidden``, ``*_features``, ``*_channels``, ``*_dim``, ``*_blocks``, ...)
-      integers >= 1; ``milestones`` integers >= 0; seeds in [0, 2**32);
+      integers >= 1; ``milestones`` integers >= 0; seeds in [0, 2**32); bounds ``max_*_scale`` > 0;
     * ``energy_range*``: 0 < LOW < HIGH.
 
     ``values``: a mapping of hyperparameters (nested mappings are checked with dotted names).

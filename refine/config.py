@@ -15,11 +15,13 @@ LightningModules as ``{class_path, init_args}`` and plain sections for their tra
     hmc: {chains: 20000, step_size: 0.04, n_leapfrog: 10, burn_in: 10, init: weighted, clip: null}
     refiner: {class_path: refine.gan.WeightedGANRefiner, init_args: {aux_dim: 4, ...}}
     refiner_training: {epochs: 63, batch_size: 1000}
+    flow_refiner: {class_path: refine.flow_refiner.WeightedFlowRefiner, init_args: {n_blocks: 8, ...}}
+    flow_refiner_training: {epochs: 20, batch_size: 1000}
     quick: {n_train: 100000, baseline_training: {epochs: 12}, ...}
 
 Init arguments that follow from the data are set by the protocol, not the config: the baseline's
 ``n_features``/``shift``/``scale``, the classifier backbone's ``n_features``/``shift``/``scale``,
-the refiner's ``latent_dim`` (and ``context_dim``: the toys' refiners are unconditional).
+the refiners' ``latent_dim`` (and ``context_dim``: the toys' refiners are unconditional).
 ``quick`` is a partial config in the same format, merged over the rest by ``--quick``
 (jsonargparse's merge of a second config: ``init_args`` alone update the class already chosen).
 Types are checked, unknown keys rejected; every error is reported as one line
@@ -60,6 +62,7 @@ DATA_ARGS = {
         "preprocessing"
     },  # the voxel preprocessing of the dnn/cnn backbones: unused on points
     "refiner": {"latent_dim", "context_dim"},  # the toys' refiners are unconditional
+    "flow_refiner": {"latent_dim", "context_dim"},
 }
 BACKBONE_DATA_ARGS = {"n_features", "shift", "scale"}
 
@@ -105,6 +108,7 @@ def config_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from caloflow.models import ShowerClassifier
+    from refine.flow_refiner import WeightedFlowRefiner
     from refine.gan import WeightedGANRefiner
     from refine.toys import RealNVPBaseline
 
@@ -132,6 +136,10 @@ def config_parser():
         WeightedGANRefiner, "refiner", skip=DATA_ARGS["refiner"], required=True
     )
     p.add_class_arguments(Training, "refiner_training")
+    p.add_subclass_arguments(
+        WeightedFlowRefiner, "flow_refiner", skip=DATA_ARGS["flow_refiner"], required=True
+    )
+    p.add_class_arguments(Training, "flow_refiner_training")
     p.add_argument(
         "--quick",
         type=Optional[dict],
@@ -206,7 +214,7 @@ def _check_values(cfg, where: str) -> None:
     :func:`caloflow.checks.hyperparameter_problems`: learning rates > 0, decays in (0, 1], sizes
     >= 1, everything finite), a non-finite HMC step or weight clip, and histograms of fewer than 2
     bins per axis (every method would score 0)."""
-    _check_trainable(cfg, where, ("baseline", "classifier", "refiner"))
+    _check_trainable(cfg, where, ("baseline", "classifier", "refiner", "flow_refiner"))
     if cfg.bins < 2:
         raise ConfigError(
             f"{where}: bins: must be at least 2 (one bin scores every method 0), got {cfg.bins}"
@@ -385,9 +393,12 @@ class ShowerRefinerTraining(Training):
     ``batch_size``. The points are the latents of the weight classifier's generated showers plus
     ``draws_per_energy - 1`` further prior draws z ~ N(0, I) at each refinement energy, all weighted
     by w(g(z | E), E): the weights are a function on the whole latent space, and more weighted points
-    let the discriminator learn it instead of memorising a finite set."""
+    let the discriminator learn it instead of memorising a finite set. ``val_fraction`` (flow refiner
+    only): the share of the points held out; the refiner is kept at its lowest held-out weighted NLL,
+    or at its start when no epoch beats it there."""
 
     draws_per_energy: PositiveInt = 1
+    val_fraction: float = 0.0
 
 
 @dataclass
@@ -487,8 +498,19 @@ def _check_trainable(cfg, where: str, sections: tuple[str, ...]) -> None:
 
 
 def _check_shower_values(cfg, where: str) -> None:
-    """Values of the right type that no shower run can use, each refused in one line naming the key."""
+    """Values of the right type that no shower run can use, each refused in one line naming the key;
+    a refiner validation share must be in [0, 1) and needs the flow refiner (the GAN has no held-out loss)."""
     _check_trainable(cfg, where, ("classifier", "refiner"))
+    share = cfg.refiner_training.val_fraction
+    if not 0 <= share < 1:
+        raise ConfigError(f"{where}: refiner_training.val_fraction: must be in [0, 1), got {share}")
+    from refine.flow_refiner import WeightedFlowRefiner
+
+    if share > 0 and not issubclass(class_of(cfg.refiner), WeightedFlowRefiner):
+        raise ConfigError(
+            f"{where}: refiner_training.val_fraction: a held-out share needs the flow refiner "
+            f"(refine.flow_refiner.WeightedFlowRefiner), got {cfg.refiner.class_path}"
+        )
 
 
 def parse_shower_config(path: str | Path, quick: bool = False):

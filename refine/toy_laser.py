@@ -5,7 +5,9 @@ and g's samples, attach w = exp(logit) to the latent points, then refine three w
 
 - DCTR:  the generated data weighted by w (the weighted reference);
 - HMC:   Hamiltonian Monte Carlo of log N(z) + log w(g(z)), decoded by g;
-- LaSeR: the weighted-GAN refiner Phi trained on (z, w), samples g(Phi(y)).
+- LaSeR: the weighted-GAN refiner Phi trained on (z, w), samples g(Phi(y));
+- LaSeR flow: the flow refiner Phi (:class:`refine.flow_refiner.WeightedFlowRefiner`) trained on
+  the same (z, w) by weighted maximum likelihood, samples g(Phi(y)).
 
 Each method generates ``n_eval`` points (2M in the shipped configs, as in the paper's section
 4.2), scored against an independent truth sample of the same size with EMD and JSD on a 2D
@@ -34,11 +36,12 @@ from refine.config import CONFIG_DIR, TOY_NAMES
 from refine.stages import Stages
 
 TOY_TITLES = {"gaussians": "Gaussians", "donut": "Double donut", "rings": "Rings"}
-METHODS = ("baseline", "hmc", "laser", "dctr", "truth")
+METHODS = ("baseline", "hmc", "laser", "flow", "dctr", "truth")
 METHOD_TITLES = {
     "baseline": "Baseline",
     "hmc": "HMC",
-    "laser": "LaSeR",
+    "laser": "LaSeR (weighted GAN)",
+    "flow": "LaSeR flow refiner",
     "dctr": "DCTR (weighted)",
     "truth": "Error floor (truth vs truth)",
 }
@@ -191,19 +194,22 @@ def run_hmc(run: ToyRun, g, classifier, z_train, w_train):
     return z_hmc, decode_batched(g, z_hmc), acceptance
 
 
-def train_refiner(run: ToyRun, g, z_train, w_train):
-    """3c. LaSeR: the weighted GAN Phi on (z, w); returns refined latent points Phi(y) and g(Phi(y))."""
+def train_refiner(run: ToyRun, g, z_train, w_train, section: str = "refiner"):
+    """3c. LaSeR: the refiner of config ``section`` on (z, w): the weighted GAN (``refiner``) or the
+    weighted-likelihood flow (``flow_refiner``); returns refined latent points Phi(y) and g(Phi(y))."""
     from refine.config import build
     from refine.data import TensorLoader
     from refine.generators import decode_batched
 
-    refiner = build(run.cfg.refiner, latent_dim=z_train.shape[1])
-    training = run.cfg.refiner_training
+    refiner = build(run.cfg[section], latent_dim=z_train.shape[1])
+    training = run.cfg[f"{section}_training"]
     loader = TensorLoader(
         z_train, w_train.float(), batch_size=training.batch_size, seed=run.seed + 1
     )
-    run.say("training the LaSeR refiner (weighted GAN)")
-    run.trainer("laser_refiner", training.epochs).fit(refiner, loader)
+    kind = "weighted GAN" if section == "refiner" else "weighted maximum likelihood"
+    run.say(f"training the LaSeR {section.replace('_', ' ')} ({kind})")
+    name = "laser_refiner" if section == "refiner" else "laser_flow_refiner"
+    run.trainer(name, training.epochs).fit(refiner, loader)
     z_laser = refiner.refine(run.cfg.n_eval, run.gen)
     return z_laser, decode_batched(g, z_laser)
 
@@ -252,11 +258,14 @@ def run_toy(toy: str, cfg: Any, out: Path, seed: int, progress: bool = True) -> 
         z_hmc, x_hmc, acceptance = run_hmc(run, g, classifier, z_train, w_train)
     with run.stage("laser"):
         z_laser, x_laser = train_refiner(run, g, z_train, w_train)
+    with run.stage("flow"):
+        z_flow, x_flow = train_refiner(run, g, z_train, w_train, "flow_refiner")
     x_eval, w_eval, w_np = x_eval.numpy(), w_eval.double().numpy(), w_train.double().numpy()
     data = {
         "baseline": x_eval,
         "hmc": x_hmc.numpy(),
         "laser": x_laser.numpy(),
+        "flow": x_flow.numpy(),
         "dctr": (x_eval, w_eval),
         "truth": truth_floor,
     }
@@ -278,6 +287,7 @@ def run_toy(toy: str, cfg: Any, out: Path, seed: int, progress: bool = True) -> 
         "z_weighted": (z_train.numpy(), w_np),
         "z_hmc": z_hmc.numpy(),
         "z_laser": z_laser.numpy(),
+        "z_flow": z_flow.numpy(),
     }
     return {"scores": scores, "info": info, "samples": samples}
 
@@ -286,7 +296,8 @@ def run_toy(toy: str, cfg: Any, out: Path, seed: int, progress: bool = True) -> 
 
 
 def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
-    """Data space (truth, baseline, DCTR, HMC, LaSeR) and latent space (prior, weighted, HMC, LaSeR)."""
+    """Data space (truth, baseline, DCTR, HMC, both LaSeR refiners) and latent space (prior, weighted,
+    HMC, both refiners)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,13 +308,14 @@ def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
     def hist(x, weights=None, rng=rng_range):
         return histogram2d(x, bins, rng, weights)
 
-    fig, axes = plt.subplots(2, 5, figsize=(17, 6.8))
+    fig, axes = plt.subplots(2, 6, figsize=(20, 6.8))
     data = [
         ("Truth", samples["truth"], None),
         ("Baseline", samples["baseline"], None),
         ("DCTR (weighted)", *samples["dctr"]),
         ("HMC", samples["hmc"], None),
-        ("LaSeR", samples["laser"], None),
+        ("LaSeR (GAN)", samples["laser"], None),
+        ("LaSeR flow", samples["flow"], None),
     ]
     hs = [hist(x, w) for _, x, w in data]
     vmax = max(h.max() for h, _, _ in hs)
@@ -317,7 +329,8 @@ def plot_toy(toy: str, samples: dict, bins: int, rng_range, path: Path) -> None:
         ("latent prior N(0, I)", samples["z_prior"], None),
         ("weighted latent (z, w)", *samples["z_weighted"]),
         ("HMC latent", samples["z_hmc"], None),
-        ("LaSeR latent Phi(y)", samples["z_laser"], None),
+        ("GAN latent Phi(y)", samples["z_laser"], None),
+        ("flow latent Phi(y)", samples["z_flow"], None),
     ]
     ls = [hist(z, w, lat_range) for _, z, w in latent]
     vmax = max(h.max() for h, _, _ in ls)
@@ -350,7 +363,7 @@ def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
         head,
         sep,
     ]
-    for method in ("baseline", "hmc", "laser", "dctr", "truth"):
+    for method in METHODS:
         cells = []
         for t in toys:
             s = results[t][method]
@@ -360,7 +373,7 @@ def table_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     ratios = []
     for t in toys:
         base = results[t]["baseline"]
-        for m in ("hmc", "laser", "dctr"):
+        for m in ("hmc", "laser", "flow", "dctr"):
             ratios.append(
                 f"{TOY_TITLES[t]} {METHOD_TITLES[m]}: EMD x{results[t][m]['emd'] / base['emd']:.2f}, "
                 f"JSD x{results[t][m]['jsd'] / base['jsd']:.2f} of baseline"

@@ -586,6 +586,12 @@ CASES = [
         setup=_laser_config("baseline.init_args.lr", -1e-3),
     ),
     Case(
+        "refine-flow-refiner-scale-zero",
+        REFINE,
+        ("bad.yaml", "flow_refiner.init_args.max_log_scale"),
+        setup=_laser_config("flow_refiner.init_args.max_log_scale", 0.0),
+    ),
+    Case(
         "refine-batch-size-zero",
         REFINE,
         ("bad.yaml", "baseline_training.batch_size"),
@@ -860,7 +866,7 @@ def test_good_hyperparameters_pass():
 
     for path in CONFIG_DIR.rglob("*.yaml"):
         config = yaml.safe_load(path.read_text())
-        for section in ("model", "baseline", "classifier", "refiner"):
+        for section in ("model", "baseline", "classifier", "refiner", "flow_refiner"):
             if isinstance(config.get(section), dict):
                 assert hyperparameter_problems(config[section].get("init_args") or {}) == [], (
                     path,

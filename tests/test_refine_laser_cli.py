@@ -32,6 +32,10 @@ refiner:
   init_args: {aux_dim: 4, hidden: 64, n_hidden: 3, lr: 5.0e-4, betas: [0.5, 0.9], lr_decay: 0.999, n_critic: 4,
               residual: true, ema: null}
 refiner_training: {epochs: 60, batch_size: 500}
+flow_refiner:
+  class_path: refine.flow_refiner.WeightedFlowRefiner
+  init_args: {n_blocks: 6, hidden: 32, n_hidden: 2, lr: 2.0e-3, lr_decay: 0.98}
+flow_refiner_training: {epochs: 40, batch_size: 500}
 """
 
 
@@ -67,11 +71,11 @@ def test_laser_cli_refines_gaussians(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     scores = results["gaussians"]
-    assert set(scores) == {"baseline", "hmc", "laser", "dctr", "truth"}
+    assert set(scores) == {"baseline", "hmc", "laser", "flow", "dctr", "truth"}
     for method in scores.values():
         assert set(method) == {"emd", "jsd"} and all(v >= 0 for v in method.values())
     base = scores["baseline"]
-    for method in ("hmc", "laser", "dctr"):
+    for method in ("hmc", "laser", "flow", "dctr"):
         assert scores[method]["jsd"] < base["jsd"], scores
     # a GAN this small and short is not reliable in EMD; HMC and DCTR must also win there
     for method in ("hmc", "dctr"):
@@ -80,9 +84,9 @@ def test_laser_cli_refines_gaussians(tmp_path):
         s["jsd"] for s in scores.values() if s is not scores["truth"]
     )
     table = (out / "table.md").read_text()
-    assert "| Baseline |" in table and "Error floor" in table
+    assert "| Baseline |" in table and "| LaSeR flow refiner |" in table and "Error floor" in table
     assert (out / "gaussians.png").stat().st_size > 10_000
-    for name in ("baseline", "classifier", "laser_refiner"):
+    for name in ("baseline", "classifier", "laser_refiner", "laser_flow_refiner"):
         assert list((out / "gaussians" / "logs" / name).glob("events.out.tfevents*")), name
     assert not list(out.glob(".*"))  # no temporary files left behind
     # same seed, same numbers
@@ -198,6 +202,7 @@ def test_shipped_configs_resolve():
     """Every shipped toy config (and its quick version) builds the classes the protocol uses."""
     from caloflow.models import ShowerClassifier
     from refine.config import TOY_NAMES, build, class_of
+    from refine.flow_refiner import WeightedFlowRefiner
     from refine.gan import WeightedGANRefiner
     from refine.toy_laser import load_config
     from refine.toys import RealNVPBaseline
@@ -212,6 +217,7 @@ def test_shipped_configs_resolve():
                 RealNVPBaseline,
             )
             assert isinstance(build(cfg.refiner, latent_dim=2), WeightedGANRefiner)
+            assert isinstance(build(cfg.flow_refiner, latent_dim=2), WeightedFlowRefiner)
 
 
 @pytest.mark.slow
