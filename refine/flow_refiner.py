@@ -195,6 +195,10 @@ class WeightedFlowRefiner(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
+    def validation_step(self, batch, batch_idx):
+        z, w, *rest = batch
+        self.log("val/loss", self.weighted_nll(z, w, rest[0] if rest else None), on_epoch=True)
+
     def configure_optimizers(self):
         hp = self.hparams
         return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)

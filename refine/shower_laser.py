@@ -77,6 +77,7 @@ STREAMS = {
     "rejection": 4,
     "hmc": 5,
     "refiner_points": 6,
+    "refiner_split": 7,
 }
 
 
@@ -343,9 +344,10 @@ def _one_round(run: ShowerRun, reference, previous, method: str):
         z, w, energies = refiner_points(run, weights, phi)
     path = round_checkpoint(run, run.round)
     with run.stage(f"refiner{run.suffix}"):
-        refiner, failure = attempt(
+        trained, failure = attempt(
             run, method, lambda: _trained_refiner(run, z, w, energies, path, previous), path
         )
+    refiner, training = trained if failure is None else (None, {})
     summary = {
         "round": run.round,
         "method": method,
@@ -356,25 +358,28 @@ def _one_round(run: ShowerRun, reference, previous, method: str):
             "draws_per_energy": run.cfg.refiner_training.draws_per_energy,
             "ess_fraction": weight_summary(w)["ess_fraction"],
         },
+        "refiner_training": training,
     }
     return weights, summary, refiner, failure
 
 
 def _trained_refiner(run: ShowerRun, z, w, energies, path: Path, start=None):
     """The refiner trained on (z, w, E) (from ``start``'s parameters when given), saved as ``path`` and
-    loaded back from it (so the run generates with exactly what ``caloflow generate --refiner`` loads)."""
+    loaded back from it (so the run generates with exactly what ``caloflow generate --refiner`` loads),
+    with what its training measured."""
     from refine.shower_refiner import load_refiner, save_refiner
 
+    refiner, info = train_refiner(run, z, w, energies, start)
     path = save_refiner(
         path,
-        train_refiner(run, z, w, energies, start),
+        refiner,
         run.inputs.kind,
         run.inputs.checkpoints,
         seed=run.seed,
         batch_size=int(run.cfg.batch_size),
     )
     run.say(f"wrote {path}")
-    return load_refiner(path, path.name, run.inputs.checkpoints)[0]
+    return load_refiner(path, path.name, run.inputs.checkpoints)[0], info
 
 
 def draw_unrefined(
@@ -571,35 +576,93 @@ def build_shower_refiner(spec, dim: int):
     return build(spec, latent_dim=dim, aux_dim=dim, context_dim=1, residual=True, zero_init=True)
 
 
-def train_refiner(run: ShowerRun, z, w, energies, start=None):
-    """Step 3c: the conditional refiner (:func:`build_shower_refiner`: the weighted GAN with the
-    paper's loss, or the flow by weighted maximum likelihood), starting as the identity (or from the
-    parameters of ``start``, the previous round's refiner), on the weighted latent points (z_i, w_i, E_i)."""
-    import lightning as L
+def refiner_loaders(run: ShowerRun, z, w, energies):
+    """The refiner's batches of (z, w, c(E)): a training loader and, with ``refiner_training.val_fraction``
+    > 0, one validation batch of that share of the points (a seeded random choice), else None."""
+    import torch
 
     from refine.data import TensorLoader
     from refine.shower_refiner import incident_context
+
+    training = run.cfg.refiner_training
+    tensors = (z.float(), w.float(), incident_context(energies))
+    n_val = int(round(training.val_fraction * len(z)))
+    seed = run.stream_seed("refiner")
+    if n_val == 0:
+        return TensorLoader(*tensors, batch_size=training.batch_size, seed=seed), None
+    order = torch.randperm(len(z), generator=run.generator("refiner_split"))
+    fit, val = order[n_val:], order[:n_val]
+    return (
+        TensorLoader(*(t[fit] for t in tensors), batch_size=training.batch_size, seed=seed),
+        TensorLoader(*(t[val] for t in tensors), batch_size=n_val, shuffle=False),
+    )
+
+
+def train_refiner(run: ShowerRun, z, w, energies, start=None):
+    """Step 3c: the conditional refiner (:func:`build_shower_refiner`: the weighted GAN with the
+    paper's loss, or the flow by weighted maximum likelihood), starting as the identity (or from the
+    parameters of ``start``, the previous round's refiner), on the weighted latent points (z_i, w_i, E_i).
+
+    With a validation share (flow refiner) the refiner is kept at its lowest held-out weighted NLL,
+    and stays at its start when no epoch beats the start there (:func:`fit_kept_best`).
+    Returns the refiner and what its training measured."""
+    import lightning as L
 
     dim = z.shape[1]
     L.seed_everything(run.stream_seed("refiner"), verbose=False)
     refiner = build_shower_refiner(run.cfg.refiner, dim)
     if start is not None:
         refiner.load_state_dict(start.state_dict())
-    training = run.cfg.refiner_training
-    loader = TensorLoader(
-        z.float(),
-        w.float(),
-        incident_context(energies),
-        batch_size=training.batch_size,
-        seed=run.stream_seed("refiner"),
-    )
+    loader, val = refiner_loaders(run, z, w, energies)
     run.say(
-        f"training the LaSeR refiner on {len(z)} weighted latent points (R^{dim}, conditional on E_inc)"
+        f"training the LaSeR refiner on {len(loader.tensors[0])} weighted latent points (R^{dim}, "
+        f"conditional on E_inc)" + (f", {len(val.tensors[0])} held out" if val else "")
     )
-    trainer = run.trainer(f"laser_refiner{run.suffix}", training.epochs)
-    trainer.fit(refiner, loader)
+    trainer = run.trainer(f"laser_refiner{run.suffix}", run.cfg.refiner_training.epochs)
+    if val is None:
+        trainer.fit(refiner, loader)
+        info = {}
+    else:
+        info = fit_kept_best(trainer, refiner, loader, val)
+        run.say(
+            f"refiner: held-out weighted NLL {info['val_nll_start']:.4f} at the start, "
+            f"{info['val_nll_best']:.4f} at epoch {info['best_epoch']} (target gain "
+            f"KL(q || start) ~ {info['target_gain']:.4f} nats)"
+        )
     check_refiner_finite(refiner, trainer.callback_metrics)
-    return refiner.eval()
+    return refiner.eval(), info
+
+
+def fit_kept_best(trainer, refiner, loader, val) -> dict[str, float]:
+    """Fit ``refiner`` and keep its state at the lowest held-out weighted NLL (``val``, one batch),
+    the start included: epoch 0 when no epoch beat it. Returns the start's and the best NLL (nats per
+    point), the best epoch, and the gain a perfect refiner would make on these points,
+    E_q[log w] - log E_p[w] = KL(q || start) for weights w of points drawn from the start's density."""
+    import math
+    import tempfile
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    z, w, c = next(iter(val))
+    with torch.no_grad():
+        start = float(refiner.weighted_nll(z, w, c))
+    w64 = w.double()
+    target = float((w64 * w64.log()).sum() / w64.sum() - math.log(float(w64.mean())))
+    initial = {k: v.clone() for k, v in refiner.state_dict().items()}
+    with tempfile.TemporaryDirectory(prefix="caloflow-refiner-") as tmp:
+        best = ModelCheckpoint(dirpath=tmp, monitor="val/loss", mode="min", filename="best-{epoch}")
+        trainer.callbacks.append(best)
+        trainer.fit(refiner, loader, val)
+        score = float(best.best_model_score)
+        if score < start:
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+            refiner.load_state_dict(state["state_dict"])
+            epoch = int(Path(best.best_model_path).stem.split("=")[-1]) + 1
+        else:
+            refiner.load_state_dict(initial)
+            epoch, score = 0, start
+    return {"val_nll_start": start, "val_nll_best": score, "best_epoch": epoch, "target_gain": target}
 
 
 def check_refiner_finite(refiner, metrics: dict) -> None:

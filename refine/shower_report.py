@@ -288,6 +288,31 @@ def _round_lines(rounds: list[dict]) -> list[str]:
     ]
 
 
+def _refiner_fit_lines(rounds: list[dict]) -> list[str]:
+    """One line per round whose refiner kept its best held-out weighted NLL: the gain in nats per point
+    against the gain the weights ask for, KL(q || start) = E_q[log w] - log E_p[w] on the same points."""
+    lines = []
+    for r in rounds:
+        fit = r.get("refiner_training") or {}
+        if "val_nll_best" not in fit:
+            continue
+        gain = fit["val_nll_start"] - fit["val_nll_best"]
+        kept = (
+            f"epoch {fit['best_epoch']}" if fit["best_epoch"] else "its start (no epoch was better)"
+        )
+        lines.append(
+            f"- Round {r['round']} refiner, held-out weighted NLL: {gain:.4f} nats per point below its "
+            f"start, of the {fit['target_gain']:.4f} the weights ask for (KL(q || start)); kept: {kept}."
+        )
+    return lines
+
+
+def _timing_line(timings: dict[str, float]) -> str:
+    """The wall time of every stage, in minutes, and their sum."""
+    stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items())
+    return f"- Time per stage (minutes): {stages}; total {sum(timings.values()) / 60:.1f}."
+
+
 def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
@@ -387,10 +412,12 @@ def table_markdown(results: dict[str, Any]) -> str:
         _rejection_line(results),
         _refiner_points_line(results["refiner_points"], results["settings"].get("refiner")),
         *_round_lines(results.get("rounds", [])),
+        *_refiner_fit_lines(results.get("rounds", [])),
         _hmc_line(results["hmc"]),
         f"- Weights w = exp(logit) on {w['n']} refinement showers: min {w['min']:.3g}, median {w['median']:.3g}, "
         f"max {w['max']:.3g}, effective sample size {w['ess_fraction']:.3f} of them.",
         training,
+        _timing_line(results.get("timings_s", {})),
         "",
     ]
     return "\n".join(lines)

@@ -67,6 +67,59 @@ def test_weighted_likelihood_recovers_a_known_reweighting():
     assert abs(float(-lp.mean()) - float(entropy)) < 0.05
 
 
+def _gaussian_reweighting(n: int, seed: int):
+    """z ~ N(0, I_3) with weights w(z) = N(z; mu, S) / N(z; 0, I) (the weighted sample is N(mu, S)),
+    and the exact KL(N(mu, S) || N(0, I)) = (tr S + mu.mu - d - log det S) / 2 in nats."""
+    gen = torch.Generator().manual_seed(seed)
+    d = 3
+    mu = torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64)
+    cov = torch.tensor([[0.6, 0.15, 0.0], [0.15, 0.8, -0.1], [0.0, -0.1, 0.7]], dtype=torch.float64)
+    z = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    target = torch.distributions.MultivariateNormal(mu, cov)
+    w = torch.exp(target.log_prob(z) + 0.5 * (z * z).sum(1) + 0.5 * d * np.log(2 * np.pi))
+    kl = 0.5 * float(torch.trace(cov) + mu @ mu - d - torch.logdet(cov))
+    return z, w, kl
+
+
+def test_the_held_out_likelihood_keeps_the_best_refiner_and_measures_the_gain():
+    """``fit_kept_best`` on the known reweighting: the target gain it estimates from the held-out
+    weights, E_q[log w] - log E_p[w], and the gain of the kept refiner (start NLL - best NLL) both
+    match the exact KL(N(mu, S) || N(0, I)); the kept state is the best epoch's, not the last one's.
+    On weights that carry no information (w = 1) the target gain is 0 and whatever is kept is no
+    worse than the start on the held-out points, the start itself (bit for bit) when no epoch beat it."""
+    from caloflow.training import make_trainer
+    from refine.data import TensorLoader
+    from refine.flow_refiner import WeightedFlowRefiner
+    from refine.shower_laser import fit_kept_best
+
+    z, w, kl = _gaussian_reweighting(24_000, seed=0)
+    c = torch.zeros(len(z), 1)
+    fit = TensorLoader(z[:20_000].float(), w[:20_000].float(), c[:20_000], batch_size=500, seed=0)
+    val = TensorLoader(z[20_000:].float(), w[20_000:].float(), c[20_000:], batch_size=4000)
+    torch.manual_seed(0)
+    phi = WeightedFlowRefiner(latent_dim=3, context_dim=1, n_blocks=4, hidden=32, n_hidden=1, lr=1e-2)
+    info = fit_kept_best(make_trainer(12, None), phi, fit, val)
+    assert abs(info["target_gain"] - kl) < 0.05 * kl + 0.02, (info, kl)
+    assert 1 <= info["best_epoch"] <= 12
+    gain = info["val_nll_start"] - info["val_nll_best"]
+    assert abs(gain - kl) < 0.1 * kl + 0.02, (info, kl)
+    zv, wv, cv = next(iter(val))
+    with torch.no_grad():
+        assert float(phi.weighted_nll(zv, wv, cv)) == pytest.approx(info["val_nll_best"], rel=1e-6)
+
+    ones = torch.ones(len(z))
+    fit = TensorLoader(z[:2000].float(), ones[:2000], c[:2000], batch_size=500, seed=0)
+    val = TensorLoader(z[20_000:].float(), ones[20_000:], c[20_000:], batch_size=4000)
+    torch.manual_seed(0)
+    phi = WeightedFlowRefiner(latent_dim=3, context_dim=1, n_blocks=4, hidden=32, n_hidden=1, lr=3e-2)
+    start = {k: v.clone() for k, v in phi.state_dict().items()}
+    info = fit_kept_best(make_trainer(4, None), phi, fit, val)
+    assert info["target_gain"] == pytest.approx(0.0, abs=1e-12)
+    assert info["val_nll_best"] <= info["val_nll_start"]
+    if info["best_epoch"] == 0:
+        assert all(torch.equal(v, start[k]) for k, v in phi.state_dict().items())
+
+
 def test_identity_refiner_reproduces_the_unrefined_showers_bit_for_bit(tmp_path):
     """A refiner fresh from its constructor is T(y, c) = y exactly for every E_inc (zero conditioners),
     log q(z) = log N(z; 0, I); on tiny CaloGAN-geometry flows, generation through it (saved and loaded
@@ -242,13 +295,31 @@ def test_no_round_reads_the_evaluation_split(flow_run, tmp_path):
     )
 
 
+def gan_config(path: Path, val_fraction: float = 0.0) -> Path:
+    """The shipped shower config with the weighted-GAN refiner of its comment instead of the flow."""
+    import yaml
+
+    from refine.config import CONFIG_DIR
+
+    config = yaml.safe_load((CONFIG_DIR / "showers.yaml").read_text())
+    config["refiner"] = {
+        "class_path": "refine.gan.WeightedGANRefiner",
+        "init_args": {"hidden": 64, "n_hidden": 2, "ema": 0.99, "paired": True},
+    }
+    config["refiner_training"]["val_fraction"] = val_fraction
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_rounds_with_the_gan_refiner_are_refused_before_any_work(tmp_path, capsys):
-    """``--rounds 2`` with the weighted GAN (the shipped refiner): one line naming the option, exit 2,
-    no output folder; ``--rounds`` on the toys: likewise."""
+    """``--rounds 2`` with the weighted GAN: one line naming the option, exit 2, no output folder;
+    ``--rounds`` on the toys: likewise; a held-out share for the GAN (it has no held-out loss): one
+    line naming the key."""
     from refine.laser import main
 
+    flows = ["--flow1", "a.ckpt", "--flow2", "b.ckpt", "--reference", "r.hdf5"]
     for argv, needle in (
-        (["--flow1", "a.ckpt", "--flow2", "b.ckpt", "--reference", "r.hdf5"], "flow refiner"),
+        ([*flows, "--config", str(gan_config(tmp_path / "gan.yaml"))], "flow refiner"),
         (["--toy", "donut"], "shower models"),
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -257,3 +328,10 @@ def test_rounds_with_the_gan_refiner_are_refused_before_any_work(tmp_path, capsy
         assert exit_info.value.code == 2 and len(lines) == 1, lines
         assert "--rounds" in lines[0] and needle in lines[0], lines
         assert not (tmp_path / "out").exists()
+    bad = gan_config(tmp_path / "gan-val.yaml", val_fraction=0.1)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flows, "--config", str(bad), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert "gan-val.yaml" in lines[0] and "refiner_training.val_fraction" in lines[0], lines
+    assert not (tmp_path / "out").exists()

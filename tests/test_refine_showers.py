@@ -569,7 +569,9 @@ def test_print_config_of_the_shower_run_is_the_resolved_yaml(tmp_path):
         "slope": 0.01,
         "geometry": "calogan",
     }
-    assert cfg["refiner"]["init_args"]["paired"] is True
+    # the shipped refiner: the flow, kept at its best held-out weighted likelihood
+    assert cfg["refiner"]["class_path"] == "refine.flow_refiner.WeightedFlowRefiner"
+    assert cfg["refiner_training"]["val_fraction"] == 0.1
     assert not list(tmp_path.iterdir())
 
 
