@@ -79,7 +79,9 @@ def _rule(name: str) -> tuple[Callable[[float], bool], str] | None:
         or name.endswith("_lr")
     ):
         return (lambda x: x > 0), "a number > 0"
-    if name.endswith("_scale") and name.startswith("max_"):  # a bound, e.g. a coupling's max_log_scale
+    if name.endswith("_scale") and name.startswith(
+        "max_"
+    ):  # a bound, e.g. a coupling's max_log_scale
         return (lambda x: x > 0), "a number > 0"
     if name in ("weight_decay", "threshold_kev", "energy_loss_weight") or name.endswith("_weight"):
         return (lambda x: x >= 0), "a number >= 0"

@@ -662,7 +662,12 @@ def fit_kept_best(trainer, refiner, loader, val) -> dict[str, float]:
         else:
             refiner.load_state_dict(initial)
             epoch, score = 0, start
-    return {"val_nll_start": start, "val_nll_best": score, "best_epoch": epoch, "target_gain": target}
+    return {
+        "val_nll_start": start,
+        "val_nll_best": score,
+        "best_epoch": epoch,
+        "target_gain": target,
+    }
 
 
 def check_refiner_finite(refiner, metrics: dict) -> None:

@@ -30,6 +30,7 @@ epoch, :func:`classifier_batch_size`), so that its converging schedule stays sho
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,7 @@ def evaluate_methods(
     challenge = is_polar(reference.geometry)
     for method, sample in showers.items():
         tests = _challenge_tests if challenge else _calogan_tests
+        t0 = time.perf_counter()
         for key, res in tests(run, reference, sample, method, weights.get(method)):
             results[method]["classifier"][key] = _classifier_entry(res)
             run.say(
@@ -162,6 +164,8 @@ def evaluate_methods(
                 f"JSD {res['jsd']['mean']:.3f} +- {res['jsd']['std']:.3f}"
                 + ("" if res["converged"] else " (NOT converged)")
             )
+        # what each row's classifier tests cost: the evaluation's share of every method
+        results[method]["evaluation_seconds"] = round(time.perf_counter() - t0, 2)
     powers = (
         _challenge_separation(reference, showers, weights)
         if challenge

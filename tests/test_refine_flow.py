@@ -97,7 +97,9 @@ def test_the_held_out_likelihood_keeps_the_best_refiner_and_measures_the_gain():
     fit = TensorLoader(z[:20_000].float(), w[:20_000].float(), c[:20_000], batch_size=500, seed=0)
     val = TensorLoader(z[20_000:].float(), w[20_000:].float(), c[20_000:], batch_size=4000)
     torch.manual_seed(0)
-    phi = WeightedFlowRefiner(latent_dim=3, context_dim=1, n_blocks=4, hidden=32, n_hidden=1, lr=1e-2)
+    phi = WeightedFlowRefiner(
+        latent_dim=3, context_dim=1, n_blocks=4, hidden=32, n_hidden=1, lr=1e-2
+    )
     info = fit_kept_best(make_trainer(12, None), phi, fit, val)
     assert abs(info["target_gain"] - kl) < 0.05 * kl + 0.02, (info, kl)
     assert 1 <= info["best_epoch"] <= 12
@@ -111,7 +113,9 @@ def test_the_held_out_likelihood_keeps_the_best_refiner_and_measures_the_gain():
     fit = TensorLoader(z[:2000].float(), ones[:2000], c[:2000], batch_size=500, seed=0)
     val = TensorLoader(z[20_000:].float(), ones[20_000:], c[20_000:], batch_size=4000)
     torch.manual_seed(0)
-    phi = WeightedFlowRefiner(latent_dim=3, context_dim=1, n_blocks=4, hidden=32, n_hidden=1, lr=3e-2)
+    phi = WeightedFlowRefiner(
+        latent_dim=3, context_dim=1, n_blocks=4, hidden=32, n_hidden=1, lr=3e-2
+    )
     start = {k: v.clone() for k, v in phi.state_dict().items()}
     info = fit_kept_best(make_trainer(4, None), phi, fit, val)
     assert info["target_gain"] == pytest.approx(0.0, abs=1e-12)

@@ -182,6 +182,12 @@ def test_end_to_end_writes_every_output(files, run_dir):
         f"| {t} |" in table for t in ("Unrefined", "DCTR (weighted)", "HMC", "LaSeR refiner")
     )
     assert f"{log_w['target']:.3f} for the target q" in table
+    # the time per stage, and each row's share of the evaluation
+    timings = results["timings_s"]
+    assert {"weights", "refiner_points", "refiner", "generation", "evaluation"} <= set(timings)
+    assert f"total {sum(timings.values()) / 60:.1f}." in table
+    rows = [e["evaluation_seconds"] for e in results["methods"].values()]
+    assert all(t > 0 for t in rows) and sum(rows) <= timings["evaluation"]
     for step in (
         "splits:",
         "weight classifier:",
