@@ -30,6 +30,8 @@ are coordinates of one vector: energies (z_I) and shapes (z_II) are refined join
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -83,6 +85,65 @@ class ConditionalAffineCoupling(nn.Module):
         return y, -s.sum(dim=1)
 
 
+class ConditionalSplineCoupling(ConditionalAffineCoupling):
+    """One coupling block with a monotone rational-quadratic spline (Durkan et al. 2019, the splines
+    of CaloFlow's MADE blocks) instead of the affine map: b -> RQS(b; theta(a, c)) on [-B, B] with
+    ``num_bins`` bins, the identity outside. A zero conditioner gives equal bins and unit derivatives
+    (the derivative parameters are offset so that 0 means slope 1), i.e. the identity up to rounding."""
+
+    def __init__(
+        self,
+        kept: Tensor,
+        transformed: Tensor,
+        context_dim: int,
+        hidden: int,
+        n_hidden: int,
+        num_bins: int,
+        tail_bound: float,
+    ):
+        nn.Module.__init__(self)
+        self.register_buffer("kept", kept)
+        self.register_buffer("transformed", transformed)
+        self.num_bins, self.tail_bound = int(num_bins), float(tail_bound)
+        n_params = 3 * self.num_bins - 1
+        self.net = mlp(len(kept) + context_dim, n_params * len(transformed), hidden, n_hidden)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _spline(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        import math
+
+        from nflows.transforms.splines.rational_quadratic import (
+            DEFAULT_MIN_DERIVATIVE,
+            unconstrained_rational_quadratic_spline,
+        )
+
+        a, k = x[:, self.kept], self.num_bins
+        h = self.net(a if context is None else torch.cat([a, context.to(a.dtype)], dim=1))
+        h = h.view(len(x), len(self.transformed), 3 * k - 1)
+        # softplus(offset) + min derivative = 1: a zero conditioner is the identity
+        offset = math.log(math.expm1(1 - DEFAULT_MIN_DERIVATIVE))
+        out, log_det = unconstrained_rational_quadratic_spline(
+            x[:, self.transformed],
+            h[..., :k],
+            h[..., k : 2 * k],
+            h[..., 2 * k :] + offset,
+            inverse=inverse,
+            tail_bound=self.tail_bound,
+        )
+        return out, log_det.sum(dim=1)
+
+    def forward(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        z = y.clone()
+        z[:, self.transformed] = self._spline(y, context, inverse=False)[0]
+        return z
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y = z.clone()
+        y[:, self.transformed], log_det = self._spline(z, context, inverse=True)
+        return y, log_det
+
+
 def coupling_halves(dim: int, n_blocks: int, seed: int) -> list[tuple[Tensor, Tensor]]:
     """(kept, transformed) coordinate indices per block: a seeded random half and its complement
     for each pair of blocks (so every coordinate is transformed once per pair)."""
@@ -115,6 +176,9 @@ class WeightedFlowRefiner(L.LightningModule):
         max_log_scale: bound on each block's log scale |s|.
         lr, lr_decay, weight_decay: Adam, with the learning rate multiplied by ``lr_decay`` per epoch.
         mask_seed: seed of the coordinate halves.
+        coupling: ``affine`` (b exp(s) + t; exactly the identity at the start) or ``spline``
+            (rational-quadratic, ``num_bins`` bins on [-tail_bound, tail_bound]; more flexible per
+            block, the identity up to rounding at the start).
     """
 
     def __init__(
@@ -129,6 +193,9 @@ class WeightedFlowRefiner(L.LightningModule):
         lr_decay: float = 1.0,
         weight_decay: float = 0.0,
         mask_seed: int = 0,
+        coupling: Literal["affine", "spline"] = "affine",
+        num_bins: int = 8,
+        tail_bound: float = 4.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -138,9 +205,20 @@ class WeightedFlowRefiner(L.LightningModule):
             raise ValueError(f"context_dim must be >= 0, got {context_dim}")
         if not max_log_scale > 0:
             raise ValueError(f"max_log_scale must be > 0, got {max_log_scale}")
+        if not tail_bound > 0:
+            raise ValueError(f"tail_bound must be > 0, got {tail_bound}")
+
+        def block(kept: Tensor, moved: Tensor) -> nn.Module:
+            if coupling == "spline":
+                return ConditionalSplineCoupling(
+                    kept, moved, context_dim, hidden, n_hidden, num_bins, tail_bound
+                )
+            return ConditionalAffineCoupling(
+                kept, moved, context_dim, hidden, n_hidden, max_log_scale
+            )
+
         self.blocks = nn.ModuleList(
-            ConditionalAffineCoupling(kept, moved, context_dim, hidden, n_hidden, max_log_scale)
-            for kept, moved in coupling_halves(latent_dim, n_blocks, mask_seed)
+            block(kept, moved) for kept, moved in coupling_halves(latent_dim, n_blocks, mask_seed)
         )
 
     @property
@@ -204,4 +282,9 @@ class WeightedFlowRefiner(L.LightningModule):
         return adam_with_decay(self.parameters(), hp.lr, hp.lr_decay, weight_decay=hp.weight_decay)
 
 
-__all__ = ["ConditionalAffineCoupling", "coupling_halves", "WeightedFlowRefiner"]
+__all__ = [
+    "ConditionalAffineCoupling",
+    "ConditionalSplineCoupling",
+    "coupling_halves",
+    "WeightedFlowRefiner",
+]

@@ -34,7 +34,7 @@ refiner:
 refiner_training: {epochs: 60, batch_size: 500}
 flow_refiner:
   class_path: refine.flow_refiner.WeightedFlowRefiner
-  init_args: {n_blocks: 6, hidden: 32, n_hidden: 2, lr: 2.0e-3, lr_decay: 0.98}
+  init_args: {coupling: spline, n_blocks: 4, hidden: 32, n_hidden: 2, lr: 2.0e-3, lr_decay: 0.98}
 flow_refiner_training: {epochs: 40, batch_size: 500}
 """
 
