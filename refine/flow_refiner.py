@@ -41,9 +41,32 @@ from caloflow.training import adam_with_decay
 from refine.nets import checked_context
 
 
-class ConditionalAffineCoupling(nn.Module):
+class _Coupling(nn.Module):
+    """What every coupling block has: the coordinates it keeps (a) and transforms (b), and a conditioner
+    MLP of [a, c] with ``per_coordinate`` outputs per transformed coordinate, its last layer zero."""
+
+    def __init__(
+        self,
+        kept: Tensor,
+        transformed: Tensor,
+        context_dim: int,
+        per_coordinate: int,
+        hidden: int,
+        n_hidden: int,
+    ):
+        super().__init__()
+        self.register_buffer("kept", kept)
+        self.register_buffer("transformed", transformed)
+        self.net = mlp(len(kept) + context_dim, per_coordinate * len(transformed), hidden, n_hidden)
+        # zero last layer: the block starts as the identity
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+
+class ConditionalAffineCoupling(_Coupling):
     """One coupling block on R^N with condition c: b -> b exp(s(a, c)) + t(a, c) for the coordinates
-    ``transformed`` (b), conditioned on the others (a); s in (-bound, bound)."""
+    ``transformed`` (b), conditioned on the others (a); s in (-bound, bound). s = t = 0 at the start:
+    exactly the identity."""
 
     def __init__(
         self,
@@ -54,13 +77,7 @@ class ConditionalAffineCoupling(nn.Module):
         n_hidden: int,
         bound: float,
     ):
-        super().__init__()
-        self.register_buffer("kept", kept)
-        self.register_buffer("transformed", transformed)
-        self.net = mlp(len(kept) + context_dim, 2 * len(transformed), hidden, n_hidden)
-        # zero last layer: s = t = 0, the block is exactly the identity before training
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        super().__init__(kept, transformed, context_dim, 2, hidden, n_hidden)
         self.bound = float(bound)
 
     def _scale_shift(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -85,7 +102,7 @@ class ConditionalAffineCoupling(nn.Module):
         return y, -s.sum(dim=1)
 
 
-class ConditionalSplineCoupling(ConditionalAffineCoupling):
+class ConditionalSplineCoupling(_Coupling):
     """One coupling block with a monotone rational-quadratic spline (Durkan et al. 2019, the splines
     of CaloFlow's MADE blocks) instead of the affine map: b -> RQS(b; theta(a, c)) on [-B, B] with
     ``num_bins`` bins, the identity outside. A zero conditioner gives equal bins and unit derivatives
@@ -101,14 +118,8 @@ class ConditionalSplineCoupling(ConditionalAffineCoupling):
         num_bins: int,
         tail_bound: float,
     ):
-        nn.Module.__init__(self)
-        self.register_buffer("kept", kept)
-        self.register_buffer("transformed", transformed)
+        super().__init__(kept, transformed, context_dim, 3 * num_bins - 1, hidden, n_hidden)
         self.num_bins, self.tail_bound = int(num_bins), float(tail_bound)
-        n_params = 3 * self.num_bins - 1
-        self.net = mlp(len(kept) + context_dim, n_params * len(transformed), hidden, n_hidden)
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
 
     def _spline(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         import math
