@@ -9,12 +9,15 @@ checkpoints unless asked, and print no progress bar of their own unless asked.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 #: messages that say nothing to a user of these small, in-memory trainings
@@ -105,10 +108,29 @@ def adam_with_decay(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
+@contextmanager
+def keep_best(monitor: str, mode: str = "min") -> Iterator[ModelCheckpoint]:
+    """A ModelCheckpoint that keeps the best epoch by ``monitor`` (``mode`` "min" or "max") in a
+    temporary folder that lives only as long as the ``with`` block: add it to a Trainer's callbacks,
+    fit, and reload the best epoch (:func:`best_epoch`, ``best_model_path``) inside the block, so that
+    no checkpoint is left behind."""
+    with tempfile.TemporaryDirectory(prefix="caloflow-best-") as folder:
+        yield ModelCheckpoint(
+            dirpath=folder, monitor=monitor, mode=mode, save_top_k=1, filename="best-{epoch}"
+        )
+
+
+def best_epoch(checkpoint: ModelCheckpoint) -> int:
+    """The epoch (counted from 1) whose state ``checkpoint`` (of :func:`keep_best`) kept."""
+    return int(Path(checkpoint.best_model_path).stem.split("=")[-1]) + 1
+
+
 __all__ = [
     "QUIET_WARNINGS",
     "quiet_lightning",
     "drop_lightning_tips",
     "make_trainer",
     "adam_with_decay",
+    "keep_best",
+    "best_epoch",
 ]

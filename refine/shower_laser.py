@@ -639,10 +639,10 @@ def fit_kept_best(trainer, refiner, loader, val) -> dict[str, float]:
     point), the best epoch, and the gain a perfect refiner would make on these points,
     E_q[log w] - log E_p[w] = KL(q || start) for weights w of points drawn from the start's density."""
     import math
-    import tempfile
 
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from caloflow.training import best_epoch, keep_best
 
     z, w, c = next(iter(val))
     with torch.no_grad():
@@ -650,15 +650,14 @@ def fit_kept_best(trainer, refiner, loader, val) -> dict[str, float]:
     w64 = w.double()
     target = float((w64 * w64.log()).sum() / w64.sum() - math.log(float(w64.mean())))
     initial = {k: v.clone() for k, v in refiner.state_dict().items()}
-    with tempfile.TemporaryDirectory(prefix="caloflow-refiner-") as tmp:
-        best = ModelCheckpoint(dirpath=tmp, monitor="val/loss", mode="min", filename="best-{epoch}")
+    with keep_best("val/loss", "min") as best:
         trainer.callbacks.append(best)
         trainer.fit(refiner, loader, val)
         score = float(best.best_model_score)
         if score < start:
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
             refiner.load_state_dict(state["state_dict"])
-            epoch = int(Path(best.best_model_path).stem.split("=")[-1]) + 1
+            epoch = best_epoch(best)
         else:
             refiner.load_state_dict(initial)
             epoch, score = 0, start

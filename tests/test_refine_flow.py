@@ -159,6 +159,44 @@ def test_the_held_out_likelihood_keeps_the_best_refiner_and_measures_the_gain():
         assert all(torch.equal(v, start[k]) for k, v in phi.state_dict().items())
 
 
+def test_keep_best_reloads_the_lowest_validation_epoch_and_leaves_no_checkpoint():
+    """``keep_best`` (shared by the classifier test and the refiner): the epoch it names is the one
+    whose logged validation loss was lowest, its checkpoint holds that epoch's loss, and its folder
+    is gone once the block ends."""
+    from lightning.pytorch.callbacks import Callback
+
+    from caloflow.training import best_epoch, keep_best, make_trainer
+    from refine.data import TensorLoader
+    from refine.flow_refiner import WeightedFlowRefiner
+
+    class Losses(Callback):
+        def __init__(self):
+            self.values: list[float] = []
+
+        def on_validation_epoch_end(self, trainer, module):
+            self.values.append(float(trainer.callback_metrics["val/loss"]))
+
+    z, w, _ = _gaussian_reweighting(3000, seed=1)
+    c = torch.zeros(len(z), 1)
+    fit = TensorLoader(z[:2000].float(), w[:2000].float(), c[:2000], batch_size=100, seed=0)
+    val = TensorLoader(z[2000:].float(), w[2000:].float(), c[2000:], batch_size=1000)
+    torch.manual_seed(0)
+    # a learning rate large enough for the validation loss to go up and down
+    phi = WeightedFlowRefiner(latent_dim=3, context_dim=1, n_blocks=2, hidden=16, lr=0.1)
+    losses = Losses()
+    with keep_best("val/loss", "min") as best:
+        trainer = make_trainer(6, None, callbacks=[losses, best], checkpointing=True)
+        trainer.fit(phi, fit, val)
+        folder = Path(best.dirpath)
+        assert best_epoch(best) == 1 + int(np.argmin(losses.values)), losses.values
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        phi.load_state_dict(state["state_dict"])
+        zv, wv, cv = next(iter(val))
+        with torch.no_grad():
+            assert float(phi.weighted_nll(zv, wv, cv)) == pytest.approx(min(losses.values), rel=1e-6)
+    assert not folder.exists()
+
+
 def test_identity_refiner_reproduces_the_unrefined_showers_bit_for_bit(tmp_path):
     """A refiner fresh from its constructor is T(y, c) = y exactly for every E_inc (zero conditioners),
     log q(z) = log N(z; 0, I); on tiny CaloGAN-geometry flows, generation through it (saved and loaded

@@ -33,14 +33,13 @@ generated weights of each split is reported (``ess``). Without weights nothing c
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score
 
@@ -55,7 +54,7 @@ from caloflow.data.io import Showers, read_showers
 from caloflow.errors import CaloflowError
 from caloflow.evaluate.weights import effective_sample_size
 from caloflow.models.classifiers import ARCHITECTURES, ShowerClassifier
-from caloflow.training import make_trainer
+from caloflow.training import best_epoch, keep_best, make_trainer
 
 #: Epochs of appendix A (the DNN's 60 epochs of 120 batches are the paper's optimizer budget).
 DEFAULT_EPOCHS = {"dnn": 60, "cnn": 50, "features": 60}
@@ -450,15 +449,8 @@ def fit_classifier(
     epochs_run, updates, converged, ...}``."""
     if keep not in ("val_acc", "val_loss"):
         raise ValueError(f"keep must be 'val_acc' or 'val_loss', not {keep!r}")
-    with tempfile.TemporaryDirectory(prefix="caloflow-classifier-") as ckpt_dir:
-        # the checkpoint of the best epoch only lives until it has been reloaded
-        best = ModelCheckpoint(
-            dirpath=ckpt_dir,
-            monitor=keep,
-            mode="max" if keep == "val_acc" else "min",
-            save_top_k=1,
-            filename="best-{epoch}",
-        )
+    # the checkpoint of the best epoch only lives until it has been reloaded
+    with keep_best(keep, "max" if keep == "val_acc" else "min") as best:
         callbacks: list[Callback] = [best, _EpochProgress(progress)]
         if schedule.patience is not None:
             callbacks.append(
@@ -479,10 +471,10 @@ def fit_classifier(
         if encode_inputs:
             encode_once(datamodule, model)
         trainer.fit(model, datamodule=datamodule)
-        best_epoch = int(Path(best.best_model_path).stem.split("=")[-1]) + 1
+        epoch = best_epoch(best)
         epochs_run = int(trainer.current_epoch)
         info = {
-            "best_epoch": best_epoch,
+            "best_epoch": epoch,
             f"best_{keep}": float(best.best_model_score),
             "epochs_run": epochs_run,
             "max_epochs": schedule.max_epochs,
@@ -492,7 +484,7 @@ def fit_classifier(
             "stopped_early": epochs_run < schedule.max_epochs,
             "converged": schedule.patience is not None
             and epochs_run < schedule.max_epochs
-            and best_epoch < schedule.max_epochs,
+            and epoch < schedule.max_epochs,
         }
         model = ShowerClassifier.load_from_checkpoint(best.best_model_path, map_location="cpu")
     return {"model": model, "trainer": trainer, "info": info}
