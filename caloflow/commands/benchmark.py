@@ -139,6 +139,25 @@ def _out_of_memory(error: BaseException) -> bool:
     )
 
 
+def _measure(gen: Generator, cell: Cell, device, max_seconds: float, repeats: int) -> bool:
+    """Time ``gen`` at ``cell.batch`` into ``cell`` (``repeats`` calls, fewer when the next would pass
+    ``max_seconds`` in all); False when the device ran out of memory."""
+    try:
+        while True:
+            redraws, seconds = timed(lambda: gen.run(cell.batch), device)
+            cell.seconds_per_call.append(seconds)
+            cell.redraws += redraws
+            spent, best = sum(cell.seconds_per_call), min(cell.seconds_per_call)
+            if len(cell.seconds_per_call) >= repeats or spent + best > max_seconds:
+                return True
+    except Exception as e:
+        if not _out_of_memory(e):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return False
+
+
 def time_generator(
     gen: Generator,
     batch_sizes: list[int],
@@ -190,19 +209,7 @@ def time_generator(
             continue
         log(f"{gen.name} batch {batch:,}: running (estimate {est_s:,.1f} s per call)")
         cell = Cell(gen.name, batch, "measured", estimate_s=est_s, estimate_method=method)
-        try:
-            while True:
-                redraws, seconds = timed(lambda: gen.run(batch), device)
-                cell.seconds_per_call.append(seconds)
-                cell.redraws += redraws
-                spent, best = sum(cell.seconds_per_call), min(cell.seconds_per_call)
-                if len(cell.seconds_per_call) >= repeats or spent + best > max_seconds:
-                    break
-        except Exception as e:
-            if not _out_of_memory(e):
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        if not _measure(gen, cell, device, max_seconds, repeats):
             oom_at = batch
             cells.append(Cell(gen.name, batch, "skipped", reason="out of memory"))
             log(f"{gen.name} batch {batch:,}: skipped (out of memory)")
@@ -223,12 +230,70 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _caloflow_generators(args, names: list[str], device, seed: int, energies_for, noise) -> list:
+    """``caloflow-fast`` and ``caloflow-nflows`` (those in ``names``): one CaloFlow, two inverses."""
+    from caloflow.sampling import CaloFlow
+
+    if args.flow1:
+        flow = CaloFlow.load(args.flow1, args.flow2, str(device))
+        source = f"checkpoints {args.flow1}, {args.flow2}"
+    else:
+        from caloflow.models.flows import FlowI, FlowII
+
+        torch.manual_seed(seed)
+        flow, source = CaloFlow(FlowI().to(device), FlowII().to(device)), PAPER_SIZE
+    n_params = _count(flow.flow1) + _count(flow.flow2)
+    model = f"Flow I + Flow II, {n_params:,} parameters: {source}"
+    generators = []
+    for name, fast in (("caloflow-fast", True), ("caloflow-nflows", False)):
+        if name in names:
+
+            def run(batch: int, fast: bool = fast) -> int:
+                flow.sample(energies_for(batch), noise, batch_size=batch, fast=fast)
+                return flow.redraws
+
+            generators.append(Generator(name, GENERATORS[name], run, model))
+    return generators
+
+
+def _calogan_generator(args, device, seed: int, energies_for, noise) -> Generator:
+    from caloflow.sampling import CaloGANSampler
+
+    if args.calogan:
+        gan, source = CaloGANSampler.load(args.calogan, str(device)), f"checkpoint {args.calogan}"
+    else:
+        from caloflow.models.calogan import CaloGAN
+
+        torch.manual_seed(seed)
+        gan, source = CaloGANSampler(CaloGAN().to(device)), PAPER_SIZE
+    model = f"generator, {_count(gan.model.generator):,} parameters: {source}"
+
+    def run_gan(batch: int) -> int:
+        gan.sample(energies_for(batch), noise, batch_size=batch)
+        return gan.redraws
+
+    return Generator("calogan", GENERATORS["calogan"], run_gan, model)
+
+
+def _simulator_generator(particle: str, seed: int) -> Generator:
+    from caloflow.data.simulate import SIMULATOR_VERSION, simulate
+
+    def run_simulator(batch: int) -> int:
+        simulate(particle, batch, seed, progress=False)
+        return 0
+
+    model = f"{SIMULATOR_VERSION}, {particle}, numpy on the CPU (batch = showers per call)"
+    return Generator("simulator", f"simulator ({particle})", run_simulator, model)
+
+
 def build_generators(
     args: argparse.Namespace, names: list[str], device: torch.device, seed: int
 ) -> list[Generator]:
     """The requested generators, each as ``run(batch) -> redraws`` on ``device`` (``--dataset``
-    calogan; a dataset-1 run builds its rows with :func:`build_ds1_generators`)."""
-    from caloflow.sampling import CaloFlow, CaloGANSampler, requested_energies
+    calogan; a dataset-1 run builds its rows with :func:`build_ds1_generators`). Every generator
+    draws the same incident energies per batch size, and its latent noise on the CPU (so the draws
+    do not depend on the device)."""
+    from caloflow.sampling import requested_energies
 
     energies = {}
 
@@ -237,58 +302,14 @@ def build_generators(
             energies[batch] = requested_energies(batch, None, ENERGY_RANGE_GEV, seed)
         return energies[batch]
 
-    noise = torch.Generator().manual_seed(
-        seed
-    )  # CPU, so the latent draws do not depend on the device
+    noise = torch.Generator().manual_seed(seed)
     generators = []
     if {"caloflow-fast", "caloflow-nflows"} & set(names):
-        if args.flow1:
-            flow = CaloFlow.load(args.flow1, args.flow2, str(device))
-            source = f"checkpoints {args.flow1}, {args.flow2}"
-        else:
-            from caloflow.models.flows import FlowI, FlowII
-
-            torch.manual_seed(seed)
-            flow, source = CaloFlow(FlowI().to(device), FlowII().to(device)), PAPER_SIZE
-        n_params = _count(flow.flow1) + _count(flow.flow2)
-        model = f"Flow I + Flow II, {n_params:,} parameters: {source}"
-        for name, fast in (("caloflow-fast", True), ("caloflow-nflows", False)):
-            if name in names:
-
-                def run(batch: int, fast: bool = fast) -> int:
-                    flow.sample(energies_for(batch), noise, batch_size=batch, fast=fast)
-                    return flow.redraws
-
-                generators.append(Generator(name, GENERATORS[name], run, model))
+        generators += _caloflow_generators(args, names, device, seed, energies_for, noise)
     if "calogan" in names:
-        if args.calogan:
-            gan, source = (
-                CaloGANSampler.load(args.calogan, str(device)),
-                f"checkpoint {args.calogan}",
-            )
-        else:
-            from caloflow.models.calogan import CaloGAN
-
-            torch.manual_seed(seed)
-            gan, source = CaloGANSampler(CaloGAN().to(device)), PAPER_SIZE
-        model = f"generator, {_count(gan.model.generator):,} parameters: {source}"
-
-        def run_gan(batch: int) -> int:
-            gan.sample(energies_for(batch), noise, batch_size=batch)
-            return gan.redraws
-
-        generators.append(Generator("calogan", GENERATORS["calogan"], run_gan, model))
+        generators.append(_calogan_generator(args, device, seed, energies_for, noise))
     if "simulator" in names:
-        from caloflow.data.simulate import SIMULATOR_VERSION, simulate
-
-        particle = args.simulator
-
-        def run_simulator(batch: int) -> int:
-            simulate(particle, batch, seed, progress=False)
-            return 0
-
-        model = f"{SIMULATOR_VERSION}, {particle}, numpy on the CPU (batch = showers per call)"
-        generators.append(Generator("simulator", f"simulator ({particle})", run_simulator, model))
+        generators.append(_simulator_generator(args.simulator, seed))
     order = {name: i for i, name in enumerate(names)}
     return sorted(generators, key=lambda g: order[g.name])
 
@@ -627,33 +648,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {','.join(GENERATORS)} (default: all; dataset 1: "
         f"{','.join(DS1_GENERATORS)})",
     )
-    parser.add_argument(
-        "--batch-sizes",
-        nargs="+",
-        type=argtypes.positive_int,
-        default=list(DEFAULT_BATCH_SIZES),
-        help="batch sizes (default 10 100 1000 10000)",
-    )
-    parser.add_argument(
-        "--device",
-        type=argtypes.device,
-        default="cpu",
-        help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU",
-    )
+    _add_timing_options(parser.add_argument_group("timing"))
     argtypes.add_threads_option(parser, None)
     argtypes.add_progress_option(parser)  # the same option as every command; this one draws no bars
-    parser.add_argument(
-        "--max-seconds",
-        type=argtypes.positive_float,
-        default=600.0,
-        help="a cell whose estimated time per call exceeds this is estimated, not run (default 600)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=argtypes.positive_int,
-        default=3,
-        help="timed calls per cell, the best is reported (default 3)",
-    )
     parser.add_argument(
         "--seed",
         type=argtypes.seed,
@@ -665,6 +662,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=argtypes.output_dir,
         help="output folder for benchmark.json and benchmark.md",
+    )
+
+
+def _add_timing_options(group) -> None:
+    group.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=argtypes.positive_int,
+        default=list(DEFAULT_BATCH_SIZES),
+        help="batch sizes (default 10 100 1000 10000)",
+    )
+    group.add_argument(
+        "--device",
+        type=argtypes.device,
+        default="cpu",
+        help="cpu or cuda[:N] (default cpu); the simulator runs on the CPU",
+    )
+    group.add_argument(
+        "--max-seconds",
+        type=argtypes.positive_float,
+        default=600.0,
+        help="a cell whose estimated time per call exceeds this is estimated, not run (default 600)",
+    )
+    group.add_argument(
+        "--repeats",
+        type=argtypes.positive_int,
+        default=3,
+        help="timed calls per cell, the best is reported (default 3)",
     )
 
 

@@ -102,98 +102,65 @@ def fit_config(config: Path, root: Path, data: Path, seed: int, progress: bool =
     return Path(best)
 
 
+def _check_configs(configs: Path) -> None:
+    for name in ("flow1.yaml", "flow2.yaml"):
+        if not (configs / name).is_file():
+            raise CaloflowError(f"--configs {configs}: no {name} there")
+        check_config(configs / name)
+
+
+def _simulate(args: argparse.Namespace, n: int, seed: int, path: Path) -> None:
+    argv = ["simulate", "--particle", args.particle, "--n", str(n), "--seed", str(seed)]
+    run_caloflow([*argv, "--out", str(path)], args.progress)
+
+
+def _print_outputs(outputs: dict[str, object]) -> None:
+    for label, path in outputs.items():
+        print(f"  {label:30s} {path}")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     configs = Path(args.configs) if args.configs else shipped_config("demo/flow1").parent
-    for name in ("flow1.yaml", "flow2.yaml"):
-        if not (configs / name).is_file():
-            raise CaloflowError(f"--configs {configs}: no {name} there")
-        check_config(configs / name)
+    _check_configs(configs)
     start = time.time()
     train = out / "data" / f"{args.particle}_train.hdf5"
     reference = out / "data" / f"{args.particle}_reference.hdf5"
-    run_caloflow(
-        [
-            "simulate",
-            "--particle",
-            args.particle,
-            "--n",
-            str(args.n),
-            "--seed",
-            str(args.seed),
-            "--out",
-            str(train),
-        ],
-        args.progress,
-    )
-    run_caloflow(
-        [
-            "simulate",
-            "--particle",
-            args.particle,
-            "--n",
-            str(args.n_reference),
-            "--seed",
-            str(args.seed + 1),
-            "--out",
-            str(reference),
-        ],
-        args.progress,
-    )
+    _simulate(args, args.n, args.seed, train)
+    _simulate(args, args.n_reference, args.seed + 1, reference)
     flow1 = fit_config(configs / "flow1.yaml", out / "flow1", train, args.seed, args.progress)
     flow2 = fit_config(configs / "flow2.yaml", out / "flow2", train, args.seed, args.progress)
     generated = out / f"caloflow_{args.particle}.hdf5"
+    flows = ["--flow1", str(flow1), "--flow2", str(flow2)]
+    seed = ["--seed", str(args.seed)]
     run_caloflow(
-        [
-            "generate",
-            "--flow1",
-            str(flow1),
-            "--flow2",
-            str(flow2),
-            "--energies",
-            str(reference),
-            "--seed",
-            str(args.seed),
-            "--out",
-            str(generated),
-        ],
+        ["generate", *flows, "--energies", str(reference), *seed, "--out", str(generated)],
         args.progress,
     )
+    evaluation = out / "evaluation"
+    # classifiers trained to convergence (early stopping)
     run_caloflow(
-        [
-            "evaluate",
-            "--reference",
-            str(reference),
-            "--samples",
-            f"CaloFlow={generated}",
-            "--out",
-            str(out / "evaluation"),
-            "--classifier",
-            "dnn,features",
-            "--preprocessing",
-            "normalized",
-            "--runs",
-            "1",
-            "--seed",
-            str(args.seed),
-        ],
+        ["evaluate", "--reference", str(reference), "--samples", f"CaloFlow={generated}"]
+        + ["--out", str(evaluation), "--classifier", "dnn,features"]
+        + ["--preprocessing", "normalized", "--runs", "1", *seed],
         args.progress,
-    )  # classifiers trained to convergence (early stopping)
+    )
     print(f"\ncaloflow demo finished in {(time.time() - start) / 60:.1f} min. Outputs:")
-    for label, path in [
-        ("training showers (simulated)", train),
-        ("reference showers (simulated)", reference),
-        ("Flow I checkpoint", flow1),
-        ("Flow II checkpoint", flow2),
-        ("generated showers", generated),
-        ("evaluation report", out / "evaluation" / "report.md"),
-        ("figures", out / "evaluation" / "figures"),
-        ("TensorBoard logs", f"tensorboard --logdir {out}"),
-    ]:
-        print(f"  {label:30s} {path}")
+    _print_outputs(
+        {
+            "training showers (simulated)": train,
+            "reference showers (simulated)": reference,
+            "Flow I checkpoint": flow1,
+            "Flow II checkpoint": flow2,
+            "generated showers": generated,
+            "evaluation report": evaluation / "report.md",
+            "figures": evaluation / "figures",
+            "TensorBoard logs": f"tensorboard --logdir {out}",
+        }
+    )
     return 0
 
 

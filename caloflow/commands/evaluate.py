@@ -43,6 +43,15 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_files(parser)
+    _add_classifier_options(parser.add_argument_group("classifier test"))
+    _add_challenge_options(parser.add_argument_group("CaloChallenge files"))
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: 0)")
+    argtypes.add_threads_option(parser, None)
+    argtypes.add_progress_option(parser)
+
+
+def _add_files(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference",
         required=True,
@@ -61,67 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=argtypes.output_dir,
         help="output folder (figures/, metrics.json, report.md)",
-    )
-    parser.add_argument(
-        "--classifier",
-        default=None,
-        help="comma-separated classifiers or 'none'. CaloGAN files: dnn, cnn (voxels, appendix A), "
-        f"features (41 high-level features) (default: {DEFAULT_CLASSIFIERS}); CaloChallenge files: "
-        f"{', '.join(CHALLENGE_CLASSIFIERS)} (default: all three)",
-    )
-    parser.add_argument(
-        "--preprocessing",
-        default=None,
-        help="CaloGAN files: comma-separated classifier input preprocessings: unnormalized, "
-        f"normalized, logit, logit-normalized (default: {DEFAULT_PREPROCESSINGS})",
-    )
-    parser.add_argument(
-        "--protocol",
-        default="converged",
-        choices=("converged", "calochallenge"),
-        help="how the classifiers of CaloChallenge files are trained: 'converged' (early stopping, "
-        "--runs runs, mean ± std) or 'calochallenge' (the challenge evaluator's: 50 epochs, best "
-        "test-accuracy epoch; for comparison with published numbers) (default: converged)",
-    )
-    parser.add_argument(
-        "--min-energy",
-        type=_non_negative_mev,
-        default=None,
-        metavar="MEV",
-        help="CaloChallenge files: voxels below this (MeV) are set to zero in every file before "
-        "features and classifiers (default: 1 for dataset 1, 0.5e-3 / 0.033 otherwise)",
-    )
-    parser.add_argument(
-        "--geometry",
-        default=None,
-        help="CaloChallenge files of a geometry that is neither built in nor stored in the files: "
-        "its binning XML (default: from the files)",
-    )
-    parser.add_argument(
-        "--runs",
-        type=argtypes.positive_int,
-        default=10,
-        help="classifier runs (seeds) per setting (default: 10)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=argtypes.positive_int,
-        default=None,
-        help="train every classifier for exactly this many epochs, without early stopping "
-        "(default: train to convergence: early stopping on the validation loss)",
-    )
-    parser.add_argument(
-        "--max-epochs",
-        type=argtypes.positive_int,
-        default=None,
-        help="upper bound of the converging training (default: at least twice the paper's "
-        "7,200 optimizer updates, whatever the data size)",
-    )
-    parser.add_argument(
-        "--patience",
-        type=argtypes.positive_int,
-        default=None,
-        help="early-stopping patience in epochs (default: 1,200 optimizer updates, >= 10 epochs)",
     )
     parser.add_argument(
         "--strict",
@@ -148,9 +96,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with a 1-D dataset 'weight', or a .npy file, one finite weight >= 0 per shower; "
         "that sample's classifier test and feature histograms are then weighted",
     )
-    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default: 0)")
-    argtypes.add_threads_option(parser, None)
-    argtypes.add_progress_option(parser)
+
+
+def _add_classifier_options(group) -> None:
+    group.add_argument(
+        "--classifier",
+        default=None,
+        help="comma-separated classifiers or 'none'. CaloGAN files: dnn, cnn (voxels, appendix A), "
+        f"features (41 high-level features) (default: {DEFAULT_CLASSIFIERS}); CaloChallenge files: "
+        f"{', '.join(CHALLENGE_CLASSIFIERS)} (default: all three)",
+    )
+    group.add_argument(
+        "--preprocessing",
+        default=None,
+        help="CaloGAN files: comma-separated classifier input preprocessings: unnormalized, "
+        f"normalized, logit, logit-normalized (default: {DEFAULT_PREPROCESSINGS})",
+    )
+    group.add_argument(
+        "--protocol",
+        default="converged",
+        choices=("converged", "calochallenge"),
+        help="how the classifiers of CaloChallenge files are trained: 'converged' (early stopping, "
+        "--runs runs, mean ± std) or 'calochallenge' (the challenge evaluator's: 50 epochs, best "
+        "test-accuracy epoch; for comparison with published numbers) (default: converged)",
+    )
+    group.add_argument(
+        "--runs",
+        type=argtypes.positive_int,
+        default=10,
+        help="classifier runs (seeds) per setting (default: 10)",
+    )
+    group.add_argument(
+        "--epochs",
+        type=argtypes.positive_int,
+        default=None,
+        help="train every classifier for exactly this many epochs, without early stopping "
+        "(default: train to convergence: early stopping on the validation loss)",
+    )
+    group.add_argument(
+        "--max-epochs",
+        type=argtypes.positive_int,
+        default=None,
+        help="upper bound of the converging training (default: at least twice the paper's "
+        "7,200 optimizer updates, whatever the data size)",
+    )
+    group.add_argument(
+        "--patience",
+        type=argtypes.positive_int,
+        default=None,
+        help="early-stopping patience in epochs (default: 1,200 optimizer updates, >= 10 epochs)",
+    )
+
+
+def _add_challenge_options(group) -> None:
+    group.add_argument(
+        "--min-energy",
+        type=_non_negative_mev,
+        default=None,
+        metavar="MEV",
+        help="CaloChallenge files: voxels below this (MeV) are set to zero in every file before "
+        "features and classifiers (default: 1 for dataset 1, 0.5e-3 / 0.033 otherwise)",
+    )
+    group.add_argument(
+        "--geometry",
+        default=None,
+        help="CaloChallenge files of a geometry that is neither built in nor stored in the files: "
+        "its binning XML (default: from the files)",
+    )
 
 
 def _non_negative_mev(value: str) -> float:

@@ -81,13 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         help="independent reference showers (default 10000)",
     )
-    parser.add_argument(
+    _add_classifier_options(parser.add_argument_group("classifier test"))
+    argtypes.add_threads_option(parser, 1)
+    argtypes.add_progress_option(parser)
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
+
+
+def _add_classifier_options(group) -> None:
+    group.add_argument(
         "--runs",
         type=argtypes.positive_int,
         default=3,
         help="classifier runs per budget and classifier (default 3)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--classifiers",
         type=argtypes.comma_list(
             CLASSIFIERS["calogan"] + CLASSIFIERS["challenge"], what="classifier"
@@ -96,28 +103,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CaloGAN: dnn and/or features; dataset 1: cls-low, cls-low-normed, cls-high "
         "(default: all of the detector's)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--protocol",
         choices=("converged", "calochallenge"),
         default="converged",
         help="dataset 1 only: the classifiers' protocol, 'converged' (early stopping, default) or "
         "'calochallenge' (the challenge evaluator's 50 epochs); see caloflow evaluate",
     )
-    parser.add_argument(
+    group.add_argument(
         "--max-epochs",
         type=argtypes.positive_int,
         default=None,
         help="classifier epoch cap (default: caloflow evaluate's, >= 2 x 7200 updates)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--patience",
         type=argtypes.positive_int,
         default=None,
         help="classifier early-stopping patience in epochs (default: caloflow evaluate's)",
     )
-    argtypes.add_threads_option(parser, 1)
-    argtypes.add_progress_option(parser)
-    parser.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
 
 
 # ----------------------------------------------------------------------------------------- checks

@@ -288,6 +288,52 @@ def _weighted_profile(
     return {"mean": mean, "std": std, "n": count}
 
 
+def _reference_response(ax, stat: str, edges: np.ndarray, ref: dict, reference_name: str) -> None:
+    """The reference's profile ``stat`` of the energy response (with a ± std band for the mean)."""
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    if stat == "mean":
+        ax.fill_between(
+            centres,
+            ref["mean"] - ref["std"],
+            ref["mean"] + ref["std"],
+            step="mid",
+            label=f"{reference_name} (± std)",
+            **REFERENCE_STYLE,
+        )
+    label = reference_name if stat == "std" else None
+    ax.step(centres, ref[stat], where="mid", color="0.35", lw=1.2, label=label)
+
+
+def _sample_responses(
+    ax, rax, stat: str, edges: np.ndarray, ref: dict, profiles: dict, weights
+) -> None:
+    """Each sample's profile ``stat`` (points, slightly offset per sample so that their error bars
+    do not overlap) and its ratio to the reference's below."""
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    width = edges[1] - edges[0]
+    for i, (color, (name, prof)) in enumerate(zip(SAMPLE_COLORS * 10, profiles.items())):
+        offset = (i + 1) * 0.08 * width / max(len(profiles), 1)
+        if stat == "mean":
+            ax.errorbar(
+                centres + offset,
+                prof["mean"],
+                yerr=prof["std"],
+                fmt="o",
+                ms=3.5,
+                color=color,
+                capsize=2,
+                lw=1.0,
+                label=f"{_label(name, weights)} (± std)",
+            )
+        else:
+            ax.plot(
+                centres + offset, prof["std"], "o", ms=3.5, color=color, label=_label(name, weights)
+            )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(ref[stat] > 0, prof[stat] / ref[stat], np.nan)
+        rax.plot(centres + offset, ratio, "o-", ms=3, lw=1.0, color=color)
+
+
 def energy_response_figure(
     reference: dict[str, np.ndarray],
     samples: dict[str, dict[str, np.ndarray]],
@@ -321,11 +367,13 @@ def energy_response_figure(
     edges = response_edges(
         [np.asarray(reference_incident_gev)] + [e for e, _ in responses.values()], bins
     )
-    centres = 0.5 * (edges[1:] + edges[:-1])
     ref = response_profile(reference_incident_gev, ref_response, edges)
+    profiles = {
+        name: response_profile(inc, resp, edges, _weights_of(weights, name))
+        for name, (inc, resp) in responses.items()
+    }
     fig = plt.figure(figsize=(11, 5.2))
     outer = fig.add_gridspec(1, 2, wspace=0.3, left=0.08, right=0.98, bottom=0.11, top=0.9)
-    panels = []
     for j, (stat, ylabel) in enumerate(
         (
             ("mean", r"mean of $\hat{E}_{\mathrm{tot}}/E_{\mathrm{inc}}$"),
@@ -335,54 +383,8 @@ def energy_response_figure(
         cell = outer[0, j].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
         ax = fig.add_subplot(cell[0])
         rax = fig.add_subplot(cell[1], sharex=ax)
-        panels.append((stat, ax, rax))
-        if stat == "mean":
-            ax.fill_between(
-                centres,
-                ref["mean"] - ref["std"],
-                ref["mean"] + ref["std"],
-                step="mid",
-                label=f"{reference_name} (± std)",
-                **REFERENCE_STYLE,
-            )
-        ax.step(
-            centres,
-            ref[stat],
-            where="mid",
-            color="0.35",
-            lw=1.2,
-            label=reference_name if stat == "std" else None,
-        )
-        width = edges[1] - edges[0]
-        for i, (color, (sample_name, (inc, resp))) in enumerate(
-            zip(SAMPLE_COLORS * 10, responses.items())
-        ):
-            prof = response_profile(inc, resp, edges, _weights_of(weights, sample_name))
-            offset = (i + 1) * 0.08 * width / max(len(responses), 1)
-            if stat == "mean":
-                ax.errorbar(
-                    centres + offset,
-                    prof["mean"],
-                    yerr=prof["std"],
-                    fmt="o",
-                    ms=3.5,
-                    color=color,
-                    capsize=2,
-                    lw=1.0,
-                    label=f"{_label(sample_name, weights)} (± std)",
-                )
-            else:
-                ax.plot(
-                    centres + offset,
-                    prof["std"],
-                    "o",
-                    ms=3.5,
-                    color=color,
-                    label=_label(sample_name, weights),
-                )
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(ref[stat] > 0, prof[stat] / ref[stat], np.nan)
-            rax.plot(centres + offset, ratio, "o-", ms=3, lw=1.0, color=color)
+        _reference_response(ax, stat, edges, ref, reference_name)
+        _sample_responses(ax, rax, stat, edges, ref, profiles, weights)
         ax.set_ylabel(ylabel)
         ax.tick_params(which="both", labelbottom=False)
         ax.legend(fontsize=7, frameon=False)

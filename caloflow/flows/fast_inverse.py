@@ -553,65 +553,69 @@ class _Columns:
         return self.parts[0]
 
 
+def _first_base(plan: _MadePlan, context: Tensor | None) -> Tensor | None:
+    """The additive term of the first layer: bias + activated context (MADE.forward), in degree order."""
+    if context is None:
+        return None
+    if plan.context_layer is None:
+        raise ValueError(
+            "fast_inverse got a context, but the MADE was built without context_features"
+        )
+    return plan.activation(plan.context_layer(context))[:, plan.perms[0]] + plan.first_bias
+
+
+def _invert_wave(wave, z: Tensor, hidden_last: _Columns, x: _Columns, inverse, spec, const) -> None:
+    """Features ``wave.f0:wave.f1`` of x from the last hidden layer: the output layer's parameters,
+    then the elementwise inverse."""
+    params = torch.addmm(wave.out_bias, hidden_last.read(0, wave.n_last), wave.out_weight_t)
+    shape = (z.shape[0], wave.f1 - wave.f0, spec.params_per_feature)
+    x.write(wave.f0, wave.f1, inverse(z[:, wave.f0 : wave.f1], params.view(shape), spec, const))
+
+
 def _invert_made(
     plan: _MadePlan, z: Tensor, context: Tensor | None, in_place: bool = True
 ) -> Tensor:
-    B, D = z.shape
-    act = plan.activation
+    """x with MADE(x) = z, wave by wave (features whose inputs are all known), for the plain MADE
+    (here) and the residual one (:func:`_invert_residual_made`)."""
     spec = plan.element_spec
     if isinstance(spec, _RQSSpec):
-        elementwise_inverse, const = _rqs_inverse, _RQSConstants.make(spec, z)
+        inverse, const = _rqs_inverse, _RQSConstants.make(spec, z)
     else:
-        elementwise_inverse, const = _affine_inverse, None
-    K = spec.params_per_feature
-    x = _Columns(z, D, in_place)
-    n_layers = len(plan.hidden_sizes)
+        inverse, const = _affine_inverse, None
+    x = _Columns(z, z.shape[1], in_place)
     hidden = [_Columns(z, h, in_place) for h in plan.hidden_sizes]
-
-    # Additive term of the first layer: bias + activated context (MADE.forward), in degree order.
-    first_base = None
-    if context is not None:
-        if plan.context_layer is None:
-            raise ValueError(
-                "fast_inverse got a context, but the MADE was built without context_features"
-            )
-        first_base = act(plan.context_layer(context))[:, plan.perms[0]] + plan.first_bias
-
-    if not plan.residual:
-        for wave in plan.waves:
-            for layer, steps in enumerate(wave.layer_steps):
-                for st in steps:
-                    src = x if layer == 0 else hidden[layer - 1]
-                    bias = (
-                        st.bias
-                        if (layer > 0 or first_base is None)
-                        else first_base[:, st.lo : st.hi]
-                    )
-                    hidden[layer].write(
-                        st.lo, st.hi, act(torch.addmm(bias, src.read(0, st.n_in), st.weight_t))
-                    )
-            params = torch.addmm(wave.out_bias, hidden[-1].read(0, wave.n_last), wave.out_weight_t)
-            x.write(
-                wave.f0,
-                wave.f1,
-                elementwise_inverse(
-                    z[:, wave.f0 : wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const
-                ),
-            )
-        return x.full()
-
-    # Residual MADE: t_0 = W_0 x + b_0 + act(ctx); per block t' = t + W_1 act(W_0 act(t) + b_0 + C c) + b_1.
-    # hidden[0] holds t_0; hidden[2j+1] the inner units of block j; hidden[2j+2] its output t.
-    block_extra = []
-    for layer in plan.block_context_layers:
-        block_extra.append(
-            layer(context)[:, plan.perms[0]]
-            if (layer is not None and context is not None)
-            else None
+    first_base = _first_base(plan, context)
+    if plan.residual:
+        return _invert_residual_made(
+            plan, z, context, in_place, x, hidden, first_base, inverse, const
         )
-    activated = [
-        _Columns(z, h, in_place) for h in plan.hidden_sizes[0:-1:2]
-    ]  # act(t) of each residual stream
+    act = plan.activation
+    for wave in plan.waves:
+        for layer, steps in enumerate(wave.layer_steps):
+            for st in steps:
+                src = x if layer == 0 else hidden[layer - 1]
+                first = layer == 0 and first_base is not None
+                bias = first_base[:, st.lo : st.hi] if first else st.bias
+                hidden[layer].write(
+                    st.lo, st.hi, act(torch.addmm(bias, src.read(0, st.n_in), st.weight_t))
+                )
+        _invert_wave(wave, z, hidden[-1], x, inverse, spec, const)
+    return x.full()
+
+
+def _invert_residual_made(
+    plan: _MadePlan, z, context, in_place, x, hidden, first_base, inverse, const
+) -> Tensor:
+    """The residual MADE: t_0 = W_0 x + b_0 + act(ctx); per block
+    t' = t + W_1 act(W_0 act(t) + b_0 + C c) + b_1. hidden[0] holds t_0, hidden[2j+1] the inner
+    units of block j, hidden[2j+2] its output t."""
+    act, n_layers = plan.activation, len(plan.hidden_sizes)
+    block_extra = [
+        layer(context)[:, plan.perms[0]] if (layer is not None and context is not None) else None
+        for layer in plan.block_context_layers
+    ]
+    # act(t) of each residual stream
+    activated = [_Columns(z, h, in_place) for h in plan.hidden_sizes[0:-1:2]]
     for wave in plan.waves:
         for layer, steps in enumerate(wave.layer_steps):
             for st in steps:
@@ -622,26 +626,17 @@ def _invert_made(
                 elif layer % 2 == 1:  # inner layer of block (layer - 1) // 2
                     extra = block_extra[(layer - 1) // 2]
                     bias = st.bias if extra is None else extra[:, sl] + st.bias
-                    out = act(
-                        torch.addmm(bias, activated[(layer - 1) // 2].read(0, st.n_in), st.weight_t)
-                    )
+                    src = activated[(layer - 1) // 2].read(0, st.n_in)
+                    out = act(torch.addmm(bias, src, st.weight_t))
                 else:  # block output: residual stream plus the block's increment
                     out = hidden[layer - 2].read(st.lo, st.hi) + torch.addmm(
                         st.bias, hidden[layer - 1].read(0, st.n_in), st.weight_t
                     )
                 hidden[layer].write(st.lo, st.hi, out)
-                if (
-                    layer % 2 == 0 and layer < n_layers - 1
-                ):  # the last stream feeds the output layer as is
+                # the last stream feeds the output layer as is
+                if layer % 2 == 0 and layer < n_layers - 1:
                     activated[layer // 2].write(st.lo, st.hi, act(out))
-        params = torch.addmm(wave.out_bias, hidden[-1].read(0, wave.n_last), wave.out_weight_t)
-        x.write(
-            wave.f0,
-            wave.f1,
-            elementwise_inverse(
-                z[:, wave.f0 : wave.f1], params.view(B, wave.f1 - wave.f0, K), spec, const
-            ),
-        )
+        _invert_wave(wave, z, hidden[-1], x, inverse, spec=plan.element_spec, const=const)
     return x.full()
 
 
