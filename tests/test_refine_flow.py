@@ -193,7 +193,9 @@ def test_keep_best_reloads_the_lowest_validation_epoch_and_leaves_no_checkpoint(
         phi.load_state_dict(state["state_dict"])
         zv, wv, cv = next(iter(val))
         with torch.no_grad():
-            assert float(phi.weighted_nll(zv, wv, cv)) == pytest.approx(min(losses.values), rel=1e-6)
+            assert float(phi.weighted_nll(zv, wv, cv)) == pytest.approx(
+                min(losses.values), rel=1e-6
+            )
     assert not folder.exists()
 
 
