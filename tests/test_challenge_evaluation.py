@@ -390,6 +390,7 @@ def test_evaluate_challenge_files_end_to_end(challenge_files, tmp_path):
         assert set(sample["features"]) == set(feature_names(DS1_PHOTONS))
         assert len(sample["E_tot_over_E_inc_per_energy"]) == 15
         assert sample["physics_distances"]["fpd"]["value"] >= 0.0
+        assert len(sample["voxel_share_outliers"]) == 5
     same, shifted = metrics["samples"]["same"], metrics["samples"]["shifted"]
     # 1.3 x the layer-2 energy: its histogram separates far more than a second draw's
     s_same = same["features"]["E_2"]["separation_power"]
@@ -399,6 +400,7 @@ def test_evaluate_challenge_files_end_to_end(challenge_files, tmp_path):
         assert f"{stem}.png" in figures and f"{stem}.pdf" in figures
     report = (out / "report.md").read_text()
     assert "protocol `calochallenge`" in report and "| shifted | cls-high |" in report
+    assert "Voxels whose mean share of their layer's energy differs most" in report
 
 
 @pytest.mark.parametrize(
@@ -444,3 +446,38 @@ def test_showers_of_the_geometry_round_trip_through_the_evaluator_inputs(tmp_pat
         _numpy_reference(voxels.astype(np.float32).astype(np.float64), e_inc, "cls-low"),
         rtol=1e-12,
     )
+
+
+def test_voxel_share_outliers_find_a_planted_hot_voxel():
+    """A sample that moves, in 10 % of its showers, 40 % of layer 1's energy into one voxel (layer
+    1, angular bin 9, radial bin 10: flat index 162 of dataset-1 photons) is flagged there first,
+    with the mean shares a plain loop over showers and layers gives."""
+    rng = np.random.default_rng(0)
+    geometry = DS1_PHOTONS
+    reference = rng.gamma(0.3, 50.0, size=(2000, geometry.n_voxels))
+    reference[rng.random(reference.shape) < 0.5] = 0.0
+    sample = reference.copy()
+    layer1 = geometry.layer_slices[1]
+    hot = layer1.start + 9 * geometry.layer_shapes[1][1] + 10
+    for i in range(0, len(sample), 10):
+        total = sample[i, layer1].sum()
+        sample[i, layer1] *= 0.6
+        sample[i, hot] += 0.4 * total
+    rows = ch.voxel_share_outliers(reference, sample, geometry, top=3)
+    assert hot == 162 and rows[0]["voxel"] == hot
+    assert (rows[0]["layer"], rows[0]["alpha_bin"], rows[0]["r_bin"]) == (1, 9, 10)
+
+    def mean_share(voxels, v):
+        shares = []
+        for shower in voxels:
+            total = shower[layer1].sum()
+            shares.append(shower[v] / total if total > 0 else 0.0)
+        return float(np.mean(shares))
+
+    assert rows[0]["reference_share"] == pytest.approx(mean_share(reference, hot), rel=1e-12)
+    assert rows[0]["sample_share"] == pytest.approx(mean_share(sample, hot), rel=1e-12)
+    # about 0.1 x 0.4 of layer 1's energy moved there on average
+    assert rows[0]["sample_share"] - rows[0]["reference_share"] == pytest.approx(0.04, abs=0.005)
+    # identical files: no voxel differs
+    same = ch.voxel_share_outliers(reference, reference, geometry, top=1)[0]
+    assert same["sample_share"] == same["reference_share"]

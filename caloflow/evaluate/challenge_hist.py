@@ -153,6 +153,45 @@ def per_energy_separation(
     return out
 
 
+def layer_shares(voxels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Each voxel's share of its layer's energy, shower by shower (0 where the layer is empty)."""
+    v = np.asarray(voxels, np.float64)
+    shares = np.zeros_like(v)
+    for sl in geometry.layer_slices:
+        total = v[:, sl].sum(1, keepdims=True)
+        np.divide(v[:, sl], total, out=shares[:, sl], where=total > 0)
+    return shares
+
+
+def voxel_share_outliers(
+    reference_voxels: np.ndarray, sample_voxels: np.ndarray, geometry: Geometry, top: int = 5
+) -> list[dict]:
+    """The ``top`` voxels whose mean share of their layer's energy differs most (in absolute terms)
+    between sample and reference: a generator that puts a layer's energy into the wrong voxel
+    shows here even when every high-level feature is close. Each row: the flat voxel index, its
+    layer id, angular and radial bin, and the two mean shares."""
+    ref = layer_shares(reference_voxels, geometry).mean(0)
+    gen = layer_shares(sample_voxels, geometry).mean(0)
+    layer_of = np.concatenate(
+        [np.full(sl.stop - sl.start, k) for k, sl in enumerate(geometry.layer_slices)]
+    )
+    rows = []
+    for v in np.argsort(-np.abs(gen - ref), kind="stable")[:top]:
+        k = int(layer_of[v])
+        alpha, r = divmod(int(v) - geometry.layer_slices[k].start, geometry.layer_shapes[k][1])
+        rows.append(
+            {
+                "voxel": int(v),
+                "layer": int(geometry.layer_ids[k]),
+                "alpha_bin": alpha,
+                "r_bin": r,
+                "reference_share": float(ref[v]),
+                "sample_share": float(gen[v]),
+            }
+        )
+    return rows
+
+
 def voxel_separation(
     reference_voxels: np.ndarray, sample_voxels: np.ndarray, min_energy_mev: float
 ) -> float:

@@ -35,7 +35,8 @@ def sample_entry(
     min_energy_mev: float,
 ) -> dict:
     """One sample's feature numbers: per feature its mean, std and separation power S to the
-    reference (``features``), S of the voxel energies (``voxel_energy``) and, for dataset 1, S of
+    reference (``features``), S of the voxel energies (``voxel_energy``), the voxels whose mean share
+    of their layer's energy is furthest from the reference's (``voxel_share_outliers``) and, for dataset 1, S of
     E_tot/E_inc at each incident energy (``E_tot_over_E_inc_per_energy``)."""
     powers = ch.separation_powers(reference, sample, geometry, min_energy_mev)
     entry = {
@@ -45,6 +46,7 @@ def sample_entry(
         "voxel_energy": {
             "separation_power": ch.voxel_separation(reference_voxels, sample_voxels, min_energy_mev)
         },
+        "voxel_share_outliers": ch.voxel_share_outliers(reference_voxels, sample_voxels, geometry),
     }
     if is_dataset1(geometry) and "E_tot_over_E_inc" in reference:
         entry["E_tot_over_E_inc_per_energy"] = ch.per_energy_separation(
@@ -124,6 +126,7 @@ def _separation_lines(metrics: dict, names: list[str], geometry_features: list[s
         f"S = {fmt(metrics['samples'][n]['voxel_energy']['separation_power'])}" for n in names
     )
     lines += ["", f"Voxel energies: {voxel}.", ""]
+    lines += _share_lines(metrics, names)
     per_energy = [n for n in names if "E_tot_over_E_inc_per_energy" in metrics["samples"][n]]
     if per_energy:
         keys = list(metrics["samples"][per_energy[0]]["E_tot_over_E_inc_per_energy"])
@@ -139,6 +142,28 @@ def _separation_lines(metrics: dict, names: list[str], geometry_features: list[s
             lines.append(f"| {key} | " + " | ".join(values) + " |")
         lines.append("")
     return lines
+
+
+def _share_lines(metrics: dict, names: list[str]) -> list[str]:
+    """The voxels whose mean share of their layer's energy is furthest from the reference's."""
+    rows = [(n, r) for n in names for r in metrics["samples"][n].get("voxel_share_outliers", [])]
+    if not rows:
+        return []
+    lines = [
+        "Voxels whose mean share of their layer's energy differs most from the reference's:",
+        "",
+        "| sample | voxel | layer | alpha bin | r bin | reference | sample | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, r in rows:
+        ratio = (
+            r["sample_share"] / r["reference_share"] if r["reference_share"] > 0 else float("inf")
+        )
+        lines.append(
+            f"| {n} | {r['voxel']} | {r['layer']} | {r['alpha_bin']} | {r['r_bin']} | "
+            f"{fmt(r['reference_share'])} | {fmt(r['sample_share'])} | {ratio:.2f} |"
+        )
+    return lines + [""]
 
 
 def render_challenge_report(
