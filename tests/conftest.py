@@ -14,7 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def pytest_collection_modifyitems(items):
     """Modules that hold a ``slow`` test run first (order otherwise kept): the suite runs one module per
     pytest-xdist worker (``--dist loadfile``), and a long module started last would keep one worker
-    busy while the others sit idle."""
+    busy while the others sit idle. xdist keeps this order only with ``--no-loadscope-reorder``
+    (pyproject's addopts): by default it sorts the modules by their number of tests, which put the
+    one-test module of the shipped ``--quick`` toy run last."""
     slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(
         key=lambda item: item.nodeid.split("::")[0] not in slow
