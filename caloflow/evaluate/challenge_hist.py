@@ -154,13 +154,14 @@ def per_energy_separation(
 
 
 def layer_shares(voxels: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Each voxel's share of its layer's energy, shower by shower (0 where the layer is empty)."""
-    v = np.asarray(voxels, np.float64)
-    shares = np.zeros_like(v)
-    for sl in geometry.layer_slices:
-        total = v[:, sl].sum(1, keepdims=True)
-        np.divide(v[:, sl], total, out=shares[:, sl], where=total > 0)
-    return shares
+    """Each voxel's share of its layer's energy, shower by shower (0 where the layer is empty):
+    Flow II's per-layer normalisation (:class:`caloflow.transforms.LayerNormalization`), in float64."""
+    import torch
+
+    from caloflow.transforms import LayerNormalization
+
+    v = torch.as_tensor(np.asarray(voxels, np.float64))
+    return LayerNormalization(geometry.layer_sizes)(v).numpy()
 
 
 def voxel_share_outliers(
@@ -172,12 +173,9 @@ def voxel_share_outliers(
     layer id, angular and radial bin, and the two mean shares."""
     ref = layer_shares(reference_voxels, geometry).mean(0)
     gen = layer_shares(sample_voxels, geometry).mean(0)
-    layer_of = np.concatenate(
-        [np.full(sl.stop - sl.start, k) for k, sl in enumerate(geometry.layer_slices)]
-    )
     rows = []
     for v in np.argsort(-np.abs(gen - ref), kind="stable")[:top]:
-        k = int(layer_of[v])
+        k = int(geometry.voxel_layer[v])
         alpha, r = divmod(int(v) - geometry.layer_slices[k].start, geometry.layer_shapes[k][1])
         rows.append(
             {
